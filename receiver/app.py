@@ -1,0 +1,77 @@
+"""The Starlette application factory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from .downloads import clean_partials
+from .endpoints import error_response, health, hook
+from .errors import ReceiverError
+from .runtime import Runtime
+from .settings import Settings
+from .store import StoreUnavailable
+from .sweep import download_worker, sweep_loop
+
+__all__ = ["create_app", "create_app_from_env"]
+
+log = logging.getLogger("fluxhook")
+
+
+def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("store unavailable: %s", exc)
+    return JSONResponse({"error": "store unavailable, retry later"}, status_code=503, headers={"retry-after": "5"})
+
+
+def create_app(settings: Settings, *, runtime: Runtime | None = None, workers: bool = True) -> Starlette:
+    """Build the receiver.
+
+    With `runtime` given (tests), the app uses it as is and starts no workers
+    unless asked. Otherwise the lifespan opens one from `settings`, and with
+    `workers` runs the sweep loop and the download workers in the background.
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            rt = runtime
+            if rt is None:
+                removed = clean_partials(settings.results) if settings.results.exists() else 0
+                if removed:
+                    log.info("removed %d partial downloads left by an earlier run", removed)
+                rt = await stack.enter_async_context(Runtime.open(settings))
+            app.state.runtime = rt
+            tasks: list[asyncio.Task[None]] = []
+            if workers:
+                tasks.append(asyncio.create_task(sweep_loop(rt, settings.sweep_interval)))
+                tasks += [asyncio.create_task(download_worker(rt)) for _ in range(settings.download_concurrency)]
+            try:
+                yield
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    app = Starlette(
+        routes=[
+            Route("/hooks/{provider}/{job_id}/{token}", hook, methods=["POST"]),
+            Route("/healthz", health, methods=["GET"]),
+        ],
+        exception_handlers={ReceiverError: error_response, StoreUnavailable: _unavailable},
+        lifespan=lifespan,
+    )
+    if runtime is not None:
+        app.state.runtime = runtime
+    return app
+
+
+def create_app_from_env() -> Starlette:
+    """For `uvicorn --factory receiver.app:create_app_from_env`."""
+    return create_app(Settings.from_env())

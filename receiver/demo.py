@@ -1,0 +1,82 @@
+"""`fluxhook demo`: the whole loop on loopback, with the provider simulator standing in for BFL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+
+from submitter.client import Provider
+from submitter.simulator import Faults, Simulator
+from submitter.status import TERMINAL
+
+from .app import create_app
+from .jobs import submit
+from .runtime import Runtime
+from .serving import bind, serve_in_background
+from .settings import Settings
+
+__all__ = ["run_demo"]
+
+PROMPTS = [
+    ("bfl", "flux-dev", "a red fox in fresh snow, morning light"),
+    ("deerapi", "flux-pro-1.1", "a lighthouse at dusk, oil painting"),
+    ("cometapi", "flux-pro-1.1-ultra", "a bowl of ramen, studio photo"),
+    ("bfl", "flux-2-pro", "a paper boat on a puddle (callback lost: rescued by polling)"),
+]
+
+
+def demo_settings(settings: Settings, sim_url: str, public_url: str) -> Settings:
+    """Point every provider at the simulator and allow loopback everywhere (demo only)."""
+    return settings.with_overrides(
+        public_url=public_url,
+        allow_http=True,
+        secret_key=settings.secret_key or secrets.token_urlsafe(32).encode(),
+        providers={name: Provider(p.dialect, sim_url, "demo-key") for name, p in settings.providers.items()},
+        download_hosts=("127.0.0.1",),
+        download_allow_private=True,
+        poll_after=1.0,
+        poll_min_interval=0.5,
+        poll_max_interval=2.0,
+        sweep_interval=0.5,
+    )
+
+
+async def run_demo(settings: Settings, *, jobs: int = 4, timeout: float = 60.0) -> int:
+    sim = Simulator(default_faults=Faults(runtime=0.3))
+    sim.add_rule("callback lost", Faults(drop=True, runtime=0.3))
+    async with serve_in_background(sim.app) as sim_url:
+        sock = bind()
+        public_url = "http://127.0.0.1:%d" % sock.getsockname()[1]
+        settings = demo_settings(settings, sim_url, public_url)
+        print(f"simulator  {sim_url}\nreceiver   {public_url}\ndatabase   {settings.db}\nresults    {settings.results}")
+        async with serve_in_background(create_app(settings), sock), Runtime.open(settings) as rt:
+            submitted = []
+            for i in range(jobs):
+                provider, model, prompt = PROMPTS[i % len(PROMPTS)]
+                job = await submit(rt, provider, model, {"prompt": prompt, "seed": i})
+                print(f"submitted  {job.id}  {provider:<8} {model:<18} {prompt}")
+                submitted.append(job.id)
+            loop = asyncio.get_running_loop()
+            end = loop.time() + timeout
+            pending = set(submitted)
+            while pending and loop.time() < end:
+                for job_id in list(pending):
+                    job = await rt.store.get_job(job_id)
+                    if job is not None and job.status in TERMINAL:
+                        pending.discard(job_id)
+                        how = "polled" if job.callback_at is None else "callback"
+                        for f in await rt.store.files(job_id):
+                            path = os.path.join(settings.results, f.path or "")
+                            print(f"{job.status:<10} {job_id}  via {how:<8}  {path}  {f.size} bytes  "
+                                  f"sha256 {(f.sha256 or '')[:16]}...")
+                        if job.status != "stored":
+                            print(f"{job.status:<10} {job_id}  {job.error}")
+                await asyncio.sleep(0.2)
+            stats = sim.stats()["totals"]
+        await sim.aclose()
+    print(f"provider calls: {stats}")
+    if pending:
+        print(f"not finished within {timeout:.0f} s: {sorted(pending)}")
+        return 1
+    return 0

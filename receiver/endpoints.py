@@ -1,0 +1,128 @@
+"""HTTP endpoints: the provider callback and a health check.
+
+The callback does only what must happen before the 2xx: authenticate, parse,
+record durably (deduplicated) and move the job. Downloads happen afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
+
+from submitter.dialects import BodyError, loads_object, parse_observation
+from submitter.signing import VerificationError, derive_job_keys, verify_bfl, verify_token
+from submitter.status import Status
+
+from .errors import BadPayload, Conflict, NotFound, PayloadTooLarge, ReceiverError, Unauthorized
+from .runtime import Runtime
+from .schedule import first_check
+from .store import Event
+from .sweep import expiries
+
+__all__ = ["health", "hook", "read_body", "redact_headers"]
+
+log = logging.getLogger("fluxhook.hooks")
+
+#: Headers that carry credentials: kept in the audit log only as "[redacted]".
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-key", "x-webhook-secret"})
+BODY_READ_TIMEOUT = 10.0
+
+
+def redact_headers(request: Request) -> dict[str, str]:
+    return {k: "[redacted]" if k in SECRET_HEADERS else v for k, v in request.headers.items()}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing anything over `limit` without reading the rest."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise BadPayload("invalid Content-Length")
+        if int(declared) > limit:
+            raise PayloadTooLarge(f"body over the {limit} byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(BODY_READ_TIMEOUT):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"body over the {limit} byte limit")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BadPayload("body not received in time") from None
+    except ClientDisconnect:
+        raise BadPayload("client went away mid-body") from None
+    return b"".join(chunks)
+
+
+def _runtime(request: Request) -> Runtime:
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+async def hook(request: Request) -> JSONResponse:
+    rt = _runtime(request)
+    provider = request.path_params["provider"]
+    job_id = request.path_params["job_id"]
+    token = request.path_params["token"]
+    settings = rt.settings
+    if provider not in settings.providers:
+        raise NotFound(f"unknown provider {provider!r}")
+    if settings.secret_key is None:
+        raise NotFound("this receiver accepts no callbacks (FLUXHOOK_SECRET_KEY unset)")
+    body = await read_body(request, settings.max_body)
+    keys = derive_job_keys(settings.secret_key, provider, job_id)
+    try:
+        verify_token(keys.token, token)
+        scheme = verify_bfl(body, request.headers, keys.webhook_secret)
+    except VerificationError as exc:
+        rt.metrics["rejected"] += 1
+        raise Unauthorized(str(exc)) from None
+    dialect = settings.provider(provider).dialect
+    try:
+        observation = parse_observation(dialect, loads_object(body))
+    except BodyError as exc:
+        rt.metrics["bad_body"] += 1
+        raise BadPayload(str(exc)) from None
+    job = await rt.store.get_job(job_id)
+    if job is None:
+        raise NotFound("unknown job")
+    if job.provider_job_id and observation.provider_job_id and observation.provider_job_id != job.provider_job_id:
+        raise Conflict("callback names a different provider task than this job's")
+    now = rt.clock()
+    event = Event(
+        job_id=job_id,
+        provider=provider,
+        dedup_key=hashlib.sha256(f"{provider}/{job_id}/".encode() + body).hexdigest(),
+        received_at=now,
+        headers=redact_headers(request),
+        body=body,
+        verdict=f"accepted:{scheme}",
+    )
+    # A progress callback proves the job is alive: push the first poll back.
+    next_check = now if observation.status == Status.SUCCEEDED else first_check(now, job.deadline_at, settings)
+    outcome = await rt.store.apply(
+        job_id, observation, now=now, event=event, next_check_at=next_check,
+        expires=expiries(rt, provider, observation.urls),
+    )
+    if outcome.duplicate:
+        rt.metrics["duplicate"] += 1
+        return JSONResponse({"ok": True, "duplicate": True})
+    rt.metrics["accepted"] += 1
+    if outcome.status == Status.SUCCEEDED:
+        rt.kick(job_id)
+    return JSONResponse({"ok": True, "status": str(outcome.status)})
+
+
+async def health(request: Request) -> JSONResponse:
+    rt = _runtime(request)
+    return JSONResponse({"ok": True, "callbacks": dict(rt.metrics)})
+
+
+def error_response(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ReceiverError)
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code)

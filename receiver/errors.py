@@ -1,0 +1,46 @@
+"""Receiver errors, each with the HTTP status it maps to in exactly one handler.
+
+    ReceiverError (400)
+     ├── BadPayload          400  body is not JSON / not a provider body
+     ├── Unauthorized        401  token, signature or secret header does not match
+     ├── NotFound            404  unknown provider or job
+     ├── PayloadTooLarge     413  body over FLUXHOOK_MAX_BODY
+     ├── Conflict            422  callback names a different provider task than the job's
+     └── Unavailable         503  the store cannot take the event now: the sender should retry
+"""
+
+from __future__ import annotations
+
+__all__ = ["BadPayload", "Conflict", "NotFound", "PayloadTooLarge", "ReceiverError", "Unauthorized", "Unavailable"]
+
+
+class ReceiverError(Exception):
+    status_code = 400
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class BadPayload(ReceiverError):
+    status_code = 400
+
+
+class Unauthorized(ReceiverError):
+    status_code = 401
+
+
+class NotFound(ReceiverError):
+    status_code = 404
+
+
+class PayloadTooLarge(ReceiverError):
+    status_code = 413
+
+
+class Conflict(ReceiverError):
+    status_code = 422
+
+
+class Unavailable(ReceiverError):
+    status_code = 503

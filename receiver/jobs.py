@@ -1,0 +1,97 @@
+"""Submitting a job: ledger first, then the provider, within the provider's concurrency cap."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from submitter.errors import ProviderUnavailable, SubmitAmbiguous, SubmitRejected
+from submitter.signing import derive_job_keys
+from submitter.status import Status
+
+from .runtime import Runtime
+from .schedule import SLOT_WAIT, first_check, retry_later
+from .store import Job
+
+__all__ = ["callback_url", "new_job", "submit", "try_submit"]
+
+
+def new_job_id() -> str:
+    return "fh_" + uuid.uuid4().hex
+
+
+def callback_url(public_url: str, master: bytes, provider: str, job_id: str) -> tuple[str, str]:
+    """The job's webhook URL and webhook secret, both derived, never stored."""
+    keys = derive_job_keys(master, provider, job_id)
+    return f"{public_url}/hooks/{provider}/{job_id}/{keys.token}", keys.webhook_secret
+
+
+async def new_job(rt: Runtime, provider: str, model: str, params: Mapping[str, Any]) -> Job:
+    """Commit the ledger row (status `queued`) and hold its lease for the submit that follows."""
+    rt.settings.provider(provider)
+    rt.settings.require_public()
+    now = rt.clock()
+    job = Job(
+        id=new_job_id(),
+        provider=provider,
+        model=model,
+        params=dict(params),
+        status=Status.QUEUED,
+        created_at=now,
+        deadline_at=now + rt.settings.job_deadline,
+        next_check_at=now,
+    )
+    await rt.store.create_job(job)
+    claimed = await rt.store.claim(job.id, rt.owner, now=now, lease=rt.settings.lease_seconds)
+    return claimed or job
+
+
+async def submit(rt: Runtime, provider: str, model: str, params: Mapping[str, Any]) -> Job:
+    """Record a job and send it; returns the job as it stands afterwards."""
+    job = await new_job(rt, provider, model, params)
+    await try_submit(rt, job)
+    await rt.store.release(job.id, rt.owner, expect=None, next_check_at=None)
+    found = await rt.store.get_job(job.id)
+    assert found is not None
+    return found
+
+
+async def try_submit(rt: Runtime, job: Job) -> Status:
+    """One submit attempt for a queued job whose lease we hold; returns the status it leaves."""
+    public_url, master = rt.settings.require_public()
+    now = rt.clock()
+    store = rt.store
+    cap = rt.settings.cap_for(job.provider, "")
+    model_cap = rt.settings.cap_for(job.provider, job.model)
+    if not await store.reserve_slot(job.id, cap=cap, model_cap=model_cap, now=now):
+        await store.defer(
+            job.id, next_check_at=now + SLOT_WAIT, now=now,
+            note=f"waiting for a free {job.provider} slot (cap {min(cap, model_cap)} active jobs)",
+        )
+        return Status.QUEUED
+    url, secret = callback_url(public_url, master, job.provider, job.id)
+    client = rt.client(job.provider)
+    try:
+        answer = await client.submit(job.model, job.params, url, secret)
+    except SubmitRejected as exc:
+        outcome = await store.finish(job.id, Status.FAILED, now=rt.clock(), reason=str(exc))
+        return outcome.status or Status.FAILED
+    except ProviderUnavailable as exc:
+        later = rt.clock() + exc.retry_after if exc.retry_after else retry_later(job.submit_attempts, rt.clock())
+        await store.defer(job.id, next_check_at=min(later, job.deadline_at), note=str(exc), now=rt.clock())
+        return Status.QUEUED
+    except SubmitAmbiguous as exc:
+        # The job may exist: never resubmit. Its callback can still find it (the URL names
+        # our job id); otherwise the deadline ends it.
+        now = rt.clock()
+        outcome = await store.record_submit(
+            job.id, None, None, now=now, next_check_at=job.deadline_at, note=f"submit outcome unknown: {exc}"
+        )
+        return outcome.status or Status.SUBMITTED
+    now = rt.clock()
+    outcome = await store.record_submit(
+        job.id, answer.provider_job_id, answer.polling_url, now=now,
+        next_check_at=first_check(now, job.deadline_at, rt.settings),
+    )
+    return outcome.status or Status.SUBMITTED

@@ -1,0 +1,95 @@
+"""Everything a running fluxhook needs, opened once: settings, store, HTTP clients, clock.
+
+The web app, the sweep and the CLI all take a :class:`Runtime`; tests build one
+with in-process transports and a fake clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from submitter.backoff import RetryPolicy
+from submitter.client import ProviderClient
+
+from .settings import Settings
+from .store import Store
+from .store.sqlite import SQLiteStore
+
+__all__ = ["Runtime"]
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: Store
+    #: Client for provider APIs (credentials are added per request, never as defaults).
+    api: httpx.AsyncClient
+    #: Plain client for result downloads: never carries credentials.
+    cdn: httpx.AsyncClient
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
+    retry: RetryPolicy = RetryPolicy()
+    resolver: Callable[[str], Awaitable[list[str]]] | None = None
+    owner: str = field(default_factory=_owner)
+    #: Jobs whose results should be fetched now (set by the callback endpoint).
+    downloads: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(maxsize=10_000))
+    #: Callback outcomes since start: accepted, duplicate, rejected, bad_body.
+    metrics: Counter[str] = field(default_factory=Counter)
+
+    def client(self, provider: str) -> ProviderClient:
+        return ProviderClient(
+            self.api, self.settings.provider(provider), policy=self.retry, sleep=self.sleep, clock=self.clock
+        )
+
+    def kick(self, job_id: str) -> None:
+        """Ask the in-process download worker to fetch this job now (the sweep covers misses)."""
+        try:
+            self.downloads.put_nowait(job_id)
+        except asyncio.QueueFull:
+            pass
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        api: httpx.AsyncClient | None = None,
+        cdn: httpx.AsyncClient | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[Runtime]:
+        """Open whatever was not injected, and close exactly that on exit."""
+        own_store = store is None
+        if store is None:
+            store = SQLiteStore(settings.db)
+        if own_store:
+            await store.open()
+        timeout = httpx.Timeout(30.0, connect=10.0)
+        own_api, own_cdn = api is None, cdn is None
+        api = api or httpx.AsyncClient(timeout=timeout, trust_env=False)
+        cdn = cdn or httpx.AsyncClient(timeout=timeout, trust_env=False, follow_redirects=False)
+        try:
+            yield cls(settings=settings, store=store, api=api, cdn=cdn, **kwargs)
+        finally:
+            if own_api:
+                await api.aclose()
+            if own_cdn:
+                await cdn.aclose()
+            if own_store:
+                await store.close()

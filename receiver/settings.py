@@ -1,0 +1,152 @@
+"""Typed settings, read once from the environment and validated at start-up."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from submitter.client import Provider
+from submitter.dialects import DIALECTS
+
+__all__ = ["Settings", "SettingsError"]
+
+
+class SettingsError(Exception):
+    """A bad environment variable; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    public_url: str | None = None
+    allow_http: bool = False
+    db: str = "./fluxhook.db"
+    results: Path = Path("./results")
+    secret_key: bytes | None = field(default=None, repr=False)
+    providers: Mapping[str, Provider] = field(default_factory=dict)
+    #: None: each provider's own delivery hosts.
+    download_hosts: tuple[str, ...] | None = None
+    download_allow_private: bool = False
+    max_download_bytes: int = 50 * 1024 * 1024
+    download_concurrency: int = 8
+    max_body: int = 256 * 1024
+    poll_after: float = 60.0
+    poll_min_interval: float = 5.0
+    poll_max_interval: float = 60.0
+    job_deadline: float = 1800.0
+    sweep_interval: float = 5.0
+    lease_seconds: float = 120.0
+    #: Overrides of each provider's cap on active jobs.
+    max_active: Mapping[str, int] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # never show the key
+        return f"Settings(public_url={self.public_url!r}, db={self.db!r}, results={str(self.results)!r})"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        allow_http = _bool(env, "FLUXHOOK_ALLOW_HTTP", False)
+        public_url = env.get("FLUXHOOK_PUBLIC_URL") or None
+        if public_url is not None:
+            public_url = _check_public_url(public_url, allow_http)
+        secret = env.get("FLUXHOOK_SECRET_KEY") or None
+        if secret is not None and len(secret) < 32:
+            raise SettingsError(
+                "FLUXHOOK_SECRET_KEY must be at least 32 characters; generate one with "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
+        providers = {}
+        max_active = {}
+        for name, dialect in DIALECTS.items():
+            base = env.get(dialect.url_env) or dialect.base_url
+            if urlsplit(base).scheme not in ("http", "https") or not urlsplit(base).hostname:
+                raise SettingsError(f"{dialect.url_env} must be an http(s) URL, got {base!r}")
+            providers[name] = Provider(dialect, base.rstrip("/"), env.get(dialect.key_env) or None)
+            cap_var = f"FLUXHOOK_{name.upper()}_MAX_ACTIVE"
+            if cap_var in env:
+                max_active[name] = _number(env, cap_var, 0, int)
+        hosts = env.get("FLUXHOOK_DOWNLOAD_HOSTS")
+        return cls(
+            public_url=public_url,
+            allow_http=allow_http,
+            db=env.get("FLUXHOOK_DB") or "./fluxhook.db",
+            results=Path(env.get("FLUXHOOK_RESULTS") or "./results"),
+            secret_key=secret.encode() if secret else None,
+            providers=providers,
+            download_hosts=tuple(h.strip() for h in hosts.split(",") if h.strip()) if hosts else None,
+            download_allow_private=_bool(env, "FLUXHOOK_DOWNLOAD_ALLOW_PRIVATE", False),
+            max_download_bytes=_number(env, "FLUXHOOK_MAX_DOWNLOAD_BYTES", 50 * 1024 * 1024, int),
+            download_concurrency=_number(env, "FLUXHOOK_DOWNLOAD_CONCURRENCY", 8, int),
+            max_body=_number(env, "FLUXHOOK_MAX_BODY", 256 * 1024, int),
+            poll_after=_number(env, "FLUXHOOK_POLL_AFTER", 60.0),
+            poll_max_interval=_number(env, "FLUXHOOK_POLL_MAX_INTERVAL", 60.0),
+            job_deadline=_number(env, "FLUXHOOK_JOB_DEADLINE", 1800.0),
+            sweep_interval=_number(env, "FLUXHOOK_SWEEP_INTERVAL", 5.0),
+            max_active=max_active,
+        )
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def require_public(self) -> tuple[str, bytes]:
+        """The callback base URL and the master key, or a SettingsError naming what is missing."""
+        if not self.secret_key:
+            raise SettingsError("FLUXHOOK_SECRET_KEY is not set: it derives every job's webhook secret")
+        if not self.public_url:
+            raise SettingsError("FLUXHOOK_PUBLIC_URL is not set: providers need a URL to call back")
+        return self.public_url, self.secret_key
+
+    def provider(self, name: str) -> Provider:
+        try:
+            return self.providers[name]
+        except KeyError:
+            raise SettingsError(f"unknown provider {name!r}; known: {', '.join(sorted(self.providers))}") from None
+
+    def cap_for(self, provider: str, model: str) -> int:
+        dialect = self.provider(provider).dialect
+        if provider in self.max_active:
+            return min(self.max_active[provider], dialect.cap_for(model))
+        return dialect.cap_for(model)
+
+    def download_hosts_for(self, provider: str) -> tuple[str, ...]:
+        if self.download_hosts is not None:
+            return self.download_hosts
+        return self.provider(provider).dialect.download_hosts
+
+
+def _check_public_url(url: str, allow_http: bool) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"FLUXHOOK_PUBLIC_URL must be an absolute URL, got {url!r}")
+    if parts.scheme == "http" and not allow_http:
+        raise SettingsError("FLUXHOOK_PUBLIC_URL must use https (set FLUXHOOK_ALLOW_HTTP=1 for local testing)")
+    if parts.query or parts.fragment:
+        raise SettingsError("FLUXHOOK_PUBLIC_URL must not have a query or fragment")
+    return url.rstrip("/")
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = env.get(name)
+    if value is None or value == "":
+        return default
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be 1/0/true/false, got {value!r}")
+
+
+def _number(env: Mapping[str, str], name: str, default: float, kind: type = float):  # type: ignore[no-untyped-def]
+    value = env.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = kind(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be a {'whole ' if kind is int else ''}number, got {value!r}") from None
+    if number < 0:
+        raise SettingsError(f"{name} must not be negative, got {value!r}")
+    return number

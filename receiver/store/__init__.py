@@ -1,0 +1,159 @@
+"""The ledger: jobs, received events and result files.
+
+:class:`Store` is the interface every backend implements; the contract tests
+in ``tests/test_store.py`` run against each one. Status changes are
+conditional updates derived from :mod:`submitter.status`, deduplication is a
+unique key, and work is claimed with leases, so several processes can share
+one database without doing anything twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from submitter.dialects import Observation
+from submitter.status import Status
+
+__all__ = ["Event", "FileRecord", "Job", "Outcome", "Store", "StoreUnavailable"]
+
+
+class StoreUnavailable(Exception):
+    """The database is locked, gone or full: answer 503 so the sender retries."""
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    provider: str
+    model: str
+    params: dict[str, Any]
+    status: Status
+    created_at: float
+    deadline_at: float
+    provider_job_id: str | None = None
+    polling_url: str | None = None
+    submitted_at: float | None = None
+    updated_at: float | None = None
+    next_check_at: float | None = None
+    #: When a verified callback last arrived.
+    callback_at: float | None = None
+    polls: int = 0
+    submit_attempts: int = 0
+    repolls: int = 0
+    slot_held: bool = False
+    progress: float | None = None
+    error: str | None = None
+    note: str | None = None
+    lease_owner: str | None = None
+    lease_until: float | None = None
+
+    def public(self) -> dict[str, Any]:
+        """What the CLI shows: no URLs (they carry signatures), no lease internals."""
+        return {
+            "id": self.id,
+            "provider": self.provider,
+            "model": self.model,
+            "status": str(self.status),
+            "provider_job_id": self.provider_job_id,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "polls": self.polls,
+            "error": self.error,
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    job_id: str
+    n: int
+    url: str = field(repr=False)
+    expires_at: float
+    path: str | None = None
+    size: int | None = None
+    sha256: str | None = None
+    content_type: str | None = None
+    attempts: int = 0
+
+    @property
+    def stored(self) -> bool:
+        return self.path is not None
+
+
+@dataclass(frozen=True)
+class Event:
+    """One received callback, as kept for audit and replay (secrets removed)."""
+
+    job_id: str
+    provider: str
+    dedup_key: str
+    received_at: float
+    headers: dict[str, str]
+    body: bytes
+    verdict: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What applying an observation did."""
+
+    duplicate: bool = False  # the event was seen before: nothing changed
+    changed: bool = False  # the job's status moved
+    status: Status | None = None  # the job's status afterwards
+    found: bool = True
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    async def create_job(self, job: Job) -> None: ...
+    async def get_job(self, job_id: str) -> Job | None: ...
+    async def list_jobs(self, status: Status | None = None, limit: int = 100) -> list[Job]: ...
+    async def files(self, job_id: str) -> list[FileRecord]: ...
+
+    async def reserve_slot(self, job_id: str, *, cap: int, model_cap: int, now: float) -> bool:
+        """Atomically hold one of the provider's active-job slots for a queued job."""
+        ...
+
+    async def record_submit(
+        self, job_id: str, provider_job_id: str | None, polling_url: str | None, *, now: float,
+        next_check_at: float | None, note: str | None = None,
+    ) -> Outcome:
+        """The provider accepted (or may have accepted) the job: queued -> submitted."""
+        ...
+
+    async def defer(self, job_id: str, *, next_check_at: float, note: str | None, now: float) -> None:
+        """Give a queued job's slot back and try again later."""
+        ...
+
+    async def apply(
+        self, job_id: str, observation: Observation, *, now: float, next_check_at: float | None,
+        event: Event | None = None, expires: tuple[float, ...] = (),
+    ) -> Outcome:
+        """Record an event (if any, deduplicated) and move the job per the observation, in one transaction."""
+        ...
+
+    async def finish(self, job_id: str, status: Status, *, now: float, reason: str | None = None) -> Outcome:
+        """Move a job to a terminal status (stored, failed, expired...) if the state machine allows."""
+        ...
+
+    async def claim_due(self, owner: str, *, now: float, lease: float, limit: int) -> list[Job]:
+        """Lease jobs whose next check is due: downloads first, earliest URL expiry first."""
+        ...
+
+    async def claim(self, job_id: str, owner: str, *, now: float, lease: float) -> Job | None: ...
+
+    async def release(
+        self, job_id: str, owner: str, *, expect: Status | None, next_check_at: float | None, polled: bool = False
+    ) -> None:
+        """Give up a lease. If the job is still in `expect`, schedule its next check;
+        if it finished or moved on meanwhile (or `expect` is None), keep its schedule."""
+        ...
+
+    async def note_repoll(self, job_id: str) -> None: ...
+    async def store_file(self, job_id: str, n: int, *, path: str, size: int, sha256: str, content_type: str) -> None: ...
+    async def file_failed(self, job_id: str, n: int) -> None: ...
+    async def count_events(self, job_id: str) -> int: ...
+    async def counts(self) -> dict[str, int]: ...

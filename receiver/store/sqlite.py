@@ -1,0 +1,393 @@
+"""SQLite backend (aiosqlite, WAL): the embedded default."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiosqlite
+
+from submitter.dialects import Observation
+from submitter.status import ACTIVE, TERMINAL, Status, predecessors
+
+from . import Event, FileRecord, Job, Outcome, StoreUnavailable
+
+__all__ = ["SQLiteStore", "MIGRATIONS"]
+
+#: Numbered schema steps; each runs once, in a transaction with its record.
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "initial",
+        """
+        CREATE TABLE jobs (
+            id TEXT PRIMARY KEY,
+            provider TEXT NOT NULL,
+            model TEXT NOT NULL,
+            params TEXT NOT NULL,
+            status TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            deadline_at REAL NOT NULL,
+            provider_job_id TEXT,
+            polling_url TEXT,
+            submitted_at REAL,
+            updated_at REAL,
+            next_check_at REAL,
+            download_by REAL,
+            callback_at REAL,
+            polls INTEGER NOT NULL DEFAULT 0,
+            submit_attempts INTEGER NOT NULL DEFAULT 0,
+            repolls INTEGER NOT NULL DEFAULT 0,
+            slot_held INTEGER NOT NULL DEFAULT 0,
+            progress REAL,
+            error TEXT,
+            note TEXT,
+            lease_owner TEXT,
+            lease_until REAL
+        );
+        CREATE INDEX jobs_due ON jobs (next_check_at) WHERE next_check_at IS NOT NULL;
+        CREATE INDEX jobs_active ON jobs (provider, status);
+        CREATE UNIQUE INDEX jobs_provider_job ON jobs (provider, provider_job_id)
+            WHERE provider_job_id IS NOT NULL;
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            job_id TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            dedup_key TEXT NOT NULL UNIQUE,
+            received_at REAL NOT NULL,
+            headers TEXT NOT NULL,
+            body BLOB NOT NULL,
+            verdict TEXT NOT NULL
+        );
+        CREATE INDEX events_job ON events (job_id);
+        CREATE TABLE files (
+            job_id TEXT NOT NULL,
+            n INTEGER NOT NULL,
+            url TEXT NOT NULL,
+            expires_at REAL NOT NULL,
+            path TEXT,
+            size INTEGER,
+            sha256 TEXT,
+            content_type TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (job_id, n)
+        );
+        """,
+    ),
+]
+
+_JOB_FIELDS = {f for f in Job.__dataclass_fields__}
+_TERMINAL_SQL = ",".join(f"'{s}'" for s in sorted(TERMINAL))
+_ACTIVE_SQL = ",".join(f"'{s}'" for s in sorted(ACTIVE))
+
+
+def _in(statuses: frozenset[Status]) -> str:
+    return ",".join(f"'{s}'" for s in sorted(statuses)) or "NULL"
+
+
+def _job(row: sqlite3.Row) -> Job:
+    data = {k: row[k] for k in row.keys() if k in _JOB_FIELDS}
+    data["params"] = json.loads(data["params"])
+    data["status"] = Status(data["status"])
+    data["slot_held"] = bool(data["slot_held"])
+    return Job(**data)
+
+
+def _file(row: sqlite3.Row) -> FileRecord:
+    return FileRecord(**{k: row[k] for k in row.keys()})
+
+
+class SQLiteStore:
+    """One aiosqlite connection; writes are serialised by a lock, transactions are explicit."""
+
+    def __init__(self, path: str, *, busy_timeout: float = 5.0) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        try:
+            self._db = await aiosqlite.connect(self.path, isolation_level=None, timeout=self.busy_timeout)
+            self._db.row_factory = sqlite3.Row
+            await self._db.execute("PRAGMA journal_mode=WAL")
+            await self._db.execute("PRAGMA synchronous=FULL")
+            await self._db.execute("PRAGMA foreign_keys=ON")
+            await self._migrate()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open the database {self.path}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def _migrate(self) -> None:
+        async with self._tx() as db:
+            await db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+            )
+            done = {row[0] async for row in await db.execute("SELECT version FROM schema_migrations")}
+            for version, name, sql in MIGRATIONS:
+                if version in done:
+                    continue
+                for statement in filter(str.strip, sql.split(";")):
+                    await db.execute(statement)
+                await db.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", (version, name))
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
+        if self._db is None:
+            raise StoreUnavailable("the store is not open")
+        async with self._lock:
+            db = self._db
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"database busy: {exc}") from exc
+            try:
+                yield db
+            except BaseException:
+                try:
+                    await db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise
+            try:
+                await db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"commit failed: {exc}") from exc
+
+    async def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        if self._db is None:
+            raise StoreUnavailable("the store is not open")
+        try:
+            async with self._lock:
+                cursor = await self._db.execute(sql, args)
+                return list(await cursor.fetchall())
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"read failed: {exc}") from exc
+
+    async def _write(self, sql: str, args: tuple[Any, ...] = ()) -> int:
+        try:
+            async with self._tx() as db:
+                cursor = await db.execute(sql, args)
+                return cursor.rowcount
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"write failed: {exc}") from exc
+
+    # -- jobs ---------------------------------------------------------------------
+
+    async def create_job(self, job: Job) -> None:
+        await self._write(
+            "INSERT INTO jobs (id, provider, model, params, status, created_at, deadline_at, updated_at, next_check_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (job.id, job.provider, job.model, json.dumps(job.params), str(job.status), job.created_at,
+             job.deadline_at, job.created_at, job.next_check_at),
+        )
+
+    async def get_job(self, job_id: str) -> Job | None:
+        rows = await self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    async def list_jobs(self, status: Status | None = None, limit: int = 100) -> list[Job]:
+        if status is None:
+            rows = await self._read("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,))
+        else:
+            rows = await self._read(
+                "SELECT * FROM jobs WHERE status = ? ORDER BY created_at DESC LIMIT ?", (str(status), limit)
+            )
+        return [_job(r) for r in rows]
+
+    async def files(self, job_id: str) -> list[FileRecord]:
+        rows = await self._read("SELECT * FROM files WHERE job_id = ? ORDER BY n", (job_id,))
+        return [_file(r) for r in rows]
+
+    async def reserve_slot(self, job_id: str, *, cap: int, model_cap: int, now: float) -> bool:
+        # One statement: the counts and the reservation cannot interleave with another writer.
+        active = f"(o.status IN ({_ACTIVE_SQL}) OR (o.status = 'queued' AND o.slot_held = 1))"
+        changed = await self._write(
+            f"""UPDATE jobs SET slot_held = 1, submit_attempts = submit_attempts + 1, updated_at = ?
+            WHERE id = ? AND status = 'queued' AND slot_held = 0
+              AND (SELECT COUNT(*) FROM jobs AS o WHERE o.provider = jobs.provider AND {active}) < ?
+              AND (SELECT COUNT(*) FROM jobs AS o WHERE o.provider = jobs.provider
+                   AND o.model = jobs.model AND {active}) < ?""",
+            (now, job_id, cap, model_cap),
+        )
+        return changed == 1
+
+    async def record_submit(
+        self, job_id: str, provider_job_id: str | None, polling_url: str | None, *, now: float,
+        next_check_at: float | None, note: str | None = None,
+    ) -> Outcome:
+        async with self._tx() as db:
+            # The ids are kept even when a callback already moved the job on (it raced this answer).
+            await db.execute(
+                "UPDATE jobs SET provider_job_id = COALESCE(provider_job_id, ?),"
+                " polling_url = COALESCE(polling_url, ?), submitted_at = COALESCE(submitted_at, ?),"
+                " note = COALESCE(?, note), slot_held = 0, updated_at = ? WHERE id = ?",
+                (provider_job_id, polling_url, now, note, now, job_id),
+            )
+            cursor = await db.execute(
+                "UPDATE jobs SET status = 'submitted', next_check_at = ? WHERE id = ? AND status = 'queued'",
+                (next_check_at, job_id),
+            )
+            changed = cursor.rowcount == 1
+            status = await self._status(db, job_id)
+        return Outcome(changed=changed, status=status, found=status is not None)
+
+    async def defer(self, job_id: str, *, next_check_at: float, note: str | None, now: float) -> None:
+        await self._write(
+            "UPDATE jobs SET slot_held = 0, next_check_at = ?, note = ?, updated_at = ?"
+            " WHERE id = ? AND status = 'queued'",
+            (next_check_at, note, now, job_id),
+        )
+
+    @staticmethod
+    async def _status(db: aiosqlite.Connection, job_id: str) -> Status | None:
+        cursor = await db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,))
+        row = await cursor.fetchone()
+        return Status(row[0]) if row else None
+
+    async def apply(
+        self, job_id: str, observation: Observation, *, now: float, next_check_at: float | None,
+        event: Event | None = None, expires: tuple[float, ...] = (),
+    ) -> Outcome:
+        async with self._tx() as db:
+            current = await self._status(db, job_id)
+            if current is None:
+                return Outcome(found=False)
+            if event is not None:
+                cursor = await db.execute(
+                    "INSERT INTO events (job_id, provider, dedup_key, received_at, headers, body, verdict)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedup_key) DO NOTHING",
+                    (event.job_id, event.provider, event.dedup_key, event.received_at,
+                     json.dumps(event.headers), event.body, event.verdict),
+                )
+                if cursor.rowcount == 0:
+                    return Outcome(duplicate=True, status=current)
+                await db.execute("UPDATE jobs SET callback_at = ? WHERE id = ?", (now, job_id))
+            if observation.provider_job_id:
+                await db.execute(
+                    "UPDATE jobs SET provider_job_id = ? WHERE id = ? AND provider_job_id IS NULL",
+                    (observation.provider_job_id, job_id),
+                )
+            new = observation.status
+            changed = False
+            if new is not None and new != current:
+                cursor = await db.execute(
+                    f"UPDATE jobs SET status = ?, error = COALESCE(?, error), progress = COALESCE(?, progress),"
+                    f" updated_at = ?, next_check_at = ?, slot_held = 0"
+                    f" WHERE id = ? AND status IN ({_in(predecessors(new))})",
+                    (str(new), observation.reason, observation.progress, now,
+                     None if new in TERMINAL else next_check_at, job_id),
+                )
+                changed = cursor.rowcount == 1
+            elif new is not None and new not in TERMINAL and new == current:
+                # Same progress again (a new callback or poll): note it and reschedule.
+                await db.execute(
+                    "UPDATE jobs SET progress = COALESCE(?, progress), updated_at = ?, next_check_at = ?"
+                    " WHERE id = ? AND status = ?",
+                    (observation.progress, now, next_check_at, job_id, str(new)),
+                )
+            status = await self._status(db, job_id)
+            if observation.urls and status == Status.SUCCEEDED:
+                for n, (url, expires_at) in enumerate(zip(observation.urls, expires, strict=True)):
+                    # Fresh URLs (a re-poll after expiry) replace stale ones for files not yet stored.
+                    await db.execute(
+                        "INSERT INTO files (job_id, n, url, expires_at) VALUES (?, ?, ?, ?)"
+                        " ON CONFLICT (job_id, n) DO UPDATE SET url = excluded.url,"
+                        " expires_at = excluded.expires_at WHERE files.path IS NULL",
+                        (job_id, n, url, expires_at),
+                    )
+                await db.execute(
+                    "UPDATE jobs SET download_by = (SELECT MIN(expires_at) FROM files"
+                    " WHERE job_id = ? AND path IS NULL), next_check_at = ? WHERE id = ?",
+                    (job_id, now, job_id),
+                )
+        return Outcome(changed=changed, status=status)
+
+    async def finish(self, job_id: str, status: Status, *, now: float, reason: str | None = None) -> Outcome:
+        async with self._tx() as db:
+            cursor = await db.execute(
+                f"UPDATE jobs SET status = ?, error = COALESCE(?, error), updated_at = ?, next_check_at = NULL,"
+                f" slot_held = 0, download_by = NULL WHERE id = ? AND status IN ({_in(predecessors(status))})",
+                (str(status), reason, now, job_id),
+            )
+            changed = cursor.rowcount == 1
+            current = await self._status(db, job_id)
+        return Outcome(changed=changed, status=current, found=current is not None)
+
+    # -- leases -------------------------------------------------------------------
+
+    async def claim_due(self, owner: str, *, now: float, lease: float, limit: int) -> list[Job]:
+        async with self._tx() as db:
+            cursor = await db.execute(
+                """UPDATE jobs SET lease_owner = ?, lease_until = ?
+                WHERE id IN (
+                    SELECT id FROM jobs
+                    WHERE next_check_at <= ? AND (lease_until IS NULL OR lease_until < ?)
+                    ORDER BY download_by IS NULL, download_by, next_check_at
+                    LIMIT ?)
+                RETURNING *""",
+                (owner, now + lease, now, now, limit),
+            )
+            rows = list(await cursor.fetchall())
+        jobs = [_job(r) for r in rows]
+        return sorted(jobs, key=lambda j: j.next_check_at or 0)
+
+    async def claim(self, job_id: str, owner: str, *, now: float, lease: float) -> Job | None:
+        async with self._tx() as db:
+            cursor = await db.execute(
+                "UPDATE jobs SET lease_owner = ?, lease_until = ? WHERE id = ?"
+                " AND (lease_until IS NULL OR lease_until < ?) RETURNING *",
+                (owner, now + lease, job_id, now),
+            )
+            row = await cursor.fetchone()
+        return _job(row) if row else None
+
+    async def release(
+        self, job_id: str, owner: str, *, expect: Status | None, next_check_at: float | None, polled: bool = False
+    ) -> None:
+        # If someone else (a callback) moved the job while we held it, their schedule wins.
+        await self._write(
+            f"""UPDATE jobs SET lease_owner = NULL, lease_until = NULL, polls = polls + ?,
+                next_check_at = CASE WHEN status IN ({_TERMINAL_SQL}) THEN NULL
+                                     WHEN status = ? THEN ? ELSE next_check_at END
+            WHERE id = ? AND lease_owner = ?""",
+            (int(polled), str(expect) if expect else None, next_check_at, job_id, owner),
+        )
+
+    async def note_repoll(self, job_id: str) -> None:
+        await self._write("UPDATE jobs SET repolls = repolls + 1, polls = polls + 1 WHERE id = ?", (job_id,))
+
+    # -- files and events -------------------------------------------------------------
+
+    async def store_file(self, job_id: str, n: int, *, path: str, size: int, sha256: str, content_type: str) -> None:
+        async with self._tx() as db:
+            await db.execute(
+                "UPDATE files SET path = ?, size = ?, sha256 = ?, content_type = ?, attempts = attempts + 1"
+                " WHERE job_id = ? AND n = ? AND path IS NULL",
+                (path, size, sha256, content_type, job_id, n),
+            )
+            await db.execute(
+                "UPDATE jobs SET download_by = (SELECT MIN(expires_at) FROM files"
+                " WHERE job_id = ? AND path IS NULL) WHERE id = ?",
+                (job_id, job_id),
+            )
+
+    async def file_failed(self, job_id: str, n: int) -> None:
+        await self._write("UPDATE files SET attempts = attempts + 1 WHERE job_id = ? AND n = ?", (job_id, n))
+
+    async def count_events(self, job_id: str) -> int:
+        rows = await self._read("SELECT COUNT(*) FROM events WHERE job_id = ?", (job_id,))
+        return int(rows[0][0])
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self._read("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+        return {r[0]: int(r[1]) for r in rows}

@@ -1,0 +1,228 @@
+"""The sweep: submit deferred jobs, poll jobs whose callback never came, fetch results.
+
+One pass is :func:`sweep_once`; `fluxhook serve` runs it in a loop and
+`fluxhook sweep` runs it once (for cron). Every job is claimed with a lease
+first, so sweeps running side by side never handle the same job twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+from submitter.dialects import Observation
+from submitter.errors import PollFailed
+from submitter.status import Status
+
+from .downloads import DownloadError, DownloadPolicy, download, redact_url, url_expiry
+from .jobs import try_submit
+from .runtime import Runtime
+from .schedule import NOT_FOUND_GRACE, next_poll, retry_later
+from .store import Job
+
+__all__ = ["SweepReport", "download_job", "expiries", "handle", "sweep_loop", "sweep_once"]
+
+log = logging.getLogger("fluxhook.sweep")
+
+
+@dataclass
+class SweepReport:
+    claimed: int = 0
+    actions: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"claimed": self.claimed, **self.actions}
+
+
+def expiries(rt: Runtime, provider: str, urls: tuple[str, ...]) -> tuple[float, ...]:
+    """When each result URL stops working: from its signature, else the provider's typical lifetime."""
+    default = rt.clock() + rt.settings.provider(provider).dialect.url_lifetime
+    return tuple(url_expiry(u) or default for u in urls)
+
+
+async def sweep_once(rt: Runtime, *, batch: int = 100, max_batches: int = 50) -> SweepReport:
+    """Handle every job that is due now (bounded), then return what was done."""
+    report = SweepReport()
+    gate = asyncio.Semaphore(max(1, rt.settings.download_concurrency))
+
+    async def run(job: Job) -> None:
+        async with gate:
+            report.actions[await handle(rt, job)] += 1
+
+    for _ in range(max_batches):
+        jobs = await rt.store.claim_due(rt.owner, now=rt.clock(), lease=rt.settings.lease_seconds, limit=batch)
+        if not jobs:
+            break
+        report.claimed += len(jobs)
+        await asyncio.gather(*(run(job) for job in jobs))
+    return report
+
+
+async def handle(rt: Runtime, job: Job) -> str:
+    """Do the one thing a claimed job needs, then release its lease. Returns what was done."""
+    try:
+        return await _handle(rt, job)
+    except Exception:
+        # A bug or an outage must not take the sweep down, nor keep the lease forever.
+        log.exception("sweep failed on job %s", job.id)
+        await rt.store.release(job.id, rt.owner, expect=job.status, next_check_at=retry_later(3, rt.clock()))
+        return "error"
+
+
+async def _handle(rt: Runtime, job: Job) -> str:
+    store, now = rt.store, rt.clock()
+    if job.status in (Status.QUEUED, Status.SUBMITTED, Status.RUNNING) and now >= job.deadline_at:
+        await store.finish(job.id, Status.EXPIRED, now=now,
+                           reason=f"no result within the {rt.settings.job_deadline:.0f} s deadline")
+        return "expired"
+    if job.status == Status.QUEUED:
+        if job.slot_held:
+            # A submitter died between reserving its slot and hearing back: the job may exist.
+            await store.record_submit(job.id, None, None, now=now, next_check_at=job.deadline_at,
+                                      note="submit interrupted; outcome unknown")
+            status, action = Status.SUBMITTED, "reconciled"
+        else:
+            status, action = await try_submit(rt, job), "submitted"
+        await store.release(job.id, rt.owner, expect=None, next_check_at=None)
+        return action
+    if job.status in (Status.SUBMITTED, Status.RUNNING):
+        return await _poll(rt, job)
+    if job.status == Status.SUCCEEDED:
+        return await download_job(rt, job)
+    await store.release(job.id, rt.owner, expect=None, next_check_at=None)
+    return "skipped"
+
+
+async def _poll(rt: Runtime, job: Job) -> str:
+    store = rt.store
+    if job.provider_job_id is None:
+        # Nothing to ask the provider about (its answer never came); only a callback or
+        # the deadline can settle this job.
+        await store.release(job.id, rt.owner, expect=job.status, next_check_at=job.deadline_at)
+        return "waiting"
+    try:
+        observation = await rt.client(job.provider).poll(job.provider_job_id, job.polling_url)
+    except PollFailed as exc:
+        log.warning("job %s: %s", job.id, exc)
+        now = rt.clock()
+        await store.release(job.id, rt.owner, expect=job.status, polled=True,
+                            next_check_at=next_poll(job.polls + 1, now, job.deadline_at, rt.settings))
+        return "poll-failed"
+    now = rt.clock()
+    later = next_poll(job.polls + 1, now, job.deadline_at, rt.settings)
+    if observation.not_found and now - (job.submitted_at or job.created_at) > NOT_FOUND_GRACE:
+        await store.finish(job.id, Status.FAILED, now=now, reason=observation.reason)
+    elif observation.status is None:
+        await store.release(job.id, rt.owner, expect=job.status, next_check_at=later, polled=True)
+        return "polled"
+    else:
+        await store.apply(job.id, observation, now=now, next_check_at=later,
+                          expires=expiries(rt, job.provider, observation.urls))
+    await store.release(job.id, rt.owner, expect=None, next_check_at=None, polled=True)
+    return "polled"
+
+
+def _policy(rt: Runtime, provider: str) -> DownloadPolicy:
+    return DownloadPolicy(
+        allowed_hosts=rt.settings.download_hosts_for(provider),
+        allow_private=rt.settings.download_allow_private,
+        max_bytes=rt.settings.max_download_bytes,
+    )
+
+
+async def download_job(rt: Runtime, job: Job) -> str:
+    """Fetch every file of a succeeded job not stored yet; `stored` when all are in place."""
+    store = rt.store
+    policy = _policy(rt, job.provider)
+    repolled = job.repolls > 0
+    while True:
+        files = await store.files(job.id)
+        pending = [f for f in files if not f.stored]
+        if not pending:
+            if files:
+                await store.finish(job.id, Status.STORED, now=rt.clock())
+            else:
+                await store.finish(job.id, Status.FAILED, now=rt.clock(), reason="no result files recorded")
+            await store.release(job.id, rt.owner, expect=None, next_check_at=None)
+            return "stored" if files else "failed"
+        failure: DownloadError | None = None
+        for record in sorted(pending, key=lambda f: f.expires_at):
+            dest = rt.settings.results / job.id / str(record.n)
+            try:
+                stored = await download(rt.cdn, record.url, dest, policy, resolver=rt.resolver)
+            except DownloadError as exc:
+                await store.file_failed(job.id, record.n)
+                if exc.kind == "transient" and rt.clock() >= record.expires_at:
+                    exc.kind = "expired"
+                failure = exc
+                if exc.kind != "transient":
+                    break
+                continue
+            relative = os.path.relpath(stored.path, rt.settings.results)
+            await store.store_file(job.id, record.n, path=relative, size=stored.size,
+                                   sha256=stored.sha256, content_type=stored.content_type)
+        if failure is None:
+            continue
+        now = rt.clock()
+        if failure.kind == "rejected":
+            await store.finish(job.id, Status.FAILED, now=now, reason=str(failure))
+        elif failure.kind == "expired":
+            if not repolled and job.provider_job_id:
+                repolled = True
+                if await _repoll(rt, job):
+                    continue
+            await store.finish(job.id, Status.EXPIRED, now=now,
+                               reason=f"result URL expired before download and no fresh one: {failure}")
+        else:
+            attempts = max(f.attempts for f in pending) + 1
+            await store.release(job.id, rt.owner, expect=Status.SUCCEEDED, next_check_at=retry_later(attempts, now))
+            return "download-retry"
+        await store.release(job.id, rt.owner, expect=None, next_check_at=None)
+        return f"download-{failure.kind}"
+
+
+async def _repoll(rt: Runtime, job: Job) -> bool:
+    """Ask the provider once for fresh result URLs; True if it gave some."""
+    assert job.provider_job_id is not None
+    await rt.store.note_repoll(job.id)
+    try:
+        observation: Observation = await rt.client(job.provider).poll(job.provider_job_id, job.polling_url)
+    except PollFailed as exc:
+        log.warning("job %s: re-poll for fresh URLs failed: %s", job.id, exc)
+        return False
+    if observation.status != Status.SUCCEEDED or not observation.urls:
+        return False
+    log.info("job %s: fresh result URL from %s", job.id, redact_url(observation.urls[0]))
+    await rt.store.apply(job.id, observation, now=rt.clock(), next_check_at=rt.clock(),
+                         expires=expiries(rt, job.provider, observation.urls))
+    return True
+
+
+async def sweep_loop(rt: Runtime, interval: float) -> None:
+    """Sweep forever, every `interval` seconds (what `serve` runs in the background)."""
+    while True:
+        try:
+            report = await sweep_once(rt)
+            if report.claimed:
+                log.info("sweep: %s", report.as_dict())
+        except Exception:
+            log.exception("sweep pass failed")
+        await asyncio.sleep(interval)
+
+
+async def download_worker(rt: Runtime) -> None:
+    """Fetch results as soon as a callback reports them (the sweep covers anything missed)."""
+    while True:
+        job_id = await rt.downloads.get()
+        try:
+            job = await rt.store.claim(job_id, rt.owner, now=rt.clock(), lease=rt.settings.lease_seconds)
+            if job is not None:
+                if job.status == Status.SUCCEEDED:
+                    await handle(rt, job)
+                else:
+                    await rt.store.release(job.id, rt.owner, expect=None, next_check_at=None)
+        except Exception:
+            log.exception("download worker failed on job %s", job_id)

@@ -1,0 +1,155 @@
+"""Talking to one provider over HTTP: submit a job, check on it.
+
+The client holds no state beyond its connection pool; the ledger is the
+caller's. Retries follow :class:`~submitter.backoff.RetryPolicy` and only ever
+repeat a submit that provably never reached the provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from .backoff import RetryPolicy, parse_retry_after
+from .dialects import BodyError, Dialect, Observation, SubmitAnswer, loads_object, parse_observation, parse_submit_answer
+from .errors import PollFailed, ProviderUnavailable, SubmitAmbiguous, SubmitRejected
+from .hosts import host_allowed
+
+__all__ = ["Provider", "ProviderClient", "RETRYABLE_STATUS"]
+
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+#: Failures that happen before any byte of the request left: always safe to retry.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
+@dataclass(frozen=True)
+class Provider:
+    """A dialect bound to a base URL and an API key."""
+
+    dialect: Dialect
+    base_url: str
+    api_key: str | None
+
+    @property
+    def name(self) -> str:
+        return self.dialect.name
+
+    def __repr__(self) -> str:
+        return f"Provider({self.name!r}, {self.base_url!r}, api_key='**********')"
+
+
+def error_message(response: httpx.Response) -> str:
+    """The provider's own words from an error body (`detail`, `error.message`, text)."""
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text.strip()[:300] or response.reason_phrase
+    if isinstance(data, dict):
+        detail = data.get("detail")
+        if isinstance(detail, list):
+            return "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail)[:300]
+        if detail:
+            return str(detail)[:300]
+        error = data.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])[:300]
+        if data.get("message"):
+            return str(data["message"])[:300]
+    return response.text.strip()[:300]
+
+
+class ProviderClient:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        provider: Provider,
+        *,
+        policy: RetryPolicy = RetryPolicy(),
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.http = http
+        self.provider = provider
+        self.policy = policy
+        self._sleep = sleep
+        self._clock = clock
+
+    @property
+    def _headers(self) -> dict[str, str]:
+        if not self.provider.api_key:
+            return {}
+        return self.provider.dialect.auth_headers(self.provider.api_key)
+
+    async def submit(
+        self, model: str, params: Mapping[str, Any], webhook_url: str, webhook_secret: str
+    ) -> SubmitAnswer:
+        """Create the job at the provider.
+
+        Raises SubmitRejected (4xx), ProviderUnavailable (retries used up, nothing
+        created) or SubmitAmbiguous (sent, but no answer: the job may exist).
+        """
+        dialect = self.provider.dialect
+        url = dialect.submit_url(self.provider.base_url, model)
+        body = dialect.submit_body(params, webhook_url, webhook_secret)
+        last: ProviderUnavailable | None = None
+        for attempt in range(self.policy.attempts):
+            if attempt:
+                await self._sleep(self.policy.delay(attempt - 1, last.retry_after if last else None))
+            try:
+                response = await self.http.post(url, json=body, headers=self._headers)
+            except _NOT_SENT as exc:
+                last = ProviderUnavailable(f"{self.provider.name}: cannot connect ({type(exc).__name__})")
+                continue
+            except httpx.HTTPError as exc:
+                raise SubmitAmbiguous(
+                    f"{self.provider.name}: no answer to the submit ({type(exc).__name__}); "
+                    "the job may exist at the provider"
+                ) from None
+            if response.status_code in RETRYABLE_STATUS:
+                retry_after = parse_retry_after(response.headers.get("retry-after"), self._clock())
+                last = ProviderUnavailable(
+                    f"{self.provider.name}: HTTP {response.status_code}: {error_message(response)}", retry_after
+                )
+                continue
+            if response.status_code >= 400:
+                raise SubmitRejected(response.status_code, error_message(response))
+            try:
+                return parse_submit_answer(loads_object(response.content))
+            except BodyError as exc:
+                # The provider said 2xx, so a job probably exists, but we cannot name it.
+                raise SubmitAmbiguous(f"{self.provider.name}: unreadable submit answer: {exc}") from None
+        assert last is not None
+        raise last
+
+    def status_url(self, provider_job_id: str, polling_url: str | None) -> str:
+        dialect = self.provider.dialect
+        if polling_url and dialect.use_polling_url:
+            host = urlsplit(polling_url).hostname or ""
+            base_host = urlsplit(self.provider.base_url).hostname or ""
+            if urlsplit(polling_url).scheme in ("https", "http") and (
+                host == base_host or host_allowed(host, dialect.polling_hosts)
+            ):
+                return polling_url
+        return dialect.poll_url(self.provider.base_url, provider_job_id)
+
+    async def poll(self, provider_job_id: str, polling_url: str | None = None) -> Observation:
+        """One status check. Raises PollFailed; the caller schedules the next try."""
+        url = self.status_url(provider_job_id, polling_url)
+        try:
+            response = await self.http.get(url, headers=self._headers)
+        except httpx.HTTPError as exc:
+            raise PollFailed(f"{self.provider.name}: status check failed ({type(exc).__name__})") from None
+        if response.status_code == 404:
+            return Observation(provider_job_id, None, "404", reason="provider reports task not found", not_found=True)
+        if response.status_code >= 400:
+            raise PollFailed(f"{self.provider.name}: status check HTTP {response.status_code}: {error_message(response)}")
+        try:
+            return parse_observation(self.provider.dialect, loads_object(response.content))
+        except BodyError as exc:
+            raise PollFailed(f"{self.provider.name}: unreadable status answer: {exc}") from None
