@@ -17,11 +17,19 @@ from urllib.parse import urlsplit
 import httpx
 
 from .backoff import RetryPolicy, parse_retry_after
-from .dialects import BodyError, Dialect, Observation, SubmitAnswer, loads_object, parse_observation, parse_submit_answer
+from .dialects import (
+    BodyError,
+    Dialect,
+    Observation,
+    SubmitAnswer,
+    loads_object,
+    parse_observation,
+    parse_submit_answer,
+)
 from .errors import PollFailed, ProviderUnavailable, SubmitAmbiguous, SubmitRejected
 from .hosts import host_allowed
 
-__all__ = ["Provider", "ProviderClient", "RETRYABLE_STATUS"]
+__all__ = ["RETRYABLE_STATUS", "Provider", "ProviderClient"]
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 #: Failures that happen before any byte of the request left: always safe to retry.

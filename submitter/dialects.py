@@ -193,10 +193,11 @@ def _reason(data: Mapping[str, Any]) -> str | None:
         reasons = details.get("Moderation Reasons")
         if isinstance(reasons, list):
             parts.extend(str(r) for r in reasons if isinstance(r, (str, int, float)))
-    for key in ("error", "message", "detail"):
-        value = data.get(key)
-        if isinstance(value, str) and value:
-            parts.append(value)
+    for source in (data, details if isinstance(details, dict) else {}):
+        for key in ("error", "message", "detail"):
+            value = source.get(key)
+            if isinstance(value, str) and value and value not in parts:
+                parts.append(value)
     return "; ".join(parts)[:500] or None
 
 

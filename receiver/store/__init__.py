@@ -36,6 +36,8 @@ class Job:
     submitted_at: float | None = None
     updated_at: float | None = None
     next_check_at: float | None = None
+    #: Earliest expiry among result URLs not yet downloaded.
+    download_by: float | None = None
     #: When a verified callback last arrived.
     callback_at: float | None = None
     polls: int = 0

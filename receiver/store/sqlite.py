@@ -16,7 +16,7 @@ from submitter.status import ACTIVE, TERMINAL, Status, predecessors
 
 from . import Event, FileRecord, Job, Outcome, StoreUnavailable
 
-__all__ = ["SQLiteStore", "MIGRATIONS"]
+__all__ = ["MIGRATIONS", "SQLiteStore"]
 
 #: Numbered schema steps; each runs once, in a transaction with its record.
 MIGRATIONS: list[tuple[int, str, str]] = [
@@ -339,7 +339,8 @@ class SQLiteStore:
             )
             rows = list(await cursor.fetchall())
         jobs = [_job(r) for r in rows]
-        return sorted(jobs, key=lambda j: j.next_check_at or 0)
+        # RETURNING has no defined order: restore the claim order.
+        return sorted(jobs, key=lambda j: (j.download_by is None, j.download_by or 0, j.next_check_at or 0))
 
     async def claim(self, job_id: str, owner: str, *, now: float, lease: float) -> Job | None:
         async with self._tx() as db:

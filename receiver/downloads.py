@@ -1,0 +1,327 @@
+"""Safe downloads of provider result files.
+
+Result URLs arrive in callbacks and poll responses, are signed and short-lived
+(BFL: about ten minutes), and are treated as untrusted input. Every hop is
+checked against allowed schemes and hosts and against private addresses; only a
+bare GET is sent (no client headers, cookies or credentials); the body must be
+an image no larger than a cap; and a file appears at its final path only once
+it is complete and synced to disk.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import hashlib
+import ipaddress
+import os
+import secrets
+import socket
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import parse_qsl, urlsplit
+
+import anyio
+import anyio.to_thread
+import httpx
+
+from submitter.hosts import host_allowed
+
+__all__ = [
+    "DownloadError", "DownloadPolicy", "Resolver", "StoredFile", "check_address", "clean_partials",
+    "download", "extension_for", "host_allowed", "redact_url", "url_expiry",
+]
+
+Resolver = Callable[[str], Awaitable[list[str]]]
+Kind = Literal["expired", "transient", "rejected"]
+
+_CHUNK = 64 * 1024
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_EXPIRED = frozenset({401, 403, 404, 410})
+_RETRYABLE = frozenset({408, 425, 429})
+_METADATA = frozenset(map(ipaddress.ip_address, ("169.254.169.254", "fd00:ec2::254")))
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/jpg": "jpg", "image/webp": "webp", "image/gif": "gif"}
+
+
+@dataclass(frozen=True)
+class DownloadPolicy:
+    """What `download` may fetch. Host patterns: `*` (any), `*.example.com`
+    (subdomains only, not example.com itself) or an exact ASCII/punycode name."""
+
+    allowed_hosts: tuple[str, ...]
+    allow_private: bool = False
+    max_bytes: int = 50 * 1024 * 1024
+    max_redirects: int = 5
+    schemes: tuple[str, ...] = ("https", "http")
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A result file written to disk."""
+
+    path: Path
+    size: int
+    sha256: str
+    content_type: str
+
+
+class DownloadError(Exception):
+    """A result file could not be stored; `kind` says what the caller should do:
+
+    - ``expired``: the URL no longer works; get a fresh one from the provider.
+    - ``transient``: network, server or disk trouble; retry later.
+    - ``rejected``: the URL or the response is unacceptable; do not retry.
+    """
+
+    def __init__(self, kind: Kind, message: str) -> None:
+        super().__init__(message)
+        self.kind: Kind = kind
+
+
+def redact_url(url: str | httpx.URL) -> str:
+    """`scheme://host[:port]/path`: no userinfo, query (signature) or fragment."""
+    try:
+        parts = urlsplit(str(url))
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return "<invalid URL>"
+    if not parts.scheme:
+        return "<invalid URL>"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}{'' if port is None else f':{port}'}{parts.path}"
+
+
+def url_expiry(url: str) -> float | None:
+    """Epoch seconds at which a signed URL stops working, or None if unknown."""
+    try:
+        pairs = parse_qsl(urlsplit(str(url)).query, keep_blank_values=True)
+        query = {key.lower(): value for key, value in reversed(pairs)}  # first wins
+        if "se" in query:  # Azure SAS
+            return _iso_epoch(query["se"])
+        for prefix in ("x-amz-", "x-goog-"):  # S3 SigV4, GCS V4
+            if f"{prefix}date" in query and f"{prefix}expires" in query:
+                start = dt.datetime.strptime(query[f"{prefix}date"], "%Y%m%dT%H%M%SZ")
+                seconds = _seconds(query[f"{prefix}expires"])
+                return start.replace(tzinfo=dt.UTC).timestamp() + seconds
+        if "expires" in query:  # CloudFront, S3 SigV2
+            return float(_seconds(query["expires"]))
+    except (ValueError, OverflowError, TypeError):
+        return None
+    return None
+
+
+def _iso_epoch(value: str) -> float:
+    stamp = dt.datetime.fromisoformat(value.strip().replace(" ", "+"))
+    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)).timestamp()
+
+
+def _seconds(value: str) -> int:
+    if not (value.isascii() and value.isdigit()):
+        raise ValueError(value)
+    return int(value)
+
+
+def _forbidden(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if ip.is_site_local or (embedded is not None and _forbidden(embedded)):
+            return True
+    # `is_global` alone misses multicast (e.g. 239/8); the rest are spelled out for the reader.
+    flags = (ip.is_private, ip.is_loopback, ip.is_link_local, ip.is_multicast, ip.is_reserved, ip.is_unspecified)
+    return ip in _METADATA or not ip.is_global or any(flags)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+async def _resolve(host: str) -> list[str]:
+    infos = await anyio.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+async def check_address(host: str, policy: DownloadPolicy, resolver: Resolver | None = None) -> None:
+    """Reject `host` if it is, or resolves to, any non-public address."""
+    if policy.allow_private:
+        return
+    host = host.strip("[]")
+    try:
+        found = [host] if _is_ip(host) else await (resolver or _resolve)(host)
+    except OSError as exc:
+        raise DownloadError("transient", f"cannot resolve {host!r}: {exc}") from exc
+    if not found:
+        raise DownloadError("transient", f"{host!r} resolved to no addresses")
+    for address in found:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            raise DownloadError("rejected", f"{host!r} resolved to invalid address {address!r}") from None
+        if _forbidden(ip):
+            raise DownloadError("rejected", f"{host!r} resolves to non-public address {address}")
+
+
+def extension_for(content_type: str) -> str:
+    """File extension for an image content type; "img" for other images, "bin" otherwise."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return _EXTENSIONS.get(media) or ("img" if media.startswith("image/") else "bin")
+
+
+async def download(
+    http: httpx.AsyncClient, url: str, dest: Path, policy: DownloadPolicy, *, resolver: Resolver | None = None
+) -> StoredFile:
+    """Fetch `url` into `dest` + "." + extension (from the content type).
+
+    Redirects are followed by hand so every hop is vetted. Raises DownloadError.
+    """
+    target = _parse(url)
+    for _ in range(policy.max_redirects + 1):
+        await _vet(target, policy, resolver)
+        # A bare Request: none of the client's default headers, cookies or auth.
+        request = httpx.Request("GET", target, extensions={"timeout": http.timeout.as_dict()})
+        try:
+            response = await http.send(request, stream=True, auth=None, follow_redirects=False)
+        except httpx.TransportError as exc:
+            raise _transport_error(exc, target) from exc
+        try:
+            if response.status_code in _REDIRECTS:
+                location = response.headers.get("location")
+                if not location:
+                    raise _error("rejected", "redirect without Location", target)
+                target = _parse(location, base=target)
+                continue
+            content_type = _check_response(response, target, policy)
+            return await _store(response, target, Path(dest), content_type, policy)
+        finally:
+            await response.aclose()
+    raise _error("rejected", f"more than {policy.max_redirects} redirects", target)
+
+
+def _error(kind: Kind, problem: str, url: httpx.URL | str) -> DownloadError:
+    return DownloadError(kind, f"{problem}: {redact_url(url)}")
+
+
+def _transport_error(exc: httpx.TransportError, url: httpx.URL) -> DownloadError:
+    detail = str(exc)
+    if url.query:  # never echo the signature, whatever the exception says
+        detail = detail.replace(url.query.decode("ascii", "replace"), "<redacted>")
+    return _error("transient", f"{type(exc).__name__}{f' ({detail})' if detail else ''}", url)
+
+
+def _parse(url: str, base: httpx.URL | None = None) -> httpx.URL:
+    try:
+        return base.join(url) if base is not None else httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        raise DownloadError("rejected", f"invalid URL: {redact_url(url)}") from None
+
+
+async def _vet(url: httpx.URL, policy: DownloadPolicy, resolver: Resolver | None) -> None:
+    if url.scheme not in policy.schemes:
+        raise _error("rejected", f"scheme {url.scheme!r} not allowed", url)
+    if url.userinfo:
+        raise _error("rejected", "credentials in URL", url)
+    host = url.raw_host.decode("ascii", "replace")
+    if not host_allowed(host, policy.allowed_hosts):
+        raise _error("rejected", f"host {host!r} not allowed", url)
+    await check_address(host, policy, resolver)
+
+
+def _check_response(response: httpx.Response, url: httpx.URL, policy: DownloadPolicy) -> str:
+    """Vet status and headers before any of the body is read; return the media type."""
+    status = response.status_code
+    if status != 200:
+        if status in _EXPIRED:
+            raise _error("expired", f"HTTP {status} (URL expired or revoked)", url)
+        kind: Kind = "transient" if status in _RETRYABLE or status >= 500 else "rejected"
+        raise _error(kind, f"HTTP {status}", url)
+    media = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if not media.startswith("image/") or media == "image/":
+        raise _error("rejected", f"content type {media or 'missing'!r} is not an image", url)
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise _error("rejected", f"unexpected content encoding {encoding!r}", url)
+    length = _content_length(response)
+    if length is not None and length > policy.max_bytes:
+        raise _error("rejected", f"body of {length} bytes exceeds {policy.max_bytes}", url)
+    return media
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    value = response.headers.get("content-length", "").strip()
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+async def _store(
+    response: httpx.Response, url: httpx.URL, dest: Path, media: str, policy: DownloadPolicy
+) -> StoredFile:
+    final, temp = _paths(dest, media)
+    expected, size, digest, done = _content_length(response), 0, hashlib.sha256(), False
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        async with await anyio.open_file(temp, "xb") as fh:
+            try:
+                async for chunk in response.aiter_bytes(_CHUNK):  # no decoding: encodings are refused
+                    size += len(chunk)
+                    if size > policy.max_bytes:
+                        raise _error("rejected", f"body exceeds {policy.max_bytes} bytes", url)
+                    digest.update(chunk)
+                    await fh.write(chunk)
+            except httpx.TransportError as exc:
+                raise _transport_error(exc, url) from exc
+            if expected is not None and size != expected:
+                raise _error("transient", f"body truncated at {size} of {expected} bytes", url)
+            if size == 0:
+                raise _error("rejected", "empty body", url)
+            await fh.flush()
+            await anyio.to_thread.run_sync(os.fsync, fh.wrapped.fileno())
+        os.replace(temp, final)
+        done = True
+        await anyio.to_thread.run_sync(_fsync_dir, final.parent)
+    except OSError as exc:
+        reason = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+        raise _error("transient", f"cannot write {final.name} ({reason})", url) from exc
+    finally:
+        if not done:
+            with suppress(OSError):
+                temp.unlink(missing_ok=True)
+    return StoredFile(path=final, size=size, sha256=digest.hexdigest(), content_type=media)
+
+
+def _paths(dest: Path, media: str) -> tuple[Path, Path]:
+    """Final path (`dest` plus the extension; `dest` may contain dots) and a fresh temp path beside it."""
+    dest = dest.absolute()
+    final = dest.with_name(f"{dest.name}.{extension_for(media)}")
+    return final, dest.with_name(f".{dest.name}.{secrets.token_hex(8)}.part")
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def clean_partials(results_dir: Path) -> int:
+    """Delete leftover `.<name>.<random>.part` files under `results_dir`; return the count.
+
+    Call it before downloads start: it would also remove the temp file of a
+    download in progress.
+    """
+    removed = 0
+    for root, _dirs, files in os.walk(results_dir):
+        for name in files:
+            if name.startswith(".") and name.endswith(".part"):
+                with suppress(FileNotFoundError):
+                    os.unlink(os.path.join(root, name))
+                    removed += 1
+    return removed
