@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -111,6 +112,9 @@ class SQLiteStore:
         self._lock = asyncio.Lock()
 
     async def open(self) -> None:
+        parent = os.path.dirname(os.path.abspath(self.path))
+        if self.path != ":memory:" and not os.path.isdir(parent):
+            raise StoreUnavailable(f"cannot open the database {self.path}: folder {parent} does not exist")
         try:
             self._db = await aiosqlite.connect(self.path, isolation_level=None, timeout=self.busy_timeout)
             self._db.row_factory = sqlite3.Row
