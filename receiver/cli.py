@@ -61,18 +61,18 @@ async def _job_view(rt: Any, job_id: str) -> dict[str, Any]:
     return view
 
 
-async def _wait(rt: Any, job_id: str, timeout: float) -> None:
+async def _wait(rt: Any, job_id: str, within: float) -> None:
     from .sweep import sweep_once
 
     loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
+    end = loop.time() + within
     while loop.time() < end:
         await sweep_once(rt)
         job = await rt.store.get_job(job_id)
         if job is None or job.status in TERMINAL:
             return
         await asyncio.sleep(1.0)
-    raise CLIError(f"job {job_id} not finished after {timeout:.0f} s; it goes on: `fluxhook status {job_id}`")
+    raise CLIError(f"job {job_id} not finished after {within:.0f} s; it goes on: `fluxhook status {job_id}`")
 
 
 async def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:

@@ -42,14 +42,16 @@ def demo_settings(settings: Settings, sim_url: str, public_url: str) -> Settings
     )
 
 
-async def run_demo(settings: Settings, *, jobs: int = 4, timeout: float = 60.0) -> int:
+async def run_demo(settings: Settings, *, jobs: int = 4, within: float = 60.0) -> int:
     sim = Simulator(default_faults=Faults(runtime=0.3))
     sim.add_rule("callback lost", Faults(drop=True, runtime=0.3))
     async with serve_in_background(sim.app) as sim_url:
         sock = bind()
-        public_url = "http://127.0.0.1:%d" % sock.getsockname()[1]
+        public_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         settings = demo_settings(settings, sim_url, public_url)
-        print(f"simulator  {sim_url}\nreceiver   {public_url}\ndatabase   {settings.db}\nresults    {settings.results}")
+        for label, value in (("simulator", sim_url), ("receiver", public_url), ("database", settings.db),
+                             ("results", settings.results)):
+            print(f"{label:<10} {value}")
         async with serve_in_background(create_app(settings), sock), Runtime.open(settings) as rt:
             submitted = []
             for i in range(jobs):
@@ -58,7 +60,7 @@ async def run_demo(settings: Settings, *, jobs: int = 4, timeout: float = 60.0) 
                 print(f"submitted  {job.id}  {provider:<8} {model:<18} {prompt}")
                 submitted.append(job.id)
             loop = asyncio.get_running_loop()
-            end = loop.time() + timeout
+            end = loop.time() + within
             pending = set(submitted)
             while pending and loop.time() < end:
                 for job_id in list(pending):
@@ -77,6 +79,6 @@ async def run_demo(settings: Settings, *, jobs: int = 4, timeout: float = 60.0) 
         await sim.aclose()
     print(f"provider calls: {stats}")
     if pending:
-        print(f"not finished within {timeout:.0f} s: {sorted(pending)}")
+        print(f"not finished within {within:.0f} s: {sorted(pending)}")
         return 1
     return 0

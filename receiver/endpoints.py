@@ -19,8 +19,7 @@ from submitter.status import Status
 
 from .errors import BadPayload, Conflict, NotFound, PayloadTooLarge, ReceiverError, Unauthorized
 from .runtime import Runtime
-from .schedule import first_check
-from .store import Event
+from .store import Event, TaskMismatch
 from .sweep import expiries
 
 __all__ = ["health", "hook", "read_body", "redact_headers"]
@@ -88,11 +87,6 @@ async def hook(request: Request) -> JSONResponse:
     except BodyError as exc:
         rt.metrics["bad_body"] += 1
         raise BadPayload(str(exc)) from None
-    job = await rt.store.get_job(job_id)
-    if job is None:
-        raise NotFound("unknown job")
-    if job.provider_job_id and observation.provider_job_id and observation.provider_job_id != job.provider_job_id:
-        raise Conflict("callback names a different provider task than this job's")
     now = rt.clock()
     event = Event(
         job_id=job_id,
@@ -103,12 +97,17 @@ async def hook(request: Request) -> JSONResponse:
         body=body,
         verdict=f"accepted:{scheme}",
     )
-    # A progress callback proves the job is alive: push the first poll back.
-    next_check = now if observation.status == Status.SUCCEEDED else first_check(now, job.deadline_at, settings)
-    outcome = await rt.store.apply(
-        job_id, observation, now=now, event=event, next_check_at=next_check,
-        expires=expiries(rt, provider, observation.urls),
-    )
+    # A progress callback proves the job is alive: push the first poll back (capped at the deadline).
+    next_check = now if observation.status == Status.SUCCEEDED else now + settings.poll_after
+    try:
+        outcome = await rt.store.apply(
+            job_id, observation, now=now, event=event, next_check_at=next_check,
+            expires=expiries(rt, provider, observation.urls),
+        )
+    except TaskMismatch:
+        raise Conflict("callback names a different provider task than this job's") from None
+    if not outcome.found:
+        raise NotFound("unknown job")
     if outcome.duplicate:
         rt.metrics["duplicate"] += 1
         return JSONResponse({"ok": True, "duplicate": True})

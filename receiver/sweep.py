@@ -83,9 +83,10 @@ async def _handle(rt: Runtime, job: Job) -> str:
             # A submitter died between reserving its slot and hearing back: the job may exist.
             await store.record_submit(job.id, None, None, now=now, next_check_at=job.deadline_at,
                                       note="submit interrupted; outcome unknown")
-            status, action = Status.SUBMITTED, "reconciled"
+            action = "reconciled"
         else:
-            status, action = await try_submit(rt, job), "submitted"
+            await try_submit(rt, job)
+            action = "submitted"
         await store.release(job.id, rt.owner, expect=None, next_check_at=None)
         return action
     if job.status in (Status.SUBMITTED, Status.RUNNING):

@@ -156,7 +156,9 @@ class ProviderClient:
         if response.status_code == 404:
             return Observation(provider_job_id, None, "404", reason="provider reports task not found", not_found=True)
         if response.status_code >= 400:
-            raise PollFailed(f"{self.provider.name}: status check HTTP {response.status_code}: {error_message(response)}")
+            raise PollFailed(
+                f"{self.provider.name}: status check HTTP {response.status_code}: {error_message(response)}"
+            )
         try:
             return parse_observation(self.provider.dialect, loads_object(response.content))
         except BodyError as exc:

@@ -12,7 +12,6 @@ from receiver.jobs import callback_url, submit
 from submitter.signing import derive_job_keys, sign_bfl
 from submitter.simulator import Faults
 from submitter.status import Status
-
 from tests.harness import MASTER, PUBLIC, Harness, harness
 
 pytestmark = pytest.mark.anyio

@@ -14,7 +14,6 @@ from receiver.runtime import Runtime
 from receiver.sweep import sweep_once
 from submitter.simulator import Faults
 from submitter.status import Status
-
 from tests.harness import Harness, harness
 
 pytestmark = pytest.mark.anyio

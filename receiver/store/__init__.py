@@ -15,11 +15,15 @@ from typing import Any, Protocol
 from submitter.dialects import Observation
 from submitter.status import Status
 
-__all__ = ["Event", "FileRecord", "Job", "Outcome", "Store", "StoreUnavailable"]
+__all__ = ["Event", "FileRecord", "Job", "Outcome", "Store", "StoreUnavailable", "TaskMismatch"]
 
 
 class StoreUnavailable(Exception):
     """The database is locked, gone or full: answer 503 so the sender retries."""
+
+
+class TaskMismatch(Exception):
+    """An event names a different provider task than the job already has."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,9 @@ class Store(Protocol):
         self, job_id: str, observation: Observation, *, now: float, next_check_at: float | None,
         event: Event | None = None, expires: tuple[float, ...] = (),
     ) -> Outcome:
-        """Record an event (if any, deduplicated) and move the job per the observation, in one transaction."""
+        """Record an event (if any, deduplicated) and move the job per the observation, in one transaction.
+
+        Raises TaskMismatch, changing nothing, if the observation names another provider task."""
         ...
 
     async def finish(self, job_id: str, status: Status, *, now: float, reason: str | None = None) -> Outcome:
@@ -155,7 +161,9 @@ class Store(Protocol):
         ...
 
     async def note_repoll(self, job_id: str) -> None: ...
-    async def store_file(self, job_id: str, n: int, *, path: str, size: int, sha256: str, content_type: str) -> None: ...
+    async def store_file(
+        self, job_id: str, n: int, *, path: str, size: int, sha256: str, content_type: str
+    ) -> None: ...
     async def file_failed(self, job_id: str, n: int) -> None: ...
     async def count_events(self, job_id: str) -> int: ...
     async def counts(self) -> dict[str, int]: ...

@@ -1,4 +1,10 @@
-"""SQLite backend (aiosqlite, WAL): the embedded default."""
+"""SQLite backend (WAL): the embedded default.
+
+The connection lives on one dedicated thread and every store operation runs
+there as a single function: one thread hand-off per transaction, where a
+statement-at-a-time async driver pays one per statement (a callback's
+transaction has about ten).
+"""
 
 from __future__ import annotations
 
@@ -6,18 +12,19 @@ import asyncio
 import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
-
-import aiosqlite
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from submitter.dialects import Observation
 from submitter.status import ACTIVE, TERMINAL, Status, predecessors
 
-from . import Event, FileRecord, Job, Outcome, StoreUnavailable
+from . import Event, FileRecord, Job, Outcome, StoreUnavailable, TaskMismatch
 
 __all__ = ["MIGRATIONS", "SQLiteStore"]
+
+T = TypeVar("T")
+DB = sqlite3.Connection
 
 #: Numbered schema steps; each runs once, in a transaction with its record.
 MIGRATIONS: list[tuple[int, str, str]] = [
@@ -102,88 +109,162 @@ def _file(row: sqlite3.Row) -> FileRecord:
     return FileRecord(**{k: row[k] for k in row.keys()})
 
 
+def _migrate(db: DB) -> None:
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+    )
+    done = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
+    for version, name, sql in MIGRATIONS:
+        if version in done:
+            continue
+        for statement in filter(str.strip, sql.split(";")):
+            db.execute(statement)
+        db.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", (version, name))
+
+
+def _status(db: DB, job_id: str) -> Status | None:
+    row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return Status(row[0]) if row else None
+
+
+def _update_download_by(db: DB, job_id: str) -> None:
+    db.execute(
+        "UPDATE jobs SET download_by = (SELECT MIN(expires_at) FROM files WHERE job_id = ? AND path IS NULL)"
+        " WHERE id = ?",
+        (job_id, job_id),
+    )
+
+
+def _apply(
+    db: DB, job_id: str, observation: Observation, now: float, next_check_at: float | None,
+    event: Event | None, expires: tuple[float, ...],
+) -> Outcome:
+    row = db.execute("SELECT status, provider_job_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None:
+        return Outcome(found=False)
+    current = Status(row[0])
+    if row[1] and observation.provider_job_id and observation.provider_job_id != row[1]:
+        raise TaskMismatch(f"event names provider task {observation.provider_job_id!r}, the job has another")
+    if event is not None:
+        inserted = db.execute(
+            "INSERT INTO events (job_id, provider, dedup_key, received_at, headers, body, verdict)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedup_key) DO NOTHING",
+            (event.job_id, event.provider, event.dedup_key, event.received_at,
+             json.dumps(event.headers), event.body, event.verdict),
+        ).rowcount
+        if not inserted:
+            return Outcome(duplicate=True, status=current)
+    new = observation.status
+    changed = False
+    if new is not None and new != current:
+        changed = db.execute(
+            f"UPDATE jobs SET status = ?, error = COALESCE(?, error), progress = COALESCE(?, progress),"
+            f" updated_at = ?, next_check_at = MIN(?, deadline_at), slot_held = 0"
+            f" WHERE id = ? AND status IN ({_in(predecessors(new))})",
+            (str(new), observation.reason, observation.progress, now,
+             None if new in TERMINAL else next_check_at, job_id),
+        ).rowcount == 1
+    elif new is not None and new not in TERMINAL and new == current:
+        # Same progress again (a new callback or poll): note it and reschedule.
+        db.execute(
+            "UPDATE jobs SET progress = COALESCE(?, progress), updated_at = ?, next_check_at = MIN(?, deadline_at)"
+            " WHERE id = ?",
+            (observation.progress, now, next_check_at, job_id),
+        )
+    try:
+        db.execute(
+            "UPDATE jobs SET provider_job_id = COALESCE(provider_job_id, ?), callback_at = COALESCE(?, callback_at)"
+            " WHERE id = ?",
+            (observation.provider_job_id, now if event is not None else None, job_id),
+        )
+    except sqlite3.IntegrityError:
+        raise TaskMismatch(f"provider task {observation.provider_job_id!r} belongs to another job") from None
+    status = new if changed else current
+    if observation.urls and status == Status.SUCCEEDED:
+        # Fresh URLs (a re-poll after expiry) replace stale ones for files not yet stored.
+        db.executemany(
+            "INSERT INTO files (job_id, n, url, expires_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (job_id, n) DO UPDATE SET url = excluded.url, expires_at = excluded.expires_at"
+            " WHERE files.path IS NULL",
+            [(job_id, n, url, at) for n, (url, at) in enumerate(zip(observation.urls, expires, strict=True))],
+        )
+        _update_download_by(db, job_id)
+        db.execute("UPDATE jobs SET next_check_at = ? WHERE id = ?", (now, job_id))
+    return Outcome(changed=changed, status=status)
+
+
 class SQLiteStore:
-    """One aiosqlite connection; writes are serialised by a lock, transactions are explicit."""
+    """The :class:`~receiver.store.Store` on one SQLite file; several processes may share it."""
 
     def __init__(self, path: str, *, busy_timeout: float = 5.0) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
-        self._db: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._thread: ThreadPoolExecutor | None = None
+
+    # -- plumbing -------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[[DB], T]) -> T:
+        if self._conn is None or self._thread is None:
+            raise StoreUnavailable("the store is not open")
+        conn = self._conn
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, fn, conn)
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"database error: {exc}") from exc
+
+    async def _tx(self, fn: Callable[[DB], T]) -> T:
+        """Run `fn` in one write transaction (taken at once: BEGIN IMMEDIATE)."""
+
+        def transaction(db: DB) -> T:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+
+        return await self._call(transaction)
+
+    async def _write(self, sql: str, args: tuple[Any, ...] = ()) -> int:
+        return await self._tx(lambda db: db.execute(sql, args).rowcount)
+
+    async def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        return await self._call(lambda db: db.execute(sql, args).fetchall())
 
     async def open(self) -> None:
         parent = os.path.dirname(os.path.abspath(self.path))
         if self.path != ":memory:" and not os.path.isdir(parent):
             raise StoreUnavailable(f"cannot open the database {self.path}: folder {parent} does not exist")
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fluxhook-sqlite")
+
+        def connect(_: None) -> sqlite3.Connection:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout,
+                                   check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            return conn
+
         try:
-            self._db = await aiosqlite.connect(self.path, isolation_level=None, timeout=self.busy_timeout)
-            self._db.row_factory = sqlite3.Row
-            await self._db.execute("PRAGMA journal_mode=WAL")
-            await self._db.execute("PRAGMA synchronous=FULL")
-            await self._db.execute("PRAGMA foreign_keys=ON")
-            await self._migrate()
-        except sqlite3.Error as exc:
+            self._conn = await asyncio.get_running_loop().run_in_executor(self._thread, connect, None)
+            await self._tx(_migrate)
+        except (sqlite3.Error, StoreUnavailable) as exc:
+            await self.close()
             raise StoreUnavailable(f"cannot open the database {self.path}: {exc}") from exc
 
     async def close(self) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
-
-    async def _migrate(self) -> None:
-        async with self._tx() as db:
-            await db.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations "
-                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
-            )
-            done = {row[0] async for row in await db.execute("SELECT version FROM schema_migrations")}
-            for version, name, sql in MIGRATIONS:
-                if version in done:
-                    continue
-                for statement in filter(str.strip, sql.split(";")):
-                    await db.execute(statement)
-                await db.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", (version, name))
-
-    @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
-        if self._db is None:
-            raise StoreUnavailable("the store is not open")
-        async with self._lock:
-            db = self._db
-            try:
-                await db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(f"database busy: {exc}") from exc
-            try:
-                yield db
-            except BaseException:
-                try:
-                    await db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                raise
-            try:
-                await db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(f"commit failed: {exc}") from exc
-
-    async def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        if self._db is None:
-            raise StoreUnavailable("the store is not open")
-        try:
-            async with self._lock:
-                cursor = await self._db.execute(sql, args)
-                return list(await cursor.fetchall())
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"read failed: {exc}") from exc
-
-    async def _write(self, sql: str, args: tuple[Any, ...] = ()) -> int:
-        try:
-            async with self._tx() as db:
-                cursor = await db.execute(sql, args)
-                return cursor.rowcount
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"write failed: {exc}") from exc
+        conn, thread = self._conn, self._thread
+        self._conn = self._thread = None
+        if thread is not None:
+            if conn is not None:
+                await asyncio.get_running_loop().run_in_executor(thread, conn.close)
+            thread.shutdown(wait=True)
 
     # -- jobs ---------------------------------------------------------------------
 
@@ -229,21 +310,22 @@ class SQLiteStore:
         self, job_id: str, provider_job_id: str | None, polling_url: str | None, *, now: float,
         next_check_at: float | None, note: str | None = None,
     ) -> Outcome:
-        async with self._tx() as db:
+        def tx(db: DB) -> Outcome:
             # The ids are kept even when a callback already moved the job on (it raced this answer).
-            await db.execute(
+            db.execute(
                 "UPDATE jobs SET provider_job_id = COALESCE(provider_job_id, ?),"
                 " polling_url = COALESCE(polling_url, ?), submitted_at = COALESCE(submitted_at, ?),"
                 " note = COALESCE(?, note), slot_held = 0, updated_at = ? WHERE id = ?",
                 (provider_job_id, polling_url, now, note, now, job_id),
             )
-            cursor = await db.execute(
+            changed = db.execute(
                 "UPDATE jobs SET status = 'submitted', next_check_at = ? WHERE id = ? AND status = 'queued'",
                 (next_check_at, job_id),
-            )
-            changed = cursor.rowcount == 1
-            status = await self._status(db, job_id)
-        return Outcome(changed=changed, status=status, found=status is not None)
+            ).rowcount == 1
+            status = _status(db, job_id)
+            return Outcome(changed=changed, status=status, found=status is not None)
+
+        return await self._tx(tx)
 
     async def defer(self, job_id: str, *, next_check_at: float, note: str | None, now: float) -> None:
         await self._write(
@@ -252,108 +334,47 @@ class SQLiteStore:
             (next_check_at, note, now, job_id),
         )
 
-    @staticmethod
-    async def _status(db: aiosqlite.Connection, job_id: str) -> Status | None:
-        cursor = await db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,))
-        row = await cursor.fetchone()
-        return Status(row[0]) if row else None
-
     async def apply(
         self, job_id: str, observation: Observation, *, now: float, next_check_at: float | None,
         event: Event | None = None, expires: tuple[float, ...] = (),
     ) -> Outcome:
-        async with self._tx() as db:
-            current = await self._status(db, job_id)
-            if current is None:
-                return Outcome(found=False)
-            if event is not None:
-                cursor = await db.execute(
-                    "INSERT INTO events (job_id, provider, dedup_key, received_at, headers, body, verdict)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedup_key) DO NOTHING",
-                    (event.job_id, event.provider, event.dedup_key, event.received_at,
-                     json.dumps(event.headers), event.body, event.verdict),
-                )
-                if cursor.rowcount == 0:
-                    return Outcome(duplicate=True, status=current)
-                await db.execute("UPDATE jobs SET callback_at = ? WHERE id = ?", (now, job_id))
-            if observation.provider_job_id:
-                await db.execute(
-                    "UPDATE jobs SET provider_job_id = ? WHERE id = ? AND provider_job_id IS NULL",
-                    (observation.provider_job_id, job_id),
-                )
-            new = observation.status
-            changed = False
-            if new is not None and new != current:
-                cursor = await db.execute(
-                    f"UPDATE jobs SET status = ?, error = COALESCE(?, error), progress = COALESCE(?, progress),"
-                    f" updated_at = ?, next_check_at = ?, slot_held = 0"
-                    f" WHERE id = ? AND status IN ({_in(predecessors(new))})",
-                    (str(new), observation.reason, observation.progress, now,
-                     None if new in TERMINAL else next_check_at, job_id),
-                )
-                changed = cursor.rowcount == 1
-            elif new is not None and new not in TERMINAL and new == current:
-                # Same progress again (a new callback or poll): note it and reschedule.
-                await db.execute(
-                    "UPDATE jobs SET progress = COALESCE(?, progress), updated_at = ?, next_check_at = ?"
-                    " WHERE id = ? AND status = ?",
-                    (observation.progress, now, next_check_at, job_id, str(new)),
-                )
-            status = await self._status(db, job_id)
-            if observation.urls and status == Status.SUCCEEDED:
-                for n, (url, expires_at) in enumerate(zip(observation.urls, expires, strict=True)):
-                    # Fresh URLs (a re-poll after expiry) replace stale ones for files not yet stored.
-                    await db.execute(
-                        "INSERT INTO files (job_id, n, url, expires_at) VALUES (?, ?, ?, ?)"
-                        " ON CONFLICT (job_id, n) DO UPDATE SET url = excluded.url,"
-                        " expires_at = excluded.expires_at WHERE files.path IS NULL",
-                        (job_id, n, url, expires_at),
-                    )
-                await db.execute(
-                    "UPDATE jobs SET download_by = (SELECT MIN(expires_at) FROM files"
-                    " WHERE job_id = ? AND path IS NULL), next_check_at = ? WHERE id = ?",
-                    (job_id, now, job_id),
-                )
-        return Outcome(changed=changed, status=status)
+        return await self._tx(lambda db: _apply(db, job_id, observation, now, next_check_at, event, expires))
 
     async def finish(self, job_id: str, status: Status, *, now: float, reason: str | None = None) -> Outcome:
-        async with self._tx() as db:
-            cursor = await db.execute(
+        def tx(db: DB) -> Outcome:
+            changed = db.execute(
                 f"UPDATE jobs SET status = ?, error = COALESCE(?, error), updated_at = ?, next_check_at = NULL,"
                 f" slot_held = 0, download_by = NULL WHERE id = ? AND status IN ({_in(predecessors(status))})",
                 (str(status), reason, now, job_id),
-            )
-            changed = cursor.rowcount == 1
-            current = await self._status(db, job_id)
-        return Outcome(changed=changed, status=current, found=current is not None)
+            ).rowcount == 1
+            current = _status(db, job_id)
+            return Outcome(changed=changed, status=current, found=current is not None)
+
+        return await self._tx(tx)
 
     # -- leases -------------------------------------------------------------------
 
     async def claim_due(self, owner: str, *, now: float, lease: float, limit: int) -> list[Job]:
-        async with self._tx() as db:
-            cursor = await db.execute(
-                """UPDATE jobs SET lease_owner = ?, lease_until = ?
-                WHERE id IN (
-                    SELECT id FROM jobs
-                    WHERE next_check_at <= ? AND (lease_until IS NULL OR lease_until < ?)
-                    ORDER BY download_by IS NULL, download_by, next_check_at
-                    LIMIT ?)
-                RETURNING *""",
-                (owner, now + lease, now, now, limit),
-            )
-            rows = list(await cursor.fetchall())
+        rows = await self._tx(lambda db: db.execute(
+            """UPDATE jobs SET lease_owner = ?, lease_until = ?
+            WHERE id IN (
+                SELECT id FROM jobs
+                WHERE next_check_at <= ? AND (lease_until IS NULL OR lease_until < ?)
+                ORDER BY download_by IS NULL, download_by, next_check_at
+                LIMIT ?)
+            RETURNING *""",
+            (owner, now + lease, now, now, limit),
+        ).fetchall())
         jobs = [_job(r) for r in rows]
         # RETURNING has no defined order: restore the claim order.
         return sorted(jobs, key=lambda j: (j.download_by is None, j.download_by or 0, j.next_check_at or 0))
 
     async def claim(self, job_id: str, owner: str, *, now: float, lease: float) -> Job | None:
-        async with self._tx() as db:
-            cursor = await db.execute(
-                "UPDATE jobs SET lease_owner = ?, lease_until = ? WHERE id = ?"
-                " AND (lease_until IS NULL OR lease_until < ?) RETURNING *",
-                (owner, now + lease, job_id, now),
-            )
-            row = await cursor.fetchone()
+        row = await self._tx(lambda db: db.execute(
+            "UPDATE jobs SET lease_owner = ?, lease_until = ? WHERE id = ?"
+            " AND (lease_until IS NULL OR lease_until < ?) RETURNING *",
+            (owner, now + lease, job_id, now),
+        ).fetchone())
         return _job(row) if row else None
 
     async def release(
@@ -373,18 +394,18 @@ class SQLiteStore:
 
     # -- files and events -------------------------------------------------------------
 
-    async def store_file(self, job_id: str, n: int, *, path: str, size: int, sha256: str, content_type: str) -> None:
-        async with self._tx() as db:
-            await db.execute(
+    async def store_file(
+        self, job_id: str, n: int, *, path: str, size: int, sha256: str, content_type: str
+    ) -> None:
+        def tx(db: DB) -> None:
+            db.execute(
                 "UPDATE files SET path = ?, size = ?, sha256 = ?, content_type = ?, attempts = attempts + 1"
                 " WHERE job_id = ? AND n = ? AND path IS NULL",
                 (path, size, sha256, content_type, job_id, n),
             )
-            await db.execute(
-                "UPDATE jobs SET download_by = (SELECT MIN(expires_at) FROM files"
-                " WHERE job_id = ? AND path IS NULL) WHERE id = ?",
-                (job_id, job_id),
-            )
+            _update_download_by(db, job_id)
+
+        await self._tx(tx)
 
     async def file_failed(self, job_id: str, n: int) -> None:
         await self._write("UPDATE files SET attempts = attempts + 1 WHERE job_id = ? AND n = ?", (job_id, n))

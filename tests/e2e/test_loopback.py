@@ -24,7 +24,6 @@ from receiver.runtime import Runtime
 from receiver.serving import bind, serve_in_background
 from receiver.settings import Settings
 from receiver.store import Job
-from submitter.client import Provider
 from submitter.signing import derive_job_keys, sign_bfl
 from submitter.simulator import Faults, Simulator
 from submitter.status import TERMINAL, Status
@@ -82,7 +81,7 @@ async def stack(tmp_path: Path, *, receiver: bool = True) -> AsyncIterator[Stack
     sim = Simulator(default_faults=Faults(runtime=0.05), callback_retries=(0.05, 0.1))
     async with serve_in_background(sim.app) as sim_url:
         sock = bind()
-        public_url = "http://127.0.0.1:%d" % sock.getsockname()[1]
+        public_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         settings = Settings.from_env(env_for(tmp_path, sim_url, public_url))
         settings.results.mkdir(parents=True, exist_ok=True)
         async with contextlib.AsyncExitStack() as stack:

@@ -1,0 +1,204 @@
+"""Core-loop figures: callback ack latency and provider API calls per job.
+
+    python -m bench.core --callbacks 1000 --concurrency 16 --jobs 50
+
+1. Ack latency: a real `fluxhook serve` process (one uvicorn worker, SQLite,
+   synchronous=FULL) receives signed terminal callbacks for jobs already in its
+   ledger; each callback's time to the 2xx is measured by the client. The
+   receiver then downloads each result from the simulator after answering.
+2. API calls per job: jobs go through the simulator with callbacks working and
+   with every callback dropped; the simulator counts submits and polls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from receiver.app import create_app
+from receiver.jobs import callback_url, submit
+from receiver.runtime import Runtime
+from receiver.serving import bind, serve_in_background
+from receiver.settings import Settings
+from receiver.store import Job
+from receiver.store.sqlite import SQLiteStore
+from submitter.signing import sign_bfl
+from submitter.simulator import Faults, Simulator
+from submitter.status import TERMINAL, Status
+
+MASTER = "bench-master-key-0123456789abcdef0123456789"
+
+
+def environment(tmp: Path, sim_url: str, public_url: str, **extra: str) -> dict[str, str]:
+    return {
+        "FLUXHOOK_PUBLIC_URL": public_url,
+        "FLUXHOOK_ALLOW_HTTP": "1",
+        "FLUXHOOK_SECRET_KEY": MASTER,
+        "FLUXHOOK_DB": str(tmp / "bench.db"),
+        "FLUXHOOK_RESULTS": str(tmp / "results"),
+        "FLUXHOOK_BFL_URL": sim_url,
+        "FLUXHOOK_DEERAPI_URL": sim_url,
+        "FLUXHOOK_COMETAPI_URL": sim_url,
+        "BFL_API_KEY": "bench",
+        "FLUXHOOK_DOWNLOAD_HOSTS": "127.0.0.1",
+        "FLUXHOOK_DOWNLOAD_ALLOW_PRIVATE": "1",
+        **extra,
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+async def ack_latency(callbacks: int, concurrency: int) -> dict[str, float]:
+    sim = Simulator(default_faults=Faults(runtime=0.0, drop=True))
+    async with serve_in_background(sim.app) as sim_url:
+        with tempfile.TemporaryDirectory() as tmpdir:
+            tmp = Path(tmpdir)
+            sock = bind()
+            port = sock.getsockname()[1]
+            sock.close()
+            public_url = f"http://127.0.0.1:{port}"
+            env = environment(tmp, sim_url, public_url)
+            settings = Settings.from_env(env)
+            store = SQLiteStore(settings.db)
+            await store.open()
+            now = time.time()
+            bodies = []
+            async with httpx.AsyncClient() as http:
+                for i in range(callbacks):
+                    # A real task at the simulator gives each callback a downloadable result.
+                    answer = (await http.post(f"{sim_url}/v1/flux-dev", headers={"x-key": "k"},
+                                              json={"prompt": f"bench {i}"})).json()
+                    result = (await http.get(f"{sim_url}/v1/get_result", params={"id": answer["id"]},
+                                             headers={"x-key": "k"})).json()
+                    job = Job(id=f"fh_bench{i:06d}", provider="bfl", model="flux-dev", params={}, status=Status.QUEUED,
+                              created_at=now, deadline_at=now + 3600)
+                    await store.create_job(job)
+                    await store.record_submit(job.id, answer["id"], None, now=now, next_check_at=now + 3600)
+                    url, secret = callback_url(public_url, MASTER.encode(), "bfl", job.id)
+                    body = json.dumps({"id": answer["id"], "status": "Ready", "result": result["result"]}).encode()
+                    bodies.append((url, body, sign_bfl(secret, body)))
+            await store.close()
+            server = subprocess.Popen(  # noqa: S603, ASYNC220 - started once, before timing
+                [sys.executable, "-m", "receiver.cli", "serve", "--port", str(port), "--log-level", "warning"],
+                env={**os.environ, **env}, stderr=subprocess.DEVNULL,
+            )
+            try:
+                async with httpx.AsyncClient() as http:
+                    for _ in range(200):
+                        try:
+                            if (await http.get(f"{public_url}/healthz")).status_code == 200:
+                                break
+                        except httpx.TransportError:
+                            await asyncio.sleep(0.05)
+                times: list[float] = []
+                statuses: dict[int, int] = {}
+                queue = list(bodies)
+
+                async def worker() -> None:
+                    # A minimal keep-alive HTTP/1.1 client: the load generator must cost far less
+                    # than the server it measures.
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    while queue:
+                        url, body, signature = queue.pop()
+                        path = url.removeprefix(public_url)
+                        request = (
+                            f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                            f"x-bfl-signature: {signature}\r\ncontent-length: {len(body)}\r\n\r\n"
+                        ).encode() + body
+                        start = time.perf_counter()
+                        writer.write(request)
+                        head = await reader.readuntil(b"\r\n\r\n")
+                        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                        await reader.readexactly(length)
+                        times.append(time.perf_counter() - start)
+                        code = int(head.split(b" ")[1])
+                        statuses[code] = statuses.get(code, 0) + 1
+                    writer.close()
+
+                started = time.perf_counter()
+                await asyncio.gather(*(worker() for _ in range(concurrency)))
+                elapsed = time.perf_counter() - started
+                # Wait until the receiver has stored every result.
+                store = SQLiteStore(settings.db)
+                await store.open()
+                for _ in range(600):
+                    counts = await store.counts()
+                    if counts.get("stored", 0) == callbacks:
+                        break
+                    await asyncio.sleep(0.1)
+                await store.close()
+            finally:
+                server.terminate()
+                server.wait(10)
+            await sim.aclose()
+    return {
+        "callbacks": callbacks,
+        "concurrency": concurrency,
+        "p50_ms": round(percentile(times, 50) * 1000, 2),
+        "p99_ms": round(percentile(times, 99) * 1000, 2),
+        "max_ms": round(max(times) * 1000, 2),
+        "mean_ms": round(statistics.mean(times) * 1000, 2),
+        "callbacks_per_s": round(callbacks / elapsed, 1),
+        "statuses": statuses,  # type: ignore[dict-item]
+        "stored": counts,  # type: ignore[dict-item]
+    }
+
+
+async def calls_per_job(jobs: int, drop: bool) -> dict[str, float]:
+    sim = Simulator(default_faults=Faults(runtime=2.0, drop=drop))
+    async with serve_in_background(sim.app) as sim_url:
+        with tempfile.TemporaryDirectory() as tmpdir:
+            tmp = Path(tmpdir)
+            sock = bind()
+            public_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+            settings = Settings.from_env(environment(
+                tmp, sim_url, public_url, FLUXHOOK_POLL_AFTER="3", FLUXHOOK_SWEEP_INTERVAL="0.25",
+            ))
+            async with serve_in_background(create_app(settings), sock), Runtime.open(settings) as rt:
+                ids = [(await submit(rt, "bfl", "flux-dev", {"prompt": f"job {i}"})).id for i in range(jobs)]
+                for _ in range(1200):
+                    done = [await rt.store.get_job(i) for i in ids]
+                    if all(j is not None and j.status in TERMINAL for j in done):
+                        break
+                    await asyncio.sleep(0.1)
+                stored = sum(1 for j in done if j is not None and j.status == Status.STORED)
+        totals = sim.stats()["totals"]
+        await sim.aclose()
+    return {
+        "jobs": jobs,
+        "callbacks": "dropped" if drop else "working",  # type: ignore[dict-item]
+        "stored": stored,
+        "submit_calls_per_job": totals["submit_requests"] / jobs,
+        "polls_per_job": totals["polls"] / jobs,
+        "api_calls_per_job": (totals["submit_requests"] + totals["polls"]) / jobs,
+    }
+
+
+async def main(args: argparse.Namespace) -> None:
+    results = {
+        "ack_latency": await ack_latency(args.callbacks, args.concurrency),
+        "calls_with_callbacks": await calls_per_job(args.jobs, drop=False),
+        "calls_without_callbacks": await calls_per_job(args.jobs, drop=True),
+    }
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--callbacks", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--jobs", type=int, default=50)
+    asyncio.run(main(parser.parse_args()))

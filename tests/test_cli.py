@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from receiver.cli import COMMANDS, build_parser, main
+
+KEY = "c" * 40
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name in ("FLUXHOOK_PUBLIC_URL", "FLUXHOOK_SECRET_KEY", "BFL_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FLUXHOOK_DB", str(tmp_path / "cli.db"))
+    monkeypatch.setenv("FLUXHOOK_RESULTS", str(tmp_path / "results"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_has_help_with_an_example(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "example:" in out and "fluxhook" in out.split("example:")[1]
+
+
+def test_submit_refuses_without_a_secret_key(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["submit", "--provider", "bfl", "--model", "flux-dev", "--prompt", "x"])
+    assert code == 2
+    assert "FLUXHOOK_SECRET_KEY" in capsys.readouterr().err
+
+
+def test_serve_refuses_without_a_public_url(env: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("FLUXHOOK_SECRET_KEY", KEY)
+    assert main(["serve"]) == 2
+    assert "FLUXHOOK_PUBLIC_URL" in capsys.readouterr().err
+
+
+def test_bad_environment_is_named(env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("FLUXHOOK_POLL_AFTER", "often")
+    assert main(["list"]) == 2
+    assert "FLUXHOOK_POLL_AFTER" in capsys.readouterr().err
+
+
+def test_bad_param_and_provider_are_usage_errors(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["submit", "--provider", "bfl", "--model", "m", "--prompt", "p", "--param", "novalue"],
+                 ["submit", "--provider", "nope", "--model", "m", "--prompt", "p"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "key=value" in err and "invalid choice" in err
+
+
+def test_list_status_and_sweep_on_an_empty_ledger(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["status", "fh_missing"]) == 2
+    assert "no job 'fh_missing'" in capsys.readouterr().err
+    assert main(["sweep", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"claimed": 0}
+
+
+def test_demo_runs_the_whole_loop(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--jobs", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("stored ") == 4 and "via polled" in out and "via callback" in out
+    assert len(list((env / "results").glob("fh_*/0.png"))) == 4
