@@ -81,8 +81,12 @@ async def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
     settings.require_public()
     params = {"prompt": args.prompt, **dict(args.param or [])}
+    events = [e.strip() for e in args.events.split(",") if e.strip()] if args.events is not None else None
     async with Runtime.open(settings) as rt:
-        job = await submit(rt, args.provider, args.model, params)
+        try:
+            job = await submit(rt, args.provider, args.model, params, events=events)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
         if args.wait:
             await _wait(rt, job.id, args.timeout or settings.job_deadline)
         view = await _job_view(rt, job.id)
@@ -196,10 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["simulate"].add_argument("--port", type=int, default=8900, help="port (default 8900)")
     p = parsers["submit"]
     p.add_argument("--provider", required=True, choices=sorted(DIALECTS), help="which API to send the job to")
-    p.add_argument("--model", required=True, help="model endpoint, e.g. flux-dev, flux-2-pro, flux-kontext-max")
+    p.add_argument("--model", required=True,
+                   help="model: flux-dev, flux-2-pro... (BFL shapes) or owner/name such as "
+                        "black-forest-labs/flux-1.1-pro (Replicate shapes)")
     p.add_argument("--prompt", required=True, help="the text prompt")
     p.add_argument("--param", action="append", type=_param, metavar="KEY=VALUE",
                    help="extra request field; VALUE is parsed as JSON when it can be (repeatable)")
+    p.add_argument("--events", metavar="LIST",
+                   help="Replicate providers: webhook events, from start,output,logs,completed "
+                        "(default start,completed)")
     p.add_argument("--wait", action="store_true", help="wait until the job finishes (sweeping meanwhile)")
     p.add_argument("--timeout", type=float, help="with --wait: give up waiting after this many seconds")
     p.add_argument("--json", action="store_true", help="print JSON")

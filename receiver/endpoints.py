@@ -9,16 +9,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Mapping
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
-from submitter.dialects import BodyError, loads_object, parse_observation
-from submitter.signing import VerificationError, derive_job_keys, verify_bfl, verify_token
+from submitter.bodies import BodyError, loads_object
+from submitter.dialects import parse_observation
+from submitter.signing import VerificationError, derive_job_keys, verify_bfl, verify_standard, verify_token
 from submitter.status import Status
 
-from .errors import BadPayload, Conflict, NotFound, PayloadTooLarge, ReceiverError, Unauthorized
+from .errors import BadPayload, Conflict, NotFound, PayloadTooLarge, ReceiverError, Unauthorized, Unavailable
 from .runtime import Runtime
+from .secrets import SecretUnavailable
 from .store import Event, TaskMismatch
 from .sweep import expiries
 
@@ -59,6 +62,50 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def _verify(
+    rt: Runtime, provider: str, body: bytes, headers: Mapping[str, str], job_secret: str
+) -> tuple[str | None, str]:
+    """Check the callback's signature per the provider's scheme: (message id or None, scheme name).
+
+    The path token was checked already. BFL-shaped callbacks are signed with the
+    per-job secret (if at all). Standard Webhooks callbacks are signed with the
+    account's secret: required for Replicate itself; for proxies, which sign with
+    their own account's secret, a signature that does not verify is not held
+    against a callback whose token is right.
+    """
+    target = rt.settings.provider(provider)
+    dialect = target.dialect
+    if dialect.signature == "bfl":
+        return None, verify_bfl(body, headers, job_secret)
+    message_id = headers.get("webhook-id")
+    if headers.get("webhook-signature") is None:
+        if dialect.signature_required:
+            raise VerificationError("missing webhook-signature header")
+        return message_id, "token"
+    now, tolerance = rt.clock(), rt.settings.webhook_tolerance
+    try:
+        secrets = await rt.webhook_secrets.get(target)
+    except SecretUnavailable as exc:
+        raise Unavailable(str(exc)) from None
+    try:
+        return verify_standard(body, headers, secrets, now=now, tolerance=tolerance), "standard-webhooks"
+    except VerificationError:
+        try:
+            refreshed = await rt.webhook_secrets.refresh(target)
+        except SecretUnavailable:
+            refreshed = False
+        if refreshed:
+            secrets = await rt.webhook_secrets.get(target)
+            try:
+                return verify_standard(body, headers, secrets, now=now, tolerance=tolerance), "standard-webhooks"
+            except VerificationError:
+                if dialect.signature_required:
+                    raise
+        elif dialect.signature_required:
+            raise
+    return message_id, "token (signature not verifiable)"
+
+
 def _runtime(request: Request) -> Runtime:
     return request.app.state.runtime  # type: ignore[no-any-return]
 
@@ -75,23 +122,25 @@ async def hook(request: Request) -> JSONResponse:
         raise NotFound("this receiver accepts no callbacks (FLUXHOOK_SECRET_KEY unset)")
     body = await read_body(request, settings.max_body)
     keys = derive_job_keys(settings.secret_key, provider, job_id)
+    dialect = settings.provider(provider).dialect
     try:
         verify_token(keys.token, token)
-        scheme = verify_bfl(body, request.headers, keys.webhook_secret)
+        message_id, scheme = await _verify(rt, provider, body, request.headers, keys.webhook_secret)
     except VerificationError as exc:
         rt.metrics["rejected"] += 1
         raise Unauthorized(str(exc)) from None
-    dialect = settings.provider(provider).dialect
     try:
         observation = parse_observation(dialect, loads_object(body))
     except BodyError as exc:
         rt.metrics["bad_body"] += 1
         raise BadPayload(str(exc)) from None
     now = rt.clock()
+    # Retries of one message share its id (Standard Webhooks); without one, identical bodies are one event.
+    key = f"id:{message_id}" if message_id else "sha256:" + hashlib.sha256(body).hexdigest()
     event = Event(
         job_id=job_id,
         provider=provider,
-        dedup_key=hashlib.sha256(f"{provider}/{job_id}/".encode() + body).hexdigest(),
+        dedup_key=f"{provider}/{job_id}/{key}",
         received_at=now,
         headers=redact_headers(request),
         body=body,
@@ -102,7 +151,7 @@ async def hook(request: Request) -> JSONResponse:
     try:
         outcome = await rt.store.apply(
             job_id, observation, now=now, event=event, next_check_at=next_check,
-            expires=expiries(rt, provider, observation.urls),
+            expires=expiries(rt, provider, observation),
         )
     except TaskMismatch:
         raise Conflict("callback names a different provider task than this job's") from None

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from submitter.dialects import Dialect
 from submitter.errors import ProviderUnavailable, SubmitAmbiguous, SubmitRejected
 from submitter.signing import derive_job_keys
 from submitter.status import Status
@@ -27,9 +28,29 @@ def callback_url(public_url: str, master: bytes, provider: str, job_id: str) -> 
     return f"{public_url}/hooks/{provider}/{job_id}/{keys.token}", keys.webhook_secret
 
 
-async def new_job(rt: Runtime, provider: str, model: str, params: Mapping[str, Any]) -> Job:
+WEBHOOK_EVENTS = ("start", "output", "logs", "completed")
+
+
+def submit_options(dialect: Dialect, model: str, events: Sequence[str] | None) -> dict[str, Any]:
+    """Check what the user asked for against the provider's dialect; ValueError names the problem."""
+    dialect.check_model(model)
+    if events is None:
+        return {}
+    if dialect.signature != "standard-webhooks":
+        raise ValueError(f"{dialect.name} has no webhook event filter; --events is for Replicate providers")
+    unknown = sorted(set(events) - set(WEBHOOK_EVENTS))
+    if unknown or not events:
+        raise ValueError(f"webhook events must be among {', '.join(WEBHOOK_EVENTS)}; got {', '.join(events) or 'none'}")
+    if "completed" not in events:
+        raise ValueError("the webhook events must include 'completed' (the result), or the job can only be polled")
+    return {"events": [e for e in WEBHOOK_EVENTS if e in events]}
+
+
+async def new_job(
+    rt: Runtime, provider: str, model: str, params: Mapping[str, Any], *, events: Sequence[str] | None = None
+) -> Job:
     """Commit the ledger row (status `queued`) and hold its lease for the submit that follows."""
-    rt.settings.provider(provider)
+    options = submit_options(rt.settings.provider(provider).dialect, model, events)
     rt.settings.require_public()
     now = rt.clock()
     job = Job(
@@ -37,6 +58,7 @@ async def new_job(rt: Runtime, provider: str, model: str, params: Mapping[str, A
         provider=provider,
         model=model,
         params=dict(params),
+        options=options,
         status=Status.QUEUED,
         created_at=now,
         deadline_at=now + rt.settings.job_deadline,
@@ -47,9 +69,11 @@ async def new_job(rt: Runtime, provider: str, model: str, params: Mapping[str, A
     return claimed or job
 
 
-async def submit(rt: Runtime, provider: str, model: str, params: Mapping[str, Any]) -> Job:
+async def submit(
+    rt: Runtime, provider: str, model: str, params: Mapping[str, Any], *, events: Sequence[str] | None = None
+) -> Job:
     """Record a job and send it; returns the job as it stands afterwards."""
-    job = await new_job(rt, provider, model, params)
+    job = await new_job(rt, provider, model, params, events=events)
     await try_submit(rt, job)
     await rt.store.release(job.id, rt.owner, expect=None, next_check_at=None)
     found = await rt.store.get_job(job.id)
@@ -73,7 +97,7 @@ async def try_submit(rt: Runtime, job: Job) -> Status:
     url, secret = callback_url(public_url, master, job.provider, job.id)
     client = rt.client(job.provider)
     try:
-        answer = await client.submit(job.model, job.params, url, secret)
+        answer = await client.submit(job.model, job.params, url, secret, job.options.get("events", ()))
     except SubmitRejected as exc:
         outcome = await store.finish(job.id, Status.FAILED, now=rt.clock(), reason=str(exc))
         return outcome.status or Status.FAILED

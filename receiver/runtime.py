@@ -22,6 +22,7 @@ import httpx
 from submitter.backoff import RetryPolicy
 from submitter.client import ProviderClient
 
+from .secrets import WebhookSecrets
 from .settings import Settings
 from .store import Store
 from .store.sqlite import SQLiteStore
@@ -50,6 +51,10 @@ class Runtime:
     downloads: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(maxsize=10_000))
     #: Callback outcomes since start: accepted, duplicate, rejected, bad_body.
     metrics: Counter[str] = field(default_factory=Counter)
+    webhook_secrets: WebhookSecrets = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.webhook_secrets = WebhookSecrets(self.api, self.settings.replicate_webhook_secrets, self.clock)
 
     def client(self, provider: str) -> ProviderClient:
         return ProviderClient(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -40,6 +42,10 @@ class Settings:
     lease_seconds: float = 120.0
     #: Overrides of each provider's cap on active jobs.
     max_active: Mapping[str, int] = field(default_factory=dict)
+    #: Replicate's signing secrets (several during a rotation); empty: fetch from the API.
+    replicate_webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
+    #: Standard Webhooks timestamp tolerance, both directions.
+    webhook_tolerance: float = 300.0
 
     def __repr__(self) -> str:  # never show the key
         return f"Settings(public_url={self.public_url!r}, db={self.db!r}, results={str(self.results)!r})"
@@ -64,10 +70,16 @@ class Settings:
             if urlsplit(base).scheme not in ("http", "https") or not urlsplit(base).hostname:
                 raise SettingsError(f"{dialect.url_env} must be an http(s) URL, got {base!r}")
             providers[name] = Provider(dialect, base.rstrip("/"), env.get(dialect.key_env) or None)
-            cap_var = f"FLUXHOOK_{name.upper()}_MAX_ACTIVE"
+            cap_var = f"FLUXHOOK_{name.upper().replace('-', '_')}_MAX_ACTIVE"
             if cap_var in env:
                 max_active[name] = _number(env, cap_var, 0, int)
         hosts = env.get("FLUXHOOK_DOWNLOAD_HOSTS")
+        secrets = tuple(x.strip() for x in (env.get("REPLICATE_WEBHOOK_SECRET") or "").split(",") if x.strip())
+        for position, value in enumerate(secrets, 1):
+            if not _standard_secret_ok(value):
+                raise SettingsError(
+                    f"REPLICATE_WEBHOOK_SECRET: secret #{position} is not a whsec_<base64> signing secret"
+                )
         return cls(
             public_url=public_url,
             allow_http=allow_http,
@@ -85,6 +97,7 @@ class Settings:
             job_deadline=_number(env, "FLUXHOOK_JOB_DEADLINE", 1800.0),
             sweep_interval=_number(env, "FLUXHOOK_SWEEP_INTERVAL", 5.0),
             max_active=max_active,
+            replicate_webhook_secrets=secrets,
         )
 
     def with_overrides(self, **changes: object) -> Settings:
@@ -125,6 +138,14 @@ def _check_public_url(url: str, allow_http: bool) -> str:
     if parts.query or parts.fragment:
         raise SettingsError("FLUXHOOK_PUBLIC_URL must not have a query or fragment")
     return url.rstrip("/")
+
+
+def _standard_secret_ok(value: str) -> bool:
+    raw = value.removeprefix("whsec_")
+    try:
+        return len(base64.b64decode(raw, validate=True)) >= 16
+    except (binascii.Error, ValueError):
+        return False
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:

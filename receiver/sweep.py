@@ -13,7 +13,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 
-from submitter.dialects import Observation
+from submitter.bodies import Observation
 from submitter.errors import PollFailed
 from submitter.status import Status
 
@@ -37,10 +37,12 @@ class SweepReport:
         return {"claimed": self.claimed, **self.actions}
 
 
-def expiries(rt: Runtime, provider: str, urls: tuple[str, ...]) -> tuple[float, ...]:
-    """When each result URL stops working: from its signature, else the provider's typical lifetime."""
-    default = rt.clock() + rt.settings.provider(provider).dialect.url_lifetime
-    return tuple(url_expiry(u) or default for u in urls)
+def expiries(rt: Runtime, provider: str, observation: Observation) -> tuple[float, ...]:
+    """When each result URL stops working: from its signature, else the provider's typical
+    lifetime counted from completion (or from now, if the provider did not say)."""
+    start = min(observation.completed_at or rt.clock(), rt.clock())
+    default = start + rt.settings.provider(provider).dialect.url_lifetime
+    return tuple(url_expiry(u) or default for u in observation.urls)
 
 
 async def sweep_once(rt: Runtime, *, batch: int = 100, max_batches: int = 50) -> SweepReport:
@@ -121,7 +123,7 @@ async def _poll(rt: Runtime, job: Job) -> str:
         return "polled"
     else:
         await store.apply(job.id, observation, now=now, next_check_at=later,
-                          expires=expiries(rt, job.provider, observation.urls))
+                          expires=expiries(rt, job.provider, observation))
     await store.release(job.id, rt.owner, expect=None, next_check_at=None, polled=True)
     return "polled"
 
@@ -198,7 +200,7 @@ async def _repoll(rt: Runtime, job: Job) -> bool:
         return False
     log.info("job %s: fresh result URL from %s", job.id, redact_url(observation.urls[0]))
     await rt.store.apply(job.id, observation, now=rt.clock(), next_check_at=rt.clock(),
-                         expires=expiries(rt, job.provider, observation.urls))
+                         expires=expiries(rt, job.provider, observation))
     return True
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,15 +17,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from .backoff import RetryPolicy, parse_retry_after
-from .dialects import (
-    BodyError,
-    Dialect,
-    Observation,
-    SubmitAnswer,
-    loads_object,
-    parse_observation,
-    parse_submit_answer,
-)
+from .bodies import BodyError, Observation, SubmitAnswer, loads_object
+from .dialects import Dialect
 from .errors import PollFailed, ProviderUnavailable, SubmitAmbiguous, SubmitRejected
 from .hosts import host_allowed
 
@@ -95,7 +88,8 @@ class ProviderClient:
         return self.provider.dialect.auth_headers(self.provider.api_key)
 
     async def submit(
-        self, model: str, params: Mapping[str, Any], webhook_url: str, webhook_secret: str
+        self, model: str, params: Mapping[str, Any], webhook_url: str, webhook_secret: str,
+        events: Sequence[str] = (),
     ) -> SubmitAnswer:
         """Create the job at the provider.
 
@@ -104,7 +98,7 @@ class ProviderClient:
         """
         dialect = self.provider.dialect
         url = dialect.submit_url(self.provider.base_url, model)
-        body = dialect.submit_body(params, webhook_url, webhook_secret)
+        body = dialect.submit_body(params, webhook_url, webhook_secret, events)
         last: ProviderUnavailable | None = None
         for attempt in range(self.policy.attempts):
             if attempt:
@@ -128,7 +122,7 @@ class ProviderClient:
             if response.status_code >= 400:
                 raise SubmitRejected(response.status_code, error_message(response))
             try:
-                return parse_submit_answer(loads_object(response.content))
+                return dialect.shape.submit_answer(loads_object(response.content))
             except BodyError as exc:
                 # The provider said 2xx, so a job probably exists, but we cannot name it.
                 raise SubmitAmbiguous(f"{self.provider.name}: unreadable submit answer: {exc}") from None
@@ -160,6 +154,22 @@ class ProviderClient:
                 f"{self.provider.name}: status check HTTP {response.status_code}: {error_message(response)}"
             )
         try:
-            return parse_observation(self.provider.dialect, loads_object(response.content))
+            return self.provider.dialect.shape.observe(loads_object(response.content))
         except BodyError as exc:
             raise PollFailed(f"{self.provider.name}: unreadable status answer: {exc}") from None
+
+    async def cancel(self, provider_job_id: str) -> Observation | None:
+        """Ask the provider to cancel; None if this provider has no cancel call."""
+        url = self.provider.dialect.cancel_url(self.provider.base_url, provider_job_id)
+        if url is None:
+            return None
+        try:
+            response = await self.http.post(url, headers=self._headers)
+        except httpx.HTTPError as exc:
+            raise PollFailed(f"{self.provider.name}: cancel failed ({type(exc).__name__})") from None
+        if response.status_code >= 400:
+            raise PollFailed(f"{self.provider.name}: cancel HTTP {response.status_code}: {error_message(response)}")
+        try:
+            return self.provider.dialect.shape.observe(loads_object(response.content))
+        except BodyError as exc:
+            raise PollFailed(f"{self.provider.name}: unreadable cancel answer: {exc}") from None

@@ -1,58 +1,29 @@
-"""Each provider's protocol as data: auth, paths, status vocabulary, body shapes.
+"""Each provider's protocol as data: auth, paths, body shape, signature scheme, limits.
 
-Adding a BFL-shaped provider means adding a :class:`Dialect` value to
-:data:`DIALECTS`; nothing else in the code branches on a provider's name.
+Adding a provider that speaks a known shape and scheme means adding a
+:class:`Dialect` value to :data:`DIALECTS`; nothing else in the code branches
+on a provider's name.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from .status import Status
+from .bodies import BFL, REPLICATE, Observation, Shape
 
-__all__ = [
-    "DIALECTS",
-    "BodyError",
-    "Dialect",
-    "Observation",
-    "SubmitAnswer",
-    "parse_observation",
-    "parse_submit_answer",
-]
-
-#: Case-insensitive status vocabulary of BFL and its proxies (bfl.md §2, §3.2).
-BFL_STATUSES: Mapping[str, Status] = {
-    "ready": Status.SUCCEEDED,
-    "success": Status.SUCCEEDED,
-    "succeeded": Status.SUCCEEDED,
-    "succeed": Status.SUCCEEDED,
-    "pending": Status.RUNNING,
-    "processing": Status.RUNNING,
-    "queued": Status.RUNNING,
-    "task-queued": Status.RUNNING,
-    "task-processing": Status.RUNNING,
-    "generating": Status.RUNNING,
-    "reasoning": Status.RUNNING,
-    "error": Status.FAILED,
-    "failed": Status.FAILED,
-    "failure": Status.FAILED,
-    "request moderated": Status.MODERATED,
-    "content moderated": Status.MODERATED,
-    "generated content moderated": Status.MODERATED,
-}
-#: Statuses that say the provider does not know the task (yet, or any more).
-NOT_FOUND = frozenset({"task not found"})
+__all__ = ["DIALECTS", "Dialect", "parse_observation"]
 
 #: Where BFL serves results (bfl.md §4): regional hosts change, so suffixes.
 BFL_DELIVERY_HOSTS = ("*.bfl.ai", "*.blob.core.windows.net")
+#: Where Replicate serves output files (replicate.md §4).
+REPLICATE_DELIVERY_HOSTS = ("replicate.delivery", "*.replicate.delivery")
 
-
-class BodyError(ValueError):
-    """A provider body that cannot be understood: not JSON, no id, wrong types."""
+_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_OWNER_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}/[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -67,42 +38,90 @@ class Dialect:
     auth: str
     submit_path: str  # formatted with model=
     poll_path: str  # formatted with id=
+    shape: Shape = BFL
+    #: "bfl" (path token, plus X-BFL-Signature / X-Webhook-Secret when sent) or
+    #: "standard-webhooks" (webhook-id / -timestamp / -signature, account secret).
+    signature: str = "bfl"
+    #: Whether a callback must carry a signature we can verify. Proxies sign with their
+    #: own account secret, which users cannot get: there the path token authenticates.
+    signature_required: bool = False
+    cancel_path: str | None = None
+    #: Where the account's webhook signing secret can be fetched (Replicate), if anywhere.
+    secret_path: str | None = None
     #: Poll the `polling_url` the provider returned (BFL's regional routing),
     #: provided its host is one of `polling_hosts`; proxies echo BFL's raw URL,
     #: which their key cannot use, so they poll `poll_path` instead.
-    use_polling_url: bool
+    use_polling_url: bool = False
     polling_hosts: tuple[str, ...] = ()
-    statuses: Mapping[str, Status] = field(default_factory=lambda: BFL_STATUSES)
     download_hosts: tuple[str, ...] = BFL_DELIVERY_HOSTS
-    #: Result URLs without a readable expiry are assumed to live this long.
+    #: Result URLs without a readable expiry are assumed to live this long after completion.
     url_lifetime: float = 600.0
     #: Active jobs the provider allows per account, and per model where lower.
     concurrency: int = 24
     model_concurrency: Mapping[str, int] = field(default_factory=dict)
+    #: Replicate-style models are `owner/name`; BFL's are one path segment.
+    owner_model: bool = False
+    default_events: tuple[str, ...] = ()
 
     def auth_headers(self, key: str) -> dict[str, str]:
         if self.auth == "x-key":
             return {"x-key": key}
         return {"authorization": f"Bearer {key}"}
 
+    def check_model(self, model: str) -> str:
+        """The model name if it is well-formed for this provider, else ValueError."""
+        pattern = _OWNER_MODEL if self.owner_model else _MODEL
+        if not pattern.fullmatch(model) or ".." in model:
+            form = "owner/name" if self.owner_model else "a single name such as flux-dev"
+            raise ValueError(f"model {model!r} is not {form}")
+        return model
+
     def submit_url(self, base: str, model: str) -> str:
-        return base.rstrip("/") + self.submit_path.format(model=quote(model, safe=""))
+        return base.rstrip("/") + self.submit_path.format(model=quote(self.check_model(model), safe="/"))
 
     def poll_url(self, base: str, provider_job_id: str) -> str:
         return base.rstrip("/") + self.poll_path.format(id=quote(provider_job_id, safe=""))
 
+    def cancel_url(self, base: str, provider_job_id: str) -> str | None:
+        if self.cancel_path is None:
+            return None
+        return base.rstrip("/") + self.cancel_path.format(id=quote(provider_job_id, safe=""))
+
     def cap_for(self, model: str) -> int:
         return self.model_concurrency.get(model, self.concurrency)
 
-    def submit_body(self, params: Mapping[str, Any], webhook_url: str, webhook_secret: str) -> dict[str, Any]:
-        return {**params, "webhook_url": webhook_url, "webhook_secret": webhook_secret}
+    def submit_body(
+        self, params: Mapping[str, Any], webhook_url: str, webhook_secret: str, events: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        return self.shape.submit_body(params, webhook_url, webhook_secret, events or self.default_events)
 
 
-_BFL_PROXY = {
+def parse_observation(dialect: Dialect, data: Mapping[str, Any]) -> Observation:
+    """Read a callback body or poll answer of `dialect`'s provider."""
+    return dialect.shape.observe(data)
+
+
+_BFL_PROXY: dict[str, Any] = {
     "auth": "bearer",
     "submit_path": "/flux/v1/{model}",
     "poll_path": "/flux/v1/get_result?id={id}",
-    "use_polling_url": False,
+}
+_REPLICATE: dict[str, Any] = {
+    "auth": "bearer",
+    "shape": REPLICATE,
+    "signature": "standard-webhooks",
+    "download_hosts": REPLICATE_DELIVERY_HOSTS,
+    "url_lifetime": 3600.0,
+    # Replicate limits request rates (600 creates/min), not running predictions.
+    "concurrency": 100,
+    "owner_model": True,
+    "default_events": ("start", "completed"),
+}
+_REPLICATE_PROXY: dict[str, Any] = {
+    **_REPLICATE,
+    "submit_path": "/replicate/v1/models/{model}/predictions",
+    "poll_path": "/replicate/v1/predictions/{id}",
+    "cancel_path": "/replicate/v1/predictions/{id}/cancel",
 }
 
 DIALECTS: Mapping[str, Dialect] = {
@@ -120,118 +139,25 @@ DIALECTS: Mapping[str, Dialect] = {
             polling_hosts=("*.bfl.ai",),
             model_concurrency={"flux-kontext-max": 6},
         ),
+        Dialect(name="deerapi", base_url="https://api.deerapi.com", key_env="DEERAPI_KEY",
+                url_env="FLUXHOOK_DEERAPI_URL", **_BFL_PROXY),
+        Dialect(name="cometapi", base_url="https://api.cometapi.com", key_env="COMETAPI_KEY",
+                url_env="FLUXHOOK_COMETAPI_URL", **_BFL_PROXY),
         Dialect(
-            name="deerapi",
-            base_url="https://api.deerapi.com",
-            key_env="DEERAPI_KEY",
-            url_env="FLUXHOOK_DEERAPI_URL",
-            **_BFL_PROXY,
+            name="replicate",
+            base_url="https://api.replicate.com",
+            key_env="REPLICATE_API_TOKEN",
+            url_env="FLUXHOOK_REPLICATE_URL",
+            submit_path="/v1/models/{model}/predictions",
+            poll_path="/v1/predictions/{id}",
+            cancel_path="/v1/predictions/{id}/cancel",
+            secret_path="/v1/webhooks/default/secret",  # noqa: S106 - a URL path, not a secret
+            signature_required=True,
+            **_REPLICATE,
         ),
-        Dialect(
-            name="cometapi",
-            base_url="https://api.cometapi.com",
-            key_env="COMETAPI_KEY",
-            url_env="FLUXHOOK_COMETAPI_URL",
-            **_BFL_PROXY,
-        ),
+        Dialect(name="deerapi-replicate", base_url="https://api.deerapi.com", key_env="DEERAPI_KEY",
+                url_env="FLUXHOOK_DEERAPI_URL", **_REPLICATE_PROXY),
+        Dialect(name="cometapi-replicate", base_url="https://api.cometapi.com", key_env="COMETAPI_KEY",
+                url_env="FLUXHOOK_COMETAPI_URL", **_REPLICATE_PROXY),
     )
 }
-
-
-@dataclass(frozen=True)
-class SubmitAnswer:
-    provider_job_id: str
-    polling_url: str | None
-
-
-@dataclass(frozen=True)
-class Observation:
-    """What one callback or poll says about a job, in our vocabulary."""
-
-    provider_job_id: str | None
-    #: None: nothing we act on (unknown status: keep waiting).
-    status: Status | None
-    raw_status: str
-    urls: tuple[str, ...] = ()
-    reason: str | None = None
-    progress: float | None = None
-    not_found: bool = False
-
-
-def loads_object(body: bytes) -> dict[str, Any]:
-    """Parse a JSON object from raw bytes, or raise :class:`BodyError`."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise BodyError("body is not valid JSON") from exc
-    if not isinstance(data, dict):
-        raise BodyError("body is not a JSON object")
-    return data
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, str) and value:
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return None
-
-
-def parse_submit_answer(data: Mapping[str, Any]) -> SubmitAnswer:
-    """Both BFL answers: `{id, polling_url}` and webhook mode's `{id, status, webhook_url}`."""
-    job_id = _text(data.get("id")) or _text(data.get("task_id"))
-    if job_id is None:
-        raise BodyError("submit answer has no id")
-    polling_url = data.get("polling_url")
-    return SubmitAnswer(job_id, polling_url if isinstance(polling_url, str) and polling_url else None)
-
-
-def _reason(data: Mapping[str, Any]) -> str | None:
-    details = data.get("details")
-    parts: list[str] = []
-    if isinstance(details, dict):
-        reasons = details.get("Moderation Reasons")
-        if isinstance(reasons, list):
-            parts.extend(str(r) for r in reasons if isinstance(r, (str, int, float)))
-    for source in (data, details if isinstance(details, dict) else {}):
-        for key in ("error", "message", "detail"):
-            value = source.get(key)
-            if isinstance(value, str) and value and value not in parts:
-                parts.append(value)
-    return "; ".join(parts)[:500] or None
-
-
-def _sample_urls(result: Any) -> tuple[str, ...]:
-    if isinstance(result, str):
-        return (result,)
-    if isinstance(result, dict):
-        for key in ("sample", "samples", "url", "urls"):
-            found = _sample_urls(result.get(key))
-            if found:
-                return found
-    if isinstance(result, list):
-        return tuple(u for u in result if isinstance(u, str) and u)
-    return ()
-
-
-def parse_observation(dialect: Dialect, data: Mapping[str, Any]) -> Observation:
-    """Read a callback or get_result body (bfl.md §2, §3.2): `id` or `task_id`,
-    any casing of the status, the sample URL(s), moderation reasons."""
-    job_id = _text(data.get("id")) or _text(data.get("task_id"))
-    raw = data.get("status")
-    if not isinstance(raw, str):
-        raise BodyError("body has no status string")
-    key = " ".join(raw.strip().lower().replace("_", " ").split())
-    progress = data.get("progress")
-    progress_value = float(progress) if isinstance(progress, (int, float)) and not isinstance(progress, bool) else None
-    if key in NOT_FOUND:
-        return Observation(job_id, None, raw, reason="provider reports task not found", not_found=True)
-    status = dialect.statuses.get(key)
-    if status == Status.SUCCEEDED:
-        urls = _sample_urls(data.get("result"))
-        if not urls:
-            return Observation(job_id, Status.FAILED, raw, reason="provider reported success without a result URL")
-        return Observation(job_id, status, raw, urls=urls, progress=progress_value)
-    if status in (Status.FAILED, Status.MODERATED):
-        return Observation(job_id, status, raw, reason=_reason(data) or raw)
-    return Observation(job_id, status, raw, progress=progress_value)

@@ -167,3 +167,17 @@ async def test_health(tmp_path: Path) -> None:
     async with harness(tmp_path) as h:
         response = await h.client.get("/healthz")
         assert response.status_code == 200 and response.json()["ok"] is True
+
+
+async def test_callback_claiming_another_jobs_task_is_refused(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        first = await a_job(h)
+        taken = (await h.rt.store.get_job(first)).provider_job_id  # type: ignore[union-attr]
+        # A job whose submit answer never came (so it has no provider task yet)...
+        second = await h.rt.store.get_job(await a_job(h))
+        await h.rt.store._write("UPDATE jobs SET provider_job_id = NULL WHERE id = ?", (second.id,))  # type: ignore[attr-defined, union-attr]
+        # ...receives a callback naming the first job's task.
+        response = await post(h, "bfl", second.id, ready_body(taken or ""))  # type: ignore[union-attr]
+        assert response.status_code == 422
+        assert await h.rt.store.count_events(second.id) == 0  # type: ignore[union-attr]
+        assert (await h.rt.store.get_job(second.id)).status == Status.SUBMITTED  # type: ignore[union-attr]

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from submitter.dialects import DIALECTS, BodyError, loads_object, parse_observation, parse_submit_answer
+from submitter import bodies
+from submitter.bodies import BodyError, loads_object
+from submitter.dialects import DIALECTS, parse_observation
 from submitter.status import Status
+
+parse_submit_answer = bodies.BFL.submit_answer
 
 BFL = DIALECTS["bfl"]
 SAMPLE = "https://bfldeliveryprodeu4.blob.core.windows.net/results/2025/11/27/abc_sample.jpeg?se=2025-11-27T14%3A41%3A06Z&sp=r&sig=x"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from receiver.store import Event, Job, Store, StoreUnavailable
-from receiver.store.sqlite import SQLiteStore
-from submitter.dialects import Observation
+from receiver.store.sqlite import MIGRATIONS, SQLiteStore
+from submitter.bodies import Observation
 from submitter.status import Status
 
 pytestmark = pytest.mark.anyio
@@ -246,7 +246,31 @@ async def test_sqlite_migrations_are_recorded_once(tmp_path: Path) -> None:
     import sqlite3
 
     rows = sqlite3.connect(path).execute("SELECT version, name FROM schema_migrations").fetchall()
-    assert rows == [(1, "initial")]
+    assert rows == [(version, name) for version, name, _ in MIGRATIONS]
+
+
+async def test_sqlite_upgrades_an_older_database_keeping_its_rows(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = str(tmp_path / "old.db")
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+                " applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)")
+    version, name, sql = MIGRATIONS[0]
+    for statement in filter(str.strip, sql.split(";")):
+        old.execute(statement)
+    old.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", (version, name))
+    old.execute("INSERT INTO jobs (id, provider, model, params, status, created_at, deadline_at)"
+                " VALUES ('old', 'bfl', 'flux-dev', '{}', 'submitted', 1, 2)")
+    old.commit()
+    old.close()
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        got = await store.get_job("old")
+        assert got is not None and got.status == Status.SUBMITTED and got.options == {} and got.outputs == ()
+    finally:
+        await store.close()
 
 
 async def test_sqlite_closed_store_is_unavailable(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from submitter.dialects import Observation
+from submitter.bodies import Observation
 from submitter.status import Status
 
 __all__ = ["Event", "FileRecord", "Job", "Outcome", "Store", "StoreUnavailable", "TaskMismatch"]
@@ -53,6 +53,11 @@ class Job:
     note: str | None = None
     lease_owner: str | None = None
     lease_until: float | None = None
+    #: How to submit: e.g. {"events": [...]} for Replicate's webhook filter.
+    options: dict[str, Any] = field(default_factory=dict)
+    #: The provider's log tail and output URLs as last reported (progress, not results).
+    logs: str | None = None
+    outputs: tuple[str, ...] = field(default=(), repr=False)
 
     def public(self) -> dict[str, Any]:
         """What the CLI shows: no URLs (they carry signatures), no lease internals."""

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from submitter.dialects import Observation
+from submitter.bodies import Observation
 from submitter.status import ACTIVE, TERMINAL, Status, predecessors
 
 from . import Event, FileRecord, Job, Outcome, StoreUnavailable, TaskMismatch
@@ -86,6 +86,15 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        2,
+        "submit options, progress logs and outputs",
+        """
+        ALTER TABLE jobs ADD COLUMN options TEXT NOT NULL DEFAULT '{}';
+        ALTER TABLE jobs ADD COLUMN logs TEXT;
+        ALTER TABLE jobs ADD COLUMN outputs TEXT
+        """,
+    ),
 ]
 
 _JOB_FIELDS = {f for f in Job.__dataclass_fields__}
@@ -100,6 +109,8 @@ def _in(statuses: frozenset[Status]) -> str:
 def _job(row: sqlite3.Row) -> Job:
     data = {k: row[k] for k in row.keys() if k in _JOB_FIELDS}
     data["params"] = json.loads(data["params"])
+    data["options"] = json.loads(data["options"])
+    data["outputs"] = tuple(json.loads(data["outputs"])) if data["outputs"] else ()
     data["status"] = Status(data["status"])
     data["slot_held"] = bool(data["slot_held"])
     return Job(**data)
@@ -181,6 +192,12 @@ def _apply(
     except sqlite3.IntegrityError:
         raise TaskMismatch(f"provider task {observation.provider_job_id!r} belongs to another job") from None
     status = new if changed else current
+    if (changed or new == current) and (observation.logs or observation.urls):
+        # Progress as the provider reports it: the log tail and the outputs so far (no downloads yet).
+        db.execute(
+            "UPDATE jobs SET logs = COALESCE(?, logs), outputs = COALESCE(?, outputs) WHERE id = ?",
+            (observation.logs, json.dumps(observation.urls) if observation.urls else None, job_id),
+        )
     if observation.urls and status == Status.SUCCEEDED:
         # Fresh URLs (a re-poll after expiry) replace stale ones for files not yet stored.
         db.executemany(
@@ -270,10 +287,10 @@ class SQLiteStore:
 
     async def create_job(self, job: Job) -> None:
         await self._write(
-            "INSERT INTO jobs (id, provider, model, params, status, created_at, deadline_at, updated_at, next_check_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (job.id, job.provider, job.model, json.dumps(job.params), str(job.status), job.created_at,
-             job.deadline_at, job.created_at, job.next_check_at),
+            "INSERT INTO jobs (id, provider, model, params, options, status, created_at, deadline_at, updated_at,"
+            " next_check_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (job.id, job.provider, job.model, json.dumps(job.params), json.dumps(job.options), str(job.status),
+             job.created_at, job.deadline_at, job.created_at, job.next_check_at),
         )
 
     async def get_job(self, job_id: str) -> Job | None:
