@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,8 +75,8 @@ class Harness:
 
 @contextlib.asynccontextmanager
 async def harness(
-    tmp_path: Path, *, faults: Faults | None = None, api_transport: Callable[..., Any] | None = None,
-    **overrides: Any,
+    tmp_path: Path, *, faults: Faults | None = None, api_transport: httpx.AsyncBaseTransport | None = None,
+    cdn_transport: httpx.AsyncBaseTransport | None = None, **overrides: Any,
 ) -> AsyncIterator[Harness]:
     settings = make_settings(tmp_path, **overrides)
     clock = Clock()
@@ -97,7 +97,7 @@ async def harness(
     sim = Simulator(http=sim_http, default_faults=faults or Faults(runtime=0.0), callback_retries=(), clock=clock)
     sim_transport = api_transport or httpx.ASGITransport(sim.app)
     api = httpx.AsyncClient(transport=sim_transport, base_url=SIM)
-    cdn = httpx.AsyncClient(transport=httpx.ASGITransport(sim.app))
+    cdn = httpx.AsyncClient(transport=cdn_transport or httpx.ASGITransport(sim.app))
     rt = Runtime(
         settings=settings, store=store, api=api, cdn=cdn, clock=clock, sleep=no_sleep,
         retry=RetryPolicy(attempts=4), resolver=loopback_resolver,

@@ -120,3 +120,18 @@ def test_job_keys_are_deterministic_and_distinct() -> None:
     verify_token(a.token, a.token)
     with pytest.raises(VerificationError):
         verify_token(a.token, others[0].token)
+
+
+def test_standardwebhooks_package_signatures_verify_here() -> None:
+    """A second implementation (the reference `standardwebhooks` package) signs; we verify."""
+    from datetime import UTC, datetime
+
+    from standardwebhooks import Webhook
+
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    for i, body in enumerate(['{"id":"p","status":"succeeded"}', '{"a": "é ✓"}', "{}"]):
+        ts = 1_800_000_000 + i
+        signature = Webhook(secret).sign(f"msg_{i}", datetime.fromtimestamp(ts, tz=UTC), body)
+        headers = {"webhook-id": f"msg_{i}", "webhook-timestamp": str(ts), "webhook-signature": signature}
+        assert verify_standard(body.encode(), headers, [secret], now=ts) == f"msg_{i}"
+        assert sign_standard(secret, f"msg_{i}", ts, body.encode()) == signature
