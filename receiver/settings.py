@@ -33,6 +33,7 @@ class Settings:
     download_allow_private: bool = False
     max_download_bytes: int = 50 * 1024 * 1024
     download_concurrency: int = 8
+    download_timeout: float = 300.0
     max_body: int = 256 * 1024
     poll_after: float = 60.0
     poll_min_interval: float = 5.0
@@ -91,6 +92,7 @@ class Settings:
             download_allow_private=_bool(env, "FLUXHOOK_DOWNLOAD_ALLOW_PRIVATE", False),
             max_download_bytes=_number(env, "FLUXHOOK_MAX_DOWNLOAD_BYTES", 50 * 1024 * 1024, int),
             download_concurrency=_number(env, "FLUXHOOK_DOWNLOAD_CONCURRENCY", 8, int),
+            download_timeout=_number(env, "FLUXHOOK_DOWNLOAD_TIMEOUT", 300.0),
             max_body=_number(env, "FLUXHOOK_MAX_BODY", 256 * 1024, int),
             poll_after=_number(env, "FLUXHOOK_POLL_AFTER", 60.0),
             poll_max_interval=_number(env, "FLUXHOOK_POLL_MAX_INTERVAL", 60.0),

@@ -155,7 +155,13 @@ async def download_job(rt: Runtime, job: Job) -> str:
         for record in sorted(pending, key=lambda f: f.expires_at):
             dest = rt.settings.results / job.id / str(record.n)
             try:
-                stored = await download(rt.cdn, record.url, dest, policy, resolver=rt.resolver)
+                # A server trickling bytes never trips a per-read timeout: bound the whole transfer.
+                async with asyncio.timeout(rt.settings.download_timeout):
+                    stored = await download(rt.cdn, record.url, dest, policy, resolver=rt.resolver)
+            except TimeoutError:
+                await store.file_failed(job.id, record.n)
+                failure = DownloadError("transient", f"download took over {rt.settings.download_timeout:.0f} s")
+                continue
             except DownloadError as exc:
                 await store.file_failed(job.id, record.n)
                 if exc.kind == "transient" and rt.clock() >= record.expires_at:

@@ -248,3 +248,16 @@ async def test_two_sweepers_never_poll_or_download_the_same_job_twice(tmp_path: 
         assert totals["polls"] == 12 and totals["deliveries"] == 12
         for job in jobs:
             assert (await h.rt.store.get_job(job.id)).status == Status.STORED  # type: ignore[union-attr]
+
+
+async def test_a_trickling_download_is_cut_off_and_retried_later(tmp_path: Path) -> None:
+    async with harness(tmp_path, faults=Faults(runtime=0.0, slow_download=50.0), download_timeout=0.05) as h:
+        job = await submit(h.rt, "bfl", "flux-dev", {"prompt": "slow cdn"})
+        await h.settle()
+        report = await sweep_once(h.rt)
+        assert report.actions["download-retry"] == 1
+        current = await h.rt.store.get_job(job.id)
+        assert current is not None and current.status == Status.SUCCEEDED
+        assert current.next_check_at is not None and current.next_check_at > h.clock.now
+        results = h.settings.results / job.id
+        assert not results.exists() or not any(results.iterdir())  # no partial file left behind
