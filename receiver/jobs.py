@@ -63,10 +63,12 @@ async def new_job(
         created_at=now,
         deadline_at=now + rt.settings.job_deadline,
         next_check_at=now,
+        # Born leased: no sweeper can pick the job up between its creation and our submit.
+        lease_owner=rt.owner,
+        lease_until=now + rt.settings.lease_seconds,
     )
     await rt.store.create_job(job)
-    claimed = await rt.store.claim(job.id, rt.owner, now=now, lease=rt.settings.lease_seconds)
-    return claimed or job
+    return job
 
 
 async def submit(
@@ -90,7 +92,7 @@ async def try_submit(rt: Runtime, job: Job) -> Status:
     model_cap = rt.settings.cap_for(job.provider, job.model)
     if not await store.reserve_slot(job.id, cap=cap, model_cap=model_cap, now=now):
         await store.defer(
-            job.id, next_check_at=now + SLOT_WAIT, now=now,
+            job.id, next_check_at=now + SLOT_WAIT, now=now, release_slot=False,
             note=f"waiting for a free {job.provider} slot (cap {min(cap, model_cap)} active jobs)",
         )
         return Status.QUEUED

@@ -261,3 +261,17 @@ async def test_a_trickling_download_is_cut_off_and_retried_later(tmp_path: Path)
         assert current.next_check_at is not None and current.next_check_at > h.clock.now
         results = h.settings.results / job.id
         assert not results.exists() or not any(results.iterdir())  # no partial file left behind
+
+
+async def test_sweeps_racing_new_submits_never_submit_twice(tmp_path: Path) -> None:
+    async with harness(tmp_path, faults=Faults(runtime=1e6, drop=True)) as h:
+        results = await asyncio.gather(
+            *(submit(h.rt, "bfl", "flux-dev", {"prompt": f"p{i}"}) for i in range(8)),
+            *(sweep_once(h.rt) for _ in range(4)),
+        )
+        h.clock.advance(10)  # past any slot wait: a second submit would happen now
+        await sweep_once(h.rt)
+        for job in results[:8]:
+            current = await h.rt.store.get_job(job.id)  # type: ignore[union-attr]
+            assert current is not None and current.status == Status.SUBMITTED and current.note is None
+        assert h.sim.stats()["totals"]["submit_requests"] == 8

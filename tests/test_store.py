@@ -280,3 +280,20 @@ async def test_sqlite_closed_store_is_unavailable(tmp_path: Path) -> None:
     bad = SQLiteStore(str(tmp_path / "missing-dir" / "x.db"))
     with pytest.raises(StoreUnavailable, match="cannot open"):
         await bad.open()
+
+
+async def test_a_job_can_be_born_leased(store: Store) -> None:
+    await store.create_job(job(lease_owner="creator", lease_until=NOW + 60))
+    assert await store.claim_due("sweeper", now=NOW, lease=60, limit=5) == []
+    assert await store.claim("j1", "sweeper", now=NOW, lease=60) is None
+    (taken,) = await store.claim_due("sweeper", now=NOW + 61, lease=60, limit=5)
+    assert taken.lease_owner == "sweeper"
+
+
+async def test_defer_keeps_a_slot_it_was_not_asked_to_release(store: Store) -> None:
+    await store.create_job(job())
+    assert await store.reserve_slot("j1", cap=1, model_cap=1, now=NOW)
+    await store.defer("j1", next_check_at=NOW + 5, note="x", now=NOW, release_slot=False)
+    assert (await store.get_job("j1")).slot_held  # type: ignore[union-attr]
+    await store.defer("j1", next_check_at=NOW + 5, note="x", now=NOW)
+    assert not (await store.get_job("j1")).slot_held  # type: ignore[union-attr]

@@ -288,9 +288,9 @@ class SQLiteStore:
     async def create_job(self, job: Job) -> None:
         await self._write(
             "INSERT INTO jobs (id, provider, model, params, options, status, created_at, deadline_at, updated_at,"
-            " next_check_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " next_check_at, lease_owner, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (job.id, job.provider, job.model, json.dumps(job.params), json.dumps(job.options), str(job.status),
-             job.created_at, job.deadline_at, job.created_at, job.next_check_at),
+             job.created_at, job.deadline_at, job.created_at, job.next_check_at, job.lease_owner, job.lease_until),
         )
 
     async def get_job(self, job_id: str) -> Job | None:
@@ -344,11 +344,13 @@ class SQLiteStore:
 
         return await self._tx(tx)
 
-    async def defer(self, job_id: str, *, next_check_at: float, note: str | None, now: float) -> None:
+    async def defer(
+        self, job_id: str, *, next_check_at: float, note: str | None, now: float, release_slot: bool = True
+    ) -> None:
         await self._write(
-            "UPDATE jobs SET slot_held = 0, next_check_at = ?, note = ?, updated_at = ?"
-            " WHERE id = ? AND status = 'queued'",
-            (next_check_at, note, now, job_id),
+            "UPDATE jobs SET slot_held = CASE WHEN ? THEN 0 ELSE slot_held END, next_check_at = ?, note = ?,"
+            " updated_at = ? WHERE id = ? AND status = 'queued'",
+            (release_slot, next_check_at, note, now, job_id),
         )
 
     async def apply(
