@@ -1,10 +1,12 @@
-"""A fake BFL-shaped provider for tests, `fluxhook simulate` and `fluxhook demo`.
+"""A fake FLUX provider for tests, `fluxhook simulate` and `fluxhook demo`.
 
 It speaks BFL's native API (`/v1/...`, `x-key`) and the DeerAPI/CometAPI proxy
-shape (`/flux/v1/...`, Bearer), serves real PNG/JPEG results behind signed,
-expiring delivery URLs, and sends webhook callbacks. Misbehaviour (dropped,
-duplicated, reordered or badly signed callbacks, rejected submits, expired URLs,
-slow downloads...) is chosen per job by matching rules against the prompt.
+shape (`/flux/v1/...`, Bearer), plus Replicate's predictions API and its proxy
+shape (`/replicate/v1/...`; see :mod:`submitter.simulator_replicate`). It serves
+real PNG/JPEG results behind signed, expiring delivery URLs, and sends webhook
+callbacks. Misbehaviour (dropped, duplicated, reordered or badly signed
+callbacks, rejected submits, expired URLs, slow downloads...) is chosen per job
+by matching rules against the prompt.
 """
 
 from __future__ import annotations
@@ -46,9 +48,23 @@ OUTCOMES = {
     "error": "Error",
     "request_moderated": "Request Moderated",
     "content_moderated": "Content Moderated",
+    # Replicate-only outcomes; a BFL task with one of them ends in "Error".
+    "canceled": "Error",
+    "aborted": "Error",
 }
 SIGNATURES = ("hmac", "echo", "none")
 IMAGE_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
+#: The counters `Simulator.stats()` totals (besides "tasks").
+TOTALS = (
+    "submit_requests",
+    "submits_rejected",
+    "polls",
+    "cancels",
+    "callbacks_sent",
+    "callbacks_failed",
+    "deliveries",
+    "deliveries_refused",
+)
 #: What the proxies echo as `polling_url`: upstream BFL, unusable with a proxy key.
 UPSTREAM_POLLING_URL = "https://api.eu2.bfl.ai/v1/get_result?id={id}"
 
@@ -81,6 +97,10 @@ class Faults:
     runtime: float = 0.05  # seconds from accept to done
     image_format: str = "png"  # "png" or "jpeg"
     image_size: int = 0  # pad the image file to at least this many bytes
+    # Replicate only (BFL tasks ignore these):
+    outputs: int = 1  # output files; `output` is a list of URLs when > 1
+    output_list: bool = False  # with outputs == 1: a one-URL list (flux-schnell/dev) instead of a string
+    drop_completed: bool = False  # send the start/intermediate webhooks but never `completed`
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -89,8 +109,10 @@ class Faults:
             raise ValueError(f"signature must be one of {SIGNATURES}")
         if self.image_format not in IMAGE_TYPES:
             raise ValueError(f"image_format must be one of {sorted(IMAGE_TYPES)}")
-        if self.duplicate < 1 or min(self.runtime, self.delay, self.slow_download, self.image_size) < 0:
-            raise ValueError("duplicate must be >= 1 and durations, rates and sizes >= 0")
+        if min(self.duplicate, self.outputs) < 1:
+            raise ValueError("duplicate and outputs must be >= 1")
+        if min(self.runtime, self.delay, self.slow_download, self.image_size) < 0:
+            raise ValueError("durations, rates and sizes must be >= 0")
         if not all(isinstance(s, int) and 400 <= s <= 599 for s in self.submit_errors):
             raise ValueError("submit_errors must be HTTP error statuses")
 
@@ -139,6 +161,22 @@ class _Job:
     @property
     def done_at(self) -> float:
         return self.accepted_at + self.faults.runtime
+
+    def files(self, now: float) -> dict[str, str]:
+        """The files its delivery URLs may name, each with the seed of its image."""
+        return {f"sample.{self.faults.image_format}": self.id}
+
+    def stats(self, now: float) -> dict[str, Any]:
+        return {
+            "kind": "bfl",
+            "model": self.model,
+            "prompt": self.prompt,
+            "submits": self.submits,
+            "polls": self.polls,
+            "callbacks_sent": self.callbacks_sent,
+            "deliveries": self.deliveries,
+            "status": OUTCOMES[self.faults.outcome] if now >= self.done_at else "Pending",
+        }
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -194,6 +232,13 @@ class Simulator:
 
     `clock` decides what polls answer and when URLs expire; callbacks are sent
     after real sleeps of the job's `runtime` + `delay`.
+
+    Replicate: `replicate_secret` (served by `GET /v1/webhooks/default/secret`)
+    signs native predictions' webhooks, `proxy_secret` (served nowhere) those of
+    predictions made through `/replicate/v1/...`; both are random `whsec_` keys
+    unless given and may be reassigned (rotation). Output URLs live
+    `replicate_url_lifetime` seconds; outputs are removed (`data_removed`)
+    `replicate_data_lifetime` seconds after completion.
     """
 
     def __init__(
@@ -204,7 +249,13 @@ class Simulator:
         callback_retries: tuple[float, ...] = (1.0, 5.0, 30.0),
         default_faults: Faults = Faults(),
         clock: Callable[[], float] = time.time,
+        replicate_secret: str | None = None,
+        proxy_secret: str | None = None,
+        replicate_url_lifetime: float = 3600.0,
+        replicate_data_lifetime: float = 3600.0,
     ) -> None:
+        from .simulator_replicate import Replicate, new_webhook_secret  # that module builds on this one
+
         self._http = http
         self._owns_http = http is None
         self.url_lifetime = url_lifetime
@@ -217,8 +268,14 @@ class Simulator:
         self._totals: Counter[str] = Counter()
         self._url_key = secrets.token_bytes(32)
         self._background: set[asyncio.Task[None]] = set()
+        self.replicate_secret = replicate_secret or new_webhook_secret()
+        self.proxy_secret = proxy_secret or new_webhook_secret()
+        self.replicate_url_lifetime = replicate_url_lifetime
+        self.replicate_data_lifetime = replicate_data_lifetime
+        self._replicate = Replicate(self)
         self.app = Starlette(
             routes=[
+                *self._replicate.routes(),
                 Route("/v1/get_result", partial(self._get_result, proxy=False), methods=["GET"]),
                 Route("/v1/{model}", partial(self._submit, proxy=False), methods=["POST"]),
                 Route("/flux/v1/get_result", partial(self._get_result, proxy=True), methods=["GET"]),
@@ -248,20 +305,8 @@ class Simulator:
         """Per-task counters and totals. A task's `submits` includes the rejected
         attempts with the same prompt that preceded it."""
         now = self.clock()
-        tasks = {
-            job.id: {
-                "model": job.model,
-                "prompt": job.prompt,
-                "submits": job.submits,
-                "polls": job.polls,
-                "callbacks_sent": job.callbacks_sent,
-                "deliveries": job.deliveries,
-                "status": OUTCOMES[job.faults.outcome] if now >= job.done_at else "Pending",
-            }
-            for job in self._jobs.values()
-        }
-        names = "submit_requests submits_rejected polls callbacks_sent callbacks_failed deliveries deliveries_refused"
-        totals = {"tasks": len(tasks)} | {name: self._totals[name] for name in names.split()}
+        tasks = {job.id: job.stats(now) for job in self._jobs.values()}
+        totals = {"tasks": len(tasks)} | {name: self._totals[name] for name in TOTALS}
         return {"tasks": tasks, "totals": totals}
 
     async def drain(self) -> None:
@@ -310,19 +355,15 @@ class Simulator:
             return JSONResponse({"detail": [invalid]}, 422)
         prompt: str = body.get("prompt") or ""
         webhook_url: str | None = body.get("webhook_url")
-        rule = next((r for r in self._rules if r.prompt_contains in prompt), self._default_rule)
-        if rule.rejected < len(rule.faults.submit_errors):
-            status = rule.faults.submit_errors[rule.rejected]
-            rule.rejected += 1
-            self._rejected_by_prompt[prompt] += 1
-            self._totals["submits_rejected"] += 1
-            headers = {"Retry-After": "0"} if status == 429 else None
-            return JSONResponse({"detail": "simulated"}, status, headers=headers)
+        faults = self._screen(prompt)
+        if isinstance(faults, int):
+            headers = {"Retry-After": "0"} if faults == 429 else None
+            return JSONResponse({"detail": "simulated"}, faults, headers=headers)
         job = _Job(
             id=str(uuid.uuid4()),
             model=request.path_params["model"],
             prompt=prompt,
-            faults=rule.faults,
+            faults=faults,
             base_url=str(request.base_url).rstrip("/"),
             accepted_at=self.clock(),
             webhook_url=webhook_url or None,
@@ -341,6 +382,20 @@ class Simulator:
             )
         polling_url = f"{job.base_url}/v1/get_result?id={quote(job.id)}"
         return JSONResponse({"id": job.id, "polling_url": polling_url, "cost": 1.0, "input_mp": 0.0, "output_mp": 1.0})
+
+    def _screen(self, prompt: str) -> Faults | int:
+        """The faults of a new job with this prompt, or the HTTP status rejecting this submit.
+
+        A rejected prompt's count goes to `_rejected_by_prompt`; pop it into the accepted job's `submits`.
+        """
+        rule = next((r for r in self._rules if r.prompt_contains in prompt), self._default_rule)
+        if rule.rejected < len(rule.faults.submit_errors):
+            status = rule.faults.submit_errors[rule.rejected]
+            rule.rejected += 1
+            self._rejected_by_prompt[prompt] += 1
+            self._totals["submits_rejected"] += 1
+            return status
+        return rule.faults
 
     async def _get_result(self, request: Request, *, proxy: bool) -> Response:
         if (denied := self._auth_error(request, proxy)) is not None:
@@ -364,7 +419,7 @@ class Simulator:
 
     def _terminal_body(self, job: _Job) -> dict[str, Any]:
         status = OUTCOMES[job.faults.outcome]
-        if job.faults.outcome == "error":
+        if status == "Error":
             return self._body(job, status, details={"error": "simulated failure"})
         if status != "Ready":
             return self._body(job, status, details={"Moderation Reasons": ["Simulated"]})
@@ -380,34 +435,45 @@ class Simulator:
 
     # -- delivery --------------------------------------------------------------------
 
-    def _url_signature(self, task_id: str, expiry: str) -> str:
-        return hmac.new(self._url_key, f"{task_id}\n{expiry}".encode(), hashlib.sha256).hexdigest()
+    def _url_signature(self, task_id: str, filename: str, expiry: str) -> str:
+        message = f"{task_id}\n{filename}\n{expiry}".encode(errors="replace")
+        return hmac.new(self._url_key, message, hashlib.sha256).hexdigest()
 
-    def _signed_url(self, job: _Job) -> str:
+    def _url_expiry(self, job: _Job, lifetime: float) -> float:
+        """When the URL(s) handed out next expire; under `expired_url` the first ones already have."""
         now = self.clock()
         expired = job.faults.expired_url and job.urls_issued == 0
         job.urls_issued += 1
-        expiry = _iso(now - 60 if expired else now + self.url_lifetime)
-        query = f"se={quote(expiry, safe='')}&sp=r&sig={self._url_signature(job.id, expiry)}"
-        return f"{job.base_url}/delivery/{quote(job.id)}/sample.{job.faults.image_format}?{query}"
+        return now - 60 if expired else now + lifetime
+
+    def _delivery_url(self, job: _Job, filename: str, expires_at: float) -> str:
+        expiry = _iso(expires_at)
+        query = f"se={quote(expiry, safe='')}&sp=r&sig={self._url_signature(job.id, filename, expiry)}"
+        return f"{job.base_url}/delivery/{quote(job.id)}/{quote(filename)}?{query}"
+
+    def _signed_url(self, job: _Job) -> str:
+        filename = f"sample.{job.faults.image_format}"
+        return self._delivery_url(job, filename, self._url_expiry(job, self.url_lifetime))
 
     async def _delivery(self, request: Request) -> Response:
-        task_id = request.path_params["task_id"]
+        task_id, filename = request.path_params["task_id"], request.path_params["filename"]
         expiry = request.query_params.get("se", "")
         given = request.query_params.get("sig", "")
-        if not hmac.compare_digest(self._url_signature(task_id, expiry).encode(), given.encode(errors="replace")):
+        expected = self._url_signature(task_id, filename, expiry)
+        if not hmac.compare_digest(expected.encode(), given.encode(errors="replace")):
             self._totals["deliveries_refused"] += 1
             return _azure_error("Signature did not match.")
+        job = self._jobs.get(task_id)
+        seed = None if job is None else job.files(self.clock()).get(filename)
+        if job is None or seed is None:  # never existed, or removed (Replicate's data_removed)
+            return Response("<Error><Code>BlobNotFound</Code></Error>", 404, media_type="application/xml")
         if datetime.strptime(expiry, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp() <= self.clock():
             self._totals["deliveries_refused"] += 1
             return _azure_error(f"Signed expiry time [{expiry}] has to be after the current time.")
-        job = self._jobs.get(task_id)
-        if job is None or request.path_params["filename"] != f"sample.{job.faults.image_format}":
-            return Response("<Error><Code>BlobNotFound</Code></Error>", 404, media_type="application/xml")
         job.deliveries += 1
         self._totals["deliveries"] += 1
         make = png_image if job.faults.image_format == "png" else jpeg_image
-        data = make(job.id, job.faults.image_size)
+        data = make(seed, job.faults.image_size)
         media_type = IMAGE_TYPES[job.faults.image_format]
         rate = job.faults.slow_download
         if not rate:
@@ -434,25 +500,25 @@ class Simulator:
             faults = job.faults
             if faults.progress:
                 await asyncio.sleep(faults.runtime / 2)
-                await self._post(job, {"task_id": job.id, "status": "processing", "progress": 50})
+                await self._post_bfl(job, {"task_id": job.id, "status": "processing", "progress": 50})
             await asyncio.sleep((faults.runtime / 2 if faults.progress else faults.runtime) + faults.delay)
             body = json.dumps(self._terminal_body(job)).encode()
             await asyncio.gather(*(self._post_with_retries(job, body) for _ in range(faults.duplicate)))
             if faults.reorder:
-                await self._post(job, {"task_id": job.id, "status": "Pending", "progress": 10})
+                await self._post_bfl(job, {"task_id": job.id, "status": "Pending", "progress": 10})
         except Exception:  # a background task must never die noisily
             log.exception("simulator: callbacks for task %s failed", job.id)
 
     async def _post_with_retries(self, job: _Job, body: bytes) -> None:
         for pause in (*self.callback_retries, None):
-            if await self._post(job, body):
+            if await self._post_bfl(job, body):
                 return
             if pause is not None:
                 await asyncio.sleep(pause)
         self._totals["callbacks_failed"] += 1
 
-    async def _post(self, job: _Job, body: bytes | dict[str, Any]) -> bool:
-        """POST one callback; True when the receiver answered 2xx."""
+    async def _post_bfl(self, job: _Job, body: bytes | dict[str, Any]) -> bool:
+        """POST one BFL-style callback, signed as the job's faults say."""
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         headers = {"content-type": "application/json"}
         if job.webhook_secret:
@@ -461,6 +527,10 @@ class Simulator:
                 headers["x-bfl-signature"] = sign_bfl(secret, raw)
             elif job.faults.signature == "echo":
                 headers["x-webhook-secret"] = secret
+        return await self._post(job, raw, headers)
+
+    async def _post(self, job: _Job, raw: bytes, headers: dict[str, str]) -> bool:
+        """POST one callback to the job's webhook URL; True when the receiver answered 2xx."""
         if self._http is None:
             self._http = httpx.AsyncClient(timeout=30.0)
         job.callbacks_sent += 1
