@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["list"].add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     parsers["list"].add_argument("--json", action="store_true", help="print JSON")
     parsers["sweep"].add_argument("--json", action="store_true", help="print JSON")
-    parsers["demo"].add_argument("--jobs", type=int, default=4, help="how many jobs to run (default 4)")
+    parsers["demo"].add_argument("--jobs", type=int, default=5, help="how many jobs to run (default 5)")
     return parser
 
 

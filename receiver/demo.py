@@ -23,6 +23,7 @@ PROMPTS = [
     ("deerapi", "flux-pro-1.1", "a lighthouse at dusk, oil painting"),
     ("cometapi", "flux-pro-1.1-ultra", "a bowl of ramen, studio photo"),
     ("bfl", "flux-2-pro", "a paper boat on a puddle (callback lost: rescued by polling)"),
+    ("replicate", "black-forest-labs/flux-schnell", "two owls on a branch, woodcut print (two outputs)"),
 ]
 
 
@@ -42,9 +43,10 @@ def demo_settings(settings: Settings, sim_url: str, public_url: str) -> Settings
     )
 
 
-async def run_demo(settings: Settings, *, jobs: int = 4, within: float = 60.0) -> int:
+async def run_demo(settings: Settings, *, jobs: int = 5, within: float = 60.0) -> int:
     sim = Simulator(default_faults=Faults(runtime=0.3))
     sim.add_rule("callback lost", Faults(drop=True, runtime=0.3))
+    sim.add_rule("two outputs", Faults(outputs=2, runtime=0.3))
     async with serve_in_background(sim.app) as sim_url:
         sock = bind()
         public_url = f"http://127.0.0.1:{sock.getsockname()[1]}"

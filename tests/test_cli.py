@@ -67,7 +67,8 @@ def test_list_status_and_sweep_on_an_empty_ledger(env: Path, capsys: pytest.Capt
 
 
 def test_demo_runs_the_whole_loop(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--jobs", "4"]) == 0
+    assert main(["demo", "--jobs", "5"]) == 0
     out = capsys.readouterr().out
-    assert out.count("stored ") == 4 and "via polled" in out and "via callback" in out
-    assert len(list((env / "results").glob("fh_*/0.png"))) == 4
+    assert out.count("stored ") == 6 and "via polled" in out and "via callback" in out  # 5 jobs, 6 files
+    assert len(list((env / "results").glob("fh_*/0.png"))) == 5
+    assert len(list((env / "results").glob("fh_*/1.png"))) == 1

@@ -46,6 +46,8 @@ def env_for(tmp_path: Path, sim_url: str, public_url: str) -> dict[str, str]:
         "BFL_API_KEY": "k-bfl",
         "DEERAPI_KEY": "k-deer",
         "COMETAPI_KEY": "k-comet",
+        "FLUXHOOK_REPLICATE_URL": sim_url,
+        "REPLICATE_API_TOKEN": "r8-test",
         "FLUXHOOK_DOWNLOAD_HOSTS": "127.0.0.1",
         "FLUXHOOK_DOWNLOAD_ALLOW_PRIVATE": "1",
         "FLUXHOOK_POLL_AFTER": "0.5",
