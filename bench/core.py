@@ -1,6 +1,7 @@
 """Core-loop figures: callback ack latency and provider API calls per job.
 
     python -m bench.core --callbacks 1000 --concurrency 16 --jobs 50
+    python -m bench.core --only replicate --jobs 50
 
 1. Ack latency: a real `fluxhook serve` process (one uvicorn worker, SQLite,
    synchronous=FULL) receives signed terminal callbacks for jobs already in its
@@ -187,12 +188,59 @@ async def calls_per_job(jobs: int, drop: bool) -> dict[str, float]:
     }
 
 
-async def main(args: argparse.Namespace) -> None:
-    results = {
-        "ack_latency": await ack_latency(args.callbacks, args.concurrency),
-        "calls_with_callbacks": await calls_per_job(args.jobs, drop=False),
-        "calls_without_callbacks": await calls_per_job(args.jobs, drop=True),
+async def replicate_events(jobs: int, faults: Faults, events: list[str]) -> dict[str, float]:
+    """Replicate predictions through the simulator: webhooks received vs processed, polls per job."""
+    sim = Simulator(default_faults=faults)
+    async with serve_in_background(sim.app) as sim_url:
+        with tempfile.TemporaryDirectory() as tmpdir:
+            tmp = Path(tmpdir)
+            sock = bind()
+            public_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+            settings = Settings.from_env(environment(
+                tmp, sim_url, public_url, FLUXHOOK_REPLICATE_URL=sim_url, REPLICATE_API_TOKEN="bench",  # noqa: S106 - the simulator takes any token
+                FLUXHOOK_POLL_AFTER="3", FLUXHOOK_SWEEP_INTERVAL="0.25",
+            ))
+            async with serve_in_background(create_app(settings), sock), Runtime.open(settings) as rt:
+                ids = [(await submit(rt, "replicate", "black-forest-labs/flux-schnell", {"prompt": f"job {i}"},
+                                     events=events)).id for i in range(jobs)]
+                for _ in range(1200):
+                    done = [await rt.store.get_job(i) for i in ids]
+                    if all(j is not None and j.status in TERMINAL for j in done):
+                        break
+                    await asyncio.sleep(0.1)
+                await sim.drain()
+                async with httpx.AsyncClient() as http:
+                    received = (await http.get(f"{public_url}/healthz")).json()["callbacks"]
+                stored = sum(1 for j in done if j is not None and j.status == Status.STORED)
+                files = sum([len(await rt.store.files(i)) for i in ids])
+        totals = sim.stats()["totals"]
+        await sim.aclose()
+    return {
+        "jobs": jobs,
+        "events": ",".join(events),  # type: ignore[dict-item]
+        "stored": stored,
+        "files": files,
+        "webhooks_sent_per_job": totals["callbacks_sent"] / jobs,
+        "accepted_per_job": received.get("accepted", 0) / jobs,
+        "duplicates_per_job": received.get("duplicate", 0) / jobs,
+        "rejected_per_job": received.get("rejected", 0) / jobs,
+        "polls_per_job": totals["polls"] / jobs,
+        "downloads_per_file": totals["deliveries"] / max(files, 1),
     }
+
+
+async def main(args: argparse.Namespace) -> None:
+    results: dict[str, object] = {}
+    if args.only in (None, "bfl"):
+        results["ack_latency"] = await ack_latency(args.callbacks, args.concurrency)
+        results["calls_with_callbacks"] = await calls_per_job(args.jobs, drop=False)
+        results["calls_without_callbacks"] = await calls_per_job(args.jobs, drop=True)
+    if args.only in (None, "replicate"):
+        every = ["start", "output", "logs", "completed"]
+        results["replicate_all_events_2_outputs_duplicated"] = await replicate_events(
+            args.jobs, Faults(runtime=2.0, outputs=2, duplicate=3, reorder=True), every)
+        results["replicate_completed_dropped"] = await replicate_events(
+            args.jobs, Faults(runtime=2.0, drop_completed=True), ["start", "completed"])
     print(json.dumps(results, indent=2))
 
 
@@ -201,4 +249,5 @@ if __name__ == "__main__":
     parser.add_argument("--callbacks", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--jobs", type=int, default=50)
+    parser.add_argument("--only", choices=["bfl", "replicate"], help="run one group of measurements")
     asyncio.run(main(parser.parse_args()))
