@@ -150,10 +150,15 @@ async def _resolve(host: str) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-async def check_address(host: str, policy: DownloadPolicy, resolver: Resolver | None = None) -> None:
-    """Reject `host` if it is, or resolves to, any non-public address."""
+async def check_address(host: str, policy: DownloadPolicy, resolver: Resolver | None = None) -> str | None:
+    """Reject `host` if it is, or resolves to, any non-public address.
+
+    Returns the vetted address to connect to when `host` is a name (None for IP
+    literals and when private addresses are allowed), so the connection goes to
+    the address that was checked and a second DNS answer cannot redirect it.
+    """
     if policy.allow_private:
-        return
+        return None
     host = host.strip("[]")
     try:
         found = [host] if _is_ip(host) else await (resolver or _resolve)(host)
@@ -168,6 +173,7 @@ async def check_address(host: str, policy: DownloadPolicy, resolver: Resolver | 
             raise DownloadError("rejected", f"{host!r} resolved to invalid address {address!r}") from None
         if _forbidden(ip):
             raise DownloadError("rejected", f"{host!r} resolves to non-public address {address}")
+    return None if _is_ip(host) else found[0]
 
 
 def extension_for(content_type: str) -> str:
@@ -177,7 +183,8 @@ def extension_for(content_type: str) -> str:
 
 
 async def download(
-    http: httpx.AsyncClient, url: str, dest: Path, policy: DownloadPolicy, *, resolver: Resolver | None = None
+    http: httpx.AsyncClient, url: str, dest: Path, policy: DownloadPolicy, *, resolver: Resolver | None = None,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> StoredFile:
     """Fetch `url` into `dest` + "." + extension (from the content type).
 
@@ -185,9 +192,7 @@ async def download(
     """
     target = _parse(url)
     for _ in range(policy.max_redirects + 1):
-        await _vet(target, policy, resolver)
-        # A bare Request: none of the client's default headers, cookies or auth.
-        request = httpx.Request("GET", target, extensions={"timeout": http.timeout.as_dict()})
+        request = _pinned_request(target, await _vet(target, policy, resolver), http)
         try:
             response = await http.send(request, stream=True, auth=None, follow_redirects=False)
         except httpx.TransportError as exc:
@@ -200,7 +205,7 @@ async def download(
                 target = _parse(location, base=target)
                 continue
             content_type = _check_response(response, target, policy)
-            return await _store(response, target, Path(dest), content_type, policy)
+            return await _store(response, target, Path(dest), content_type, policy, on_chunk)
         finally:
             await response.aclose()
     raise _error("rejected", f"more than {policy.max_redirects} redirects", target)
@@ -224,7 +229,7 @@ def _parse(url: str, base: httpx.URL | None = None) -> httpx.URL:
         raise DownloadError("rejected", f"invalid URL: {redact_url(url)}") from None
 
 
-async def _vet(url: httpx.URL, policy: DownloadPolicy, resolver: Resolver | None) -> None:
+async def _vet(url: httpx.URL, policy: DownloadPolicy, resolver: Resolver | None) -> str | None:
     if url.scheme not in policy.schemes:
         raise _error("rejected", f"scheme {url.scheme!r} not allowed", url)
     if url.userinfo:
@@ -232,7 +237,19 @@ async def _vet(url: httpx.URL, policy: DownloadPolicy, resolver: Resolver | None
     host = url.raw_host.decode("ascii", "replace")
     if not host_allowed(host, policy.allowed_hosts):
         raise _error("rejected", f"host {host!r} not allowed", url)
-    await check_address(host, policy, resolver)
+    return await check_address(host, policy, resolver)
+
+
+def _pinned_request(url: httpx.URL, address: str | None, http: httpx.AsyncClient) -> httpx.Request:
+    """A bare GET (none of the client's default headers, cookies or auth), sent to the vetted
+    address while TLS and the Host header still name the original host."""
+    extensions: dict[str, object] = {"timeout": http.timeout.as_dict()}
+    if address is None:
+        return httpx.Request("GET", url, extensions=extensions)
+    host = url.host
+    extensions["sni_hostname"] = host
+    authority = host if url.port is None else f"{host}:{url.port}"
+    return httpx.Request("GET", url.copy_with(host=address), headers={"host": authority}, extensions=extensions)
 
 
 def _check_response(response: httpx.Response, url: httpx.URL, policy: DownloadPolicy) -> str:
@@ -261,7 +278,8 @@ def _content_length(response: httpx.Response) -> int | None:
 
 
 async def _store(
-    response: httpx.Response, url: httpx.URL, dest: Path, media: str, policy: DownloadPolicy
+    response: httpx.Response, url: httpx.URL, dest: Path, media: str, policy: DownloadPolicy,
+    on_chunk: Callable[[int], None] | None,
 ) -> StoredFile:
     final, temp = _paths(dest, media)
     expected, size, digest, done = _content_length(response), 0, hashlib.sha256(), False
@@ -275,6 +293,8 @@ async def _store(
                         raise _error("rejected", f"body exceeds {policy.max_bytes} bytes", url)
                     digest.update(chunk)
                     await fh.write(chunk)
+                    if on_chunk is not None:
+                        on_chunk(size)
             except httpx.TransportError as exc:
                 raise _transport_error(exc, url) from exc
             if expected is not None and size != expected:

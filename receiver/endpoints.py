@@ -19,7 +19,16 @@ from submitter.dialects import parse_observation
 from submitter.signing import VerificationError, derive_job_keys, verify_bfl, verify_standard, verify_token
 from submitter.status import Status
 
-from .errors import BadPayload, Conflict, NotFound, PayloadTooLarge, ReceiverError, Unauthorized, Unavailable
+from .errors import (
+    BadPayload,
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    ReceiverError,
+    RequestTimeout,
+    Unauthorized,
+    Unavailable,
+)
 from .runtime import Runtime
 from .secrets import SecretUnavailable
 from .store import Event, TaskMismatch
@@ -31,14 +40,12 @@ log = logging.getLogger("fluxhook.hooks")
 
 #: Headers that carry credentials: kept in the audit log only as "[redacted]".
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-key", "x-webhook-secret"})
-BODY_READ_TIMEOUT = 10.0
-
 
 def redact_headers(request: Request) -> dict[str, str]:
     return {k: "[redacted]" if k in SECRET_HEADERS else v for k, v in request.headers.items()}
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, within: float) -> bytes:
     """The raw body, refusing anything over `limit` without reading the rest."""
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -49,14 +56,14 @@ async def read_body(request: Request, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     try:
-        async with asyncio.timeout(BODY_READ_TIMEOUT):
+        async with asyncio.timeout(within):
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
                     raise PayloadTooLarge(f"body over the {limit} byte limit")
                 chunks.append(chunk)
     except TimeoutError:
-        raise BadPayload("body not received in time") from None
+        raise RequestTimeout("body not received in time") from None
     except ClientDisconnect:
         raise BadPayload("client went away mid-body") from None
     return b"".join(chunks)
@@ -122,7 +129,7 @@ async def hook(request: Request) -> JSONResponse:
         raise NotFound(f"unknown provider {provider!r}")
     if settings.secret_key is None:
         raise NotFound("this receiver accepts no callbacks (FLUXHOOK_SECRET_KEY unset)")
-    body = await read_body(request, settings.max_body)
+    body = await read_body(request, settings.max_body, settings.body_timeout)
     keys = derive_job_keys(settings.secret_key, provider, job_id)
     dialect = settings.provider(provider).dialect
     try:
@@ -159,6 +166,7 @@ async def hook(request: Request) -> JSONResponse:
         raise Conflict("callback names a different provider task than this job's") from None
     if not outcome.found:
         raise NotFound("unknown job")
+    rt.failpoint("after-callback-commit")
     if outcome.duplicate:
         rt.metrics["duplicate"] += 1
         return JSONResponse({"ok": True, "duplicate": True})

@@ -4,6 +4,7 @@
      ├── BadPayload          400  body is not JSON / not a provider body
      ├── Unauthorized        401  token, signature or secret header does not match
      ├── NotFound            404  unknown provider or job
+     ├── RequestTimeout      408  the body did not arrive in time
      ├── PayloadTooLarge     413  body over FLUXHOOK_MAX_BODY
      ├── Conflict            422  callback names a different provider task than the job's
      └── Unavailable         503  the store cannot take the event now: the sender should retry
@@ -11,7 +12,10 @@
 
 from __future__ import annotations
 
-__all__ = ["BadPayload", "Conflict", "NotFound", "PayloadTooLarge", "ReceiverError", "Unauthorized", "Unavailable"]
+__all__ = [
+    "BadPayload", "Conflict", "NotFound", "PayloadTooLarge", "ReceiverError", "RequestTimeout", "Unauthorized",
+    "Unavailable",
+]
 
 
 class ReceiverError(Exception):
@@ -32,6 +36,10 @@ class Unauthorized(ReceiverError):
 
 class NotFound(ReceiverError):
     status_code = 404
+
+
+class RequestTimeout(ReceiverError):
+    status_code = 408
 
 
 class PayloadTooLarge(ReceiverError):

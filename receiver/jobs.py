@@ -68,6 +68,7 @@ async def new_job(
         lease_until=now + rt.settings.lease_seconds,
     )
     await rt.store.create_job(job)
+    rt.failpoint("after-ledger")
     return job
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import time
 import uuid
@@ -61,6 +62,11 @@ class Runtime:
             self.api, self.settings.provider(provider), policy=self.retry, sleep=self.sleep, clock=self.clock
         )
 
+    def failpoint(self, name: str) -> None:
+        """Crash tests: die here, at once and without cleanup, if FLUXHOOK_FAILPOINTS names this point."""
+        if name in self.settings.failpoints:
+            os.kill(os.getpid(), signal.SIGKILL)
+
     def kick(self, job_id: str) -> None:
         """Ask the in-process download worker to fetch this job now (the sweep covers misses)."""
         try:
@@ -88,7 +94,12 @@ class Runtime:
         timeout = httpx.Timeout(30.0, connect=10.0)
         own_api, own_cdn = api is None, cdn is None
         api = api or httpx.AsyncClient(timeout=timeout, trust_env=False)
-        cdn = cdn or httpx.AsyncClient(timeout=timeout, trust_env=False, follow_redirects=False)
+        # Downloads connect to vetted IP addresses with the host name in SNI; pooled connections are
+        # keyed by address only, so none are kept for reuse under another host name.
+        cdn = cdn or httpx.AsyncClient(
+            timeout=timeout, trust_env=False, follow_redirects=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
         try:
             yield cls(settings=settings, store=store, api=api, cdn=cdn, **kwargs)
         finally:

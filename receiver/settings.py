@@ -41,6 +41,14 @@ class Settings:
     job_deadline: float = 1800.0
     sweep_interval: float = 5.0
     lease_seconds: float = 120.0
+    #: How long a callback body may take to arrive (slow-body attacks).
+    body_timeout: float = 10.0
+    #: Accepted callbacks are kept this long for audit and replay, then pruned by the sweep.
+    event_retention: float = 7 * 86400.0
+    #: On SIGTERM: how long in-flight downloads and sweeps may take to finish before they are handed back.
+    drain_timeout: float = 20.0
+    #: Crash-test hooks: named points where the process kills itself (see Runtime.failpoint).
+    failpoints: frozenset[str] = frozenset()
     #: Overrides of each provider's cap on active jobs.
     max_active: Mapping[str, int] = field(default_factory=dict)
     #: Replicate's signing secrets (several during a rotation); empty: fetch from the API.
@@ -98,6 +106,11 @@ class Settings:
             poll_max_interval=_number(env, "FLUXHOOK_POLL_MAX_INTERVAL", 60.0),
             job_deadline=_number(env, "FLUXHOOK_JOB_DEADLINE", 1800.0),
             sweep_interval=_number(env, "FLUXHOOK_SWEEP_INTERVAL", 5.0),
+            lease_seconds=_positive(env, "FLUXHOOK_LEASE_SECONDS", 120.0),
+            body_timeout=_positive(env, "FLUXHOOK_BODY_TIMEOUT", 10.0),
+            event_retention=_positive(env, "FLUXHOOK_EVENT_RETENTION", 7 * 86400.0),
+            drain_timeout=_number(env, "FLUXHOOK_DRAIN_TIMEOUT", 20.0),
+            failpoints=_failpoints(env.get("FLUXHOOK_FAILPOINTS", "")),
             max_active=max_active,
             replicate_webhook_secrets=secrets,
         )
@@ -148,6 +161,26 @@ def _standard_secret_ok(value: str) -> bool:
         return len(base64.b64decode(raw, validate=True)) >= 16
     except (binascii.Error, ValueError):
         return False
+
+
+FAILPOINTS = frozenset({"after-ledger", "after-callback-commit", "mid-download", "mid-sweep"})
+
+
+def _failpoints(value: str) -> frozenset[str]:
+    points = frozenset(p.strip() for p in value.split(",") if p.strip())
+    if points - FAILPOINTS:
+        raise SettingsError(
+            f"FLUXHOOK_FAILPOINTS: unknown point(s) {', '.join(sorted(points - FAILPOINTS))};"
+            f" known: {', '.join(sorted(FAILPOINTS))}"
+        )
+    return points
+
+
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    value = float(_number(env, name, default))
+    if value <= 0:
+        raise SettingsError(f"{name} must be greater than 0")
+    return value
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:

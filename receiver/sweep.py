@@ -54,6 +54,9 @@ async def sweep_once(rt: Runtime, *, batch: int = 100, max_batches: int = 50) ->
         async with gate:
             report.actions[await handle(rt, job)] += 1
 
+    pruned = await rt.store.prune_events(rt.clock() - rt.settings.event_retention)
+    if pruned:
+        report.actions["events-pruned"] += pruned
     for _ in range(max_batches):
         jobs = await rt.store.claim_due(rt.owner, now=rt.clock(), lease=rt.settings.lease_seconds, limit=batch)
         if not jobs:
@@ -114,6 +117,7 @@ async def _poll(rt: Runtime, job: Job) -> str:
         await store.release(job.id, rt.owner, expect=job.status, polled=True,
                             next_check_at=next_poll(job.polls + 1, now, job.deadline_at, rt.settings))
         return "poll-failed"
+    rt.failpoint("mid-sweep")
     now = rt.clock()
     later = next_poll(job.polls + 1, now, job.deadline_at, rt.settings)
     if observation.not_found and now - (job.submitted_at or job.created_at) > NOT_FOUND_GRACE:
@@ -157,7 +161,8 @@ async def download_job(rt: Runtime, job: Job) -> str:
             try:
                 # A server trickling bytes never trips a per-read timeout: bound the whole transfer.
                 async with asyncio.timeout(rt.settings.download_timeout):
-                    stored = await download(rt.cdn, record.url, dest, policy, resolver=rt.resolver)
+                    stored = await download(rt.cdn, record.url, dest, policy, resolver=rt.resolver,
+                                            on_chunk=lambda _: rt.failpoint("mid-download"))
             except TimeoutError:
                 await store.file_failed(job.id, record.n)
                 failure = DownloadError("transient", f"download took over {rt.settings.download_timeout:.0f} s")

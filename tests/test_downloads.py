@@ -118,7 +118,32 @@ async def test_sends_no_credentials_headers_or_cookies(tmp_path: Path) -> None:
     assert request.method == "GET"
     for name in ("authorization", "x-key", "cookie"):
         assert name not in request.headers
-    assert request.url == httpx.URL(URL)
+    # Pinned to the vetted address; TLS and Host still name the original host; path and query intact.
+    original = httpx.URL(URL)
+    assert request.url == original.copy_with(host="93.184.216.34")
+    assert request.headers["host"] == original.host
+    assert request.extensions["sni_hostname"] == original.host
+
+
+async def test_connects_to_the_address_it_checked(tmp_path: Path) -> None:
+    """DNS rebinding: the name is resolved once, vetted, and that address is the one connected to."""
+    answers = iter([["93.184.216.34"], ["127.0.0.1"]])
+    resolved: list[str] = []
+
+    async def rebinding(host: str) -> list[str]:
+        resolved.append(host)
+        return next(answers)
+
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return image()(request)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        await download(http, URL, tmp_path / "0", POLICY, resolver=rebinding)
+    assert resolved == ["delivery-eu1.bfl.ai"]  # one lookup: the transport is never left to resolve again
+    assert seen[0].url.host == "93.184.216.34"
 
 
 async def test_allow_private_permits_local_simulator(tmp_path: Path) -> None:
@@ -224,7 +249,7 @@ async def test_host_resolving_to_private_address_rejected(tmp_path: Path) -> Non
 
 def redirecting(location: str, status: int = 302) -> Handler:
     def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.host == "delivery-eu1.bfl.ai":
+        if request.headers["host"] == "delivery-eu1.bfl.ai":  # connections go to the pinned address
             return httpx.Response(status, headers={"location": location})
         return image()(request)
 

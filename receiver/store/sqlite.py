@@ -95,6 +95,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE jobs ADD COLUMN outputs TEXT
         """,
     ),
+    (3, "events by age, for retention", "CREATE INDEX events_received ON events (received_at)"),
 ]
 
 _JOB_FIELDS = {f for f in Job.__dataclass_fields__}
@@ -428,6 +429,12 @@ class SQLiteStore:
 
     async def file_failed(self, job_id: str, n: int) -> None:
         await self._write("UPDATE files SET attempts = attempts + 1 WHERE job_id = ? AND n = ?", (job_id, n))
+
+    async def prune_events(self, before: float, *, limit: int = 5000) -> int:
+        return await self._write(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE received_at < ? ORDER BY received_at LIMIT ?)",
+            (before, limit),
+        )
 
     async def count_events(self, job_id: str) -> int:
         rows = await self._read("SELECT COUNT(*) FROM events WHERE job_id = ?", (job_id,))
