@@ -30,6 +30,20 @@ def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": "store unavailable, retry later"}, status_code=503, headers={"retry-after": "5"})
 
 
+async def drain(rt: Runtime, tasks: list[asyncio.Task[None]], grace: float) -> None:
+    """Stop taking work, let in-flight downloads and sweeps finish for up to `grace`
+    seconds, then cancel the rest; a cancelled job's lease is handed back at once."""
+    rt.stopping.set()
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=grace)
+    if pending:
+        log.warning("shutdown: handing back %d unfinished background task(s)", len(pending))
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def create_app(settings: Settings, *, runtime: Runtime | None = None, workers: bool = True) -> Starlette:
     """Build the receiver.
 
@@ -55,9 +69,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None, workers: b
             try:
                 yield
             finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await drain(rt, tasks, settings.drain_timeout)
 
     app = Starlette(
         routes=[

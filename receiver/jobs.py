@@ -116,6 +116,7 @@ async def try_submit(rt: Runtime, job: Job) -> Status:
             job.id, None, None, now=now, next_check_at=job.deadline_at, note=f"submit outcome unknown: {exc}"
         )
         return outcome.status or Status.SUBMITTED
+    rt.failpoint("before-submit-recorded")
     now = rt.clock()
     outcome = await store.record_submit(
         job.id, answer.provider_job_id, answer.polling_url, now=now,

@@ -53,6 +53,8 @@ class Runtime:
     #: Callback outcomes since start: accepted, duplicate, rejected, bad_body.
     metrics: Counter[str] = field(default_factory=Counter)
     webhook_secrets: WebhookSecrets = field(init=False)
+    #: Set on shutdown: background work stops taking new jobs.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.webhook_secrets = WebhookSecrets(self.api, self.settings.replicate_webhook_secrets, self.clock)

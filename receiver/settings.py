@@ -163,7 +163,9 @@ def _standard_secret_ok(value: str) -> bool:
         return False
 
 
-FAILPOINTS = frozenset({"after-ledger", "after-callback-commit", "mid-download", "mid-sweep"})
+FAILPOINTS = frozenset({
+    "after-ledger", "before-submit-recorded", "after-callback-commit", "mid-download", "mid-sweep",
+})
 
 
 def _failpoints(value: str) -> frozenset[str]:

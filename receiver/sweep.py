@@ -8,6 +8,7 @@ first, so sweeps running side by side never handle the same job twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections import Counter
@@ -58,6 +59,8 @@ async def sweep_once(rt: Runtime, *, batch: int = 100, max_batches: int = 50) ->
     if pruned:
         report.actions["events-pruned"] += pruned
     for _ in range(max_batches):
+        if rt.stopping.is_set():
+            break  # shutting down: take no new work
         jobs = await rt.store.claim_due(rt.owner, now=rt.clock(), lease=rt.settings.lease_seconds, limit=batch)
         if not jobs:
             break
@@ -70,6 +73,10 @@ async def handle(rt: Runtime, job: Job) -> str:
     """Do the one thing a claimed job needs, then release its lease. Returns what was done."""
     try:
         return await _handle(rt, job)
+    except asyncio.CancelledError:
+        # Shutdown ran out of time: hand the job back for another process to take now.
+        await asyncio.shield(rt.store.release(job.id, rt.owner, expect=None, next_check_at=None))
+        raise
     except Exception:
         # A bug or an outage must not take the sweep down, nor keep the lease forever.
         log.exception("sweep failed on job %s", job.id)
@@ -216,21 +223,29 @@ async def _repoll(rt: Runtime, job: Job) -> bool:
 
 
 async def sweep_loop(rt: Runtime, interval: float) -> None:
-    """Sweep forever, every `interval` seconds (what `serve` runs in the background)."""
-    while True:
+    """Sweep every `interval` seconds until `rt.stopping` is set (what `serve` runs in the background)."""
+    while not rt.stopping.is_set():
         try:
             report = await sweep_once(rt)
             if report.claimed:
                 log.info("sweep: %s", report.as_dict())
         except Exception:
             log.exception("sweep pass failed")
-        await asyncio.sleep(interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(rt.stopping.wait(), interval)
 
 
 async def download_worker(rt: Runtime) -> None:
     """Fetch results as soon as a callback reports them (the sweep covers anything missed)."""
-    while True:
-        job_id = await rt.downloads.get()
+    while not rt.stopping.is_set():
+        getting = asyncio.ensure_future(rt.downloads.get())
+        stopping = asyncio.ensure_future(rt.stopping.wait())
+        await asyncio.wait({getting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not getting.done():
+            getting.cancel()
+            break
+        job_id = getting.result()
         try:
             job = await rt.store.claim(job_id, rt.owner, now=rt.clock(), lease=rt.settings.lease_seconds)
             if job is not None:
