@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # httpx logs every request URL at INFO: callback URLs carry path tokens, result URLs signatures.
+    # httpx logs every request at INFO (URLs are redacted, see receiver/logs.py); keep the CLI quiet.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     _, _, command = COMMANDS[args.command]

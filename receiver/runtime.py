@@ -23,6 +23,7 @@ import httpx
 from submitter.backoff import RetryPolicy
 from submitter.client import ProviderClient
 
+from .logs import install_redaction
 from .secrets import WebhookSecrets
 from .settings import Settings
 from .store import Store
@@ -57,6 +58,7 @@ class Runtime:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
+        install_redaction()
         self.webhook_secrets = WebhookSecrets(self.api, self.settings.replicate_webhook_secrets, self.clock)
 
     def client(self, provider: str) -> ProviderClient:

@@ -76,11 +76,11 @@ class Harness:
 @contextlib.asynccontextmanager
 async def harness(
     tmp_path: Path, *, faults: Faults | None = None, api_transport: httpx.AsyncBaseTransport | None = None,
-    cdn_transport: httpx.AsyncBaseTransport | None = None, **overrides: Any,
+    cdn_transport: httpx.AsyncBaseTransport | None = None, busy_timeout: float = 5.0, **overrides: Any,
 ) -> AsyncIterator[Harness]:
     settings = make_settings(tmp_path, **overrides)
     clock = Clock()
-    store = SQLiteStore(settings.db)
+    store = SQLiteStore(settings.db, busy_timeout=busy_timeout)
     await store.open()
     sleeps: list[float] = []
 
