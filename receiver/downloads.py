@@ -83,7 +83,8 @@ class DownloadError(Exception):
 
 
 def redact_url(url: str | httpx.URL) -> str:
-    """`scheme://host[:port]/path`: no userinfo, query (signature) or fragment."""
+    """`scheme://host[:port]/…/name`: no userinfo, query (signature) or fragment, and only the
+    last path segment (some hosts, e.g. replicate.delivery, grant access by the path itself)."""
     try:
         parts = urlsplit(str(url))
         host, port = parts.hostname or "", parts.port
@@ -92,7 +93,9 @@ def redact_url(url: str | httpx.URL) -> str:
     if not parts.scheme:
         return "<invalid URL>"
     host = f"[{host}]" if ":" in host else host
-    return f"{parts.scheme}://{host}{'' if port is None else f':{port}'}{parts.path}"
+    name = parts.path.rsplit("/", 1)[-1]
+    path = f"/…/{name}" if parts.path.count("/") > 1 else parts.path
+    return f"{parts.scheme}://{host}{'' if port is None else f':{port}'}{path}"
 
 
 def url_expiry(url: str) -> float | None:
@@ -184,7 +187,7 @@ def extension_for(content_type: str) -> str:
 
 async def download(
     http: httpx.AsyncClient, url: str, dest: Path, policy: DownloadPolicy, *, resolver: Resolver | None = None,
-    on_chunk: Callable[[int], None] | None = None,
+    on_chunk: Callable[[int], Awaitable[None]] | None = None,
 ) -> StoredFile:
     """Fetch `url` into `dest` + "." + extension (from the content type).
 
@@ -246,7 +249,7 @@ def _pinned_request(url: httpx.URL, address: str | None, http: httpx.AsyncClient
     extensions: dict[str, object] = {"timeout": http.timeout.as_dict()}
     if address is None:
         return httpx.Request("GET", url, extensions=extensions)
-    host = url.host
+    host = url.raw_host.decode("ascii")  # IDNA-encoded, as it goes on the wire
     extensions["sni_hostname"] = host
     authority = host if url.port is None else f"{host}:{url.port}"
     return httpx.Request("GET", url.copy_with(host=address), headers={"host": authority}, extensions=extensions)
@@ -279,7 +282,7 @@ def _content_length(response: httpx.Response) -> int | None:
 
 async def _store(
     response: httpx.Response, url: httpx.URL, dest: Path, media: str, policy: DownloadPolicy,
-    on_chunk: Callable[[int], None] | None,
+    on_chunk: Callable[[int], Awaitable[None]] | None,
 ) -> StoredFile:
     final, temp = _paths(dest, media)
     expected, size, digest, done = _content_length(response), 0, hashlib.sha256(), False
@@ -294,7 +297,7 @@ async def _store(
                     digest.update(chunk)
                     await fh.write(chunk)
                     if on_chunk is not None:
-                        on_chunk(size)
+                        await on_chunk(size)
             except httpx.TransportError as exc:
                 raise _transport_error(exc, url) from exc
             if expected is not None and size != expected:

@@ -49,7 +49,7 @@ async def read_body(request: Request, limit: int, within: float) -> bytes:
     """The raw body, refusing anything over `limit` without reading the rest."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit() and len(declared) <= 18):
             raise BadPayload("invalid Content-Length")
         if int(declared) > limit:
             raise PayloadTooLarge(f"body over the {limit} byte limit")

@@ -100,12 +100,18 @@ async def try_submit(rt: Runtime, job: Job) -> Status:
     url, secret = callback_url(public_url, master, job.provider, job.id)
     client = rt.client(job.provider)
     try:
-        answer = await client.submit(job.model, job.params, url, secret, job.options.get("events", ()))
+        answer = await client.submit(
+            job.model, job.params, url, secret, job.options.get("events", ()),
+            budget=rt.settings.lease_seconds / 2,  # retries must end well inside our lease on the job
+        )
     except SubmitRejected as exc:
         outcome = await store.finish(job.id, Status.FAILED, now=rt.clock(), reason=str(exc))
         return outcome.status or Status.FAILED
     except ProviderUnavailable as exc:
-        later = rt.clock() + exc.retry_after if exc.retry_after else retry_later(job.submit_attempts, rt.clock())
+        if exc.retry_after is not None:
+            later = rt.clock() + min(exc.retry_after, rt.retry.max_retry_after)
+        else:
+            later = retry_later(job.submit_attempts, rt.clock())
         await store.defer(job.id, next_check_at=min(later, job.deadline_at), note=str(exc), now=rt.clock())
         return Status.QUEUED
     except SubmitAmbiguous as exc:

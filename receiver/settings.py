@@ -133,10 +133,11 @@ class Settings:
             raise SettingsError(f"unknown provider {name!r}; known: {', '.join(sorted(self.providers))}") from None
 
     def cap_for(self, provider: str, model: str) -> int:
+        """Active jobs allowed: the account's cap (FLUXHOOK_*_MAX_ACTIVE, or the provider's
+        documented one), and never more than a model's own lower cap."""
         dialect = self.provider(provider).dialect
-        if provider in self.max_active:
-            return min(self.max_active[provider], dialect.cap_for(model))
-        return dialect.cap_for(model)
+        account = self.max_active.get(provider, dialect.concurrency)
+        return min(account, dialect.model_concurrency.get(model, account))
 
     def download_hosts_for(self, provider: str) -> tuple[str, ...]:
         if self.download_hosts is not None:

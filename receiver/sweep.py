@@ -18,11 +18,11 @@ from submitter.bodies import Observation
 from submitter.errors import PollFailed
 from submitter.status import Status
 
-from .downloads import DownloadError, DownloadPolicy, download, redact_url, url_expiry
+from .downloads import DownloadError, DownloadPolicy, StoredFile, download, redact_url, url_expiry
 from .jobs import try_submit
 from .runtime import Runtime
 from .schedule import NOT_FOUND_GRACE, next_poll, retry_later
-from .store import Job
+from .store import FileRecord, Job
 
 __all__ = ["SweepReport", "download_job", "expiries", "handle", "sweep_loop", "sweep_once"]
 
@@ -87,8 +87,10 @@ async def handle(rt: Runtime, job: Job) -> str:
 async def _handle(rt: Runtime, job: Job) -> str:
     store, now = rt.store, rt.clock()
     if job.status in (Status.QUEUED, Status.SUBMITTED, Status.RUNNING) and now >= job.deadline_at:
-        await store.finish(job.id, Status.EXPIRED, now=now,
+        # Only from the status we claimed it in: a result that arrived meanwhile is kept.
+        await store.finish(job.id, Status.EXPIRED, now=now, only_from=frozenset({job.status}),
                            reason=f"no result within the {rt.settings.job_deadline:.0f} s deadline")
+        await store.release(job.id, rt.owner, expect=None, next_check_at=None)
         return "expired"
     if job.status == Status.QUEUED:
         if job.slot_held:
@@ -135,7 +137,8 @@ async def _poll(rt: Runtime, job: Job) -> str:
     else:
         await store.apply(job.id, observation, now=now, next_check_at=later,
                           expires=expiries(rt, job.provider, observation))
-    await store.release(job.id, rt.owner, expect=None, next_check_at=None, polled=True)
+    # Unchanged (the same or a stale status): poll again later, not in this very pass.
+    await store.release(job.id, rt.owner, expect=job.status, next_check_at=later, polled=True)
     return "polled"
 
 
@@ -151,6 +154,7 @@ async def download_job(rt: Runtime, job: Job) -> str:
     """Fetch every file of a succeeded job not stored yet; `stored` when all are in place."""
     store = rt.store
     policy = _policy(rt, job.provider)
+    lease = _Lease(rt, job.id)
     repolled = job.repolls > 0
     while True:
         files = await store.files(job.id)
@@ -164,27 +168,15 @@ async def download_job(rt: Runtime, job: Job) -> str:
             return "stored" if files else "failed"
         failure: DownloadError | None = None
         for record in sorted(pending, key=lambda f: f.expires_at):
-            dest = rt.settings.results / job.id / str(record.n)
-            try:
-                # A server trickling bytes never trips a per-read timeout: bound the whole transfer.
-                async with asyncio.timeout(rt.settings.download_timeout):
-                    stored = await download(rt.cdn, record.url, dest, policy, resolver=rt.resolver,
-                                            on_chunk=lambda _: rt.failpoint("mid-download"))
-            except TimeoutError:
+            result = await _fetch(rt, job, record, policy, lease)
+            if isinstance(result, DownloadError):
                 await store.file_failed(job.id, record.n)
-                failure = DownloadError("transient", f"download took over {rt.settings.download_timeout:.0f} s")
-                continue
-            except DownloadError as exc:
-                await store.file_failed(job.id, record.n)
-                if exc.kind == "transient" and rt.clock() >= record.expires_at:
-                    exc.kind = "expired"
-                failure = exc
-                if exc.kind != "transient":
+                failure = result
+                if result.kind != "transient":
                     break
                 continue
-            relative = os.path.relpath(stored.path, rt.settings.results)
-            await store.store_file(job.id, record.n, path=relative, size=stored.size,
-                                   sha256=stored.sha256, content_type=stored.content_type)
+            await store.store_file(job.id, record.n, path=os.path.relpath(result.path, rt.settings.results),
+                                   size=result.size, sha256=result.sha256, content_type=result.content_type)
         if failure is None:
             continue
         now = rt.clock()
@@ -203,6 +195,42 @@ async def download_job(rt: Runtime, job: Job) -> str:
             return "download-retry"
         await store.release(job.id, rt.owner, expect=None, next_check_at=None)
         return f"download-{failure.kind}"
+
+
+class _Lease:
+    """Keeps our lease on a job alive while its files download (called after each chunk)."""
+
+    def __init__(self, rt: Runtime, job_id: str) -> None:
+        self.rt, self.job_id = rt, job_id
+        self.renewed = rt.clock()
+
+    async def keep(self, _size: int) -> None:
+        self.rt.failpoint("mid-download")
+        now = self.rt.clock()
+        if now - self.renewed > self.rt.settings.lease_seconds / 3:
+            self.renewed = now
+            await self.rt.store.renew(self.job_id, self.rt.owner, until=now + self.rt.settings.lease_seconds)
+
+
+async def _fetch(
+    rt: Runtime, job: Job, record: FileRecord, policy: DownloadPolicy, lease: _Lease
+) -> StoredFile | DownloadError:
+    """One file: the stored file, or why not (a transient failure past the URL's expiry counts as expired)."""
+    dest = rt.settings.results / job.id / str(record.n)
+    try:
+        # A server trickling bytes never trips a per-read timeout: bound the whole transfer.
+        async with asyncio.timeout(rt.settings.download_timeout):
+            return await download(rt.cdn, record.url, dest, policy, resolver=rt.resolver, on_chunk=lease.keep)
+    except TimeoutError:
+        error = DownloadError("transient", f"download took over {rt.settings.download_timeout:.0f} s")
+    except DownloadError as exc:
+        error = exc
+    except Exception as exc:  # a bug must not be retried forever: transient, so the URL's expiry ends it
+        log.exception("job %s: unexpected download failure", job.id)
+        error = DownloadError("transient", f"unexpected {type(exc).__name__}")
+    if error.kind == "transient" and rt.clock() >= record.expires_at:
+        error.kind = "expired"
+    return error
 
 
 async def _repoll(rt: Runtime, job: Job) -> bool:

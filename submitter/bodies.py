@@ -72,6 +72,11 @@ def loads_object(body: bytes) -> dict[str, Any]:
         raise BodyError("body is not valid JSON") from exc
     if not isinstance(data, dict):
         raise BodyError("body is not a JSON object")
+    try:
+        # JSON may escape lone surrogates ("\ud800"), which no UTF-8 database column can hold.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BodyError("body holds an invalid Unicode escape") from None
     return data
 
 

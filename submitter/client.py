@@ -89,20 +89,26 @@ class ProviderClient:
 
     async def submit(
         self, model: str, params: Mapping[str, Any], webhook_url: str, webhook_secret: str,
-        events: Sequence[str] = (),
+        events: Sequence[str] = (), *, budget: float | None = None,
     ) -> SubmitAnswer:
         """Create the job at the provider.
 
         Raises SubmitRejected (4xx), ProviderUnavailable (retries used up, nothing
-        created) or SubmitAmbiguous (sent, but no answer: the job may exist).
+        created) or SubmitAmbiguous (sent, but no answer or an unexpected 5xx: the
+        job may exist). With `budget`, retrying stops before it would run longer
+        than that many seconds (the caller's lease on the job must outlast it).
         """
+        give_up_at = None if budget is None else self._clock() + budget
         dialect = self.provider.dialect
         url = dialect.submit_url(self.provider.base_url, model)
         body = dialect.submit_body(params, webhook_url, webhook_secret, events)
         last: ProviderUnavailable | None = None
         for attempt in range(self.policy.attempts):
             if attempt:
-                await self._sleep(self.policy.delay(attempt - 1, last.retry_after if last else None))
+                pause = self.policy.delay(attempt - 1, last.retry_after if last else None)
+                if give_up_at is not None and self._clock() + pause > give_up_at:
+                    break
+                await self._sleep(pause)
             try:
                 response = await self.http.post(url, json=body, headers=self._headers)
             except _NOT_SENT as exc:
@@ -119,6 +125,12 @@ class ProviderClient:
                     f"{self.provider.name}: HTTP {response.status_code}: {error_message(response)}", retry_after
                 )
                 continue
+            if response.status_code >= 500:
+                # Not one of the documented "try again" answers (e.g. a gateway's 524): the
+                # request reached something that may have created the job.
+                raise SubmitAmbiguous(
+                    f"{self.provider.name}: HTTP {response.status_code} to the submit: {error_message(response)}"
+                )
             if response.status_code >= 400:
                 raise SubmitRejected(response.status_code, error_message(response))
             try:

@@ -125,7 +125,8 @@ async def test_oversized_body_is_413_before_anything_else(tmp_path: Path) -> Non
         assert await h.rt.store.count_events(job_id) == 0
 
 
-@pytest.mark.parametrize("body", [b"", b"not json", b"[]", b'{"id": "x"}', b'{"status": 5}', b"\xff\xfe", b"[" * 50_000])
+@pytest.mark.parametrize("body", [b"", b"not json", b"[]", b'{"id": "x"}', b'{"status": 5}', b"\xff\xfe", b"[" * 50_000,
+                                  b'{"id": "\\ud800", "status": "Ready", "result": {"sample": "https://x/\\udfff"}}'])
 async def test_bad_bodies_are_400(tmp_path: Path, body: bytes) -> None:
     async with harness(tmp_path) as h:
         job_id = await a_job(h)
@@ -181,3 +182,24 @@ async def test_callback_claiming_another_jobs_task_is_refused(tmp_path: Path) ->
         assert response.status_code == 422
         assert await h.rt.store.count_events(second.id) == 0  # type: ignore[union-attr]
         assert (await h.rt.store.get_job(second.id)).status == Status.SUBMITTED  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("length", ["abc", "\u00b2", "9" * 4400, "-1"])
+async def test_a_garbage_content_length_is_400(tmp_path: Path, length: str) -> None:
+    async with harness(tmp_path) as h:
+        job_id = await a_job(h)
+        scope_headers = [(b"content-length", length.encode())]
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": hook_path("bfl", job_id), "headers": scope_headers,
+                 "query_string": b"", "http_version": "1.1", "scheme": "https", "server": ("hooks.test", 443),
+                 "root_path": "", "client": ("127.0.0.1", 1)}
+        await h.app(scope, receive, send)
+        assert sent[0]["status"] == 400

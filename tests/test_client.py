@@ -181,3 +181,30 @@ def test_backoff_grows_with_jitter_and_cap() -> None:
         delay = policy.delay(attempt)
         ceiling = min(8.0, 2.0**attempt)
         assert ceiling / 2 <= delay <= ceiling
+
+
+async def test_unexpected_5xx_on_submit_is_ambiguous_not_a_rejection() -> None:
+    client, sleeps = make(lambda request: httpx.Response(524, text="origin timeout"))
+    with pytest.raises(SubmitAmbiguous, match="524"):
+        await client.submit("flux-dev", {}, "https://h", "s")
+    assert sleeps == []
+
+
+async def test_retries_stop_within_the_budget() -> None:
+    """Retrying must end inside the caller's lease on the job: pauses count against the budget."""
+    now = [NOW]
+    calls = []
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(now[0])
+        return httpx.Response(429, headers={"retry-after": "40"})
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    client = ProviderClient(http, Provider(DIALECTS["bfl"], "https://api.test", "k"),
+                            policy=RetryPolicy(attempts=10), sleep=sleep, clock=lambda: now[0])
+    with pytest.raises(ProviderUnavailable):
+        await client.submit("flux-dev", {}, "https://h", "s", budget=100)
+    assert calls == [NOW, NOW + 40, NOW + 80]  # a third 40 s pause would end past 100 s

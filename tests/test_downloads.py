@@ -316,7 +316,7 @@ async def test_too_many_redirects(tmp_path: Path) -> None:
 async def test_status_mapping(tmp_path: Path, status: int, kind: str) -> None:
     error = await expect(kind, lambda r: httpx.Response(status, text="AuthenticationFailed"), tmp_path / "0")
     assert f"HTTP {status}" in str(error)
-    assert "delivery-eu1.bfl.ai/results/abc/sample.png" in str(error)
+    assert "delivery-eu1.bfl.ai/…/sample.png" in str(error) and "results/abc" not in str(error)
 
 
 @pytest.mark.parametrize("exc", [httpx.ConnectError, httpx.ReadTimeout, httpx.RemoteProtocolError])
@@ -393,8 +393,10 @@ async def test_cancellation_leaves_no_partial(tmp_path: Path) -> None:
 
 
 def test_redact_url_hides_secrets() -> None:
-    assert redact_url(URL) == "https://delivery-eu1.bfl.ai/results/abc/sample.png"
-    assert redact_url("https://u:p@Host.example:8443/a/b?sig=x#frag") == "https://host.example:8443/a/b"
+    assert redact_url(URL) == "https://delivery-eu1.bfl.ai/…/sample.png"
+    assert redact_url("https://u:p@Host.example:8443/a/b?sig=x#frag") == "https://host.example:8443/…/b"
+    # Replicate's delivery paths grant access by themselves: only the file name is shown.
+    assert redact_url("https://replicate.delivery/xezq/AbCdSecretPath/out-0.png") == "https://replicate.delivery/…/out-0.png"
     assert redact_url("http://[::1]:8080/x?k=v") == "http://[::1]:8080/x"
     assert redact_url("http://[::1/x") == "<invalid URL>"
     assert redact_url("no scheme?sig=x") == "<invalid URL>"
@@ -499,3 +501,18 @@ def test_extension_for() -> None:
     assert extension_for("image/gif") == "gif"
     assert extension_for("image/avif") == "img"
     assert extension_for("text/plain") == "bin"
+
+
+async def test_an_internationalised_host_is_pinned_by_its_ascii_name(tmp_path: Path) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return image()(request)
+
+    policy = DownloadPolicy(allowed_hosts=("*",))
+    async with client(handler) as http:
+        stored = await download(http, "https://bücher.example/a.png", tmp_path / "0", policy, resolver=public)
+    assert stored.size == len(PNG)
+    assert seen[0].headers["host"] == "xn--bcher-kva.example"
+    assert seen[0].extensions["sni_hostname"] == "xn--bcher-kva.example"

@@ -275,3 +275,26 @@ async def test_sweeps_racing_new_submits_never_submit_twice(tmp_path: Path) -> N
             current = await h.rt.store.get_job(job.id)  # type: ignore[union-attr]
             assert current is not None and current.status == Status.SUBMITTED and current.note is None
         assert h.sim.stats()["totals"]["submit_requests"] == 8
+
+
+async def test_a_huge_retry_after_is_capped_when_deferring(tmp_path: Path) -> None:
+    transport = httpx.MockTransport(lambda r: httpx.Response(429, headers={"retry-after": "86400"}))
+    async with harness(tmp_path, api_transport=transport) as h:
+        job = await submit(h.rt, "bfl", "flux-dev", {"prompt": "p"})
+        assert job.status == Status.QUEUED and job.next_check_at is not None
+        assert job.next_check_at - h.clock.now <= h.rt.retry.max_retry_after
+
+
+async def test_download_lease_is_renewed_while_bytes_arrive(tmp_path: Path) -> None:
+    from receiver.sweep import _Lease
+
+    async with harness(tmp_path, faults=Faults(drop=True, runtime=1e6), lease_seconds=30.0) as h:
+        job = await submit(h.rt, "bfl", "flux-dev", {"prompt": "p"})
+        claimed = await h.rt.store.claim(job.id, h.rt.owner, now=h.clock.now, lease=30.0)
+        assert claimed is not None
+        lease = _Lease(h.rt, job.id)
+        await lease.keep(1)  # too soon to bother the store
+        assert (await h.rt.store.get_job(job.id)).lease_until == h.clock.now + 30.0  # type: ignore[union-attr]
+        h.clock.advance(25)
+        await lease.keep(2)
+        assert (await h.rt.store.get_job(job.id)).lease_until == h.clock.now + 30.0  # type: ignore[union-attr]

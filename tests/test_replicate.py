@@ -383,3 +383,18 @@ async def test_events_option_is_validated(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="owner/name"):
             await submit(h.rt, "replicate", "flux-1.1-pro", {"prompt": "p"})
         assert await h.rt.store.list_jobs() == []
+
+
+async def test_a_stale_poll_answer_is_polled_again_later_not_in_the_same_pass(tmp_path: Path) -> None:
+    fake = FakeReplicate()
+    async with fake_harness(tmp_path, fake) as h:
+        with_key(h)
+        job_id, pid = await new_prediction(h)
+        running = {**snapshot("processing"), "id": pid}
+        assert (await deliver(h, "replicate", job_id, running, msg_id="m1", secret=SECRET)).status_code == 200
+        fake.snapshots[pid] = {**snapshot("starting"), "id": pid}  # the API lags behind the webhook
+        h.clock.advance(h.settings.poll_after)
+        await sweep_once(h.rt)
+        job = await h.rt.store.get_job(job_id)
+        assert fake.requests["poll"] == 1
+        assert job is not None and job.status == Status.RUNNING and job.next_check_at > h.clock.now  # type: ignore[operator]

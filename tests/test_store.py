@@ -297,3 +297,27 @@ async def test_defer_keeps_a_slot_it_was_not_asked_to_release(store: Store) -> N
     assert (await store.get_job("j1")).slot_held  # type: ignore[union-attr]
     await store.defer("j1", next_check_at=NOW + 5, note="x", now=NOW)
     assert not (await store.get_job("j1")).slot_held  # type: ignore[union-attr]
+
+
+async def test_a_late_submit_answer_reschedules_a_job_waiting_for_its_deadline(store: Store) -> None:
+    await store.create_job(job())
+    # Reconciled as "outcome unknown": no provider id, so nothing to poll until the deadline.
+    await store.record_submit("j1", None, None, now=NOW, next_check_at=NOW + 1800, note="outcome unknown")
+    await store.record_submit("j1", "p1", None, now=NOW + 5, next_check_at=NOW + 65)
+    got = await store.get_job("j1")
+    assert got is not None and got.provider_job_id == "p1" and got.next_check_at == NOW + 65
+
+
+async def test_finish_only_from(store: Store) -> None:
+    await store.create_job(job())
+    await store.apply("j1", obs(Status.SUCCEEDED, ("https://r",)), now=NOW, next_check_at=NOW, expires=(NOW,))
+    # The sweep saw the job as submitted and its deadline passed; a result arrived meanwhile.
+    outcome = await store.finish("j1", Status.EXPIRED, now=NOW, only_from=frozenset({Status.SUBMITTED}))
+    assert not outcome.changed and outcome.status == Status.SUCCEEDED
+
+
+async def test_renew_extends_only_our_own_lease(store: Store) -> None:
+    await store.create_job(job(lease_owner="A", lease_until=NOW + 10))
+    assert await store.renew("j1", "A", until=NOW + 100)
+    assert not await store.renew("j1", "B", until=NOW + 999)
+    assert await store.claim_due("B", now=NOW + 50, lease=10, limit=5) == []

@@ -152,8 +152,12 @@ class Store(Protocol):
         Raises TaskMismatch, changing nothing, if the observation names another provider task."""
         ...
 
-    async def finish(self, job_id: str, status: Status, *, now: float, reason: str | None = None) -> Outcome:
-        """Move a job to a terminal status (stored, failed, expired...) if the state machine allows."""
+    async def finish(
+        self, job_id: str, status: Status, *, now: float, reason: str | None = None,
+        only_from: frozenset[Status] | None = None,
+    ) -> Outcome:
+        """Move a job to a terminal status (stored, failed, expired...) if the state machine allows,
+        and, with `only_from`, only from one of those statuses."""
         ...
 
     async def claim_due(self, owner: str, *, now: float, lease: float, limit: int) -> list[Job]:
@@ -161,6 +165,10 @@ class Store(Protocol):
         ...
 
     async def claim(self, job_id: str, owner: str, *, now: float, lease: float) -> Job | None: ...
+
+    async def renew(self, job_id: str, owner: str, *, until: float) -> bool:
+        """Extend a lease we hold; False if it is no longer ours."""
+        ...
 
     async def release(
         self, job_id: str, owner: str, *, expect: Status | None, next_check_at: float | None, polled: bool = False

@@ -329,6 +329,7 @@ class SQLiteStore:
         next_check_at: float | None, note: str | None = None,
     ) -> Outcome:
         def tx(db: DB) -> Outcome:
+            before = db.execute("SELECT provider_job_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
             # The ids are kept even when a callback already moved the job on (it raced this answer).
             db.execute(
                 "UPDATE jobs SET provider_job_id = COALESCE(provider_job_id, ?),"
@@ -340,6 +341,14 @@ class SQLiteStore:
                 "UPDATE jobs SET status = 'submitted', next_check_at = ? WHERE id = ? AND status = 'queued'",
                 (next_check_at, job_id),
             ).rowcount == 1
+            if not changed and before is not None and before[0] is None and provider_job_id is not None:
+                # The answer comes after the job was reconciled as "outcome unknown" (waiting for the
+                # deadline): now that it can be polled, poll it on the normal schedule.
+                db.execute(
+                    "UPDATE jobs SET next_check_at = MIN(COALESCE(next_check_at, ?), ?)"
+                    " WHERE id = ? AND status IN ('submitted', 'running')",
+                    (next_check_at, next_check_at, job_id),
+                )
             status = _status(db, job_id)
             return Outcome(changed=changed, status=status, found=status is not None)
 
@@ -360,11 +369,16 @@ class SQLiteStore:
     ) -> Outcome:
         return await self._tx(lambda db: _apply(db, job_id, observation, now, next_check_at, event, expires))
 
-    async def finish(self, job_id: str, status: Status, *, now: float, reason: str | None = None) -> Outcome:
+    async def finish(
+        self, job_id: str, status: Status, *, now: float, reason: str | None = None,
+        only_from: frozenset[Status] | None = None,
+    ) -> Outcome:
+        allowed = predecessors(status) if only_from is None else predecessors(status) & only_from
+
         def tx(db: DB) -> Outcome:
             changed = db.execute(
                 f"UPDATE jobs SET status = ?, error = COALESCE(?, error), updated_at = ?, next_check_at = NULL,"
-                f" slot_held = 0, download_by = NULL WHERE id = ? AND status IN ({_in(predecessors(status))})",
+                f" slot_held = 0, download_by = NULL WHERE id = ? AND status IN ({_in(allowed)})",
                 (str(status), reason, now, job_id),
             ).rowcount == 1
             current = _status(db, job_id)
@@ -396,6 +410,11 @@ class SQLiteStore:
             (owner, now + lease, job_id, now),
         ).fetchone())
         return _job(row) if row else None
+
+    async def renew(self, job_id: str, owner: str, *, until: float) -> bool:
+        return await self._write(
+            "UPDATE jobs SET lease_until = ? WHERE id = ? AND lease_owner = ?", (until, job_id, owner)
+        ) == 1
 
     async def release(
         self, job_id: str, owner: str, *, expect: Status | None, next_check_at: float | None, polled: bool = False
