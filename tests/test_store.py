@@ -321,3 +321,20 @@ async def test_renew_extends_only_our_own_lease(store: Store) -> None:
     assert await store.renew("j1", "A", until=NOW + 100)
     assert not await store.renew("j1", "B", until=NOW + 999)
     assert await store.claim_due("B", now=NOW + 50, lease=10, limit=5) == []
+
+
+async def test_concurrent_applies_share_commits_but_fail_alone(store: Store) -> None:
+    from receiver.store import TaskMismatch
+
+    for i in range(10):
+        await store.create_job(job(f"j{i}"))
+    await store.record_submit("j0", "taken", None, now=NOW, next_check_at=NOW)
+    calls = [store.apply(f"j{i}", obs(Status.RUNNING, provider_job_id=f"p{i}"), now=NOW, next_check_at=NOW + 60,
+                         event=event(f"e{i}", f"j{i}")) for i in range(1, 10)]
+    calls.append(store.apply("j0", obs(Status.RUNNING, provider_job_id="other"), now=NOW, next_check_at=NOW,
+                             event=event("e0", "j0")))
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(not isinstance(r, BaseException) and r.changed for r in results[:9])
+    assert isinstance(results[9], TaskMismatch)
+    assert await store.count_events("j0") == 0  # its event was rolled back with it...
+    assert all([await store.count_events(f"j{i}") == 1 for i in range(1, 10)])  # ...and only it

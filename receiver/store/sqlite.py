@@ -135,6 +135,27 @@ def _migrate(db: DB) -> None:
         db.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", (version, name))
 
 
+def _commit_together(db: DB, batch: list[tuple[Callable[[DB], Any], Any]]) -> list[tuple[bool, Any]]:
+    """One transaction for many calls, each in a savepoint; (ok, result or exception) per call."""
+    results: list[tuple[bool, Any]] = []
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for fn, _ in batch:
+            db.execute("SAVEPOINT item")
+            try:
+                results.append((True, fn(db)))
+            except Exception as exc:
+                db.execute("ROLLBACK TO item")
+                results.append((False, exc))
+            db.execute("RELEASE item")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return results
+
+
 def _status(db: DB, job_id: str) -> Status | None:
     row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
     return Status(row[0]) if row else None
@@ -220,6 +241,8 @@ class SQLiteStore:
         self.busy_timeout = busy_timeout
         self._conn: sqlite3.Connection | None = None
         self._thread: ThreadPoolExecutor | None = None
+        self._batch: list[tuple[Callable[[DB], Any], asyncio.Future[Any]]] = []
+        self._committing = False
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -248,6 +271,50 @@ class SQLiteStore:
             return result
 
         return await self._call(transaction)
+
+    async def _grouped(self, fn: Callable[[DB], T]) -> T:
+        """Run `fn` in a shared write transaction (group commit).
+
+        Calls that arrive while a commit is in progress are queued and committed
+        together in the next transaction, each inside its own savepoint so one
+        failing call does not undo the others. Every caller still returns only after
+        its own work is durable; under load, many callbacks share one fsync.
+        """
+        if self._conn is None or self._thread is None:
+            raise StoreUnavailable("the store is not open")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._batch.append((fn, future))
+        if not self._committing:
+            self._flush()
+        return await future  # type: ignore[no-any-return]
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        if not batch:
+            return
+        self._committing = True
+        assert self._thread is not None and self._conn is not None
+        running = asyncio.get_running_loop().run_in_executor(self._thread, _commit_together, self._conn, batch)
+
+        def settle(done: asyncio.Future[list[tuple[bool, Any]]]) -> None:
+            self._committing = False
+            try:
+                results = done.result()
+            except BaseException as exc:  # the transaction as a whole failed
+                error = StoreUnavailable(f"database error: {exc}") if isinstance(exc, sqlite3.Error) else exc
+                results = [(False, error)] * len(batch)
+            for (_, future), (ok, value) in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                elif isinstance(value, sqlite3.Error) and not isinstance(value, sqlite3.IntegrityError):
+                    future.set_exception(StoreUnavailable(f"database error: {value}"))
+                else:
+                    future.set_exception(value)
+            self._flush()  # whatever queued up meanwhile
+
+        running.add_done_callback(settle)
 
     async def _write(self, sql: str, args: tuple[Any, ...] = ()) -> int:
         return await self._tx(lambda db: db.execute(sql, args).rowcount)
@@ -367,7 +434,7 @@ class SQLiteStore:
         self, job_id: str, observation: Observation, *, now: float, next_check_at: float | None,
         event: Event | None = None, expires: tuple[float, ...] = (),
     ) -> Outcome:
-        return await self._tx(lambda db: _apply(db, job_id, observation, now, next_check_at, event, expires))
+        return await self._grouped(lambda db: _apply(db, job_id, observation, now, next_check_at, event, expires))
 
     async def finish(
         self, job_id: str, status: Status, *, now: float, reason: str | None = None,
