@@ -47,21 +47,16 @@ class JobKeys:
         return "JobKeys(token='**********', webhook_secret='**********')"
 
 
-def _hkdf(master: bytes, info: str) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"fluxhook/v1", info=info.encode()).derive(
-        master
-    )
-
-
 def derive_job_keys(master: bytes, provider: str, job_id: str) -> JobKeys:
-    """Derive the path token and webhook secret of one job.
+    """Derive the path token and webhook secret of one job (one HKDF-SHA256 expansion, split).
 
     Both depend on the provider too, so a callback sent to another provider's
     path does not authenticate.
     """
-    token = base64.urlsafe_b64encode(_hkdf(master, f"token:{provider}:{job_id}")).rstrip(b"=")
-    secret = _hkdf(master, f"webhook-secret:{provider}:{job_id}").hex()
-    return JobKeys(token=token.decode(), webhook_secret=secret)
+    info = f"job-keys:{provider}:{job_id}".encode("utf-8", "surrogateescape")
+    material = HKDF(algorithm=hashes.SHA256(), length=64, salt=b"fluxhook/v1", info=info).derive(master)
+    token = base64.urlsafe_b64encode(material[:32]).rstrip(b"=")
+    return JobKeys(token=token.decode(), webhook_secret=material[32:].hex())
 
 
 def verify_token(expected: str, given: str) -> None:
