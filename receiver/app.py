@@ -79,6 +79,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None, workers: b
         exception_handlers={ReceiverError: error_response, StoreUnavailable: _unavailable},
         lifespan=lifespan,
     )
+    # A trailing slash is a different (unknown) URL, not a redirect: providers do not follow them.
+    app.router.redirect_slashes = False
     if runtime is not None:
         app.state.runtime = runtime
     return app

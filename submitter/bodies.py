@@ -96,7 +96,10 @@ def _text(value: Any) -> str | None:
 
 def _number(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # JSON integers can exceed any float
+            return None
     return None
 
 

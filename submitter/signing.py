@@ -53,7 +53,7 @@ def derive_job_keys(master: bytes, provider: str, job_id: str) -> JobKeys:
     Both depend on the provider too, so a callback sent to another provider's
     path does not authenticate.
     """
-    info = f"job-keys:{provider}:{job_id}".encode("utf-8", "surrogateescape")
+    info = f"job-keys:{provider}:{job_id}".encode("utf-8", "surrogatepass")
     material = HKDF(algorithm=hashes.SHA256(), length=64, salt=b"fluxhook/v1", info=info).derive(master)
     token = base64.urlsafe_b64encode(material[:32]).rstrip(b"=")
     return JobKeys(token=token.decode(), webhook_secret=material[32:].hex())
@@ -61,7 +61,7 @@ def derive_job_keys(master: bytes, provider: str, job_id: str) -> JobKeys:
 
 def verify_token(expected: str, given: str) -> None:
     """Constant-time check of the callback URL's path token."""
-    if not hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogateescape")):
+    if not hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogatepass")):
         raise VerificationError("callback token does not match")
 
 
@@ -87,12 +87,12 @@ def verify_bfl(body: bytes, headers: Mapping[str, str], secret: str) -> str:
         if given.lower().startswith("sha256="):
             given = given[len("sha256=") :]
         expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected.encode(), given.lower().encode("utf-8", "surrogateescape")):
+        if not hmac.compare_digest(expected.encode(), given.lower().encode("utf-8", "surrogatepass")):
             raise VerificationError("X-BFL-Signature does not match the body")
         scheme = "hmac-sha256"
     echoed = headers.get(SECRET_ECHO_HEADER)
     if echoed is not None:
-        if not hmac.compare_digest(secret.encode(), echoed.strip().encode("utf-8", "surrogateescape")):
+        if not hmac.compare_digest(secret.encode(), echoed.strip().encode("utf-8", "surrogatepass")):
             raise VerificationError("X-Webhook-Secret does not match")
         if scheme == "token":
             scheme = "secret-header"
@@ -150,12 +150,15 @@ def verify_standard(
             continue
     if not given:
         raise VerificationError("webhook-signature holds no well-formed v1 signature")
-    try:
-        signed = f"{msg_id}.{timestamp}.".encode() + body
-    except UnicodeEncodeError as exc:
-        raise VerificationError("webhook-id is not valid text") from exc
+    signed = f"{msg_id}.{timestamp}.".encode("utf-8", "surrogatepass") + body
+    keys = []
     for secret in secrets:
-        expected = hmac.new(_standard_key(secret), signed, hashlib.sha256).digest()
+        try:
+            keys.append(_standard_key(secret))
+        except VerificationError:
+            continue  # one unusable secret must not hide the others
+    for key in keys:
+        expected = hmac.new(key, signed, hashlib.sha256).digest()
         if any(hmac.compare_digest(expected, g) for g in given):
             return msg_id
     raise VerificationError("no webhook-signature matches")

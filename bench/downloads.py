@@ -1,0 +1,650 @@
+"""Result downloads: 32 concurrent 20 MiB results from a local server, receiver against curl.
+
+    python -m bench.downloads            # 32 x 20 MiB, 3 runs of each side
+    python -m bench.downloads tiny       # 4 x 1 MiB, 1 run: a seconds-long smoke run
+
+Question: how fast does a real `fluxhook serve` process fetch results when 32
+callbacks report them at once, compared with the raw capacity of the machine
+(curl fetching the same files in parallel), and does its memory stay bounded
+(streamed to disk, never a whole file in memory)?
+
+Setup: distinct valid PNG files (a 16x16 image plus a large ancillary padding
+chunk, `submitter.simulator.png_image`) in a temporary folder, served by nginx
+(sendfile, one worker, access log off; a generated config on a free loopback
+port, run as a non-daemon child process) or, if nginx is not installed, by
+`python -m http.server` (much slower; the note says so), as `image/png`.
+
+- Baseline: one `curl` per file, all started together, each writing its file to
+  disk; MiB/s = total bytes / wall time from the first start to the last exit.
+- Subject: a real receiver subprocess (`python -m receiver.cli serve`) with a fresh
+  SQLite ledger in which every job was already `submitted` with a provider task id
+  (written before the receiver starts). One signed BFL `Ready` callback per job
+  is POSTed, all at once; the time runs from the first callback sent until the
+  ledger shows every job `stored` (read every 50 ms). The receiver's VmRSS is
+  sampled every 20 ms from /proc; its peak is compared with its idle RSS after
+  start-up, and VmHWM is read at the end. Every stored file's sha256 (on disk and
+  as recorded) must equal the source file's.
+
+Runs alternate curl and receiver, with a fresh output folder, ledger and receiver
+process per run and `sync` before each; the figures are medians. The receiver
+also fsyncs each file and its folder (curl does not) and records each file in
+the ledger: that is part of what is measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.core import MASTER, environment
+from receiver.jobs import callback_url
+from receiver.settings import Settings
+from receiver.store import Job
+from receiver.store.sqlite import SQLiteStore
+from submitter.signing import sign_bfl
+from submitter.simulator import png_image
+from submitter.status import TERMINAL, Status
+
+PROJECT = Path(__file__).resolve().parent.parent
+MIB = 1 << 20
+CONCURRENCY = 32
+SIZES: dict[str, dict[str, int]] = {
+    # run_timeout bounds one curl or receiver run; budget bounds the whole benchmark.
+    "full": {"files": 32, "bytes": 20 * MIB, "runs": 3, "run_timeout": 180, "budget": 1200},
+    "tiny": {"files": 4, "bytes": 1 * MIB, "runs": 1, "run_timeout": 30, "budget": 120},
+}
+HZ = os.sysconf("SC_CLK_TCK")
+NGINX_CONF = """worker_processes 1;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  client_body_temp_path {work}/tmp/body;
+  proxy_temp_path {work}/tmp/proxy;
+  fastcgi_temp_path {work}/tmp/fastcgi;
+  uwsgi_temp_path {work}/tmp/uwsgi;
+  scgi_temp_path {work}/tmp/scgi;
+  types {{ image/png png; }}
+  default_type application/octet-stream;
+  server {{ listen 127.0.0.1:{port}; root {root}; }}
+}}
+"""
+
+
+# -- processes --------------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if this benchmark dies, so nothing outlives it."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def spawn(cmd: list[str], *, log: Path | None = None, **kwargs: Any) -> subprocess.Popen[bytes]:
+    """Start a child (from the main thread: the death signal follows the thread that forked)."""
+    out = open(log, "ab") if log is not None else subprocess.DEVNULL  # closed below
+    try:
+        return subprocess.Popen(  # noqa: S603 - fixed argument lists
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, preexec_fn=_die_with_parent, **kwargs
+        )
+    finally:
+        if log is not None:
+            out.close()  # type: ignore[union-attr]
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                found += [int(x) for x in f.read().split()]
+    return found
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """SIGTERM, then SIGKILL to it and the children it had (by pid) if it does not exit in time."""
+    if proc.poll() is not None:
+        return
+    children = _children(proc.pid)
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+        proc.kill()
+        proc.wait()
+
+
+def cpu_seconds(pid: int, *, tree: bool = False) -> float:
+    total = 0.0
+    for p in [pid, *(_children(pid) if tree else [])]:
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / HZ
+    return total
+
+
+def proc_kib(pid: int, field: str) -> int | None:
+    """VmRSS / VmHWM of a process in KiB (None once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def steal_seconds() -> float:
+    with open("/proc/stat") as f:
+        return int(f.readline().split()[8]) / HZ
+
+
+def busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (all but idle and iowait), steal included."""
+    with open("/proc/stat") as f:
+        values = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(values) - values[3] - values[4]) / HZ
+
+
+class RssSampler(threading.Thread):
+    """Samples a process's VmRSS every `interval` seconds; `peak_kib` is the largest seen."""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        super().__init__(daemon=True, name="rss-sampler")
+        self.pid, self.interval = pid, interval
+        self.peak_kib = 0
+        self.samples = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            value = proc_kib(self.pid, "VmRSS")
+            if value is not None:
+                self.peak_kib = max(self.peak_kib, value)
+                self.samples += 1
+            self._done.wait(self.interval)
+
+    def finish(self) -> None:
+        self._done.set()
+        if self.is_alive():
+            self.join(2)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tool_version(cmd: list[str]) -> str:
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)  # noqa: S603
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return ((done.stdout or "") + (done.stderr or "")).strip().splitlines()[0]
+
+
+# -- the files and their server ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    size: int
+    sha256: str
+
+
+def make_sources(root: Path, count: int, size: int) -> list[Source]:
+    root.mkdir(mode=0o755)
+    sources = []
+    for i in range(count):
+        data = png_image(f"bench-download-{i}", size)
+        name = f"file-{i}.png"
+        (root / name).write_bytes(data)
+        sources.append(Source(name, len(data), hashlib.sha256(data).hexdigest()))
+    return sources
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(MIB):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class StaticServer:
+    """nginx (if installed) or python -m http.server, on a free loopback port, as a child process."""
+
+    def __init__(self, root: Path, work: Path) -> None:
+        self.root, self.work = root, work
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.nginx = shutil.which("nginx")
+        self.kind = tool_version([self.nginx, "-v"]) if self.nginx else "python -m http.server (nginx not installed)"
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    def start(self) -> None:
+        self.work.mkdir(mode=0o755)
+        log = self.work / "server.log"
+        if self.nginx:
+            (self.work / "tmp").mkdir()
+            conf = self.work / "nginx.conf"
+            conf.write_text(NGINX_CONF.format(work=self.work, port=self.port, root=self.root))
+            self.proc = spawn([self.nginx, "-p", str(self.work), "-e", str(self.work / "error.log"), "-c", str(conf)],
+                              log=log)
+        else:
+            self.proc = spawn([sys.executable, "-m", "http.server", str(self.port), "--bind", "127.0.0.1",
+                               "--directory", str(self.root)], log=log)
+
+    async def wait_ready(self, probe: str, within: float = 15.0) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + within
+        async with httpx.AsyncClient(trust_env=False, timeout=2) as http:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"static server exited ({self.proc.returncode}): {self.log_tail()}")
+                try:
+                    response = await http.head(self.url(probe))
+                    if response.status_code == 200:
+                        if not response.headers.get("content-type", "").startswith("image/png"):
+                            raise RuntimeError(f"static server sends {response.headers.get('content-type')!r}")
+                        return
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"static server not ready after {within} s: {self.log_tail()}")
+                await asyncio.sleep(0.05)
+
+    def log_tail(self) -> str:
+        texts = []
+        for name in ("server.log", "error.log"):
+            with contextlib.suppress(OSError):
+                texts.append((self.work / name).read_text(errors="replace")[-500:])
+        return " | ".join(t.strip() for t in texts if t.strip()) or "(no log)"
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.proc.pid, tree=True) if self.proc is not None else 0.0
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+
+
+# -- baseline: curl ---------------------------------------------------------------------------
+
+
+def _start_curls(
+    server: StaticServer, sources: list[Source], out: Path, timeout: float
+) -> list[subprocess.Popen[bytes]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for source in sources:
+            procs.append(spawn(["curl", "-sS", "--fail", "--max-time", str(int(timeout)), "-o",
+                                str(out / source.name), server.url(source.name)]))
+    except BaseException:
+        for proc in procs:
+            stop(proc)
+        raise
+    return procs
+
+
+def _wait_all(procs: list[subprocess.Popen[bytes]], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    return [proc.wait(max(0.1, deadline - time.monotonic())) for proc in procs]
+
+
+def _verify_copies(folder: Path, sources: list[Source]) -> None:
+    for source in sources:
+        path = folder / source.name
+        if path.stat().st_size != source.size or sha256_file(path) != source.sha256:
+            raise RuntimeError(f"{path.name} differs from {source.name}")
+
+
+async def curl_run(server: StaticServer, sources: list[Source], work: Path, within: float) -> dict[str, float]:
+    out = work / "curl"
+    out.mkdir()
+    try:
+        await asyncio.to_thread(os.sync)
+        before, steal0, server0 = resource.getrusage(resource.RUSAGE_CHILDREN), steal_seconds(), server.cpu()
+        busy0 = busy_seconds()
+        started = time.perf_counter()
+        procs = _start_curls(server, sources, out, within)
+        try:
+            codes = await asyncio.to_thread(_wait_all, procs, within + 5)
+        finally:
+            for proc in procs:
+                stop(proc, 2)
+        elapsed = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        busy = busy_seconds() - busy0
+        if any(codes):
+            raise RuntimeError(f"curl exit codes {codes}")
+        await asyncio.to_thread(_verify_copies, out, sources)
+        total = sum(s.size for s in sources)
+        return {
+            "seconds": elapsed,
+            "mib_per_s": total / MIB / elapsed,
+            "cpu_s_per_gib": (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / (total / 2**30),
+            "server_cpu_s": server.cpu() - server0,
+            "steal_s": steal_seconds() - steal0,
+            "machine_busy_cores": busy / elapsed,
+        }
+    finally:
+        await asyncio.to_thread(shutil.rmtree, out, True)
+
+
+# -- subject: the receiver --------------------------------------------------------------------
+
+
+def _statuses(db: Path) -> dict[str, int]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return dict(conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+    finally:
+        conn.close()
+
+
+def _errors(db: Path) -> list[str]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return [f"{r[0]}: {r[1]} ({r[2]})" for r in conn.execute(
+            "SELECT id, status, error FROM jobs WHERE status != 'stored' LIMIT 5")]
+    finally:
+        conn.close()
+
+
+def _verify_stored(db: Path, results: Path, expected: dict[str, Source]) -> None:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        rows = conn.execute("SELECT job_id, path, size, sha256 FROM files").fetchall()
+    finally:
+        conn.close()
+    if sorted(r[0] for r in rows) != sorted(expected):
+        raise RuntimeError(f"{len(rows)} file records for {len(expected)} jobs")
+    for job_id, path, size, sha in rows:
+        source = expected[job_id]
+        if path is None or size != source.size or sha != source.sha256:
+            raise RuntimeError(f"job {job_id}: recorded {size} bytes, sha256 {sha}; source {source.sha256}")
+        if sha256_file(results / path) != source.sha256:
+            raise RuntimeError(f"job {job_id}: stored file {path} differs from {source.name}")
+
+
+async def receiver_run(
+    server: StaticServer, sources: list[Source], work: Path, index: int, within: float
+) -> dict[str, float]:
+    folder = work / f"receiver-{index}"
+    folder.mkdir()
+    try:
+        return await _receiver_run(server, sources, folder, index, within)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+
+
+async def _receiver_run(
+    server: StaticServer, sources: list[Source], folder: Path, index: int, within: float
+) -> dict[str, float]:
+    port = free_port()
+    public_url = f"http://127.0.0.1:{port}"
+    env = environment(
+        folder, "http://127.0.0.1:9", public_url,  # the provider API is never called: callbacks carry the results
+        FLUXHOOK_DOWNLOAD_HOSTS="127.0.0.1", FLUXHOOK_DOWNLOAD_ALLOW_PRIVATE="1",
+        FLUXHOOK_DOWNLOAD_CONCURRENCY=str(CONCURRENCY),
+        FLUXHOOK_MAX_DOWNLOAD_BYTES=str(2 * max(s.size for s in sources) + MIB),
+        FLUXHOOK_DRAIN_TIMEOUT="2",  # stopping it (after the measurement, or on error) should not take 20 s
+    )
+    settings = Settings.from_env(env)
+    db, results = Path(settings.db), settings.results
+    # The ledger first, before the receiver starts: every job submitted, with its provider task id.
+    store = SQLiteStore(settings.db)
+    await store.open()
+    callbacks: list[tuple[str, bytes, str]] = []
+    expected: dict[str, Source] = {}
+    try:
+        now = time.time()
+        for i, source in enumerate(sources):
+            job = Job(id=f"fh_dl{index:02d}{i:04d}", provider="bfl", model="flux-dev", params={"prompt": f"dl {i}"},
+                      status=Status.QUEUED, created_at=now, deadline_at=now + 3600)
+            task = f"bench-dl-task-{index}-{i}"
+            await store.create_job(job)
+            await store.record_submit(job.id, task, None, now=now, next_check_at=now + 3600)
+            url, secret = callback_url(public_url, MASTER.encode(), "bfl", job.id)
+            body = json.dumps({"id": task, "status": "Ready", "result": {"sample": server.url(source.name)}}).encode()
+            callbacks.append((url, body, sign_bfl(secret, body)))
+            expected[job.id] = source
+    finally:
+        await store.close()
+    await asyncio.to_thread(os.sync)
+    proc = spawn([sys.executable, "-m", "receiver.cli", "serve", "--port", str(port), "--log-level", "warning"],
+                 log=folder / "receiver.log", env={**os.environ, **env}, cwd=PROJECT)
+    sampler: RssSampler | None = None
+    try:
+        await _wait_healthy(public_url, proc, folder, 30)
+        await asyncio.sleep(1.0)  # idle after start-up
+        idle_kib = proc_kib(proc.pid, "VmRSS") or 0
+        sampler = RssSampler(proc.pid)
+        sampler.start()
+        cpu0, steal0, server0, busy0 = cpu_seconds(proc.pid), steal_seconds(), server.cpu(), busy_seconds()
+        started = time.perf_counter()
+        limits = httpx.Limits(max_connections=len(callbacks), max_keepalive_connections=len(callbacks))
+        async with httpx.AsyncClient(trust_env=False, timeout=30, limits=limits) as http:
+            answers = await asyncio.gather(*(
+                http.post(url, content=body, headers={"content-type": "application/json", "x-bfl-signature": sig})
+                for url, body, sig in callbacks
+            ))
+        rejected = [a.status_code for a in answers if a.status_code != 200]
+        if rejected:
+            raise RuntimeError(f"callbacks answered {rejected}")
+        callbacks_s = time.perf_counter() - started
+        deadline = started + within
+        while True:
+            counts = await asyncio.to_thread(_statuses, db)
+            if counts.get(Status.STORED.value, 0) == len(sources):
+                break
+            if any(counts.get(s.value, 0) for s in TERMINAL if s != Status.STORED):
+                raise RuntimeError(f"jobs ended unstored: {await asyncio.to_thread(_errors, db)}")
+            if proc.poll() is not None:
+                raise RuntimeError(f"receiver exited ({proc.returncode}): {_tail(folder / 'receiver.log')}")
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"not all stored after {within} s: {counts}")
+            await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        sampler.finish()
+        cpu = cpu_seconds(proc.pid) - cpu0
+        hwm_kib = proc_kib(proc.pid, "VmHWM") or 0
+        server_cpu, steal, busy = server.cpu() - server0, steal_seconds() - steal0, busy_seconds() - busy0
+    finally:
+        if sampler is not None:
+            sampler.finish()
+        stop(proc)
+    await asyncio.to_thread(_verify_stored, db, results, expected)
+    total = sum(s.size for s in sources)
+    return {
+        "seconds": elapsed,
+        "callbacks_answered_s": callbacks_s,
+        "mib_per_s": total / MIB / elapsed,
+        "idle_rss_mib": idle_kib / 1024,
+        "peak_rss_mib": sampler.peak_kib / 1024,
+        "rss_samples": sampler.samples,
+        "vmhwm_mib": hwm_kib / 1024,
+        "cpu_s_per_gib": cpu / (total / 2**30),
+        "server_cpu_s": server_cpu,
+        "steal_s": steal,
+        "machine_busy_cores": busy / elapsed,
+    }
+
+
+def _tail(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")[-800:].strip() or "(empty log)"
+    except OSError:
+        return "(no log)"
+
+
+async def _wait_healthy(public_url: str, proc: subprocess.Popen[bytes], folder: Path, within: float) -> None:
+    deadline = time.monotonic() + within
+    async with httpx.AsyncClient(trust_env=False, timeout=2) as http:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"receiver exited ({proc.returncode}): {_tail(folder / 'receiver.log')}")
+            with contextlib.suppress(httpx.TransportError):
+                if (await http.get(f"{public_url}/healthz")).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"receiver not healthy after {within} s: {_tail(folder / 'receiver.log')}")
+            await asyncio.sleep(0.05)
+
+
+# -- the benchmark ----------------------------------------------------------------------------
+
+
+def _row(metric: str, value: float, unit: str, baseline: float | None, note: str) -> dict[str, Any]:
+    return {"metric": metric, "value": round(value, 2), "unit": unit,
+            "baseline": None if baseline is None else round(baseline, 2),
+            "ratio": round(value / baseline, 3) if baseline else None, "note": note}
+
+
+def _median(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+async def _measure(size: str, work: Path) -> dict[str, Any]:
+    config = SIZES[size]
+    count, file_bytes, runs, run_timeout = config["files"], config["bytes"], config["runs"], config["run_timeout"]
+    os.chmod(work, 0o755)  # noqa: S103 - nginx's worker runs as another user: it must reach the files
+    sources = await asyncio.to_thread(make_sources, work / "static", count, file_bytes)
+    server = StaticServer(work / "static", work / "server")
+    server.start()
+    curl: list[dict[str, float]] = []
+    receiver: list[dict[str, float]] = []
+    try:
+        await server.wait_ready(sources[0].name)
+        for index in range(runs):  # alternate: baseline, subject, baseline, subject, ...
+            curl.append(await curl_run(server, sources, work, run_timeout))
+            receiver.append(await receiver_run(server, sources, work, index, run_timeout))
+    finally:
+        server.stop()
+    total_mib = sum(s.size for s in sources) / MIB
+    each_mib = sources[0].size / MIB
+    fallback = "" if server.nginx else (
+        " NOTE: nginx not installed, served by python -m http.server, which caps both sides;")
+    peak, idle = _median(receiver, "peak_rss_mib"), _median(receiver, "idle_rss_mib")
+    growth = peak - idle
+    per_download = growth / min(count, CONCURRENCY)
+    if total_mib < 64:
+        verdict = "too little in flight to judge (smoke size)"
+    elif growth >= 0.5 * total_mib:
+        verdict = "NOT bounded: about as much as the bytes in flight (whole-file buffering?)"
+    elif per_download > 1:
+        verdict = (f"bounded, not whole files, but {per_download:.1f} MiB per concurrent download"
+                   f" ({per_download / each_mib:.0%} of a file): read-ahead buffered per connection")
+    else:
+        verdict = "bounded (streaming)"
+    rows = [
+        _row(f"download throughput, {count} concurrent x {each_mib:.0f} MiB", _median(receiver, "mib_per_s"),
+             "MiB/s", _median(curl, "mib_per_s"),
+             f"receiver subprocess, first callback sent to all {count} jobs stored (ledger read every 50 ms),"
+             f" FLUXHOOK_DOWNLOAD_CONCURRENCY={CONCURRENCY}; baseline: {count} curl processes started together,"
+             f" to disk; median of {runs}, alternating; runs MiB/s receiver"
+             f" {[round(r['mib_per_s'], 1) for r in receiver]}, curl {[round(r['mib_per_s'], 1) for r in curl]};"
+             f" all sha256 verified;{fallback} server: {server.kind}"),
+        _row("receiver peak RSS during downloads", peak, "MiB", idle,
+             f"VmRSS sampled every 20 ms from the first callback to the last job stored; baseline: the same"
+             f" process idle 1 s after start-up; growth {growth:.1f} MiB with {total_mib:.0f} MiB in flight:"
+             f" {verdict}; VmHWM at end (lifetime peak) {[round(r['vmhwm_mib'], 1) for r in receiver]} MiB;"
+             f" runs peak {[round(r['peak_rss_mib'], 1) for r in receiver]},"
+             f" idle {[round(r['idle_rss_mib'], 1) for r in receiver]}"),
+        _row("client CPU per GiB downloaded", _median(receiver, "cpu_s_per_gib"), "CPU-s/GiB",
+             _median(curl, "cpu_s_per_gib"),
+             "context for the throughput ratio: the receiver process's user+sys CPU during the run against the"
+             f" curl processes' total; receiver runs {[round(r['cpu_s_per_gib'], 2) for r in receiver]};"
+             f" wall s receiver {[round(r['seconds'], 2) for r in receiver]}, curl"
+             f" {[round(r['seconds'], 2) for r in curl]}; {nproc()} cores shared by server, client and the bench"),
+        _row("result file size", each_mib, "MiB", None,
+             f"{count} distinct valid PNGs (16x16 image + ancillary padding chunk, png_image), {sources[0].size:,}"
+             f" bytes each, {total_mib:.0f} MiB per run, Content-Type image/png; the receiver streams each to a temp"
+             " file, fsyncs it and its folder, renames it and records size and sha256 in the ledger"),
+    ]
+    return {
+        "name": "downloads",
+        "rows": rows,
+        "environment": {
+            "size": size,
+            "python": platform.python_version(),
+            "nproc": nproc(),
+            "server": server.kind,
+            "curl": tool_version(["curl", "--version"]),
+            "files": count,
+            "file_bytes": sources[0].size,
+            "receiver": "python -m receiver.cli serve (1 uvicorn process, SQLite WAL synchronous=FULL)",
+            "receiver_event_loop": "uvloop (uvicorn loop=auto, uvloop installed)" if importlib.util.find_spec("uvloop")
+            else "asyncio",
+            "receiver_env": {"FLUXHOOK_DOWNLOAD_CONCURRENCY": CONCURRENCY, "FLUXHOOK_DOWNLOAD_HOSTS": "127.0.0.1",
+                             "FLUXHOOK_DOWNLOAD_ALLOW_PRIVATE": 1},
+            "runs_receiver": [{k: round(v, 3) for k, v in r.items()} for r in receiver],
+            "runs_curl": [{k: round(v, 3) for k, v in r.items()} for r in curl],
+        },
+    }
+
+
+def nproc() -> int:
+    return os.cpu_count() or 0
+
+
+async def run(size: str = "full") -> dict[str, Any]:
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {', '.join(SIZES)}")
+    work = Path(tempfile.mkdtemp(prefix="fluxhook-bench-dl-"))
+    try:
+        async with asyncio.timeout(SIZES[size]["budget"]):
+            return await _measure(size, work)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, work, True)
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # clean up on SIGTERM as on Ctrl-C
+    size = sys.argv[1] if len(sys.argv) > 1 else "full"
+    try:
+        result = asyncio.run(run(size))
+    except KeyboardInterrupt:
+        print("interrupted; everything started was stopped and removed", file=sys.stderr)
+        raise SystemExit(130) from None
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
