@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from submitter.dialects import Dialect
@@ -84,6 +86,25 @@ async def submit(
     return found
 
 
+@contextlib.asynccontextmanager
+async def _leased(rt: Runtime, job_id: str) -> AsyncIterator[None]:
+    """Renew our lease on the job while a slow submit runs, so no sweeper takes it for an
+    interrupted one (which would leave it waiting for a callback that may never come)."""
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(rt.settings.lease_seconds / 3)
+            await rt.store.renew(job_id, rt.owner, until=rt.clock() + rt.settings.lease_seconds)
+
+    task = asyncio.create_task(renew())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
 async def try_submit(rt: Runtime, job: Job) -> Status:
     """One submit attempt for a queued job whose lease we hold; returns the status it leaves."""
     public_url, master = rt.settings.require_public()
@@ -100,10 +121,11 @@ async def try_submit(rt: Runtime, job: Job) -> Status:
     url, secret = callback_url(public_url, master, job.provider, job.id)
     client = rt.client(job.provider)
     try:
-        answer = await client.submit(
-            job.model, job.params, url, secret, job.options.get("events", ()),
-            budget=rt.settings.lease_seconds / 2,  # retries must end well inside our lease on the job
-        )
+        async with _leased(rt, job.id):
+            answer = await client.submit(
+                job.model, job.params, url, secret, job.options.get("events", ()),
+                budget=rt.settings.lease_seconds / 2,  # retries end well inside a lease, renewed or not
+            )
     except SubmitRejected as exc:
         outcome = await store.finish(job.id, Status.FAILED, now=rt.clock(), reason=str(exc))
         return outcome.status or Status.FAILED

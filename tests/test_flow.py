@@ -298,3 +298,28 @@ async def test_download_lease_is_renewed_while_bytes_arrive(tmp_path: Path) -> N
         h.clock.advance(25)
         await lease.keep(2)
         assert (await h.rt.store.get_job(job.id)).lease_until == h.clock.now + 30.0  # type: ignore[union-attr]
+
+
+async def test_a_slow_submit_keeps_its_lease_so_no_sweeper_calls_it_interrupted(tmp_path: Path) -> None:
+    arrived, answer = asyncio.Event(), asyncio.Event()
+
+    class SlowProvider(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            arrived.set()
+            await answer.wait()
+            return httpx.Response(200, json={"id": "task-1", "polling_url": None})
+
+    async with harness(tmp_path, api_transport=SlowProvider(), lease_seconds=0.3) as h:
+        submitting = asyncio.create_task(submit(h.rt, "bfl", "flux-dev", {"prompt": "slow"}))
+        await arrived.wait()
+        (job,) = await h.rt.store.list_jobs()
+        first_lease = job.lease_until
+        h.clock.advance(0.2)
+        async with asyncio.timeout(10):  # the renewal runs every lease/3 of real time
+            while (await h.rt.store.get_job(job.id)).lease_until == first_lease:  # type: ignore[union-attr]
+                await asyncio.sleep(0.01)
+        h.clock.advance(0.15)  # past the first lease, inside the renewed one
+        assert (await sweep_once(h.rt)).claimed == 0
+        answer.set()
+        done = await submitting
+        assert done.status == Status.SUBMITTED and done.provider_job_id == "task-1" and done.note is None
