@@ -125,6 +125,7 @@ async def try_submit(rt: Runtime, job: Job) -> Status:
             answer = await client.submit(
                 job.model, job.params, url, secret, job.options.get("events", ()),
                 budget=rt.settings.lease_seconds / 2,  # retries end well inside a lease, renewed or not
+                on_wire=lambda sending: store.mark_sending(job.id, sending),
             )
     except SubmitRejected as exc:
         outcome = await store.finish(job.id, Status.FAILED, now=rt.clock(), reason=str(exc))

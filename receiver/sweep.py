@@ -28,6 +28,10 @@ __all__ = ["SweepReport", "download_job", "expiries", "handle", "sweep_loop", "s
 
 log = logging.getLogger("fluxhook.sweep")
 
+#: Asking the provider for fresh result URLs after they expired: a crash or an
+#: unanswered poll uses one attempt; an answer without fresh URLs ends the job.
+REPOLL_ATTEMPTS = 3
+
 
 @dataclass
 class SweepReport:
@@ -93,11 +97,16 @@ async def _handle(rt: Runtime, job: Job) -> str:
         await store.release(job.id, rt.owner, expect=None, next_check_at=None)
         return "expired"
     if job.status == Status.QUEUED:
-        if job.slot_held:
-            # A submitter died between reserving its slot and hearing back: the job may exist.
+        if job.slot_held and job.sending:
+            # A submitter died with its request on the wire: the job may exist. Never resend.
             await store.record_submit(job.id, None, None, now=now, next_check_at=job.deadline_at,
                                       note="submit interrupted; outcome unknown")
             action = "reconciled"
+        elif job.slot_held:
+            # It died between attempts, after refusals only: nothing was created; try again.
+            await store.defer(job.id, next_check_at=now, note="submit interrupted between attempts", now=now)
+            await try_submit(rt, job)
+            action = "submitted"
         else:
             await try_submit(rt, job)
             action = "submitted"
@@ -155,7 +164,7 @@ async def download_job(rt: Runtime, job: Job) -> str:
     store = rt.store
     policy = _policy(rt, job.provider)
     lease = _Lease(rt, job.id)
-    repolled = job.repolls > 0
+    repolled = False  # at most one re-poll per pass; job.repolls bounds them across passes and crashes
     while True:
         files = await store.files(job.id)
         pending = [f for f in files if not f.stored]
@@ -183,10 +192,15 @@ async def download_job(rt: Runtime, job: Job) -> str:
         if failure.kind == "rejected":
             await store.finish(job.id, Status.FAILED, now=now, reason=str(failure))
         elif failure.kind == "expired":
-            if not repolled and job.provider_job_id:
+            if not repolled and job.provider_job_id and job.repolls < REPOLL_ATTEMPTS:
                 repolled = True
-                if await _repoll(rt, job):
+                fresh = await _repoll(rt, job)
+                if fresh:
                     continue
+                if fresh is None and job.repolls + 1 < REPOLL_ATTEMPTS:  # no answer: ask again later
+                    await store.release(job.id, rt.owner, expect=Status.SUCCEEDED,
+                                        next_check_at=retry_later(job.repolls + 1, now))
+                    return "repoll-retry"
             await store.finish(job.id, Status.EXPIRED, now=now,
                                reason=f"result URL expired before download and no fresh one: {failure}")
         else:
@@ -233,15 +247,16 @@ async def _fetch(
     return error
 
 
-async def _repoll(rt: Runtime, job: Job) -> bool:
-    """Ask the provider once for fresh result URLs; True if it gave some."""
+async def _repoll(rt: Runtime, job: Job) -> bool | None:
+    """Ask the provider for fresh result URLs: True if it gave some, False if it answered
+    without any, None if it did not answer. Each attempt counts, crashed ones included."""
     assert job.provider_job_id is not None
     await rt.store.note_repoll(job.id)
     try:
         observation: Observation = await rt.client(job.provider).poll(job.provider_job_id, job.polling_url)
     except PollFailed as exc:
         log.warning("job %s: re-poll for fresh URLs failed: %s", job.id, exc)
-        return False
+        return None
     if observation.status != Status.SUCCEEDED or not observation.urls:
         return False
     log.info("job %s: fresh result URL from %s", job.id, redact_url(observation.urls[0]))

@@ -90,6 +90,7 @@ class ProviderClient:
     async def submit(
         self, model: str, params: Mapping[str, Any], webhook_url: str, webhook_secret: str,
         events: Sequence[str] = (), *, budget: float | None = None,
+        on_wire: Callable[[bool], Awaitable[None]] | None = None,
     ) -> SubmitAnswer:
         """Create the job at the provider.
 
@@ -97,6 +98,9 @@ class ProviderClient:
         created) or SubmitAmbiguous (sent, but no answer or an unexpected 5xx: the
         job may exist). With `budget`, retrying stops before it would run longer
         than that many seconds (the caller's lease on the job must outlast it).
+        `on_wire(True)` is awaited before each request is sent and `on_wire(False)`
+        after an answer that proves nothing was created, so a caller can record
+        whether a crash at that moment would leave the outcome unknown.
         """
         give_up_at = None if budget is None else self._clock() + budget
         dialect = self.provider.dialect
@@ -109,10 +113,14 @@ class ProviderClient:
                 if give_up_at is not None and self._clock() + pause > give_up_at:
                     break
                 await self._sleep(pause)
+            if on_wire is not None:
+                await on_wire(True)
             try:
                 response = await self.http.post(url, json=body, headers=self._headers)
             except _NOT_SENT as exc:
                 last = ProviderUnavailable(f"{self.provider.name}: cannot connect ({type(exc).__name__})")
+                if on_wire is not None:
+                    await on_wire(False)
                 continue
             except httpx.HTTPError as exc:
                 raise SubmitAmbiguous(
@@ -124,6 +132,8 @@ class ProviderClient:
                 last = ProviderUnavailable(
                     f"{self.provider.name}: HTTP {response.status_code}: {error_message(response)}", retry_after
                 )
+                if on_wire is not None:
+                    await on_wire(False)
                 continue
             if response.status_code >= 500:
                 # Not one of the documented "try again" answers (e.g. a gateway's 524): the

@@ -323,3 +323,46 @@ async def test_a_slow_submit_keeps_its_lease_so_no_sweeper_calls_it_interrupted(
         answer.set()
         done = await submitting
         assert done.status == Status.SUBMITTED and done.provider_job_id == "task-1" and done.note is None
+
+
+async def test_a_submitter_that_died_between_refused_attempts_is_resubmitted(tmp_path: Path) -> None:
+    async with harness(tmp_path, faults=Faults(runtime=0.0)) as h:
+        job = await submit(h.rt, "bfl", "flux-dev", {"prompt": "p"})  # (the simulator accepts it)
+        other = await h.rt.store.get_job(job.id)
+        assert other is not None
+        # Another job whose submitter held its slot, was refused (nothing on the wire), then died.
+        from receiver.jobs import new_job
+
+        dead = await new_job(h.rt, "bfl", "flux-dev", {"prompt": "orphan"})
+        assert await h.rt.store.reserve_slot(dead.id, cap=24, model_cap=24, now=h.clock.now)
+        await h.rt.store.mark_sending(dead.id, True)
+        await h.rt.store.mark_sending(dead.id, False)
+        h.clock.advance(h.settings.lease_seconds + 1)
+        await sweep_once(h.rt)
+        current = await h.rt.store.get_job(dead.id)
+        assert current is not None and current.status in (Status.SUBMITTED, Status.SUCCEEDED, Status.STORED)
+        assert current.provider_job_id is not None and "outcome unknown" not in (current.note or "")
+
+
+async def test_a_submitter_that_died_with_its_request_on_the_wire_is_never_resent(tmp_path: Path) -> None:
+    async with harness(tmp_path, faults=Faults(runtime=0.0)) as h:
+        from receiver.jobs import new_job
+
+        dead = await new_job(h.rt, "bfl", "flux-dev", {"prompt": "orphan"})
+        assert await h.rt.store.reserve_slot(dead.id, cap=24, model_cap=24, now=h.clock.now)
+        await h.rt.store.mark_sending(dead.id, True)
+        h.clock.advance(h.settings.lease_seconds + 1)
+        await sweep_once(h.rt)
+        current = await h.rt.store.get_job(dead.id)
+        assert current is not None and current.status == Status.SUBMITTED and "outcome unknown" in (current.note or "")
+        assert h.sim.stats()["totals"]["submit_requests"] == 0
+
+
+async def test_a_re_poll_cut_short_by_a_crash_is_tried_again(tmp_path: Path) -> None:
+    async with harness(tmp_path, faults=Faults(runtime=0.0, expired_url=True)) as h:
+        job = await submit(h.rt, "bfl", "flux-dev", {"prompt": "late"})
+        await h.settle()
+        await h.rt.store.note_repoll(job.id)  # a previous process asked, then died before saving the answer
+        await sweep_once(h.rt)
+        done = await h.rt.store.get_job(job.id)
+        assert done is not None and done.status == Status.STORED and done.repolls == 2

@@ -48,6 +48,8 @@ class Job:
     submit_attempts: int = 0
     repolls: int = 0
     slot_held: bool = False
+    #: A submit request is (or may be) on the wire: a crash now leaves the outcome unknown.
+    sending: bool = False
     progress: float | None = None
     error: str | None = None
     note: str | None = None
@@ -165,6 +167,10 @@ class Store(Protocol):
         ...
 
     async def claim(self, job_id: str, owner: str, *, now: float, lease: float) -> Job | None: ...
+
+    async def mark_sending(self, job_id: str, sending: bool) -> None:
+        """Record that a submit request is about to go out (True) or was refused (False)."""
+        ...
 
     async def renew(self, job_id: str, owner: str, *, until: float) -> bool:
         """Extend a lease we hold; False if it is no longer ours."""

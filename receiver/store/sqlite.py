@@ -96,6 +96,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         """,
     ),
     (3, "events by age, for retention", "CREATE INDEX events_received ON events (received_at)"),
+    (4, "submit requests in flight", "ALTER TABLE jobs ADD COLUMN sending INTEGER NOT NULL DEFAULT 0"),
 ]
 
 _JOB_FIELDS = {f for f in Job.__dataclass_fields__}
@@ -114,6 +115,7 @@ def _job(row: sqlite3.Row) -> Job:
     data["outputs"] = tuple(json.loads(data["outputs"])) if data["outputs"] else ()
     data["status"] = Status(data["status"])
     data["slot_held"] = bool(data["slot_held"])
+    data["sending"] = bool(data["sending"])
     return Job(**data)
 
 
@@ -193,7 +195,7 @@ def _apply(
     if new is not None and new != current:
         changed = db.execute(
             f"UPDATE jobs SET status = ?, error = COALESCE(?, error), progress = COALESCE(?, progress),"
-            f" updated_at = ?, next_check_at = MIN(?, deadline_at), slot_held = 0"
+            f" updated_at = ?, next_check_at = MIN(?, deadline_at), slot_held = 0, sending = 0"
             f" WHERE id = ? AND status IN ({_in(predecessors(new))})",
             (str(new), observation.reason, observation.progress, now,
              None if new in TERMINAL else next_check_at, job_id),
@@ -401,7 +403,7 @@ class SQLiteStore:
             db.execute(
                 "UPDATE jobs SET provider_job_id = COALESCE(provider_job_id, ?),"
                 " polling_url = COALESCE(polling_url, ?), submitted_at = COALESCE(submitted_at, ?),"
-                " note = COALESCE(?, note), slot_held = 0, updated_at = ? WHERE id = ?",
+                " note = COALESCE(?, note), slot_held = 0, sending = 0, updated_at = ? WHERE id = ?",
                 (provider_job_id, polling_url, now, note, now, job_id),
             )
             changed = db.execute(
@@ -425,8 +427,8 @@ class SQLiteStore:
         self, job_id: str, *, next_check_at: float, note: str | None, now: float, release_slot: bool = True
     ) -> None:
         await self._write(
-            "UPDATE jobs SET slot_held = CASE WHEN ? THEN 0 ELSE slot_held END, next_check_at = ?, note = ?,"
-            " updated_at = ? WHERE id = ? AND status = 'queued'",
+            "UPDATE jobs SET slot_held = CASE WHEN ? THEN 0 ELSE slot_held END, sending = 0, next_check_at = ?,"
+            " note = ?, updated_at = ? WHERE id = ? AND status = 'queued'",
             (release_slot, next_check_at, note, now, job_id),
         )
 
@@ -445,7 +447,7 @@ class SQLiteStore:
         def tx(db: DB) -> Outcome:
             changed = db.execute(
                 f"UPDATE jobs SET status = ?, error = COALESCE(?, error), updated_at = ?, next_check_at = NULL,"
-                f" slot_held = 0, download_by = NULL WHERE id = ? AND status IN ({_in(allowed)})",
+                f" slot_held = 0, sending = 0, download_by = NULL WHERE id = ? AND status IN ({_in(allowed)})",
                 (str(status), reason, now, job_id),
             ).rowcount == 1
             current = _status(db, job_id)
@@ -477,6 +479,9 @@ class SQLiteStore:
             (owner, now + lease, job_id, now),
         ).fetchone())
         return _job(row) if row else None
+
+    async def mark_sending(self, job_id: str, sending: bool) -> None:
+        await self._write("UPDATE jobs SET sending = ? WHERE id = ? AND status = 'queued'", (int(sending), job_id))
 
     async def renew(self, job_id: str, owner: str, *, until: float) -> bool:
         return await self._write(
