@@ -1,0 +1,785 @@
+"""Fault-injection soak: many jobs, a misbehaving provider, a receiver killed mid-run, an attacker.
+
+    python -m bench.soak --jobs 1000 --kills 2
+    python -m bench.soak --jobs 200 --seed 7 --workdir /tmp/soak --json
+
+The provider simulator runs in this process; the receiver is a real
+`fluxhook serve` process on loopback sharing one SQLite database with the
+submitting side here (like `fluxhook submit`). Jobs are spread over `bfl`,
+`deerapi` (a BFL proxy) and `replicate`; each gets its own simulator rule,
+matched by a unique token at the start of its prompt, drawn from a seeded RNG:
+dropped callbacks (or, for Replicate, a dropped `completed` webhook),
+duplicated and reordered callbacks, expired result URLs, provider failures and
+moderation, two-output predictions, bursts of 429/503 on submit, runtimes of
+0.05 to 1.5 s. Meanwhile the receiver is SIGKILLed `--kills` times and
+restarted on the same port, and an attacker sends forged callbacks for about
+5% of the jobs (wrong or borrowed tokens, bad, tampered, stale or missing
+signatures, result URLs pointing at the attacker's own server).
+
+When every job has finished (or `--timeout` passed, or no job finished for
+`--stall` seconds), the ledger and the result folder are audited and one line
+is printed on stdout (details of any problem go to stderr):
+
+    soak: jobs=1000 stored=930 failed_by_provider=70 lost=0 duplicates_stored=0 forgeries_accepted=0 \
+http_500=0 polls_per_rescued_job=1.3 kills=2 wall=412.5s
+
+- lost: jobs not finished, jobs the provider completed that did not end
+  `stored`, jobs the provider failed whose verdict was not recorded, and
+  stored jobs whose files are missing, short, or differ from what the provider
+  served (checked byte for byte, and against the recorded sha256);
+- duplicates_stored: files on disk that the ledger does not record, leftover
+  `.part` files, and file records beyond the provider's output count;
+- forgeries_accepted: forged callbacks answered 2xx, plus any request the
+  receiver made to the attacker's server;
+- http_500: 5xx answers other than 503 (which asks the sender to retry), as
+  seen by the attacker and by the simulator's webhook sender;
+- polls_per_rescued_job: the simulator's polls per job stored without its
+  result callback.
+
+The exit status is 1 if any of lost, duplicates_stored, forgeries_accepted or
+http_500 is non-zero, if the receiver died without being killed, or if the run
+timed out or stalled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from bench.core import MASTER, environment
+from receiver.jobs import callback_url, submit
+from receiver.runtime import Runtime
+from receiver.serving import bind, serve_in_background
+from receiver.settings import Settings
+from receiver.store import FileRecord, Job
+from submitter.signing import derive_job_keys, sign_bfl, sign_standard
+from submitter.simulator import Faults, Simulator, jpeg_image, png_image
+from submitter.status import TERMINAL, Status
+
+PROJECT = Path(__file__).resolve().parent.parent
+BFL_MODELS = ("flux-dev", "flux-pro-1.1")
+REPLICATE_MODEL = "black-forest-labs/flux-schnell"
+BFL_FAILURES = ("error", "content_moderated", "request_moderated")
+REPLICATE_FAILURES = ("error", "content_moderated", "canceled", "aborted")
+PROVIDER_VERDICTS = frozenset({Status.FAILED, Status.MODERATED, Status.CANCELED})
+#: A key that is not the receiver's: it derives plausible-looking but wrong tokens and secrets.
+WRONG_MASTER = b"soak-attacker-guess-0123456789abcdef01234567"
+ATTACK_SHARE = 0.05
+SUBMITTERS = 8
+
+
+# -- the plan: what each job meets at the provider ---------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    index: int
+    provider: str
+    model: str
+    faults: Faults
+    tags: tuple[str, ...]
+    #: Replicate's webhook filter; None: fluxhook's default (start, completed).
+    events: tuple[str, ...] | None = None
+
+    @property
+    def token(self) -> str:
+        """Unique, and no token contains another: exactly one simulator rule matches each job."""
+        return f"soak-{self.index:06d}:"
+
+    @property
+    def prompt(self) -> str:
+        return " ".join((self.token, *self.tags))
+
+    @property
+    def replicate(self) -> bool:
+        return self.provider == "replicate"
+
+    @property
+    def succeeds(self) -> bool:
+        return self.faults.outcome == "ready"
+
+    @property
+    def files(self) -> int:
+        return self.faults.outputs if self.replicate else 1
+
+
+def plan_job(index: int, rng: random.Random) -> Plan:
+    provider = rng.choice(("bfl", "deerapi", "replicate"))
+    replicate = provider == "replicate"
+    faults: dict[str, Any] = {"runtime": round(rng.uniform(0.05, 1.5), 2)}
+    tags: list[str] = []
+
+    def add(tag: str, **changes: Any) -> None:
+        tags.append(tag)
+        faults.update(changes)
+
+    if rng.random() < 0.20:
+        if replicate and rng.random() < 0.5:
+            add("drop-completed", drop_completed=True)
+        else:
+            add("drop", drop=True)
+    if rng.random() < 0.30:
+        add("dup", duplicate=3)
+    if rng.random() < 0.10:
+        add("reorder", reorder=True)
+    if rng.random() < 0.05:
+        add("expired", expired_url=True)
+    if rng.random() < 0.04:
+        outcome = rng.choice(REPLICATE_FAILURES if replicate else BFL_FAILURES)
+        add(outcome, outcome=outcome)
+    if rng.random() < 0.10:
+        errors = rng.choice(((429,), (503, 429)))
+        add("busy-" + "-".join(map(str, errors)), submit_errors=errors)
+    if rng.random() < 0.10:
+        add("jpeg", image_format="jpeg")
+    if replicate and rng.random() < 0.30:
+        add("two", outputs=2)
+    if not replicate and rng.random() < 0.10:
+        add("progress", progress=True)
+    if not replicate and rng.random() < 0.10:
+        add("echo", signature="echo")
+    events = None
+    if replicate and rng.random() < 0.30:
+        events = ("start", "output", "logs", "completed")
+        tags.append("all-events")
+    model = REPLICATE_MODEL if replicate else rng.choice(BFL_MODELS)
+    return Plan(index, provider, model, Faults(**faults), tuple(tags), events)
+
+
+def index_of(job: Job) -> int | None:
+    """The plan index named by a job's prompt token."""
+    prompt = str(job.params.get("prompt", ""))
+    head = prompt.partition(":")[0]
+    return int(head[5:]) if head.startswith("soak-") and head[5:].isdigit() else None
+
+
+# -- the receiver process ----------------------------------------------------------------
+
+
+class Receiver:
+    """A `fluxhook serve` process on a fixed port: started, SIGKILLed and started again."""
+
+    def __init__(self, port: int, env: dict[str, str], logs: Path) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.env = {**os.environ, **env}
+        self.logs = logs
+        self.starts = 0
+        self.kills = 0
+        self.crashes = 0
+        self.process: asyncio.subprocess.Process | None = None
+        self._log: TextIO | None = None
+
+    async def start(self, within: float = 30.0) -> None:
+        """Start and wait until it answers; retry while the port is not free yet."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + within
+        async with httpx.AsyncClient(timeout=2.0, trust_env=False) as http:
+            while True:
+                self.starts += 1
+                self._close_log()
+                self._log = (self.logs / f"receiver-{self.starts}.log").open("w")
+                self.process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "receiver.cli", "serve", "--port", str(self.port),
+                    "--log-level", "warning",
+                    cwd=PROJECT, env=self.env, stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.DEVNULL, stderr=self._log,
+                )
+                while self.process.returncode is None and loop.time() < end:
+                    with contextlib.suppress(httpx.TransportError):
+                        if (await http.get(f"{self.url}/healthz")).status_code == 200:
+                            return
+                    await asyncio.sleep(0.05)
+                if self.process.returncode is None:  # still not answering: give up
+                    await self._kill()
+                if loop.time() >= end:
+                    raise RuntimeError(f"the receiver did not start on port {self.port}; see {self._log.name}")
+                await asyncio.sleep(0.2)  # e.g. the port is still held: try again
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.returncode
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    async def kill(self) -> None:
+        """SIGKILL: no drain, no lease released, partial downloads left behind."""
+        self.kills += 1
+        await self._kill()
+
+    async def _kill(self) -> None:
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGKILL)
+        await self.process.wait()
+
+    async def stop(self) -> None:
+        """SIGTERM, as a service manager would; SIGKILL if it does not exit in time."""
+        if self.alive():
+            assert self.process is not None
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), 40.0)
+            except TimeoutError:
+                await self._kill()
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def error_lines(self) -> list[str]:
+        """ERROR/CRITICAL lines and tracebacks the receiver logged, over all its runs."""
+        found = []
+        for path in sorted(self.logs.glob("receiver-*.log")):
+            for line in path.read_text(errors="replace").splitlines():
+                if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback"):
+                    found.append(f"{path.name}: {line}")
+        return found
+
+
+# -- the attacker ------------------------------------------------------------------------
+
+
+@dataclass
+class Forgery:
+    kind: str
+    url: str
+    body: bytes
+    headers: dict[str, str]
+
+
+def _random_whsec() -> str:
+    return "whsec_" + base64.b64encode(os.urandom(32)).decode()
+
+
+def _standard_headers(secret: str, body: bytes, *, age: float = 0.0) -> dict[str, str]:
+    message_id = "msg_" + uuid.uuid4().hex
+    timestamp = int(time.time() - age)
+    return {
+        "content-type": "application/json",
+        "webhook-id": message_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign_standard(secret, message_id, timestamp, body),
+    }
+
+
+def _json(data: dict[str, Any]) -> bytes:
+    return json.dumps(data).encode()
+
+
+class Attacker:
+    """Forges callbacks for real jobs while they run; a 2xx to any of them is a failure.
+
+    It knows what a leaked callback URL or a leaked account secret would give
+    away, so besides guessed tokens it also tries real tokens with bad
+    signatures and real signatures on the wrong job, provider or time.
+    """
+
+    def __init__(self, http: httpx.AsyncClient, public_url: str, replicate_secret: str, site_url: str) -> None:
+        self.http = http
+        self.public_url = public_url
+        self.replicate_secret = replicate_secret
+        self.site_url = site_url
+        self.statuses: Counter[int] = Counter()
+        self.by_kind: Counter[str] = Counter()
+        self.accepted: list[str] = []
+        self.unanswered = 0
+
+    def forgeries(self, job: Job, other: Job) -> list[Forgery]:
+        master = MASTER.encode()
+        task = job.provider_job_id or uuid.uuid4().hex
+        own_url, own_secret = callback_url(self.public_url, master, job.provider, job.id)
+        own_token = own_url.rsplit("/", 1)[1]
+        guessed_url, guessed_secret = callback_url(self.public_url, WRONG_MASTER, job.provider, job.id)
+        borrowed_token = derive_job_keys(master, other.provider, other.id).token
+        borrowed_url = f"{self.public_url}/hooks/{job.provider}/{job.id}/{borrowed_token}"
+        loot = f"{self.site_url}/loot/{job.id}/sample.png"
+        if job.provider == "replicate":
+            body = _json({"id": task, "status": "succeeded", "output": [loot], "error": None, "logs": "",
+                          "completed_at": "2030-01-01T00:00:00.000000Z", "data_removed": False})
+            genuine = _json({"id": task, "status": "processing", "output": None, "logs": ""})
+            tampered = _standard_headers(self.replicate_secret, genuine)
+            # The proxies' path authenticates by token alone: a token moved there must not pass.
+            swapped = f"{self.public_url}/hooks/deerapi-replicate/{job.id}/{own_token}"
+            bfl_body = _json({"id": task, "status": "Ready", "result": {"sample": loot}})
+            return [
+                Forgery("guessed-token", guessed_url, body, _standard_headers(_random_whsec(), body)),
+                Forgery("borrowed-token", borrowed_url, body, _standard_headers(self.replicate_secret, body)),
+                Forgery("provider-swap", swapped, body, _standard_headers(self.replicate_secret, body)),
+                Forgery("tampered-body", own_url, body, tampered),
+                Forgery("wrong-signature", own_url, body, _standard_headers(_random_whsec(), body)),
+                Forgery("no-signature", own_url, body, {"content-type": "application/json"}),
+                Forgery("stale-replay", own_url, body, _standard_headers(self.replicate_secret, body, age=3600)),
+                Forgery("bfl-shaped", own_url, bfl_body, {"x-bfl-signature": sign_bfl(own_secret, bfl_body)}),
+            ]
+        body = _json({"id": task, "status": "Ready", "result": {"sample": loot}})
+        genuine = _json({"id": task, "status": "Pending", "progress": 10})
+        other_secret = derive_job_keys(master, other.provider, other.id).webhook_secret
+        swap = "deerapi" if job.provider != "deerapi" else "bfl"
+        swapped = f"{self.public_url}/hooks/{swap}/{job.id}/{own_token}"
+        replicate_body = _json({"id": task, "status": "succeeded", "output": [loot]})
+        return [
+            Forgery("guessed-token", guessed_url, body, {"x-bfl-signature": sign_bfl(guessed_secret, body)}),
+            Forgery("borrowed-token", borrowed_url, body, {"x-bfl-signature": sign_bfl(other_secret, body)}),
+            Forgery("provider-swap", swapped, body, {"x-bfl-signature": sign_bfl(own_secret, body)}),
+            Forgery("tampered-body", own_url, body, {"x-bfl-signature": sign_bfl(own_secret, genuine)}),
+            Forgery("wrong-signature", own_url, body, {"x-bfl-signature": sign_bfl(guessed_secret, body)}),
+            Forgery("wrong-echo-secret", own_url, body, {"x-webhook-secret": guessed_secret}),
+            Forgery("cross-job-signature", own_url, body, {"x-bfl-signature": sign_bfl(other_secret, body)}),
+            Forgery("replicate-shaped", own_url, replicate_body,
+                    {**_standard_headers(_random_whsec(), replicate_body),
+                     "x-bfl-signature": sign_bfl(guessed_secret, replicate_body)}),
+        ]
+
+    async def send(self, forgery: Forgery, within: float = 20.0) -> None:
+        """POST one forgery, retrying while the receiver is down (it may be between kill and restart)."""
+        end = time.monotonic() + within
+        while True:
+            try:
+                response = await self.http.post(forgery.url, content=forgery.body, headers=forgery.headers)
+                break
+            except httpx.TransportError:
+                if time.monotonic() >= end:
+                    self.unanswered += 1
+                    return
+                await asyncio.sleep(0.2)
+        self.statuses[response.status_code] += 1
+        self.by_kind[forgery.kind] += 1
+        if response.is_success:
+            self.accepted.append(f"{forgery.kind} -> {response.status_code} {response.text[:200]}")
+
+    async def run(
+        self, targets: list[int], jobs: dict[int, str], submitted: asyncio.Event, rt: Runtime, rng: random.Random
+    ) -> None:
+        """Attack each target once its job has a provider task (or has ended), as the run goes on."""
+        pending = list(targets)
+        while pending:
+            for index in list(pending):
+                job_id = jobs.get(index)
+                if job_id is None and submitted.is_set():  # its submit raised: nothing to attack
+                    pending.remove(index)
+                    continue
+                job = await rt.store.get_job(job_id) if job_id else None
+                if job is None or (job.provider_job_id is None and job.status not in TERMINAL):
+                    continue
+                others = [i for i in jobs if i != index]
+                other = await rt.store.get_job(jobs[rng.choice(others)]) if others else None
+                for forgery in self.forgeries(job, other or job):
+                    await self.send(forgery)
+                pending.remove(index)
+                await asyncio.sleep(rng.uniform(0.0, 0.2))
+            await asyncio.sleep(0.2)
+
+
+class AttackerSite:
+    """The attacker's own result host: serves an image and counts who comes to fetch it."""
+
+    def __init__(self) -> None:
+        self.fetches = 0
+        self.app = Starlette(routes=[Route("/{path:path}", self._serve, methods=["GET", "HEAD"])])
+
+    async def _serve(self, request: Request) -> Response:
+        self.fetches += 1
+        return Response(png_image("attacker"), media_type="image/png")
+
+
+# -- the audit ---------------------------------------------------------------------------
+
+
+@dataclass
+class Audit:
+    submitted: int = 0
+    stored: int = 0
+    failed_by_provider: int = 0
+    lost: dict[str, str] = field(default_factory=dict)  # job (or plan token) -> why
+    duplicates: list[str] = field(default_factory=list)
+    rescued: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+
+
+def expected_image(plan: Plan, provider_job_id: str, n: int) -> bytes:
+    """The exact bytes the simulator serves for file `n` of this job."""
+    seed = f"{provider_job_id}/out-{n}" if plan.replicate else provider_job_id
+    return (png_image if plan.faults.image_format == "png" else jpeg_image)(seed)
+
+
+async def audit(rt: Runtime, plans: list[Plan], tasks: dict[str, dict[str, Any]]) -> Audit:
+    """Check the ledger and the result folder against the plan; `tasks`: the simulator's view of each task."""
+    result = Audit()
+    results_dir = rt.settings.results
+    jobs = await rt.store.list_jobs(None, limit=2 * len(plans) + 100)
+    by_index = {index_of(job): job for job in jobs}
+    recorded: set[Path] = set()
+    result.submitted = len(jobs)
+    for job in jobs:
+        result.statuses[str(job.status)] += 1
+        if index_of(job) is None:
+            result.lost[job.id] = "a job the soak did not plan"
+    for plan in plans:
+        job = by_index.get(plan.index)
+        if job is None:
+            result.lost[plan.token] = "never recorded"
+            continue
+        files = await rt.store.files(job.id)
+        recorded.update(results_dir / f.path for f in files if f.path)
+        if len(files) > plan.files:
+            result.duplicates.append(f"{job.id}: {len(files)} file records for {plan.files} outputs")
+        why = _check(plan, job, files, results_dir)
+        if why is not None:
+            seen = tasks.get(job.provider_job_id or "", {})
+            provider_view = ", ".join(f"{seen.get(k, 0)} {k}" for k in ("polls", "callbacks_sent", "deliveries"))
+            result.lost[job.id] = f"{why} ({plan.provider}, {plan.prompt!r}; the provider saw {provider_view})"
+        elif job.status == Status.STORED:
+            result.stored += 1
+            if job.callback_at is None or plan.faults.drop_completed:
+                result.rescued += 1
+        else:
+            result.failed_by_provider += 1
+    if results_dir.exists():
+        for path in sorted(results_dir.rglob("*")):
+            if path.is_file() and (path.name.endswith(".part") or path not in recorded):
+                result.duplicates.append(str(path.relative_to(results_dir)))
+    return result
+
+
+def _check(plan: Plan, job: Job, files: list[FileRecord], results_dir: Path) -> str | None:
+    """Why this job counts as lost, or None."""
+    if job.status not in TERMINAL:
+        return f"still {job.status}"
+    if not plan.succeeds:
+        if job.status in PROVIDER_VERDICTS and job.error:
+            return None
+        return f"the provider said {plan.faults.outcome!r}, the job ended {job.status} ({job.error})"
+    if job.status != Status.STORED:
+        return f"the provider delivered, the job ended {job.status} ({job.error})"
+    stored = [f for f in files if f.path]
+    if len(stored) < plan.files:
+        return f"stored with {len(stored)} of {plan.files} files"
+    for record in stored:
+        path = results_dir / record.path
+        if not path.is_file():
+            return f"file {record.path} missing"
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != record.sha256 or len(data) != record.size:
+            return f"file {record.path} does not match its recorded sha256/size"
+        if job.provider_job_id is None or data != expected_image(plan, job.provider_job_id, record.n):
+            return f"file {record.path} is not what the provider served"
+    return None
+
+
+# -- the run -----------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    seed: int
+    jobs: int
+    submitted: int
+    stored: int
+    failed_by_provider: int
+    lost: int
+    duplicates_stored: int
+    forgeries_sent: int
+    forgeries_accepted: int
+    http_500: int
+    polls: int
+    rescued: int
+    polls_per_rescued_job: float
+    kills: int
+    receiver_crashes: int
+    #: None, "timeout" or "stalled".
+    gave_up: str | None
+    wall: float
+    statuses: dict[str, int]
+    #: Jobs per provider and per fault tag.
+    mix: dict[str, int]
+    callback_answers: dict[str, int]
+    forgery_answers: dict[str, int]
+    forgeries_by_kind: dict[str, int]
+    forgeries_unanswered: int
+    submit_errors: list[str]
+    attacker_fetches: int
+    simulator: dict[str, int]
+    receiver_error_lines: list[str]
+    lost_jobs: dict[str, str]
+    duplicate_files: list[str]
+    accepted_forgeries: list[str]
+    workdir: str
+
+    @property
+    def failed(self) -> bool:
+        problems = (self.lost, self.duplicates_stored, self.forgeries_accepted, self.http_500, self.receiver_crashes)
+        return any(problems) or self.gave_up is not None
+
+    def summary(self) -> str:
+        return (
+            f"soak: jobs={self.submitted} stored={self.stored} failed_by_provider={self.failed_by_provider} "
+            f"lost={self.lost} duplicates_stored={self.duplicates_stored} "
+            f"forgeries_accepted={self.forgeries_accepted} http_500={self.http_500} "
+            f"polls_per_rescued_job={self.polls_per_rescued_job:.1f} kills={self.kills} wall={self.wall:.1f}s"
+        )
+
+
+def kill_points(kills: int, rng: random.Random) -> list[float]:
+    """Fractions of finished jobs at which to kill: evenly spread, each jittered."""
+    return [(k + 1 + rng.uniform(-0.3, 0.3)) / (kills + 1) for k in range(kills)]
+
+
+def is_server_error(status: int) -> bool:
+    return status >= 500 and status != 503  # 503 asks the sender to retry: part of the contract
+
+
+def log(message: str) -> None:
+    print(f"soak: {message}", file=sys.stderr, flush=True)
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> Report:
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1_000_000)
+    log(f"seed {seed}, {args.jobs} jobs, {args.kills} kills, workdir {workdir}")
+    # One stream per role, so the plan, the targets and the kill points depend on the seed alone.
+    rng = random.Random(seed)
+    plans = [plan_job(i, rng) for i in range(args.jobs)]
+    targets = sorted(rng.sample(range(args.jobs), max(1, round(ATTACK_SHARE * args.jobs))))
+    points = kill_points(args.kills, rng)
+    attacker_rng, killer_rng = random.Random(f"{seed}/attacker"), random.Random(f"{seed}/killer")
+
+    # The simulator's webhook sender reports every answer it gets through this client.
+    callback_answers: Counter[int] = Counter()
+
+    async def count_answer(response: httpx.Response) -> None:
+        callback_answers[response.status_code] += 1
+
+    sim_http = httpx.AsyncClient(timeout=30.0, trust_env=False, event_hooks={"response": [count_answer]})
+    sim = Simulator(http=sim_http, callback_retries=(1.0, 3.0, 10.0))
+    for plan in plans:
+        sim.add_rule(plan.token, plan.faults)
+    site = AttackerSite()
+
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(sim_http.aclose)
+        sim_url = await stack.enter_async_context(serve_in_background(sim.app))
+        site_url = await stack.enter_async_context(serve_in_background(site.app))
+        sock = bind()
+        port = sock.getsockname()[1]
+        sock.close()
+        public_url = f"http://127.0.0.1:{port}"
+        env = environment(
+            workdir, sim_url, public_url,
+            FLUXHOOK_DB=str(workdir / "soak.db"),
+            FLUXHOOK_REPLICATE_URL=sim_url,
+            # The simulator takes any key.
+            DEERAPI_KEY="soak", COMETAPI_KEY="soak", REPLICATE_API_TOKEN="soak",  # noqa: S106
+            FLUXHOOK_POLL_AFTER="2", FLUXHOOK_POLL_MAX_INTERVAL="2", FLUXHOOK_SWEEP_INTERVAL="0.5",
+            FLUXHOOK_JOB_DEADLINE=str(int(args.timeout) + 600), FLUXHOOK_LEASE_SECONDS="3",
+        )
+        settings = Settings.from_env(env)
+        settings.results.mkdir(parents=True, exist_ok=True)
+        receiver = Receiver(port, env, workdir)
+        stack.push_async_callback(receiver.stop)
+        await receiver.start()
+        rt = await stack.enter_async_context(Runtime.open(settings))
+        http = await stack.enter_async_context(httpx.AsyncClient(timeout=10.0, trust_env=False))
+        attacker = Attacker(http, public_url, sim.replicate_secret, site_url)
+
+        started = time.monotonic()
+        job_ids: dict[int, str] = {}
+        submit_errors: list[str] = []
+        submitted = asyncio.Event()
+        queue: asyncio.Queue[Plan] = asyncio.Queue()
+        for plan in plans:
+            queue.put_nowait(plan)
+
+        async def submitter() -> None:
+            while not queue.empty():
+                plan = queue.get_nowait()
+                try:
+                    job = await submit(rt, plan.provider, plan.model, {"prompt": plan.prompt}, events=plan.events)
+                except Exception as exc:  # the job may be in the ledger all the same: the audit decides
+                    submit_errors.append(f"{plan.token} {type(exc).__name__}: {exc}")
+                    continue
+                job_ids[plan.index] = job.id
+
+        async def submit_all() -> None:
+            await asyncio.gather(*(submitter() for _ in range(SUBMITTERS)))
+            submitted.set()
+
+        submitting = asyncio.create_task(submit_all())
+        attack = asyncio.create_task(attacker.run(targets, job_ids, submitted, rt, attacker_rng))
+        try:
+            gave_up = await supervise(rt, receiver, args, points, killer_rng, submitting, attack, started)
+            wall = time.monotonic() - started
+            if gave_up is None:  # the attacker has usually finished long before
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(attack), 30)
+        finally:
+            for task in (submitting, attack):
+                task.cancel()
+            await asyncio.gather(submitting, attack, return_exceptions=True)
+        # Late duplicates and retries land while the receiver still runs.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(sim.drain(), 20)
+        await receiver.stop()
+        stats = sim.stats()
+        found = await audit(rt, plans, stats["tasks"])
+        totals = stats["totals"]
+
+    tags = Counter(tag.partition("-")[0] if tag.startswith("busy") else tag for p in plans for tag in p.tags)
+    return Report(
+        seed=seed,
+        jobs=args.jobs,
+        submitted=found.submitted,
+        stored=found.stored,
+        failed_by_provider=found.failed_by_provider,
+        lost=len(found.lost),
+        duplicates_stored=len(found.duplicates),
+        forgeries_sent=sum(attacker.statuses.values()),
+        forgeries_accepted=len(attacker.accepted) + site.fetches,
+        http_500=sum(n for status, n in (attacker.statuses + callback_answers).items() if is_server_error(status)),
+        polls=totals["polls"],
+        rescued=found.rescued,
+        polls_per_rescued_job=totals["polls"] / found.rescued if found.rescued else 0.0,
+        kills=receiver.kills,
+        receiver_crashes=receiver.crashes,
+        gave_up=gave_up,
+        wall=round(wall, 2),
+        statuses=dict(found.statuses),
+        mix=dict(Counter(p.provider for p in plans) + tags),
+        callback_answers={str(k): v for k, v in sorted(callback_answers.items())},
+        forgery_answers={str(k): v for k, v in sorted(attacker.statuses.items())},
+        forgeries_by_kind=dict(attacker.by_kind),
+        forgeries_unanswered=attacker.unanswered,
+        submit_errors=submit_errors,
+        attacker_fetches=site.fetches,
+        simulator=totals,
+        receiver_error_lines=receiver.error_lines()[:50],
+        lost_jobs=found.lost,
+        duplicate_files=found.duplicates,
+        accepted_forgeries=attacker.accepted,
+        workdir=str(workdir),
+    )
+
+
+async def supervise(
+    rt: Runtime, receiver: Receiver, args: argparse.Namespace, points: list[float], rng: random.Random,
+    submitting: asyncio.Task[None], attack: asyncio.Task[None], started: float,
+) -> str | None:
+    """Watch the run until every job has finished, killing the receiver at `points`.
+
+    Returns None, or why the run was given up: "timeout", or "stalled" when no job
+    finished for `--stall` seconds (their deadlines lie beyond the run, so a stuck
+    job would otherwise hold it until the timeout).
+    """
+    last_note = last_progress = started
+    progress = (0, 0)
+    while True:
+        counts = await rt.store.counts()
+        recorded, finished = sum(counts.values()), sum(counts.get(str(s), 0) for s in TERMINAL)
+        if submitting.done() and finished == recorded:
+            return None
+        if (recorded, finished) != progress:
+            progress, last_progress = (recorded, finished), time.monotonic()
+        for task in (submitting, attack):  # a bug in either stops the run
+            if task.done() and not task.cancelled() and (error := task.exception()) is not None:
+                raise error
+        if not receiver.alive():
+            receiver.crashes += 1
+            log(f"the receiver exited by itself (status {receiver.returncode}); restarting it")
+            await receiver.start()
+        if points and finished >= points[0] * args.jobs:
+            points.pop(0)
+            await asyncio.sleep(rng.uniform(0.0, 0.3))
+            await receiver.kill()
+            log(f"killed the receiver at {finished}/{args.jobs} finished jobs")
+            await asyncio.sleep(rng.uniform(0.2, 1.0))  # callbacks meanwhile find nobody
+            await receiver.start()
+        now = time.monotonic()
+        if now - started >= args.timeout:
+            log(f"timed out after {args.timeout:.0f} s with {finished}/{args.jobs} jobs finished")
+            return "timeout"
+        if now - last_progress >= args.stall:
+            log(f"stalled: no job finished in {args.stall:.0f} s, {finished}/{args.jobs} finished")
+            return "stalled"
+        if now - last_note >= 10:
+            last_note = now
+            log(f"{finished}/{args.jobs} finished, {recorded} recorded, {receiver.kills} kills")
+        await asyncio.sleep(0.2)
+
+
+def describe_problems(report: Report) -> None:
+    """Details of whatever went wrong, on stderr (the summary alone goes to stdout)."""
+    for error in report.submit_errors[:20]:
+        log(f"submit raised: {error}")
+    for job, why in list(report.lost_jobs.items())[:20]:
+        log(f"lost {job}: {why}")
+    for path in report.duplicate_files[:20]:
+        log(f"duplicate or stray file: {path}")
+    for forgery in report.accepted_forgeries[:20]:
+        log(f"forgery accepted: {forgery}")
+    if report.attacker_fetches:
+        log(f"the receiver fetched {report.attacker_fetches} file(s) from the attacker's server")
+    if report.http_500:
+        log(f"5xx answers: callbacks {report.callback_answers}, forgeries {report.forgery_answers}")
+    if report.receiver_crashes:
+        log(f"the receiver exited by itself {report.receiver_crashes} time(s)")
+    for line in report.receiver_error_lines[:20]:
+        log(f"receiver log: {line}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--jobs", type=int, default=1000, help="how many jobs to run (default 1000)")
+    parser.add_argument("--seed", type=int, help="seed of the fault plan, attack targets and kill points")
+    parser.add_argument("--kills", type=int, default=2, help="how often to SIGKILL the receiver (default 2)")
+    parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds (default 900)")
+    parser.add_argument("--stall", type=float, default=60.0,
+                        help="give up when no job has finished for this many seconds (default 60)")
+    parser.add_argument("--workdir", help="keep the database, results and receiver logs here")
+    parser.add_argument("--json", action="store_true", help="print the full report as JSON instead of one line")
+    args = parser.parse_args(argv)
+    if args.jobs < 1 or args.kills < 0 or args.timeout <= 0 or args.stall <= 0:
+        parser.error("--jobs must be >= 1, --kills >= 0, --timeout and --stall > 0")
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="fluxhook-soak-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    report = asyncio.run(run(args, workdir))
+    describe_problems(report)
+    if not args.workdir:
+        if report.failed:
+            log(f"kept {workdir} for inspection")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        print(json.dumps({"summary": report.summary(), "failed": report.failed, **asdict(report)}, indent=2))
+    else:
+        print(report.summary())
+    return 1 if report.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
