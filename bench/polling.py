@@ -37,6 +37,8 @@ async def fluxhook(jobs: int, drop: bool) -> dict[str, float]:
             public_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
             settings = Settings.from_env(environment(
                 Path(tmpdir), sim_url, public_url, FLUXHOOK_POLL_AFTER=str(RUNTIME + 1), FLUXHOOK_SWEEP_INTERVAL="0.1",
+                # The naive client has no cap either: no job waits for a provider slot here.
+                FLUXHOOK_BFL_MAX_ACTIVE="1000",
             ))
             async with serve_in_background(create_app(settings), sock), Runtime.open(settings) as rt:
                 ids = [(await submit(rt, "bfl", "flux-dev", {"prompt": f"job {i}"})).id for i in range(jobs)]
