@@ -140,13 +140,10 @@ async def _poll(rt: Runtime, job: Job) -> str:
     later = next_poll(job.polls + 1, now, job.deadline_at, rt.settings)
     if observation.not_found and now - (job.submitted_at or job.created_at) > NOT_FOUND_GRACE:
         await store.finish(job.id, Status.FAILED, now=now, reason=observation.reason)
-    elif observation.status is None:
-        await store.release(job.id, rt.owner, expect=job.status, next_check_at=later, polled=True)
-        return "polled"
-    else:
+    elif observation.status is not None:
         await store.apply(job.id, observation, now=now, next_check_at=later,
                           expires=expiries(rt, job.provider, observation))
-    # Unchanged (the same or a stale status): poll again later, not in this very pass.
+    # Unchanged (unknown, the same or a stale status): poll again later, not in this very pass.
     await store.release(job.id, rt.owner, expect=job.status, next_check_at=later, polled=True)
     return "polled"
 
