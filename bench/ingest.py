@@ -8,6 +8,7 @@ where `taskset` exists; baseline and subject alternate, and the median of the ro
 
     python -m bench.ingest            # 3 rounds of 10 s at 16 and 64 connections
     python -m bench.ingest --tiny     # 1 round of 1 s (smoke run)
+    FLUXHOOK_BENCH_NO_PIN=1 python -m bench.ingest   # let the OS place server threads and wrk
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ HERE = Path(__file__).parent
 
 
 def _pin(cpu: int) -> list[str]:
-    return ["taskset", "-c", str(cpu)] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
+    if os.environ.get("FLUXHOOK_BENCH_NO_PIN") or not shutil.which("taskset") or (os.cpu_count() or 1) < 2:
+        return []
+    return ["taskset", "-c", str(cpu)]
 
 
 def free_port() -> int:
