@@ -211,3 +211,19 @@ async def test_two_concurrent_cli_sweeps_never_double_work(tmp_path: Path) -> No
             assert (await s.rt.store.get_job(job.id)).status == Status.STORED  # type: ignore[union-attr]
             assert len(await files_of(s, job.id)) == 1
         assert MASTER not in err1 + err2 + out1 + out2
+
+
+async def test_cli_submit_wait_json_sweeps_until_the_file_is_stored(tmp_path: Path) -> None:
+    """`fluxhook submit --wait` with no receiver running: the callback fails, the CLI's own sweep polls."""
+    async with stack(tmp_path, receiver=False) as s:
+        env = env_for(tmp_path, s.sim_url, s.public_url) | {"FLUXHOOK_POLL_AFTER": "0.2"}
+        code, out, err = await run_cli(env, "submit", "--provider", "bfl", "--model", "flux-dev",
+                                       "--prompt", "a fox", "--param", "seed=7", "--wait", "--json")
+        assert code == 0, err
+        view = json.loads(out)
+        assert view["status"] == "stored" and view["polls"] >= 1
+        (stored,) = view["files"]
+        assert Path(stored["path"]).read_bytes().startswith(b"\x89PNG")
+        task = s.sim.stats()["tasks"][view["provider_job_id"]]
+        assert task["submits"] == 1
+        assert MASTER not in out + err and "k-bfl" not in out + err
