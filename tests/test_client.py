@@ -9,6 +9,7 @@ from submitter.backoff import RetryPolicy, parse_retry_after
 from submitter.client import Provider, ProviderClient
 from submitter.dialects import DIALECTS
 from submitter.errors import PollFailed, ProviderUnavailable, SubmitAmbiguous, SubmitRejected
+from submitter.status import Status
 
 pytestmark = pytest.mark.anyio
 NOW = 1_800_000_000.0
@@ -208,3 +209,21 @@ async def test_retries_stop_within_the_budget() -> None:
     with pytest.raises(ProviderUnavailable):
         await client.submit("flux-dev", {}, "https://h", "s", budget=100)
     assert calls == [NOW, NOW + 40, NOW + 80]  # a third 40 s pause would end past 100 s
+
+
+async def test_cancel_uses_the_dialects_cancel_path_or_reports_none() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"id": "p1", "status": "canceled"})
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    replicate = ProviderClient(http, Provider(DIALECTS["deerapi-replicate"], "https://api.test", "key"))
+    observation = await replicate.cancel("p1")
+    assert observation is not None and observation.status == Status.CANCELED
+    assert seen[0].method == "POST" and seen[0].url.path == "/replicate/v1/predictions/p1/cancel"
+    assert seen[0].headers["authorization"] == "Bearer key"
+    bfl = ProviderClient(http, Provider(DIALECTS["bfl"], "https://api.test", "key"))
+    assert await bfl.cancel("t1") is None  # BFL has no cancel call
+    assert len(seen) == 1
