@@ -5,7 +5,6 @@ module, each against a baseline measured in the same run (bare Starlette served 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -15,7 +14,8 @@ import time
 
 import httpx
 
-from bench.ingest import free_port
+from bench._cli import main
+from bench._setup import free_port
 
 
 def _first_2xx(command: list[str], env: dict[str, str], port: int) -> float:
@@ -71,4 +71,4 @@ async def run(size: str = "full") -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(run("tiny" if "--tiny" in sys.argv else "full")), indent=2))
+    main(run)

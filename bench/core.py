@@ -26,6 +26,8 @@ from pathlib import Path
 
 import httpx
 
+from bench import polling
+from bench._setup import MASTER, environment
 from receiver.app import create_app
 from receiver.jobs import callback_url, submit
 from receiver.runtime import Runtime
@@ -36,25 +38,6 @@ from receiver.store.sqlite import SQLiteStore
 from submitter.signing import sign_bfl
 from submitter.simulator import Faults, Simulator
 from submitter.status import TERMINAL, Status
-
-MASTER = "bench-master-key-0123456789abcdef0123456789"
-
-
-def environment(tmp: Path, sim_url: str, public_url: str, **extra: str) -> dict[str, str]:
-    return {
-        "FLUXHOOK_PUBLIC_URL": public_url,
-        "FLUXHOOK_ALLOW_HTTP": "1",
-        "FLUXHOOK_SECRET_KEY": MASTER,
-        "FLUXHOOK_DB": str(tmp / "bench.db"),
-        "FLUXHOOK_RESULTS": str(tmp / "results"),
-        "FLUXHOOK_BFL_URL": sim_url,
-        "FLUXHOOK_DEERAPI_URL": sim_url,
-        "FLUXHOOK_COMETAPI_URL": sim_url,
-        "BFL_API_KEY": "bench",
-        "FLUXHOOK_DOWNLOAD_HOSTS": "127.0.0.1",
-        "FLUXHOOK_DOWNLOAD_ALLOW_PRIVATE": "1",
-        **extra,
-    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -158,36 +141,6 @@ async def ack_latency(callbacks: int, concurrency: int) -> dict[str, float]:
     }
 
 
-async def calls_per_job(jobs: int, drop: bool) -> dict[str, float]:
-    sim = Simulator(default_faults=Faults(runtime=2.0, drop=drop))
-    async with serve_in_background(sim.app) as sim_url:
-        with tempfile.TemporaryDirectory() as tmpdir:
-            tmp = Path(tmpdir)
-            sock = bind()
-            public_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-            settings = Settings.from_env(environment(
-                tmp, sim_url, public_url, FLUXHOOK_POLL_AFTER="3", FLUXHOOK_SWEEP_INTERVAL="0.25",
-            ))
-            async with serve_in_background(create_app(settings), sock), Runtime.open(settings) as rt:
-                ids = [(await submit(rt, "bfl", "flux-dev", {"prompt": f"job {i}"})).id for i in range(jobs)]
-                for _ in range(1200):
-                    done = [await rt.store.get_job(i) for i in ids]
-                    if all(j is not None and j.status in TERMINAL for j in done):
-                        break
-                    await asyncio.sleep(0.1)
-                stored = sum(1 for j in done if j is not None and j.status == Status.STORED)
-        totals = sim.stats()["totals"]
-        await sim.aclose()
-    return {
-        "jobs": jobs,
-        "callbacks": "dropped" if drop else "working",  # type: ignore[dict-item]
-        "stored": stored,
-        "submit_calls_per_job": totals["submit_requests"] / jobs,
-        "polls_per_job": totals["polls"] / jobs,
-        "api_calls_per_job": (totals["submit_requests"] + totals["polls"]) / jobs,
-    }
-
-
 async def replicate_events(jobs: int, faults: Faults, events: list[str]) -> dict[str, float]:
     """Replicate predictions through the simulator: webhooks received vs processed, polls per job."""
     sim = Simulator(default_faults=faults)
@@ -233,8 +186,8 @@ async def main(args: argparse.Namespace) -> None:
     results: dict[str, object] = {}
     if args.only in (None, "bfl"):
         results["ack_latency"] = await ack_latency(args.callbacks, args.concurrency)
-        results["calls_with_callbacks"] = await calls_per_job(args.jobs, drop=False)
-        results["calls_without_callbacks"] = await calls_per_job(args.jobs, drop=True)
+        results["calls_with_callbacks"] = await polling.fluxhook(args.jobs, drop=False)
+        results["calls_without_callbacks"] = await polling.fluxhook(args.jobs, drop=True)
     if args.only in (None, "replicate"):
         every = ["start", "output", "logs", "completed"]
         results["replicate_all_events_2_outputs_duplicated"] = await replicate_events(

@@ -58,7 +58,8 @@ from typing import Any
 
 import httpx
 
-from bench.core import MASTER, environment
+from bench._cli import main
+from bench._setup import MASTER, environment
 from receiver.jobs import callback_url
 from receiver.settings import Settings
 from receiver.store import Job
@@ -635,16 +636,5 @@ async def run(size: str = "full") -> dict[str, Any]:
         await asyncio.to_thread(shutil.rmtree, work, True)
 
 
-def main() -> None:
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # clean up on SIGTERM as on Ctrl-C
-    size = sys.argv[1] if len(sys.argv) > 1 else "full"
-    try:
-        result = asyncio.run(run(size))
-    except KeyboardInterrupt:
-        print("interrupted; everything started was stopped and removed", file=sys.stderr)
-        raise SystemExit(130) from None
-    print(json.dumps(result, indent=2))
-
-
 if __name__ == "__main__":
-    main()
+    main(run)

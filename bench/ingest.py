@@ -13,10 +13,8 @@ where `taskset` exists; baseline and subject alternate, and the median of the ro
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -30,14 +28,14 @@ from pathlib import Path
 
 import httpx
 
+from bench._cli import main
+from bench._setup import MASTER, environment, free_port
 from receiver.jobs import callback_url
-from receiver.serving import bind
 from receiver.settings import Settings
 from receiver.store import Job
 from receiver.store.sqlite import SQLiteStore
 from submitter.status import Status
 
-MASTER = "bench-master-key-0123456789abcdef0123456789"
 JOBS = 2000
 HERE = Path(__file__).parent
 
@@ -48,21 +46,11 @@ def _pin(cpu: int) -> list[str]:
     return ["taskset", "-c", str(cpu)]
 
 
-def free_port() -> int:
-    sock = bind()
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
-
-
 async def prepare(tmp: Path, public_url: str) -> tuple[dict[str, str], Path]:
     """A ledger of submitted jobs and the file of their hook paths."""
-    env = {
-        "FLUXHOOK_PUBLIC_URL": public_url, "FLUXHOOK_ALLOW_HTTP": "1", "FLUXHOOK_SECRET_KEY": MASTER,
-        "FLUXHOOK_DB": str(tmp / "ingest.db"), "FLUXHOOK_RESULTS": str(tmp / "results"),
-        # Nothing to poll or download during the run: only the callback path is measured.
-        "FLUXHOOK_POLL_AFTER": "86400", "FLUXHOOK_SWEEP_INTERVAL": "3600",
-    }
+    # No provider is called and nothing is polled or downloaded: only the callback path is measured.
+    env = environment(tmp, "http://127.0.0.1:9", public_url, FLUXHOOK_POLL_AFTER="86400",
+                      FLUXHOOK_SWEEP_INTERVAL="3600")
     settings = Settings.from_env(env)
     store = SQLiteStore(settings.db)
     await store.open()
@@ -146,7 +134,7 @@ def measure(rounds: int, seconds: float, connections: tuple[int, ...]) -> dict[s
                     with server(command, env, port):
                         wrk(port, c, min(seconds, 2.0), paths)  # warm-up, discarded
                         runs.setdefault((name, c), []).append(wrk(port, c, seconds, paths))
-        store_rows = _count_events(tmp / "ingest.db")
+        store_rows = _count_events(Path(env["FLUXHOOK_DB"]))
     rows = []
     for c in connections:
         bare_rps = statistics.median(r["rps"] for r in runs[("bare", c)])
@@ -187,7 +175,4 @@ async def run(size: str = "full") -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", action="store_true")
-    args = parser.parse_args()
-    print(json.dumps(asyncio.run(run("tiny" if args.tiny else "full")), indent=2))
+    main(run)

@@ -8,16 +8,15 @@ RUNTIME + 1 s, the expected runtime plus a grace period."""
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-from bench.core import environment
+from bench._cli import main
+from bench._setup import environment
 from receiver.app import create_app
 from receiver.jobs import submit
 from receiver.runtime import Runtime
@@ -100,4 +99,4 @@ async def run(size: str = "full") -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(run("tiny" if "--tiny" in sys.argv else "full")), indent=2))
+    main(run)

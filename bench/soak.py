@@ -68,7 +68,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bench.core import MASTER, environment
+from bench._setup import MASTER, environment
 from receiver.jobs import callback_url, submit
 from receiver.runtime import Runtime
 from receiver.serving import bind, serve_in_background

@@ -33,14 +33,11 @@ that is what a pass would cost if the index were not used.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import platform
 import shutil
-import signal
 import sqlite3
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -50,6 +47,7 @@ from typing import Any
 
 import httpx
 
+from bench._cli import main
 from receiver.runtime import Runtime
 from receiver.settings import Settings
 from receiver.store.sqlite import SQLiteStore
@@ -334,16 +332,5 @@ async def run(size: str = "full") -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def main() -> None:
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # clean up on SIGTERM as on Ctrl-C
-    size = sys.argv[1] if len(sys.argv) > 1 else "full"
-    try:
-        result = asyncio.run(run(size))
-    except KeyboardInterrupt:
-        print("interrupted; everything started was stopped and removed", file=sys.stderr)
-        raise SystemExit(130) from None
-    print(json.dumps(result, indent=2))
-
-
 if __name__ == "__main__":
-    main()
+    main(run)
