@@ -112,3 +112,8 @@ async def harness(
         for c in (client, api, cdn, sim_http):
             await c.aclose()
         await store.close()
+
+
+def files_in(folder: Path) -> list[Path]:
+    """Everything under `folder` (none if it was never created)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []

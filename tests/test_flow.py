@@ -14,7 +14,7 @@ from receiver.runtime import Runtime
 from receiver.sweep import sweep_once
 from submitter.simulator import Faults
 from submitter.status import Status
-from tests.harness import Harness, harness
+from tests.harness import Harness, files_in, harness
 
 pytestmark = pytest.mark.anyio
 
@@ -143,7 +143,7 @@ async def test_expired_url_with_no_fresh_one_ends_expired(tmp_path: Path) -> Non
         await finish(h)
         done = await h.rt.store.get_job(job.id)
         assert done is not None and done.status == Status.EXPIRED and "expired" in (done.error or "")
-        assert not list((h.settings.results / job.id).glob("*")) if (h.settings.results / job.id).exists() else True
+        assert files_in(h.settings.results / job.id) == []
 
 
 async def test_webhook_mode_answer_without_polling_url(tmp_path: Path) -> None:
@@ -259,8 +259,7 @@ async def test_a_trickling_download_is_cut_off_and_retried_later(tmp_path: Path)
         current = await h.rt.store.get_job(job.id)
         assert current is not None and current.status == Status.SUCCEEDED
         assert current.next_check_at is not None and current.next_check_at > h.clock.now
-        results = h.settings.results / job.id
-        assert not results.exists() or not any(results.iterdir())  # no partial file left behind
+        assert files_in(h.settings.results / job.id) == []  # no partial file left behind
 
 
 async def test_sweeps_racing_new_submits_never_submit_twice(tmp_path: Path) -> None:

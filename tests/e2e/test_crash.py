@@ -28,10 +28,10 @@ from receiver.settings import Settings
 from receiver.store import Job
 from submitter.simulator import Faults, Simulator
 from submitter.status import TERMINAL, Status
-from tests.e2e.test_loopback import env_for
+from tests.e2e.support import WAIT, env_for, run_cli, wait_for_status
+from tests.harness import files_in
 
 pytestmark = pytest.mark.anyio
-WAIT = 30.0
 
 
 @dataclass
@@ -69,12 +69,7 @@ class Crashable:
             self.process.wait()
 
     async def wait(self, job_id: str, until: frozenset[Status] = TERMINAL) -> Job:
-        async with asyncio.timeout(WAIT):
-            while True:
-                job = await self.rt.store.get_job(job_id)
-                if job is not None and job.status in until:
-                    return job
-                await asyncio.sleep(0.05)
+        return await wait_for_status(self.rt.store, job_id, until)
 
 
 @contextlib.asynccontextmanager
@@ -107,18 +102,9 @@ async def assert_stored_once(c: Crashable, job: Job) -> None:
         assert hashlib.sha256((c.rt.settings.results / f.path).read_bytes()).hexdigest() == f.sha256  # type: ignore[operator]
 
 
-async def run_cli(env: dict[str, str], *args: str) -> int:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "receiver.cli", *args, env={**os.environ, **env},
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )
-    async with asyncio.timeout(WAIT):
-        return await process.wait()
-
-
 async def test_submitter_killed_after_the_ledger_row(tmp_path: Path) -> None:
     async with crashable(tmp_path, Faults(runtime=0.1)) as c:
-        code = await run_cli(c.env | {"FLUXHOOK_FAILPOINTS": "after-ledger"},
+        code, _, _ = await run_cli(c.env | {"FLUXHOOK_FAILPOINTS": "after-ledger"},
                              "submit", "--provider", "bfl", "--model", "flux-dev", "--prompt", "crash")
         assert code == -signal.SIGKILL
         (job,) = await c.rt.store.list_jobs()
@@ -131,7 +117,7 @@ async def test_submitter_killed_after_the_ledger_row(tmp_path: Path) -> None:
 async def test_submitter_killed_before_recording_the_providers_answer(tmp_path: Path) -> None:
     async with crashable(tmp_path, Faults(runtime=0.5)) as c:
         await c.start()
-        code = await run_cli(c.env | {"FLUXHOOK_FAILPOINTS": "before-submit-recorded"},
+        code, _, _ = await run_cli(c.env | {"FLUXHOOK_FAILPOINTS": "before-submit-recorded"},
                              "submit", "--provider", "bfl", "--model", "flux-dev", "--prompt", "crash")
         assert code == -signal.SIGKILL
         (job,) = await c.rt.store.list_jobs()
@@ -206,5 +192,4 @@ async def test_sigterm_hands_back_what_cannot_finish_in_time(tmp_path: Path) -> 
         handed_back = await c.rt.store.get_job(job.id)
         assert handed_back is not None and handed_back.status == Status.SUCCEEDED
         assert handed_back.lease_owner is None  # free for the next process at once
-        folder = c.rt.settings.results / job.id
-        assert not folder.exists() or not list(folder.iterdir())  # the partial download was removed
+        assert files_in(c.rt.settings.results / job.id) == []  # the partial download was removed

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,34 +25,9 @@ from receiver.store import Job
 from submitter.signing import derive_job_keys, sign_bfl
 from submitter.simulator import Faults, Simulator
 from submitter.status import TERMINAL, Status
+from tests.e2e.support import MASTER, env_for, run_cli, wait_for_status
 
 pytestmark = pytest.mark.anyio
-MASTER = "e2e-master-key-0123456789abcdef0123456789"
-WAIT = 30.0
-
-
-def env_for(tmp_path: Path, sim_url: str, public_url: str) -> dict[str, str]:
-    return {
-        "FLUXHOOK_PUBLIC_URL": public_url,
-        "FLUXHOOK_ALLOW_HTTP": "1",
-        "FLUXHOOK_SECRET_KEY": MASTER,
-        "FLUXHOOK_DB": str(tmp_path / "fluxhook.db"),
-        "FLUXHOOK_RESULTS": str(tmp_path / "results"),
-        "FLUXHOOK_BFL_URL": sim_url,
-        "FLUXHOOK_DEERAPI_URL": sim_url,
-        "FLUXHOOK_COMETAPI_URL": sim_url,
-        "BFL_API_KEY": "k-bfl",
-        "DEERAPI_KEY": "k-deer",
-        "COMETAPI_KEY": "k-comet",
-        "FLUXHOOK_REPLICATE_URL": sim_url,
-        "REPLICATE_API_TOKEN": "r8-test",
-        "FLUXHOOK_DOWNLOAD_HOSTS": "127.0.0.1",
-        "FLUXHOOK_DOWNLOAD_ALLOW_PRIVATE": "1",
-        "FLUXHOOK_POLL_AFTER": "0.5",
-        "FLUXHOOK_POLL_MAX_INTERVAL": "1",
-        "FLUXHOOK_SWEEP_INTERVAL": "0.2",
-        "FLUXHOOK_MAX_BODY": "4096",
-    }
 
 
 @dataclass
@@ -67,12 +40,7 @@ class Stack:
     http: httpx.AsyncClient
 
     async def wait(self, job_id: str, until: frozenset[Status] = TERMINAL) -> Job:
-        async with asyncio.timeout(WAIT):
-            while True:
-                job = await self.rt.store.get_job(job_id)
-                if job is not None and job.status in until:
-                    return job
-                await asyncio.sleep(0.05)
+        return await wait_for_status(self.rt.store, job_id, until)
 
     async def health(self) -> dict[str, int]:
         return (await self.http.get(f"{self.public_url}/healthz")).json()["callbacks"]
@@ -178,16 +146,6 @@ async def test_expired_url_is_re_polled(tmp_path: Path) -> None:
         done = await s.wait(job.id)
         assert done.status == Status.STORED and done.repolls == 1
         assert s.sim.stats()["totals"]["deliveries_refused"] == 1
-
-
-async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "receiver.cli", *args,
-        env={**os.environ, **env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(60):
-        out, err = await process.communicate()
-    return process.returncode or 0, out.decode(), err.decode()
 
 
 async def test_two_concurrent_cli_sweeps_never_double_work(tmp_path: Path) -> None:
