@@ -55,6 +55,24 @@ class Settings:
     replicate_webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
     #: Standard Webhooks timestamp tolerance, both directions.
     webhook_tolerance: float = 300.0
+    # -- the HTTP server's own limits (receiver/server.py) --
+    #: Request line plus headers, in bytes: 431 beyond it.
+    max_header_bytes: int = 16 * 1024
+    #: Seconds a client may take to send a complete request line and headers.
+    header_timeout: float = 10.0
+    #: Open connections at most; beyond it a new connection gets 503 and is closed.
+    max_connections: int = 512
+    #: Seconds an idle keep-alive connection stays open.
+    idle_timeout: float = 5.0
+    # -- downloads and caps --
+    #: Allow plain http result URLs (tests and the simulator only).
+    download_allow_http: bool = False
+    #: Result files accepted per job; a provider answer listing more is refused.
+    max_outputs: int = 16
+    #: Audit events kept per job; beyond it callbacks are still applied but not recorded.
+    max_events_per_job: int = 100
+    #: Seconds after the job deadline by which a succeeded job's files must be stored, else it ends `expired`.
+    download_window: float = 3600.0
 
     def __repr__(self) -> str:  # never show the key
         return f"Settings(public_url={self.public_url!r}, db={self.db!r}, results={str(self.results)!r})"
@@ -113,6 +131,14 @@ class Settings:
             failpoints=_failpoints(env.get("FLUXHOOK_FAILPOINTS", "")),
             max_active=max_active,
             replicate_webhook_secrets=secrets,
+            max_header_bytes=_count(env, "FLUXHOOK_MAX_HEADER_BYTES", 16 * 1024),
+            header_timeout=_positive(env, "FLUXHOOK_HEADER_TIMEOUT", 10.0),
+            max_connections=_count(env, "FLUXHOOK_MAX_CONNECTIONS", 512),
+            idle_timeout=_positive(env, "FLUXHOOK_IDLE_TIMEOUT", 5.0),
+            download_allow_http=_bool(env, "FLUXHOOK_DOWNLOAD_ALLOW_HTTP", False),
+            max_outputs=_count(env, "FLUXHOOK_MAX_OUTPUTS", 16),
+            max_events_per_job=_count(env, "FLUXHOOK_MAX_EVENTS_PER_JOB", 100),
+            download_window=_positive(env, "FLUXHOOK_DOWNLOAD_WINDOW", 3600.0),
         )
 
     def with_overrides(self, **changes: object) -> Settings:
@@ -183,6 +209,13 @@ def _positive(env: Mapping[str, str], name: str, default: float) -> float:
     value = float(_number(env, name, default))
     if value <= 0:
         raise SettingsError(f"{name} must be greater than 0")
+    return value
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    value = int(_number(env, name, default, int))
+    if value < 1:
+        raise SettingsError(f"{name} must be at least 1")
     return value
 
 
