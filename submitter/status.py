@@ -7,13 +7,23 @@ Progress is monotonic. A job may skip forward (a `Ready` callback can race the
 submit response, so `queued -> succeeded` is legal) but never moves back, and a
 terminal status is final. The store applies these rules with conditional
 updates, so two writers cannot race past them.
+
+Two kinds of writer, two rules. What the provider *observes* (a callback or a
+poll answer) moves a job up to `succeeded` and no further: once it reported a
+result, a later `Error`, a `failed` snapshot or `data_removed` cannot abandon the
+paid files (:func:`can_observe`). Only our own handling of the files ends a
+succeeded job: `stored`, or `failed` / `expired` when the download path gives up
+(:func:`can_follow`).
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["ACTIVE", "TERMINAL", "IllegalTransition", "Status", "advance", "can_follow", "predecessors"]
+__all__ = [
+    "ACTIVE", "TERMINAL", "IllegalTransition", "Status", "advance", "can_follow", "can_observe", "observed_predecessors",
+    "predecessors",
+]
 
 
 class Status(StrEnum):
@@ -63,6 +73,19 @@ def can_follow(current: Status, new: Status) -> bool:
     if new in TERMINAL:
         return True
     return _RANK[new] > _RANK[current]
+
+
+def can_observe(current: Status, new: Status) -> bool:
+    """True if a provider's report of `new` (callback or poll) may move a job in `current`.
+
+    Providers never report `stored`, and from `succeeded` nothing they say ends the job:
+    a repeat may bring fresh URLs (applied as information), never a new status."""
+    return current != Status.SUCCEEDED and new != Status.STORED and can_follow(current, new)
+
+
+def observed_predecessors(new: Status) -> frozenset[Status]:
+    """Every status from which a provider's report of `new` may move a job."""
+    return frozenset(s for s in Status if can_observe(s, new))
 
 
 def predecessors(new: Status) -> frozenset[Status]:

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from submitter.bodies import Observation
-from submitter.status import ACTIVE, TERMINAL, Status, predecessors
+from submitter.status import ACTIVE, TERMINAL, Status, observed_predecessors, predecessors
 
 from . import Event, FileRecord, Job, Outcome, StoreUnavailable, TaskMismatch
 
@@ -196,7 +196,7 @@ def _apply(
         changed = db.execute(
             f"UPDATE jobs SET status = ?, error = COALESCE(?, error), progress = COALESCE(?, progress),"
             f" updated_at = ?, next_check_at = MIN(?, deadline_at), slot_held = 0, sending = 0"
-            f" WHERE id = ? AND status IN ({_in(predecessors(new))})",
+            f" WHERE id = ? AND status IN ({_in(observed_predecessors(new))})",
             (str(new), observation.reason, observation.progress, now,
              None if new in TERMINAL else next_check_at, job_id),
         ).rowcount == 1
