@@ -69,9 +69,17 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def loads_object(body: bytes) -> dict[str, Any]:
-    """Parse a JSON object from raw bytes, or raise :class:`BodyError`."""
+    """Parse a JSON object from raw UTF-8 bytes (RFC 8259 §8.1), or raise :class:`BodyError`.
+
+    `json.loads` on bytes would also guess UTF-16 and UTF-32 and let lone surrogates
+    through; here anything but valid UTF-8 is refused before parsing.
+    """
     try:
-        data = json.loads(body)
+        text = body.decode("utf-8")  # strict: refuses invalid bytes and encoded surrogates
+    except UnicodeDecodeError:
+        raise BodyError("body is not UTF-8 encoded JSON") from None
+    try:
+        data = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise BodyError("body is not valid JSON") from exc
     if not isinstance(data, dict):
