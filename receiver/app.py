@@ -18,7 +18,7 @@ from .errors import ReceiverError
 from .runtime import Runtime
 from .settings import Settings
 from .store import StoreUnavailable
-from .sweep import download_worker, sweep_loop
+from .sweep import download_loop, sweep_loop
 
 __all__ = ["create_app", "create_app_from_env"]
 
@@ -65,7 +65,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None, workers: b
             tasks: list[asyncio.Task[None]] = []
             if workers:
                 tasks.append(asyncio.create_task(sweep_loop(rt, settings.sweep_interval)))
-                tasks += [asyncio.create_task(download_worker(rt)) for _ in range(settings.download_concurrency)]
+                tasks.append(asyncio.create_task(download_loop(rt, settings.sweep_interval)))
             try:
                 yield
             finally:

@@ -49,8 +49,8 @@ class Runtime:
     retry: RetryPolicy = RetryPolicy()
     resolver: Callable[[str], Awaitable[list[str]]] | None = None
     owner: str = field(default_factory=_owner)
-    #: Jobs whose results should be fetched now (set by the callback endpoint).
-    downloads: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(maxsize=10_000))
+    #: Set when a callback reported results: wakes the in-process download loop.
+    downloads_due: asyncio.Event = field(default_factory=asyncio.Event)
     #: Callback outcomes since start: accepted, duplicate, rejected, bad_body.
     metrics: Counter[str] = field(default_factory=Counter)
     webhook_secrets: WebhookSecrets = field(init=False)
@@ -72,11 +72,9 @@ class Runtime:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def kick(self, job_id: str) -> None:
-        """Ask the in-process download worker to fetch this job now (the sweep covers misses)."""
-        try:
-            self.downloads.put_nowait(job_id)
-        except asyncio.QueueFull:
-            pass
+        """Wake the in-process download loop: `job_id`'s files are due now (the store says so,
+        so a kick lost to a crash is found by the next sweep all the same)."""
+        self.downloads_due.set()
 
     @classmethod
     @asynccontextmanager

@@ -24,7 +24,10 @@ from .runtime import Runtime
 from .schedule import NOT_FOUND_GRACE, next_poll, retry_later
 from .store import FileRecord, Job
 
-__all__ = ["SweepReport", "download_job", "expiries", "handle", "sweep_loop", "sweep_once"]
+__all__ = [
+    "SweepReport", "check_pass", "download_job", "download_loop", "download_pass", "expiries", "handle", "store_by",
+    "sweep_loop", "sweep_once",
+]
 
 log = logging.getLogger("fluxhook.sweep")
 
@@ -50,27 +53,74 @@ def expiries(rt: Runtime, provider: str, observation: Observation) -> tuple[floa
     return tuple(url_expiry(u) or default for u in observation.urls)
 
 
+#: Polls and submits one pass runs at once (API calls: small and quick).
+POLL_CONCURRENCY = 16
+
+
 async def sweep_once(rt: Runtime, *, batch: int = 100, max_batches: int = 50) -> SweepReport:
-    """Handle every job that is due now (bounded), then return what was done."""
+    """Handle every job that is due now (bounded), then return what was done.
+
+    Polls and submits run beside the downloads, never behind them: one slow result
+    server cannot hold up another job's poll (`fluxhook sweep`, `--wait`)."""
     report = SweepReport()
-    gate = asyncio.Semaphore(max(1, rt.settings.download_concurrency))
+    pruned = await rt.store.prune_events(rt.clock() - rt.settings.event_retention)
+    if pruned:
+        report.actions["events-pruned"] += pruned
+    await asyncio.gather(
+        check_pass(rt, report, batch=batch, max_batches=max_batches),
+        download_pass(rt, report, limit=batch * max_batches),
+    )
+    # Results the polls just found are due now: fetch them in this pass too.
+    await download_pass(rt, report, limit=batch * max_batches)
+    return report
+
+
+async def check_pass(rt: Runtime, report: SweepReport, *, batch: int = 100, max_batches: int = 50) -> None:
+    """Submits, polls and deadlines of every due job that is not downloading."""
+    gate = asyncio.Semaphore(POLL_CONCURRENCY)
 
     async def run(job: Job) -> None:
         async with gate:
             report.actions[await handle(rt, job)] += 1
 
-    pruned = await rt.store.prune_events(rt.clock() - rt.settings.event_retention)
-    if pruned:
-        report.actions["events-pruned"] += pruned
     for _ in range(max_batches):
         if rt.stopping.is_set():
             break  # shutting down: take no new work
-        jobs = await rt.store.claim_due(rt.owner, now=rt.clock(), lease=rt.settings.lease_seconds, limit=batch)
+        jobs = await rt.store.claim_due(
+            rt.owner, now=rt.clock(), lease=rt.settings.lease_seconds, limit=batch, downloads=False
+        )
         if not jobs:
             break
         report.claimed += len(jobs)
         await asyncio.gather(*(run(job) for job in jobs))
-    return report
+
+
+async def download_pass(rt: Runtime, report: SweepReport, *, limit: int = 5000) -> None:
+    """Fetch the files of due succeeded jobs, `download_concurrency` jobs at a time, until none
+    is due. A job is claimed only when a slot is free, so no claimed job waits (and its lease
+    lapses) behind slow downloads."""
+    slots = max(1, rt.settings.download_concurrency)
+    running: set[asyncio.Task[str]] = set()
+    started = 0
+    try:
+        while True:
+            free = min(slots - len(running), limit - started)
+            if free > 0 and not rt.stopping.is_set():
+                jobs = await rt.store.claim_due(
+                    rt.owner, now=rt.clock(), lease=rt.settings.lease_seconds, limit=free, downloads=True
+                )
+                report.claimed += len(jobs)
+                started += len(jobs)
+                running.update(asyncio.create_task(handle(rt, job)) for job in jobs)
+            if not running:
+                return
+            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                report.actions[task.result()] += 1
+    finally:
+        for task in running:  # cancelled (shutdown ran out of time): each hands its lease back
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
 
 
 async def handle(rt: Runtime, job: Job) -> str:
@@ -88,8 +138,19 @@ async def handle(rt: Runtime, job: Job) -> str:
         return "error"
 
 
+def store_by(rt: Runtime, job: Job) -> float:
+    """When a succeeded job's files must be stored, else it ends `expired`: the bound on a job's life."""
+    return job.deadline_at + rt.settings.download_window
+
+
 async def _handle(rt: Runtime, job: Job) -> str:
     store, now = rt.store, rt.clock()
+    if job.status == Status.SUCCEEDED and now >= store_by(rt, job):
+        await store.finish(job.id, Status.EXPIRED, now=now, only_from=frozenset({Status.SUCCEEDED}),
+                           reason=f"result files not stored within {rt.settings.download_window:.0f} s"
+                                  " after the job deadline")
+        await store.release(job.id, rt.owner, expect=None, next_check_at=None)
+        return "expired"
     if job.status in (Status.QUEUED, Status.SUBMITTED, Status.RUNNING) and now >= job.deadline_at:
         # Only from the status we claimed it in: a result that arrived meanwhile is kept.
         await store.finish(job.id, Status.EXPIRED, now=now, only_from=frozenset({job.status}),
@@ -196,13 +257,14 @@ async def download_job(rt: Runtime, job: Job) -> str:
                     continue
                 if fresh is None and job.repolls + 1 < REPOLL_ATTEMPTS:  # no answer: ask again later
                     await store.release(job.id, rt.owner, expect=Status.SUCCEEDED,
-                                        next_check_at=retry_later(job.repolls + 1, now))
+                                        next_check_at=min(retry_later(job.repolls + 1, now), store_by(rt, job)))
                     return "repoll-retry"
             await store.finish(job.id, Status.EXPIRED, now=now,
                                reason=f"result URL expired before download and no fresh one: {failure}")
         else:
             attempts = max(f.attempts for f in pending) + 1
-            await store.release(job.id, rt.owner, expect=Status.SUCCEEDED, next_check_at=retry_later(attempts, now))
+            await store.release(job.id, rt.owner, expect=Status.SUCCEEDED,
+                                next_check_at=min(retry_later(attempts, now), store_by(rt, job)))
             return "download-retry"
         await store.release(job.id, rt.owner, expect=None, next_check_at=None)
         return f"download-{failure.kind}"
@@ -263,10 +325,15 @@ async def _repoll(rt: Runtime, job: Job) -> bool | None:
 
 
 async def sweep_loop(rt: Runtime, interval: float) -> None:
-    """Sweep every `interval` seconds until `rt.stopping` is set (what `serve` runs in the background)."""
+    """Submits, polls and deadlines every `interval` seconds until `rt.stopping` is set
+    (what `serve` runs in the background; :func:`download_loop` fetches the files)."""
     while not rt.stopping.is_set():
         try:
-            report = await sweep_once(rt)
+            report = SweepReport()
+            pruned = await rt.store.prune_events(rt.clock() - rt.settings.event_retention)
+            if pruned:
+                report.actions["events-pruned"] += pruned
+            await check_pass(rt, report)
             if report.claimed:
                 log.info("sweep: %s", report.as_dict())
         except Exception:
@@ -275,23 +342,22 @@ async def sweep_loop(rt: Runtime, interval: float) -> None:
             await asyncio.wait_for(rt.stopping.wait(), interval)
 
 
-async def download_worker(rt: Runtime) -> None:
-    """Fetch results as soon as a callback reports them (the sweep covers anything missed)."""
+async def download_loop(rt: Runtime, interval: float) -> None:
+    """Fetch results as soon as a callback reports them (:meth:`Runtime.kick`) and retry
+    failed downloads when due, `download_concurrency` at a time, until `rt.stopping` is set."""
     while not rt.stopping.is_set():
-        getting = asyncio.ensure_future(rt.downloads.get())
-        stopping = asyncio.ensure_future(rt.stopping.wait())
-        await asyncio.wait({getting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if not getting.done():
-            getting.cancel()
-            break
-        job_id = getting.result()
+        rt.downloads_due.clear()
         try:
-            job = await rt.store.claim(job_id, rt.owner, now=rt.clock(), lease=rt.settings.lease_seconds)
-            if job is not None:
-                if job.status == Status.SUCCEEDED:
-                    await handle(rt, job)
-                else:
-                    await rt.store.release(job.id, rt.owner, expect=None, next_check_at=None)
+            report = SweepReport()
+            await download_pass(rt, report)
+            if report.claimed:
+                log.info("downloads: %s", report.as_dict())
         except Exception:
-            log.exception("download worker failed on job %s", job_id)
+            log.exception("download pass failed")
+        woken = asyncio.ensure_future(rt.downloads_due.wait())
+        stopping = asyncio.ensure_future(rt.stopping.wait())
+        try:
+            await asyncio.wait({woken, stopping}, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+            stopping.cancel()

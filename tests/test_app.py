@@ -50,7 +50,7 @@ async def test_verified_callback_moves_the_job_and_is_kept_for_audit(tmp_path: P
         assert response.status_code == 200, response.text
         assert response.json() == {"ok": True, "status": "succeeded"}
         assert (await h.rt.store.get_job(job_id)).status == Status.SUCCEEDED  # type: ignore[union-attr]
-        assert h.rt.downloads.get_nowait() == job_id
+        assert h.rt.downloads_due.is_set()
         raw = await h.rt.store._read("SELECT headers, body, verdict FROM events")  # type: ignore[attr-defined]
         (row,) = raw
         assert row["body"] == body and row["verdict"] == "accepted:hmac-sha256"

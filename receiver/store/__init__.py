@@ -162,8 +162,13 @@ class Store(Protocol):
         and, with `only_from`, only from one of those statuses."""
         ...
 
-    async def claim_due(self, owner: str, *, now: float, lease: float, limit: int) -> list[Job]:
-        """Lease jobs whose next check is due: downloads first, earliest URL expiry first."""
+    async def claim_due(
+        self, owner: str, *, now: float, lease: float, limit: int, downloads: bool | None = None
+    ) -> list[Job]:
+        """Lease jobs whose next check is due: downloads first, earliest URL expiry first.
+
+        `downloads`: True for succeeded jobs only (their files are due), False for every
+        other job (submits, polls, deadlines), None for both."""
         ...
 
     async def claim(self, job_id: str, owner: str, *, now: float, lease: float) -> Job | None: ...

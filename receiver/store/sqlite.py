@@ -457,12 +457,15 @@ class SQLiteStore:
 
     # -- leases -------------------------------------------------------------------
 
-    async def claim_due(self, owner: str, *, now: float, lease: float, limit: int) -> list[Job]:
+    async def claim_due(
+        self, owner: str, *, now: float, lease: float, limit: int, downloads: bool | None = None
+    ) -> list[Job]:
+        kind = {None: "", True: " AND status = 'succeeded'", False: " AND status <> 'succeeded'"}[downloads]
         rows = await self._tx(lambda db: db.execute(
-            """UPDATE jobs SET lease_owner = ?, lease_until = ?
+            f"""UPDATE jobs SET lease_owner = ?, lease_until = ?
             WHERE id IN (
                 SELECT id FROM jobs
-                WHERE next_check_at <= ? AND (lease_until IS NULL OR lease_until < ?)
+                WHERE next_check_at <= ? AND (lease_until IS NULL OR lease_until < ?){kind}
                 ORDER BY download_by IS NULL, download_by, next_check_at
                 LIMIT ?)
             RETURNING *""",
