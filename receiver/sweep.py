@@ -22,7 +22,7 @@ from .downloads import DownloadError, DownloadPolicy, StoredFile, download, reda
 from .jobs import try_submit
 from .runtime import Runtime
 from .schedule import NOT_FOUND_GRACE, next_poll, retry_later
-from .store import FileRecord, Job
+from .store import FileRecord, Job, Outcome
 
 __all__ = [
     "SweepReport", "check_pass", "download_job", "download_loop", "download_pass", "expiries", "handle", "store_by",
@@ -98,7 +98,8 @@ async def check_pass(rt: Runtime, report: SweepReport, *, batch: int = 100, max_
 async def download_pass(rt: Runtime, report: SweepReport, *, limit: int = 5000) -> None:
     """Fetch the files of due succeeded jobs, `download_concurrency` jobs at a time, until none
     is due. A job is claimed only when a slot is free, so no claimed job waits (and its lease
-    lapses) behind slow downloads."""
+    lapses) behind slow downloads; while slots are busy, a kick (a result just reported) or
+    every `sweep_interval` looks for more."""
     slots = max(1, rt.settings.download_concurrency)
     running: set[asyncio.Task[str]] = set()
     started = 0
@@ -106,6 +107,7 @@ async def download_pass(rt: Runtime, report: SweepReport, *, limit: int = 5000) 
         while True:
             free = min(slots - len(running), limit - started)
             if free > 0 and not rt.stopping.is_set():
+                rt.downloads_due.clear()
                 jobs = await rt.store.claim_due(
                     rt.owner, now=rt.clock(), lease=rt.settings.lease_seconds, limit=free, downloads=True
                 )
@@ -114,8 +116,14 @@ async def download_pass(rt: Runtime, report: SweepReport, *, limit: int = 5000) 
                 running.update(asyncio.create_task(handle(rt, job)) for job in jobs)
             if not running:
                 return
-            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
+            woken = asyncio.ensure_future(rt.downloads_due.wait())
+            try:
+                await asyncio.wait(running | {woken}, timeout=rt.settings.sweep_interval,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                woken.cancel()
+            for task in [t for t in running if t.done()]:
+                running.discard(task)
                 report.actions[task.result()] += 1
     finally:
         for task in running:  # cancelled (shutdown ran out of time): each hands its lease back
@@ -199,13 +207,16 @@ async def _poll(rt: Runtime, job: Job) -> str:
     rt.failpoint("mid-sweep")
     now = rt.clock()
     later = next_poll(job.polls + 1, now, job.deadline_at, rt.settings)
+    outcome = Outcome(status=job.status)
     if observation.not_found and now - (job.submitted_at or job.created_at) > NOT_FOUND_GRACE:
         await store.finish(job.id, Status.FAILED, now=now, reason=observation.reason)
     elif observation.status is not None:
-        await store.apply(job.id, observation, now=now, next_check_at=later,
-                          expires=expiries(rt, job.provider, observation))
+        outcome = await store.apply(job.id, observation, now=now, next_check_at=later,
+                                    expires=expiries(rt, job.provider, observation))
     # Unchanged (unknown, the same or a stale status): poll again later, not in this very pass.
     await store.release(job.id, rt.owner, expect=job.status, next_check_at=later, polled=True)
+    if outcome.status == Status.SUCCEEDED:
+        rt.kick(job.id)  # its files are due now
     return "polled"
 
 

@@ -3,13 +3,21 @@ id-less callbacks, secrets in stored and shown text, and the bound on a job's li
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
+from receiver.app import create_app
+from receiver.jobs import submit
+from receiver.sweep import store_by, sweep_once
 from submitter.bodies import BodyError, loads_object
-from submitter.status import Status
+from submitter.simulator import Faults
+from submitter.status import TERMINAL, Status
 from tests.harness import Harness, harness
 from tests.test_app import a_job, post, ready_body
 
@@ -60,3 +68,100 @@ def test_loads_object_accepts_utf8_only() -> None:
     with pytest.raises(BodyError):
         loads_object(b'{"x": "\\udc00"}')
     assert json.loads(b'{"x": "\\ud83e\\udd8a"}') == loads_object(b'{"x": "\\ud83e\\udd8a"}')  # a valid pair
+
+
+# -- 4. one slow download never holds up another job's poll ---------------------------------------
+
+class HeldCDN(httpx.AsyncBaseTransport):
+    """The simulator's CDN, except that files of `held` tasks fail once (503), then hang
+    until `release` is set: the hanging download is a retry, the sweep's own work."""
+
+    def __init__(self, sim_app: Any) -> None:
+        self.inner = httpx.ASGITransport(sim_app)
+        self.held: set[str] = set()
+        self.failed = asyncio.Event()
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if any(task in request.url.path for task in self.held):
+            if not self.failed.is_set():
+                self.failed.set()
+                return httpx.Response(503)
+            self.started.set()
+            await self.release.wait()
+        return await self.inner.handle_async_request(request)
+
+
+async def until(predicate: Callable[[], Awaitable[bool]], within: float = 20.0) -> None:
+    """Wait for a condition the background tasks bring about (bounded; no fixed sleeps)."""
+    async with asyncio.timeout(within):
+        while not await predicate():
+            await asyncio.sleep(0.005)
+
+
+async def test_a_hanging_download_does_not_delay_a_lost_callback_job(tmp_path: Path) -> None:
+    async with harness(tmp_path, sweep_interval=0.01) as h:
+        cdn = HeldCDN(h.sim.app)
+        h.rt.cdn = httpx.AsyncClient(transport=cdn)
+        h.sim.add_rule("lost", Faults(drop=True, runtime=0.0))
+        slow = await submit(h.rt, "bfl", "flux-dev", {"prompt": "slow file"})
+        cdn.held.add(slow.provider_job_id or "")
+        lost = await submit(h.rt, "bfl", "flux-dev", {"prompt": "lost callback"})
+        await h.settle()  # the slow job's Ready arrives; the lost job's never does
+        app = create_app(h.settings, runtime=h.rt, workers=True)  # what `serve` runs in the background
+        try:
+            async with app.router.lifespan_context(app):
+                async def retry_due() -> bool:
+                    job = await h.rt.store.get_job(slow.id)
+                    return cdn.failed.is_set() and job is not None and job.lease_owner is None
+                await until(retry_due)
+                h.clock.advance(60)  # the retry is due: the sweep takes it, and it hangs
+                async with asyncio.timeout(20):
+                    await cdn.started.wait()
+                h.clock.advance(h.settings.poll_after)  # the lost job is due for its poll now
+
+                async def lost_stored() -> bool:
+                    job = await h.rt.store.get_job(lost.id)
+                    return job is not None and job.status == Status.STORED
+
+                await until(lost_stored)
+                slow_job = await h.rt.store.get_job(slow.id)
+                assert slow_job is not None and slow_job.status == Status.SUCCEEDED  # still downloading
+                cdn.release.set()
+
+                async def slow_stored() -> bool:
+                    job = await h.rt.store.get_job(slow.id)
+                    return job is not None and job.status == Status.STORED
+
+                await until(slow_stored)
+        finally:
+            cdn.release.set()
+            await h.rt.cdn.aclose()
+
+
+# -- 8. every job ends, by a bound the README states -------------------------------------------------
+
+async def test_a_result_that_never_downloads_ends_expired_by_the_stated_bound(tmp_path: Path) -> None:
+    def flaky(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503)
+
+    async with harness(tmp_path, cdn_transport=httpx.MockTransport(flaky)) as h:
+        job_id = await a_job(h)
+        far = "http://sim.test/delivery/x/sample.png?se=2099-01-01T00%3A00%3A00Z"  # claims to live for decades
+        assert (await post(h, "bfl", job_id, ready_body(await provider_id(h, job_id), far))).status_code == 200
+        job = await h.rt.store.get_job(job_id)
+        assert job is not None
+        bound = store_by(h.rt, job)
+        assert bound == job.deadline_at + h.settings.download_window
+        for _ in range(10_000):
+            await sweep_once(h.rt)
+            job = await h.rt.store.get_job(job_id)
+            assert job is not None
+            if job.status in TERMINAL:
+                break
+            assert job.status == Status.SUCCEEDED and job.next_check_at is not None
+            assert job.next_check_at <= bound  # never scheduled past the bound
+            h.clock.now = max(h.clock.now, job.next_check_at)
+        assert job.status == Status.EXPIRED and "not stored within" in (job.error or "")
+        assert h.clock.now <= bound
