@@ -17,8 +17,15 @@ from .bodies import BFL, REPLICATE, Observation, Shape
 
 __all__ = ["DIALECTS", "Dialect", "parse_observation"]
 
-#: Where BFL serves results (bfl.md §4): regional hosts change, so suffixes.
-BFL_DELIVERY_HOSTS = ("*.bfl.ai", "*.blob.core.windows.net")
+#: Where BFL serves results (bfl.md §4): its regional delivery hosts change, so any
+#: subdomain of bfl.ai, plus the Azure storage accounts its results have been seen on.
+#: Not `*.blob.core.windows.net`: anyone can create an Azure storage account there.
+#: FLUXHOOK_DOWNLOAD_HOSTS replaces the list when BFL moves to an account not named here.
+BFL_DELIVERY_HOSTS = (
+    "*.bfl.ai",
+    "bfldeliveryprodeu4.blob.core.windows.net",
+    "bfldeliveryprod.blob.core.windows.net",
+)
 #: Where Replicate serves output files (replicate.md §4).
 REPLICATE_DELIVERY_HOSTS = ("replicate.delivery", "*.replicate.delivery")
 

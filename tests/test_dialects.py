@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import pytest
 
 from submitter import bodies
 from submitter.bodies import BodyError, loads_object
 from submitter.dialects import DIALECTS, parse_observation
+from submitter.hosts import host_allowed
 from submitter.status import Status
 
 parse_submit_answer = bodies.BFL.submit_answer
@@ -100,3 +103,14 @@ def test_paths_and_auth() -> None:
     assert deer.poll_url("https://api.deerapi.com", "a/b") == "https://api.deerapi.com/flux/v1/get_result?id=a%2Fb"
     assert deer.auth_headers("k") == {"authorization": "Bearer k"}
     assert BFL.cap_for("flux-kontext-max") == 6 and BFL.cap_for("flux-dev") == 24
+
+
+def test_bfl_downloads_only_from_its_own_hosts() -> None:
+    """Not `*.blob.core.windows.net`: anyone can create an Azure storage account."""
+    for name in ("bfl", "deerapi", "cometapi"):
+        hosts = DIALECTS[name].download_hosts
+        assert host_allowed(urlsplit(SAMPLE).hostname or "", hosts)
+        assert host_allowed("delivery-eu1.bfl.ai", hosts)
+        assert not host_allowed("attacker.blob.core.windows.net", hosts)
+        assert "*.blob.core.windows.net" not in hosts
+    assert BFL.polling_hosts == ("*.bfl.ai",) and BFL.use_polling_url

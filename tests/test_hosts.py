@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from submitter.dialects import BFL_DELIVERY_HOSTS, DIALECTS
 from submitter.hosts import host_allowed, normalise_host
 
 BFL = ("*.bfl.ai",)
@@ -128,3 +129,12 @@ def test_numeric_and_malformed_addresses_refused(host: str) -> None:
     assert normalise_host(host) is None
     assert not host_allowed(host, ("*",))
 
+
+def test_bfl_delivery_hosts_are_its_own_storage_accounts() -> None:
+    assert DIALECTS["bfl"].download_hosts == BFL_DELIVERY_HOSTS
+    for host in ("delivery-eu1.bfl.ai", "delivery.eu2.bfl.ai", "bfldeliveryprodeu4.blob.core.windows.net",
+                 "bfldeliveryprod.blob.core.windows.net"):
+        assert host_allowed(host, BFL_DELIVERY_HOSTS), host
+    for host in ("attacker.blob.core.windows.net", "bfldeliveryprodeu5.blob.core.windows.net",
+                 "x.bfldeliveryprod.blob.core.windows.net", "blob.core.windows.net", "bfl.ai"):
+        assert not host_allowed(host, BFL_DELIVERY_HOSTS), host
