@@ -12,7 +12,6 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -20,7 +19,7 @@ from .backoff import RetryPolicy, parse_retry_after
 from .bodies import BodyError, Observation, SubmitAnswer, loads_object
 from .dialects import Dialect
 from .errors import PollFailed, ProviderUnavailable, SubmitAmbiguous, SubmitRejected
-from .hosts import host_allowed
+from .hosts import host_allowed, normalise_host
 
 __all__ = ["RETRYABLE_STATUS", "Provider", "ProviderClient"]
 
@@ -152,15 +151,33 @@ class ProviderClient:
         raise last
 
     def status_url(self, provider_job_id: str, polling_url: str | None) -> str:
+        """Where to check on a job: the provider's `polling_url` if it may have the API key,
+        else the configured base URL's poll path."""
         dialect = self.provider.dialect
-        if polling_url and dialect.use_polling_url:
-            host = urlsplit(polling_url).hostname or ""
-            base_host = urlsplit(self.provider.base_url).hostname or ""
-            if urlsplit(polling_url).scheme in ("https", "http") and (
-                host == base_host or host_allowed(host, dialect.polling_hosts)
-            ):
-                return polling_url
+        if polling_url and dialect.use_polling_url and self._may_poll(polling_url):
+            return polling_url
         return dialect.poll_url(self.provider.base_url, provider_job_id)
+
+    def _may_poll(self, polling_url: str) -> bool:
+        """Whether a returned `polling_url` may be sent the API key.
+
+        It must be https, carry no credentials and name the configured API host or one of
+        the dialect's `polling_hosts`. The one exception is the configured base URL's own
+        origin (scheme, host and port): where the user already sends the key, e.g. a
+        simulator over http. The URL is parsed by httpx, the parser that will send it.
+        """
+        try:
+            url, base = httpx.URL(polling_url), httpx.URL(self.provider.base_url)
+            host, base_host = url.raw_host.decode("ascii"), base.raw_host.decode("ascii")
+        except (httpx.InvalidURL, ValueError, TypeError, UnicodeError):
+            return False
+        if url.userinfo or normalise_host(host) is None:
+            return False
+        if (url.scheme, normalise_host(host), url.port) == (base.scheme, normalise_host(base_host), base.port):
+            return True
+        return url.scheme == "https" and (
+            normalise_host(host) == normalise_host(base_host) or host_allowed(host, self.provider.dialect.polling_hosts)
+        )
 
     async def poll(self, provider_job_id: str, polling_url: str | None = None) -> Observation:
         """One status check. Raises PollFailed; the caller schedules the next try."""

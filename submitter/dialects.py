@@ -56,8 +56,9 @@ class Dialect:
     #: Where the account's webhook signing secret can be fetched (Replicate), if anywhere.
     secret_path: str | None = None
     #: Poll the `polling_url` the provider returned (BFL's regional routing),
-    #: provided its host is one of `polling_hosts`; proxies echo BFL's raw URL,
-    #: which their key cannot use, so they poll `poll_path` instead.
+    #: provided it is https and its host is one of `polling_hosts` (it gets the API
+    #: key); proxies echo BFL's raw URL, which their key cannot use, so they poll
+    #: `poll_path` instead.
     use_polling_url: bool = False
     polling_hosts: tuple[str, ...] = ()
     download_hosts: tuple[str, ...] = BFL_DELIVERY_HOSTS

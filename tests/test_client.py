@@ -227,3 +227,66 @@ async def test_cancel_uses_the_dialects_cancel_path_or_reports_none() -> None:
     bfl = ProviderClient(http, Provider(DIALECTS["bfl"], "https://api.test", "key"))
     assert await bfl.cancel("t1") is None  # BFL has no cancel call
     assert len(seen) == 1
+
+
+def polling_client(base_url: str, provider: str = "bfl") -> tuple[ProviderClient, list[httpx.Request]]:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"id": "t1", "status": "Pending"})
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return ProviderClient(http, Provider(DIALECTS[provider], base_url, "secret-key")), seen
+
+
+@pytest.mark.parametrize(
+    "polling_url",
+    [
+        "http://api.eu2.bfl.ai/v1/get_result?id=t1",  # the key would travel in clear
+        "HTTP://api.eu2.bfl.ai/v1/get_result?id=t1",
+        "http://api.test/v1/get_result?id=t1",  # the configured host, but downgraded to http
+        "https://evil.com\\.bfl.ai/v1/get_result?id=t1",  # malformed hosts that end like *.bfl.ai
+        "https://evil.com%00.bfl.ai/v1/get_result?id=t1",
+        "https://evil.com%2e.bfl.ai/v1/get_result?id=t1",
+        "https://a_b.bfl.ai/v1/get_result?id=t1",
+        "https://api.eu2.bfl.ai\\@evil.example/v1/get_result?id=t1",  # urlsplit and httpx disagree on the host
+        "https://user:pw@api.eu2.bfl.ai/v1/get_result?id=t1",
+        "https://bfl.ai/v1/get_result?id=t1",
+        "https://evil.example/v1/get_result?id=t1",
+        "ftp://api.eu2.bfl.ai/v1/get_result?id=t1",
+        "//api.eu2.bfl.ai/v1/get_result?id=t1",
+        "not a url",
+    ],
+)
+async def test_untrusted_polling_url_is_ignored_and_the_base_url_polled(polling_url: str) -> None:
+    client, seen = polling_client("https://api.test")
+    await client.poll("t1", polling_url)
+    (request,) = seen
+    assert str(request.url) == "https://api.test/v1/get_result?id=t1"
+    assert request.headers["x-key"] == "secret-key"
+
+
+async def test_https_polling_url_under_the_polling_hosts_gets_the_key() -> None:
+    client, seen = polling_client("https://api.bfl.ai")
+    for url in ("https://api.eu2.bfl.ai/v1/get_result?id=t1", "https://API.US1.BFL.AI/v1/get_result?id=t1",
+                "https://api.bfl.ai:8443/v1/get_result?id=t1"):
+        await client.poll("t1", url)
+    assert [r.url.host for r in seen] == ["api.eu2.bfl.ai", "api.us1.bfl.ai", "api.bfl.ai"]
+    assert all(r.url.scheme == "https" and r.headers["x-key"] == "secret-key" for r in seen)
+
+
+async def test_http_base_url_is_the_users_choice() -> None:
+    """A simulator configured over http: its own polling URLs (same origin) are still used."""
+    client, seen = polling_client("http://127.0.0.1:8080")
+    await client.poll("t1", "http://127.0.0.1:8080/v1/get_result?id=t1&region=x")
+    await client.poll("t1", "http://127.0.0.1:9999/v1/get_result?id=t1")  # another origin: not trusted
+    await client.poll("t1", "http://api.eu2.bfl.ai/v1/get_result?id=t1")
+    await client.poll("t1", "https://api.eu2.bfl.ai/v1/get_result?id=t1")
+    assert [str(r.url) for r in seen] == [
+        "http://127.0.0.1:8080/v1/get_result?id=t1&region=x",
+        "http://127.0.0.1:8080/v1/get_result?id=t1",
+        "http://127.0.0.1:8080/v1/get_result?id=t1",
+        "https://api.eu2.bfl.ai/v1/get_result?id=t1",
+    ]
+    assert client.status_url("t1", None) == "http://127.0.0.1:8080/v1/get_result?id=t1"
