@@ -23,6 +23,7 @@ def environment(tmp: Path, sim_url: str, public_url: str, **extra: str) -> dict[
         "BFL_API_KEY": "bench",
         "FLUXHOOK_DOWNLOAD_HOSTS": "127.0.0.1",
         "FLUXHOOK_DOWNLOAD_ALLOW_PRIVATE": "1",
+        "FLUXHOOK_DOWNLOAD_ALLOW_HTTP": "1",
         **extra,
     }
 

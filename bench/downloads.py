@@ -422,7 +422,7 @@ async def _receiver_run(
     public_url = f"http://127.0.0.1:{port}"
     env = environment(
         folder, "http://127.0.0.1:9", public_url,  # the provider API is never called: callbacks carry the results
-        FLUXHOOK_DOWNLOAD_HOSTS="127.0.0.1", FLUXHOOK_DOWNLOAD_ALLOW_PRIVATE="1",
+        FLUXHOOK_DOWNLOAD_HOSTS="127.0.0.1", FLUXHOOK_DOWNLOAD_ALLOW_PRIVATE="1", FLUXHOOK_DOWNLOAD_ALLOW_HTTP="1",
         FLUXHOOK_DOWNLOAD_CONCURRENCY=str(CONCURRENCY),
         FLUXHOOK_MAX_DOWNLOAD_BYTES=str(2 * max(s.size for s in sources) + MIB),
         FLUXHOOK_DRAIN_TIMEOUT="2",  # stopping it (after the measurement, or on error) should not take 20 s
@@ -614,7 +614,7 @@ async def _measure(size: str, work: Path) -> dict[str, Any]:
             "receiver_event_loop": "uvloop (uvicorn loop=auto, uvloop installed)" if importlib.util.find_spec("uvloop")
             else "asyncio",
             "receiver_env": {"FLUXHOOK_DOWNLOAD_CONCURRENCY": CONCURRENCY, "FLUXHOOK_DOWNLOAD_HOSTS": "127.0.0.1",
-                             "FLUXHOOK_DOWNLOAD_ALLOW_PRIVATE": 1},
+                             "FLUXHOOK_DOWNLOAD_ALLOW_PRIVATE": 1, "FLUXHOOK_DOWNLOAD_ALLOW_HTTP": 1},
             "runs_receiver": [{k: round(v, 3) for k, v in r.items()} for r in receiver],
             "runs_curl": [{k: round(v, 3) for k, v in r.items()} for r in curl],
         },

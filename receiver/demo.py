@@ -36,6 +36,7 @@ def demo_settings(settings: Settings, sim_url: str, public_url: str) -> Settings
         providers={name: Provider(p.dialect, sim_url, "demo-key") for name, p in settings.providers.items()},
         download_hosts=("127.0.0.1",),
         download_allow_private=True,
+        download_allow_http=True,
         poll_after=1.0,
         poll_min_interval=0.5,
         poll_max_interval=2.0,

@@ -2,10 +2,11 @@
 
 Result URLs arrive in callbacks and poll responses, are signed and short-lived
 (BFL: about ten minutes), and are treated as untrusted input. Every hop is
-checked against allowed schemes and hosts and against private addresses; only a
-bare GET is sent (no client headers, cookies or credentials); the body must be
-an image no larger than a cap; and a file appears at its final path only once
-it is complete and synced to disk.
+checked against allowed schemes (https only, unless FLUXHOOK_DOWNLOAD_ALLOW_HTTP)
+and hosts and against private addresses; only a bare GET is sent (no client
+headers, cookies or credentials); the body must be an image no larger than a
+cap; and a file appears at its final path only once it is complete and synced
+to disk.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 import anyio
@@ -29,6 +30,9 @@ import anyio.to_thread
 import httpx
 
 from submitter.hosts import host_allowed
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 __all__ = [
     "DownloadError", "DownloadPolicy", "Resolver", "StoredFile", "check_address", "clean_partials",
@@ -50,13 +54,24 @@ _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/jpg": "jpg", "ima
 @dataclass(frozen=True)
 class DownloadPolicy:
     """What `download` may fetch. Host patterns: `*` (any), `*.example.com`
-    (subdomains only, not example.com itself) or an exact ASCII/punycode name."""
+    (subdomains only, not example.com itself) or an exact name or IP literal."""
 
     allowed_hosts: tuple[str, ...]
     allow_private: bool = False
     max_bytes: int = 50 * 1024 * 1024
     max_redirects: int = 5
-    schemes: tuple[str, ...] = ("https", "http")
+    schemes: tuple[str, ...] = ("https",)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, provider: str) -> DownloadPolicy:
+        """The policy for `provider`'s result files: its download hosts (or FLUXHOOK_DOWNLOAD_HOSTS),
+        the size cap, and plain http and private addresses only where the settings allow them."""
+        return cls(
+            allowed_hosts=settings.download_hosts_for(provider),
+            allow_private=settings.download_allow_private,
+            max_bytes=settings.max_download_bytes,
+            schemes=("https", "http") if settings.download_allow_http else ("https",),
+        )
 
 
 @dataclass(frozen=True)
@@ -234,12 +249,15 @@ def _parse(url: str, base: httpx.URL | None = None) -> httpx.URL:
 
 async def _vet(url: httpx.URL, policy: DownloadPolicy, resolver: Resolver | None) -> str | None:
     if url.scheme not in policy.schemes:
-        raise _error("rejected", f"scheme {url.scheme!r} not allowed", url)
+        hint = " (plain http needs FLUXHOOK_DOWNLOAD_ALLOW_HTTP=1)" if url.scheme == "http" else ""
+        raise _error("rejected", f"scheme {url.scheme!r} not allowed{hint}", url)
     if url.userinfo:
         raise _error("rejected", "credentials in URL", url)
     host = url.raw_host.decode("ascii", "replace")
     if not host_allowed(host, policy.allowed_hosts):
-        raise _error("rejected", f"host {host!r} not allowed", url)
+        allowed = ", ".join(policy.allowed_hosts) or "none"
+        raise _error("rejected", f"host {host!r} not allowed (allowed: {allowed}; set FLUXHOOK_DOWNLOAD_HOSTS to "
+                                 "change the list)", url)
     return await check_address(host, policy, resolver)
 
 

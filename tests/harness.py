@@ -46,6 +46,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "providers": {n: Provider(p.dialect, SIM, "test-key") for n, p in base.providers.items()},
         "download_hosts": ("sim.test",),
         "download_allow_private": True,
+        "download_allow_http": True,
         "poll_after": 60.0,
     }
     values.update(overrides)

@@ -24,14 +24,18 @@ from receiver.downloads import (
     redact_url,
     url_expiry,
 )
+from receiver.settings import Settings
+from submitter.dialects import BFL_DELIVERY_HOSTS
 
 pytestmark = pytest.mark.anyio
 
 PUBLIC_IP = "93.184.216.34"
 SIG = "sig=S3CR3T%2Bsignature"
 URL = f"https://delivery-eu1.bfl.ai/results/abc/sample.png?se=2026-11-21T10%3A10%3A00Z&sp=r&{SIG}"
-POLICY = DownloadPolicy(allowed_hosts=("*.bfl.ai", "*.blob.core.windows.net"))
-PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 1000
+POLICY = DownloadPolicy(allowed_hosts=BFL_DELIVERY_HOSTS)
+HTTP_POLICY = DownloadPolicy(allowed_hosts=BFL_DELIVERY_HOSTS, schemes=("https", "http"))
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PNG = PNG_MAGIC + bytes(range(256)) * 1000
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
@@ -147,7 +151,7 @@ async def test_connects_to_the_address_it_checked(tmp_path: Path) -> None:
 
 
 async def test_allow_private_permits_local_simulator(tmp_path: Path) -> None:
-    policy = DownloadPolicy(allowed_hosts=("127.0.0.1",), allow_private=True)
+    policy = DownloadPolicy(allowed_hosts=("127.0.0.1",), allow_private=True, schemes=("https", "http"))
     stored = await fetch(image(), tmp_path / "0", "http://127.0.0.1:8080/sample.png", policy)
     assert stored.size == len(PNG)
 
@@ -232,8 +236,79 @@ async def test_disallowed_url_rejected_without_request(tmp_path: Path, url: str)
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "10.1.2.3", "169.254.169.254", "[::1]", "[fd00:ec2::254]"])
 async def test_private_ip_literal_rejected(tmp_path: Path, host: str) -> None:
-    policy = DownloadPolicy(allowed_hosts=("*",))
-    await expect("rejected", unreachable, tmp_path / "0", f"http://{host}/latest/meta-data/", policy)
+    policy = DownloadPolicy(allowed_hosts=("*",), schemes=("https", "http"))
+    for scheme in ("https", "http"):
+        error = await expect("rejected", unreachable, tmp_path / "0", f"{scheme}://{host}/latest/meta-data/", policy)
+        assert "non-public" in str(error)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.com\\.bfl.ai",  # httpx passes a backslash through verbatim
+        "evil.com%00.bfl.ai",  # and percent-escapes
+        "evil.com%2e.bfl.ai",
+        "evil.com%5c.bfl.ai",
+        "evil .bfl.ai",  # a space (httpx sends it as %20)
+        "a_b.bfl.ai",
+        "a..bfl.ai",
+        ".bfl.ai",
+        "delivery.bfl.ai..",
+        "-x.bfl.ai",
+        "xn--zz.bfl.ai",  # not a valid A-label
+        "evil.com\x00.bfl.ai",  # httpx refuses this one itself
+        "bfl.ai",  # the pattern is *.bfl.ai: subdomains only
+        "attacker.blob.core.windows.net",  # any Azure storage account: not BFL's
+        "bfldeliveryprodeu4.blob.core.windows.net.evil.com",
+    ],
+)
+async def test_tricky_hosts_rejected_without_request(tmp_path: Path, host: str) -> None:
+    error = await expect("rejected", unreachable, tmp_path / "0", f"https://{host}/results/sample.png?{SIG}")
+    assert "invalid URL" in str(error) or "FLUXHOOK_DOWNLOAD_HOSTS" in str(error)
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["DELIVERY-EU1.BFL.AI", "delivery-eu1.bfl.ai.", "bücher.bfl.ai", "BÜCHER.bfl.ai", "delivery.eu2.bfl.ai",
+     "bfldeliveryprodeu4.blob.core.windows.net", "bfldeliveryprod.blob.core.windows.net"],
+)
+async def test_bfl_delivery_hosts_accepted(tmp_path: Path, host: str) -> None:
+    stored = await fetch(image(), tmp_path / "0", f"https://{host}/results/sample.png?{SIG}")
+    assert stored.size == len(PNG)
+
+
+async def test_disallowed_host_error_names_the_setting(tmp_path: Path) -> None:
+    error = await expect("rejected", unreachable, tmp_path / "0", "https://attacker.blob.core.windows.net/r/x.png")
+    assert "FLUXHOOK_DOWNLOAD_HOSTS" in str(error)
+    assert "'attacker.blob.core.windows.net' not allowed" in str(error)
+    assert "bfldeliveryprodeu4.blob.core.windows.net" in str(error)  # what is allowed now
+
+
+async def test_plain_http_rejected_by_default(tmp_path: Path) -> None:
+    assert DownloadPolicy(allowed_hosts=("*",)).schemes == ("https",)
+    url = "http://delivery-eu1.bfl.ai/results/sample.png"
+    error = await expect("rejected", unreachable, tmp_path / "0", url)
+    assert "FLUXHOOK_DOWNLOAD_ALLOW_HTTP" in str(error)
+    assert (await fetch(image(), tmp_path / "0", url, HTTP_POLICY)).size == len(PNG)
+
+
+async def test_redirect_to_plain_http_rejected(tmp_path: Path) -> None:
+    await expect("rejected", redirecting("http://delivery-eu1.bfl.ai/results/a.png"), tmp_path / "0")
+    stored = await fetch(redirecting("http://delivery-us1.bfl.ai/a.png"), tmp_path / "0", URL, HTTP_POLICY)
+    assert stored.size == len(PNG)
+
+
+def test_policy_from_settings() -> None:
+    default = DownloadPolicy.from_settings(Settings.from_env({}), "bfl")
+    assert default == DownloadPolicy(allowed_hosts=BFL_DELIVERY_HOSTS, schemes=("https",))
+    assert "*.blob.core.windows.net" not in default.allowed_hosts
+    assert DownloadPolicy.from_settings(Settings.from_env({}), "replicate").allowed_hosts == (
+        "replicate.delivery", "*.replicate.delivery")
+    env = {"FLUXHOOK_DOWNLOAD_HOSTS": "*.bfl.ai, *.blob.core.windows.net", "FLUXHOOK_DOWNLOAD_ALLOW_HTTP": "1",
+           "FLUXHOOK_DOWNLOAD_ALLOW_PRIVATE": "1", "FLUXHOOK_MAX_DOWNLOAD_BYTES": "1000"}
+    widened = DownloadPolicy.from_settings(Settings.from_env(env), "bfl")
+    assert widened == DownloadPolicy(allowed_hosts=("*.bfl.ai", "*.blob.core.windows.net"), allow_private=True,
+                                     max_bytes=1000, schemes=("https", "http"))
 
 
 async def test_host_resolving_to_private_address_rejected(tmp_path: Path) -> None:
@@ -258,7 +333,7 @@ def redirecting(location: str, status: int = 302) -> Handler:
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
 async def test_redirect_to_allowed_host_followed(tmp_path: Path, status: int) -> None:
-    location = "https://x.blob.core.windows.net/results/a.png?sig=other"
+    location = "https://bfldeliveryprodeu4.blob.core.windows.net/results/a.png?sig=other"
     stored = await fetch(redirecting(location, status), tmp_path / "0")
     assert stored.path.read_bytes() == PNG
 
@@ -278,7 +353,9 @@ async def test_relative_redirect_resolved(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "location",
-    ["https://evil.example.com/a.png", "http://169.254.169.254/latest/meta-data/", "file:///etc/passwd", ""],
+    ["https://evil.example.com/a.png", "http://169.254.169.254/latest/meta-data/",
+     "https://169.254.169.254/latest/meta-data/", "https://x.blob.core.windows.net/a.png",
+     "https://evil.com\\.bfl.ai/a.png", "file:///etc/passwd", ""],
 )
 async def test_redirect_to_disallowed_target_rejected(tmp_path: Path, location: str) -> None:
     policy = DownloadPolicy(allowed_hosts=("*.bfl.ai", "169.254.169.254"))  # the address check still applies
@@ -329,7 +406,7 @@ async def test_transport_errors_are_transient(tmp_path: Path, exc: type[httpx.Tr
 
 async def test_error_mid_body_is_transient_and_cleaned(tmp_path: Path) -> None:
     async def body() -> AsyncIterator[bytes]:
-        yield b"x" * 70_000
+        yield PNG[:70_000]
         raise httpx.ReadError("connection reset")
 
     await expect("transient", lambda r: httpx.Response(200, headers={"content-type": "image/png"}, content=body()),
@@ -372,7 +449,7 @@ async def test_cancellation_leaves_no_partial(tmp_path: Path) -> None:
     started = anyio.Event()
 
     async def body() -> AsyncIterator[bytes]:
-        yield b"x" * 70_000
+        yield PNG[:70_000]
         started.set()
         await anyio.sleep_forever()
         yield b""

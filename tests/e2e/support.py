@@ -32,6 +32,7 @@ def env_for(tmp_path: Path, sim_url: str, public_url: str) -> dict[str, str]:
         "REPLICATE_API_TOKEN": "r8-test",
         "FLUXHOOK_DOWNLOAD_HOSTS": "127.0.0.1",
         "FLUXHOOK_DOWNLOAD_ALLOW_PRIVATE": "1",
+        "FLUXHOOK_DOWNLOAD_ALLOW_HTTP": "1",
         "FLUXHOOK_POLL_AFTER": "0.5",
         "FLUXHOOK_POLL_MAX_INTERVAL": "1",
         "FLUXHOOK_SWEEP_INTERVAL": "0.2",
