@@ -321,18 +321,18 @@ async def _store(
                         # them off the event loop.
                         await anyio.to_thread.run_sync(_absorb, fh.wrapped, digest, b"".join(pending))
                         pending, buffered = [], 0
-                        if on_chunk is not None:
-                            await on_chunk(size)
+                    if on_chunk is not None:
+                        # After every chunk, however small: a slow server must not let the caller's
+                        # lease lapse. The callback decides by time whether to act.
+                        await on_chunk(size)
             except httpx.TransportError as exc:
                 raise _transport_error(exc, url) from exc
-            if pending:
-                await anyio.to_thread.run_sync(_absorb, fh.wrapped, digest, b"".join(pending))
-                if on_chunk is not None:
-                    await on_chunk(size)
             if expected is not None and size != expected:
                 raise _error("transient", f"body truncated at {size} of {expected} bytes", url)
             if size == 0:
                 raise _error("rejected", "empty body", url)
+            if pending:
+                await anyio.to_thread.run_sync(_absorb, fh.wrapped, digest, b"".join(pending))
             await fh.flush()
             await anyio.to_thread.run_sync(os.fsync, fh.wrapped.fileno())
         os.replace(temp, final)

@@ -580,6 +580,54 @@ def test_extension_for() -> None:
     assert extension_for("text/plain") == "bin"
 
 
+# --- progress callback ----------------------------------------------------------------------------------------
+
+
+def trickling(data: bytes, piece: int) -> Handler:
+    async def body() -> AsyncIterator[bytes]:
+        for start in range(0, len(data), piece):
+            yield data[start:start + piece]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "image/png"}, content=body())
+
+    return handler
+
+
+async def test_on_chunk_after_every_chunk_of_a_slow_download(tmp_path: Path) -> None:
+    """A server trickling a few bytes at a time still gets the caller's lease renewed: the callback
+    runs after every chunk received, not once per MiB buffered."""
+    sizes: list[int] = []
+
+    async def on_chunk(size: int) -> None:
+        sizes.append(size)
+
+    body = PNG[:5000]
+    async with client(trickling(body, 10)) as http:
+        stored = await download(http, URL, tmp_path / "0", POLICY, resolver=public, on_chunk=on_chunk)
+    assert sizes == list(range(10, 5001, 10))  # once per chunk, with the size so far
+    assert stored.path.read_bytes() == body
+
+
+async def test_writes_still_go_to_the_thread_once_per_mib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writes: list[int] = []
+    real_absorb = downloads._absorb
+    monkeypatch.setattr(downloads, "_absorb", lambda fp, digest, data: writes.append(len(data)) or real_absorb(
+        fp, digest, data))
+    sizes: list[int] = []
+
+    async def on_chunk(size: int) -> None:
+        sizes.append(size)
+
+    mib = 1024 * 1024
+    body = PNG_MAGIC + bytes(int(2.5 * mib) - len(PNG_MAGIC))
+    async with client(trickling(body, 64 * 1024)) as http:
+        stored = await download(http, URL, tmp_path / "0", POLICY, resolver=public, on_chunk=on_chunk)
+    assert writes == [mib, mib, mib // 2]
+    assert len(sizes) == 40 and sizes[-1] == len(body)
+    assert stored.sha256 == hashlib.sha256(body).hexdigest()
+
+
 async def test_an_internationalised_host_is_pinned_by_its_ascii_name(tmp_path: Path) -> None:
     seen: list[httpx.Request] = []
 
