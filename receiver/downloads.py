@@ -4,9 +4,11 @@ Result URLs arrive in callbacks and poll responses, are signed and short-lived
 (BFL: about ten minutes), and are treated as untrusted input. Every hop is
 checked against allowed schemes (https only, unless FLUXHOOK_DOWNLOAD_ALLOW_HTTP)
 and hosts and against private addresses; only a bare GET is sent (no client
-headers, cookies or credentials); the body must be an image no larger than a
-cap; and a file appears at its final path only once it is complete and synced
-to disk.
+headers, cookies or credentials); the body must be a raster image (PNG, JPEG,
+WebP, GIF or AVIF: its first bytes and its Content-Type must agree; never SVG,
+which carries scripts) no larger than a cap; and a file appears at its final
+path, with the extension of its verified type, only once it is complete and
+synced to disk.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import ipaddress
 import os
 import secrets
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +37,8 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 __all__ = [
-    "DownloadError", "DownloadPolicy", "Resolver", "StoredFile", "check_address", "clean_partials",
-    "download", "extension_for", "host_allowed", "redact_url", "url_expiry",
+    "IMAGE_TYPES", "DownloadError", "DownloadPolicy", "Resolver", "StoredFile", "check_address", "clean_partials",
+    "download", "extension_for", "host_allowed", "media_type", "redact_url", "sniff_image", "url_expiry",
 ]
 
 Resolver = Callable[[str], Awaitable[list[str]]]
@@ -48,7 +50,13 @@ _EXPIRED = frozenset({401, 403, 404, 410})
 _RETRYABLE = frozenset({408, 425, 429})
 _METADATA = frozenset(map(ipaddress.ip_address, ("169.254.169.254", "fd00:ec2::254")))
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/jpg": "jpg", "image/webp": "webp", "image/gif": "gif"}
+#: The image types downloaded (and served), with their file extensions: raster formats only.
+IMAGE_TYPES: Mapping[str, str] = {
+    "image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif", "image/avif": "avif",
+}
+_ALIASES = {"image/jpg": "image/jpeg"}
+#: Bytes read before the body's type is checked (enough for an AVIF `ftyp` box with its brands).
+_SNIFF = 256
 
 
 @dataclass(frozen=True)
@@ -194,10 +202,39 @@ async def check_address(host: str, policy: DownloadPolicy, resolver: Resolver | 
     return None if _is_ip(host) else found[0]
 
 
-def extension_for(content_type: str) -> str:
-    """File extension for an image content type; "img" for other images, "bin" otherwise."""
+def media_type(content_type: str) -> str:
+    """The media type of a Content-Type value: lowercase, no parameters, aliases resolved."""
     media = content_type.split(";", 1)[0].strip().lower()
-    return _EXTENSIONS.get(media) or ("img" if media.startswith("image/") else "bin")
+    return _ALIASES.get(media, media)
+
+
+def extension_for(content_type: str) -> str:
+    """File extension for one of the accepted image types; ValueError for any other type."""
+    try:
+        return IMAGE_TYPES[media_type(content_type)]
+    except KeyError:
+        raise ValueError(f"not an accepted image type: {content_type!r}") from None
+
+
+def sniff_image(head: bytes) -> str | None:
+    """The image type the first bytes of a file show (one of IMAGE_TYPES), or None."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    if len(head) >= 16 and head[4:8] == b"ftyp":
+        # ISO BMFF: a `ftyp` box first; AVIF names `avif` (image) or `avis` (sequence) as its
+        # major or a compatible brand. HEIC and MP4 share the box but not the brands.
+        box = int.from_bytes(head[:4], "big")
+        if 16 <= box <= len(head) and box % 4 == 0:
+            brands = {head[8:12], *(head[i:i + 4] for i in range(16, box, 4))}
+            if brands & {b"avif", b"avis"}:
+                return "image/avif"
+    return None
 
 
 async def download(
@@ -281,9 +318,10 @@ def _check_response(response: httpx.Response, url: httpx.URL, policy: DownloadPo
             raise _error("expired", f"HTTP {status} (URL expired or revoked)", url)
         kind: Kind = "transient" if status in _RETRYABLE or status >= 500 else "rejected"
         raise _error(kind, f"HTTP {status}", url)
-    media = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if not media.startswith("image/") or media == "image/":
-        raise _error("rejected", f"content type {media or 'missing'!r} is not an image", url)
+    media = media_type(response.headers.get("content-type", ""))
+    if media not in IMAGE_TYPES:
+        raise _error("rejected", f"content type {media or 'missing'!r} is not a PNG, JPEG, WebP, GIF or AVIF image",
+                     url)
     encoding = response.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise _error("rejected", f"unexpected content encoding {encoding!r}", url)
@@ -309,6 +347,7 @@ async def _store(
         async with await anyio.open_file(temp, "xb") as fh:
             pending: list[bytes] = []
             buffered = 0
+            verified = False
             try:
                 async for chunk in response.aiter_bytes():  # no decoding: encodings are refused
                     size += len(chunk)
@@ -316,6 +355,9 @@ async def _store(
                         raise _error("rejected", f"body exceeds {policy.max_bytes} bytes", url)
                     pending.append(chunk)
                     buffered += len(chunk)
+                    if not verified and size >= _SNIFF:  # before anything is written (_SNIFF < _CHUNK)
+                        _verify_type(b"".join(pending)[:_SNIFF], media, url)
+                        verified = True
                     if buffered >= _CHUNK:
                         # Hashing and writing both release the GIL: one thread hand-off per MiB keeps
                         # them off the event loop.
@@ -331,6 +373,8 @@ async def _store(
                 raise _error("transient", f"body truncated at {size} of {expected} bytes", url)
             if size == 0:
                 raise _error("rejected", "empty body", url)
+            if not verified:  # a body shorter than _SNIFF: all of it is in `pending`
+                _verify_type(b"".join(pending), media, url)
             if pending:
                 await anyio.to_thread.run_sync(_absorb, fh.wrapped, digest, b"".join(pending))
             await fh.flush()
@@ -346,6 +390,17 @@ async def _store(
             with suppress(OSError):
                 temp.unlink(missing_ok=True)
     return StoredFile(path=final, size=size, sha256=digest.hexdigest(), content_type=media)
+
+
+def _verify_type(head: bytes, media: str, url: httpx.URL) -> None:
+    """The body's first bytes must show the type its Content-Type claims. On a mismatch the
+    file is refused, not stored under the type its bytes show: the sender's two accounts of
+    the file disagree, and nothing is kept that neither the header nor the bytes vouch for."""
+    found = sniff_image(head)
+    if found is None:
+        raise _error("rejected", f"body is not a PNG, JPEG, WebP, GIF or AVIF image (Content-Type {media})", url)
+    if found != media:
+        raise _error("rejected", f"body is {found} but Content-Type says {media}", url)
 
 
 def _absorb(fp: Any, digest: Any, data: bytes) -> None:

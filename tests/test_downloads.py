@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import hashlib
+import struct
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from receiver.downloads import (
     extension_for,
     host_allowed,
     redact_url,
+    sniff_image,
     url_expiry,
 )
 from receiver.settings import Settings
@@ -36,6 +38,12 @@ POLICY = DownloadPolicy(allowed_hosts=BFL_DELIVERY_HOSTS)
 HTTP_POLICY = DownloadPolicy(allowed_hosts=BFL_DELIVERY_HOSTS, schemes=("https", "http"))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PNG = PNG_MAGIC + bytes(range(256)) * 1000
+JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(300)
+GIF = b"GIF89a\x10\x00\x10\x00" + bytes(300)
+WEBP = b"RIFF" + struct.pack("<I", 304) + b"WEBPVP8 " + bytes(300)
+AVIF = struct.pack(">I", 28) + b"ftypavif" + bytes(4) + b"avifmif1miaf" + bytes(300)
+HEIC = struct.pack(">I", 24) + b"ftypheic" + bytes(4) + b"mif1heic" + bytes(300)
+SVG = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(document.cookie)</script></svg>'
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
@@ -159,23 +167,101 @@ async def test_allow_private_permits_local_simulator(tmp_path: Path) -> None:
 # --- download: rejected responses ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("content_type", ["text/html", "application/octet-stream", "", "image/"])
-async def test_non_image_rejected_and_nothing_written(tmp_path: Path, content_type: str) -> None:
-    await expect("rejected", image(b"<html>", content_type), tmp_path / "r" / "0")
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/html", "application/octet-stream", "", "image/", "image/svg+xml", "image/svg+xml; charset=utf-8",
+     "IMAGE/SVG+XML", "image/tiff", "image/bmp", "image/x-icon", "image/heic", "image/png+xml"],
+)
+async def test_non_raster_type_rejected_before_the_body_is_read(tmp_path: Path, content_type: str) -> None:
+    yielded, body = counting_body(3, prefix=SVG)
+    error = await expect("rejected", lambda r: httpx.Response(200, headers={"content-type": content_type},
+                                                              content=body), tmp_path / "r" / "0")
+    assert "not a PNG, JPEG, WebP, GIF or AVIF image" in str(error)
+    assert yielded == [0]
     assert files(tmp_path) == []
 
 
-async def test_other_images_get_generic_extension(tmp_path: Path) -> None:
-    assert (await fetch(image(b"II*\x00", "image/tiff"), tmp_path / "0")).path.name == "0.img"
+@pytest.mark.parametrize(
+    ("body", "content_type", "name", "verified"),
+    [
+        (PNG, "image/png", "0.png", "image/png"),
+        (JPEG, "image/jpeg", "0.jpg", "image/jpeg"),
+        (JPEG, "image/jpg", "0.jpg", "image/jpeg"),  # a common alias: stored under the real name
+        (JPEG, "Image/JPEG; q=1", "0.jpg", "image/jpeg"),
+        (GIF, "image/gif", "0.gif", "image/gif"),
+        (GIF.replace(b"GIF89a", b"GIF87a"), "image/gif", "0.gif", "image/gif"),
+        (WEBP, "image/webp", "0.webp", "image/webp"),
+        (AVIF, "image/avif", "0.avif", "image/avif"),
+        (JPEG[:3], "image/jpeg", "0.jpg", "image/jpeg"),  # shorter than the sniffing window
+    ],
+)
+async def test_raster_types_stored_with_their_extension_and_verified_type(
+    tmp_path: Path, body: bytes, content_type: str, name: str, verified: str
+) -> None:
+    stored = await fetch(image(body, content_type), tmp_path / "0")
+    assert stored.path.name == name and stored.content_type == verified
+    assert stored.path.read_bytes() == body
+    assert files(tmp_path) == [name]
 
 
-def counting_body(chunks: int, size: int = 64 * 1024) -> tuple[list[int], AsyncIterator[bytes]]:
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (JPEG, "image/png"),  # a PNG header with JPEG bytes
+        (PNG, "image/jpeg"),
+        (WEBP, "image/gif"),
+        (SVG, "image/png"),  # a script dressed up as a PNG
+        (b"<html><script>x</script></html>" * 20, "image/jpeg"),
+        (b"II*\x00" + bytes(300), "image/png"),  # TIFF
+        (HEIC, "image/avif"),  # the same box structure, not AVIF's brands
+        (b"RIFF" + bytes(4) + b"WAVEfmt " + bytes(300), "image/webp"),
+        (b"\x89PNG", "image/png"),  # a magic cut short
+        (b"x", "image/gif"),
+    ],
+)
+async def test_body_must_be_the_image_type_its_header_claims(tmp_path: Path, body: bytes, content_type: str) -> None:
+    """Header and bytes must agree; a file they disagree on is refused, not stored under either type."""
+    error = await expect("rejected", image(body, content_type), tmp_path / "r" / "0")
+    assert "body is" in str(error)
+    assert files(tmp_path) == []
+
+
+async def test_type_is_checked_before_anything_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writes: list[int] = []
+    real_absorb = downloads._absorb
+    monkeypatch.setattr(downloads, "_absorb", lambda fp, digest, data: writes.append(len(data)) or real_absorb(
+        fp, digest, data))
+    yielded, body = counting_body(100, prefix=SVG)
+    await expect("rejected", lambda r: httpx.Response(200, headers={"content-type": "image/png"}, content=body),
+                 tmp_path / "0")
+    assert yielded == [1] and writes == []
+
+
+def test_sniff_image() -> None:
+    assert sniff_image(PNG) == "image/png"
+    assert sniff_image(JPEG) == "image/jpeg"
+    assert sniff_image(GIF) == "image/gif"
+    assert sniff_image(WEBP) == "image/webp"
+    assert sniff_image(AVIF) == "image/avif"
+    sequence = struct.pack(">I", 24) + b"ftypavis" + bytes(4) + b"avismsf1"
+    assert sniff_image(sequence) == "image/avif"
+    compatible = struct.pack(">I", 24) + b"ftypmif1" + bytes(4) + b"mif1avif"
+    assert sniff_image(compatible) == "image/avif"
+    for other in (HEIC, SVG, b"", b"\x89PN", b"RIFF", b"\x00\x00\x00\x1cftypavif",  # box longer than the bytes
+                  struct.pack(">I", 1) + b"ftypavif" + bytes(20),  # 64-bit box size
+                  struct.pack(">I", 27) + b"ftypavif" + bytes(19)):  # not a whole number of brands
+        assert sniff_image(other) is None
+
+
+def counting_body(
+    chunks: int, size: int = 64 * 1024, prefix: bytes = PNG_MAGIC
+) -> tuple[list[int], AsyncIterator[bytes]]:
     yielded = [0]
 
     async def body() -> AsyncIterator[bytes]:
         for _ in range(chunks):
             yielded[0] += 1
-            yield b"x" * size
+            yield (prefix + b"x" * size)[:size]
 
     return yielded, body()
 
@@ -574,10 +660,13 @@ def test_clean_partials(tmp_path: Path) -> None:
 def test_extension_for() -> None:
     assert extension_for("image/png") == "png"
     assert extension_for("IMAGE/JPEG; q=1") == "jpg"
+    assert extension_for("image/jpg") == "jpg"
     assert extension_for("image/webp") == "webp"
     assert extension_for("image/gif") == "gif"
-    assert extension_for("image/avif") == "img"
-    assert extension_for("text/plain") == "bin"
+    assert extension_for("image/avif") == "avif"
+    for other in ("image/svg+xml", "image/tiff", "image/", "text/plain", ""):
+        with pytest.raises(ValueError, match="not an accepted image type"):
+            extension_for(other)
 
 
 # --- progress callback ----------------------------------------------------------------------------------------
