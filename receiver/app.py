@@ -57,7 +57,9 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None, workers: b
         async with contextlib.AsyncExitStack() as stack:
             rt = runtime
             if rt is None:
-                removed = clean_partials(settings.results) if settings.results.exists() else 0
+                # Only temp files older than any running download (another process's may be in progress).
+                removed = (clean_partials(settings.results, older_than=settings.download_timeout + 60)
+                           if settings.results.exists() else 0)
                 if removed:
                     log.info("removed %d partial downloads left by an earlier run", removed)
                 rt = await stack.enter_async_context(Runtime.open(settings))

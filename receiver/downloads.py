@@ -20,6 +20,7 @@ import ipaddress
 import os
 import secrets
 import socket
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
@@ -423,17 +424,22 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def clean_partials(results_dir: Path) -> int:
-    """Delete leftover `.<name>.<random>.part` files under `results_dir`; return the count.
+def clean_partials(results_dir: Path, older_than: float) -> int:
+    """Delete leftover `.<name>.<random>.part` files under `results_dir` last modified more
+    than `older_than` seconds ago; return the count.
 
-    Call it before downloads start: it would also remove the temp file of a
-    download in progress.
+    Other processes may be downloading into the same folder (an overlapping `fluxhook
+    sweep`, another replica): pass an age no running download can reach, such as the
+    download timeout plus a margin, so only the temp files of dead downloads go.
     """
+    cutoff = time.time() - older_than
     removed = 0
     for root, _dirs, files in os.walk(results_dir):
         for name in files:
             if name.startswith(".") and name.endswith(".part"):
+                path = os.path.join(root, name)
                 with suppress(FileNotFoundError):
-                    os.unlink(os.path.join(root, name))
-                    removed += 1
+                    if os.lstat(path).st_mtime < cutoff:
+                        os.unlink(path)
+                        removed += 1
     return removed

@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import hashlib
+import os
 import struct
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -648,13 +650,46 @@ async def test_allow_private_skips_resolution() -> None:
     await check_address("localhost", DownloadPolicy(allowed_hosts=("*",), allow_private=True), never)
 
 
-def test_clean_partials(tmp_path: Path) -> None:
+def test_clean_partials_removes_only_old_temp_files(tmp_path: Path) -> None:
+    """A fresh temp file may be another process's download in progress (an overlapping sweep, a replica)."""
     (tmp_path / "j1" / "sub").mkdir(parents=True)
-    for name in ("j1/.0.1a2b.part", "j1/sub/.1.3c4d.part", "j1/0.png", "j1/notes.part", "j1/.keep"):
+    for name in ("j1/.0.1a2b.part", "j1/sub/.1.3c4d.part", "j1/.2.5e6f.part", "j1/0.png", "j1/notes.part",
+                 "j1/.keep", "j1/.old.png"):
         (tmp_path / name).write_bytes(b"x")
-    assert clean_partials(tmp_path) == 2
-    assert files(tmp_path) == ["j1/.keep", "j1/0.png", "j1/notes.part"]
-    assert clean_partials(tmp_path / "missing") == 0
+    an_hour_ago = time.time() - 3600
+    for name in ("j1/.0.1a2b.part", "j1/sub/.1.3c4d.part", "j1/0.png", "j1/notes.part", "j1/.old.png"):
+        os.utime(tmp_path / name, (an_hour_ago, an_hour_ago))
+    assert clean_partials(tmp_path, older_than=360) == 2
+    assert files(tmp_path) == ["j1/.2.5e6f.part", "j1/.keep", "j1/.old.png", "j1/0.png", "j1/notes.part"]
+    assert clean_partials(tmp_path, older_than=360) == 0  # the running download's file survives
+    assert clean_partials(tmp_path, older_than=-1) == 1  # once it is older than the limit, it goes
+    assert files(tmp_path) == ["j1/.keep", "j1/.old.png", "j1/0.png", "j1/notes.part"]
+    assert clean_partials(tmp_path / "missing", older_than=0) == 0
+
+
+async def test_clean_partials_spares_a_download_in_progress(tmp_path: Path) -> None:
+    started, release = anyio.Event(), anyio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield PNG[:70_000]
+        started.set()
+        await release.wait()
+        yield PNG[70_000:]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "image/png"}, content=body())
+
+    result: list[object] = []
+
+    async def run() -> None:
+        result.append(await fetch(handler, tmp_path / "0"))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await started.wait()
+        assert clean_partials(tmp_path, older_than=300 + 60) == 0
+        release.set()
+    assert files(tmp_path) == ["0.png"] and (tmp_path / "0.png").read_bytes() == PNG
 
 
 def test_extension_for() -> None:
