@@ -52,12 +52,20 @@ async def _job_view(rt: Any, job_id: str) -> dict[str, Any]:
     job = await rt.store.get_job(job_id)
     if job is None:
         raise CLIError(f"no job {job_id!r} in {rt.settings.db}")
-    view = job.public()
+    view = _shown(rt, job)
     view["files"] = [
         {"n": f.n, "path": str(rt.settings.results / f.path) if f.path else None, "size": f.size,
          "sha256": f.sha256, "content_type": f.content_type}
         for f in await rt.store.files(job_id)
     ]
+    return view
+
+
+def _shown(rt: Any, job: Any) -> dict[str, Any]:
+    """What the CLI prints of a job, scrubbed again (rows written before redaction existed)."""
+    view = job.public()
+    for key in ("error", "note"):
+        view[key] = rt.redactor.scrub(view[key], job_id=job.id, provider=job.provider)
     return view
 
 
@@ -112,7 +120,8 @@ async def _cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
     async with Runtime.open(settings) as rt:
         jobs = await rt.store.list_jobs(Status(args.status) if args.status else None, args.limit)
-    _print([j.public() for j in jobs], args.json)
+        views = [_shown(rt, j) for j in jobs]
+    _print(views, args.json)
     return 0
 
 

@@ -1,39 +1,62 @@
-"""Keep secrets out of logs that other libraries write.
+"""Keep secrets out of every log line, ours and other libraries'.
 
-httpx logs every request's full URL at INFO. Ours carry secrets: callback URLs
-end in a per-job token, and result URLs hold a signature in their query. The
-filter installed here rewrites those records before any handler sees them.
+httpx logs every request's full URL at INFO, uvicorn logs request lines, and our
+own warnings quote provider answers, which may echo a key or a callback URL. The
+filter installed here runs each record (message and traceback) through the
+process's :class:`~receiver.redaction.Redactor` before any handler sees it.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 
-__all__ = ["install_redaction", "redact"]
+from .redaction import Redactor, scrub_patterns
 
-_HOOK_TOKEN = re.compile(r"(/hooks/[^/\s]+/[^/\s]+/)[^/\s?\"']+")
-_QUERY = re.compile(r"\?[^\s\"']*")
+__all__ = ["LOGGERS", "install_redaction", "redact"]
+
+#: Loggers whose records are filtered where they are made (handlers added later see clean records).
+LOGGERS = ("httpx", "httpcore", "uvicorn", "uvicorn.error", "uvicorn.access", "fluxhook", "fluxhook.hooks",
+           "fluxhook.sweep", "fluxhook.server", "fluxhook.files", "fluxhook.jobs")
 
 
 def redact(text: str) -> str:
-    """Drop query strings and callback tokens from any URL in `text`."""
-    return _QUERY.sub("?<redacted>", _HOOK_TOKEN.sub(r"\1<token>", text))
+    """Drop query strings, callback tokens and credential-shaped values from `text`."""
+    return scrub_patterns(text)
 
 
 class _Redact(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.redactor: Redactor | None = None
+
+    def scrub(self, text: str) -> str:
+        if self.redactor is None:
+            return scrub_patterns(text)
+        return self.redactor.scrub(text) or ""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact(record.getMessage())
+        if getattr(record, "_fluxhook_redacted", False):
+            return True
+        record.msg = self.scrub(record.getMessage())
         record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.scrub(record.exc_text)
+        record._fluxhook_redacted = True
         return True
 
 
 _FILTER = _Redact()
 
 
-def install_redaction() -> None:
-    """Idempotent: attach the redacting filter to the loggers that print request URLs."""
-    for name in ("httpx", "uvicorn.access"):
-        logger = logging.getLogger(name)
-        if _FILTER not in logger.filters:
-            logger.addFilter(_FILTER)
+def install_redaction(redactor: Redactor | None = None) -> None:
+    """Idempotent: filter our loggers, the libraries' and every handler on the root logger, with
+    `redactor`'s secrets (the latest one installed: one process runs one fluxhook)."""
+    if redactor is not None:
+        _FILTER.redactor = redactor
+    targets: list[logging.Filterer] = [logging.getLogger(name) for name in LOGGERS]
+    targets += logging.getLogger().handlers
+    for target in targets:
+        if _FILTER not in target.filters:
+            target.addFilter(_FILTER)

@@ -24,9 +24,11 @@ from submitter.backoff import RetryPolicy
 from submitter.client import ProviderClient
 
 from .logs import install_redaction
+from .redaction import Redactor
 from .secrets import WebhookSecrets
 from .settings import Settings
 from .store import Store
+from .store.redacting import RedactingStore
 from .store.sqlite import SQLiteStore
 
 __all__ = ["Runtime"]
@@ -57,8 +59,14 @@ class Runtime:
     #: Set on shutdown: background work stops taking new jobs.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
+    #: Removes every secret fluxhook knows from text it stores, logs or shows.
+    redactor: Redactor = field(init=False)
+
     def __post_init__(self) -> None:
-        install_redaction()
+        self.redactor = Redactor.from_settings(self.settings)
+        install_redaction(self.redactor)
+        if not isinstance(self.store, RedactingStore):
+            self.store = RedactingStore(self.store, self.redactor)
         self.webhook_secrets = WebhookSecrets(self.api, self.settings.replicate_webhook_secrets, self.clock)
 
     def client(self, provider: str) -> ProviderClient:

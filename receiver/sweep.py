@@ -18,7 +18,15 @@ from submitter.bodies import Observation
 from submitter.errors import PollFailed
 from submitter.status import Status
 
-from .downloads import DownloadError, DownloadPolicy, StoredFile, download, redact_url, url_expiry
+from .downloads import (
+    DownloadError,
+    DownloadPolicy,
+    StoredFile,
+    clean_partials,
+    download,
+    redact_url,
+    url_expiry,
+)
 from .jobs import try_submit
 from .runtime import Runtime
 from .schedule import NOT_FOUND_GRACE, next_poll, retry_later
@@ -220,19 +228,15 @@ async def _poll(rt: Runtime, job: Job) -> str:
     return "polled"
 
 
-def _policy(rt: Runtime, provider: str) -> DownloadPolicy:
-    return DownloadPolicy(
-        allowed_hosts=rt.settings.download_hosts_for(provider),
-        allow_private=rt.settings.download_allow_private,
-        max_bytes=rt.settings.max_download_bytes,
-    )
-
-
 async def download_job(rt: Runtime, job: Job) -> str:
     """Fetch every file of a succeeded job not stored yet; `stored` when all are in place."""
     store = rt.store
-    policy = _policy(rt, job.provider)
+    policy = DownloadPolicy.from_settings(rt.settings, job.provider)
     lease = _Lease(rt, job.id)
+    folder = rt.settings.results / job.id
+    if folder.is_dir():
+        # We hold the job's lease, so no live download writes here: temp files are a dead one's.
+        await asyncio.to_thread(clean_partials, folder, 0.0)
     repolled = False  # at most one re-poll per pass; job.repolls bounds them across passes and crashes
     while True:
         files = await store.files(job.id)

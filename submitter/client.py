@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ from .bodies import BodyError, Observation, SubmitAnswer, loads_object
 from .dialects import Dialect
 from .errors import PollFailed, ProviderUnavailable, SubmitAmbiguous, SubmitRejected
 from .hosts import host_allowed, normalise_host
+from .redaction import scrub
 
 __all__ = ["RETRYABLE_STATUS", "Provider", "ProviderClient"]
 
@@ -44,24 +45,30 @@ class Provider:
         return f"Provider({self.name!r}, {self.base_url!r}, api_key='**********')"
 
 
-def error_message(response: httpx.Response) -> str:
-    """The provider's own words from an error body (`detail`, `error.message`, text)."""
+def error_message(response: httpx.Response, hide: Iterable[str | None] = ()) -> str:
+    """The provider's own words from an error body (`detail`, `error.message`, text), scrubbed
+    of `hide` (what we sent: key, callback URL, webhook secret) and of anything credential-shaped
+    before it is cut to length, so no fragment of a secret survives the cut."""
+    return scrub(_words(response), hide)[:300] or response.reason_phrase
+
+
+def _words(response: httpx.Response) -> str:
     try:
         data = response.json()
     except ValueError:
-        return response.text.strip()[:300] or response.reason_phrase
+        return response.text.strip()
     if isinstance(data, dict):
         detail = data.get("detail")
         if isinstance(detail, list):
-            return "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail)[:300]
+            return "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail)
         if detail:
-            return str(detail)[:300]
+            return str(detail)
         error = data.get("error")
         if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])[:300]
+            return str(error["message"])
         if data.get("message"):
-            return str(data["message"])[:300]
-    return response.text.strip()[:300]
+            return str(data["message"])
+    return response.text.strip()
 
 
 class ProviderClient:
@@ -105,6 +112,7 @@ class ProviderClient:
         dialect = self.provider.dialect
         url = dialect.submit_url(self.provider.base_url, model)
         body = dialect.submit_body(params, webhook_url, webhook_secret, events)
+        hide = (self.provider.api_key, webhook_url, webhook_secret)  # a provider may echo what it got
         last: ProviderUnavailable | None = None
         for attempt in range(self.policy.attempts):
             if attempt:
@@ -129,7 +137,7 @@ class ProviderClient:
             if response.status_code in RETRYABLE_STATUS:
                 retry_after = parse_retry_after(response.headers.get("retry-after"), self._clock())
                 last = ProviderUnavailable(
-                    f"{self.provider.name}: HTTP {response.status_code}: {error_message(response)}", retry_after
+                    f"{self.provider.name}: HTTP {response.status_code}: {error_message(response, hide)}", retry_after
                 )
                 if on_wire is not None:
                     await on_wire(False)
@@ -138,10 +146,10 @@ class ProviderClient:
                 # Not one of the documented "try again" answers (e.g. a gateway's 524): the
                 # request reached something that may have created the job.
                 raise SubmitAmbiguous(
-                    f"{self.provider.name}: HTTP {response.status_code} to the submit: {error_message(response)}"
+                    f"{self.provider.name}: HTTP {response.status_code} to the submit: {error_message(response, hide)}"
                 )
             if response.status_code >= 400:
-                raise SubmitRejected(response.status_code, error_message(response))
+                raise SubmitRejected(response.status_code, error_message(response, hide))
             try:
                 return dialect.shape.submit_answer(loads_object(response.content))
             except BodyError as exc:
@@ -190,7 +198,8 @@ class ProviderClient:
             return Observation(provider_job_id, None, "404", reason="provider reports task not found", not_found=True)
         if response.status_code >= 400:
             raise PollFailed(
-                f"{self.provider.name}: status check HTTP {response.status_code}: {error_message(response)}"
+                f"{self.provider.name}: status check HTTP {response.status_code}: "
+                f"{error_message(response, (self.provider.api_key,))}"
             )
         try:
             return self.provider.dialect.shape.observe(loads_object(response.content))
@@ -207,7 +216,8 @@ class ProviderClient:
         except httpx.HTTPError as exc:
             raise PollFailed(f"{self.provider.name}: cancel failed ({type(exc).__name__})") from None
         if response.status_code >= 400:
-            raise PollFailed(f"{self.provider.name}: cancel HTTP {response.status_code}: {error_message(response)}")
+            raise PollFailed(f"{self.provider.name}: cancel HTTP {response.status_code}: "
+                             f"{error_message(response, (self.provider.api_key,))}")
         try:
             return self.provider.dialect.shape.observe(loads_object(response.content))
         except BodyError as exc:

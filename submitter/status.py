@@ -21,8 +21,8 @@ from __future__ import annotations
 from enum import StrEnum
 
 __all__ = [
-    "ACTIVE", "TERMINAL", "IllegalTransition", "Status", "advance", "can_follow", "can_observe", "observed_predecessors",
-    "predecessors",
+    "ACTIVE", "TERMINAL", "IllegalTransition", "Status", "advance", "can_follow", "can_observe",
+    "observed_predecessors", "predecessors",
 ]
 
 

@@ -17,7 +17,12 @@ def test_defaults() -> None:
     assert s.providers["bfl"].base_url == "https://api.bfl.ai"
     assert s.providers["deerapi"].base_url == "https://api.deerapi.com"
     assert s.providers["cometapi"].base_url == "https://api.cometapi.com"
-    assert s.download_hosts_for("bfl") == ("*.bfl.ai", "*.blob.core.windows.net")
+    assert s.download_hosts_for("bfl") == (
+        "*.bfl.ai", "bfldeliveryprodeu4.blob.core.windows.net", "bfldeliveryprod.blob.core.windows.net"
+    )  # BFL's own storage accounts only: anyone can create another *.blob.core.windows.net
+    assert not s.download_allow_http and s.max_outputs == 16 and s.max_events_per_job == 100
+    assert s.download_window == 3600 and s.max_header_bytes == 16384 and s.header_timeout == 10
+    assert s.max_connections == 512 and s.idle_timeout == 5
     assert s.cap_for("bfl", "flux-kontext-max") == 6 and s.cap_for("bfl", "flux-dev") == 24
 
 
