@@ -25,6 +25,7 @@ from .errors import (
     NotFound,
     PayloadTooLarge,
     ReceiverError,
+    Refused,
     RequestTimeout,
     Unauthorized,
     Unavailable,
@@ -32,7 +33,7 @@ from .errors import (
 from .runtime import Runtime
 from .secrets import SecretUnavailable
 from .store import Event, TaskMismatch
-from .sweep import expiries
+from .sweep import expiries, too_many_outputs
 
 __all__ = ["health", "hook", "read_body", "redact_headers"]
 
@@ -40,9 +41,27 @@ log = logging.getLogger("fluxhook.hooks")
 
 #: Headers that carry credentials: kept in the audit log only as "[redacted]".
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-key", "x-webhook-secret"})
+#: What one audit event keeps of the request headers: each value, and all of them together.
+HEADER_VALUE_CAP = 1024
+HEADERS_CAP = 8 * 1024
+
 
 def redact_headers(request: Request) -> dict[str, str]:
-    return {k: "[redacted]" if k in SECRET_HEADERS else v for k, v in request.headers.items()}
+    """The headers as the audit log keeps them: credentials redacted, values and total size capped."""
+    kept: dict[str, str] = {}
+    size = 0
+    items = request.headers.items()
+    for n, (name, value) in enumerate(items):
+        if name in SECRET_HEADERS:
+            value = "[redacted]"
+        elif len(value) > HEADER_VALUE_CAP:
+            value = value[:HEADER_VALUE_CAP] + f"[... {len(value) - HEADER_VALUE_CAP} more characters not kept]"
+        size += len(name) + len(value)
+        if size > HEADERS_CAP:
+            kept["[truncated]"] = f"{len(items) - n} more headers not kept"
+            break
+        kept[name] = value
+    return kept
 
 
 async def read_body(request: Request, limit: int, within: float) -> bytes:
@@ -143,6 +162,14 @@ async def hook(request: Request) -> JSONResponse:
     except BodyError as exc:
         rt.metrics["bad_body"] += 1
         raise BadPayload(str(exc)) from None
+    if observation.provider_job_id is None:
+        # Without it, nothing ties the body to this job's provider task (the mismatch check).
+        rt.metrics["bad_body"] += 1
+        raise BadPayload("callback names no provider task (no id)")
+    refusal = too_many_outputs(rt, observation)
+    if refusal:
+        rt.metrics["refused"] += 1
+        raise Refused(refusal)
     now = rt.clock()
     # Retries of one message share its id (Standard Webhooks); without one, identical bodies are one event.
     key = f"id:{message_id}" if message_id else "sha256:" + hashlib.sha256(body).hexdigest()
@@ -160,7 +187,7 @@ async def hook(request: Request) -> JSONResponse:
     try:
         outcome = await rt.store.apply(
             job_id, observation, now=now, event=event, next_check_at=next_check,
-            expires=expiries(rt, provider, observation),
+            expires=expiries(rt, provider, observation), keep_events=settings.max_events_per_job,
         )
     except TaskMismatch:
         raise Conflict("callback names a different provider task than this job's") from None
@@ -173,7 +200,10 @@ async def hook(request: Request) -> JSONResponse:
     rt.metrics["accepted"] += 1
     if outcome.status == Status.SUCCEEDED:
         rt.kick(job_id)
-    return JSONResponse({"ok": True, "status": str(outcome.status)})
+    answer: dict[str, object] = {"ok": True, "status": str(outcome.status)}
+    if not outcome.recorded:
+        answer["recorded"] = False  # the job is finished, or its audit cap is reached
+    return JSONResponse(answer)
 
 
 async def health(request: Request) -> JSONResponse:

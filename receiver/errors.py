@@ -7,14 +7,15 @@
      ├── RequestTimeout      408  the body did not arrive in time
      ├── PayloadTooLarge     413  body over FLUXHOOK_MAX_BODY
      ├── Conflict            422  callback names a different provider task than the job's
+     ├── Refused             422  well-formed, but beyond a cap (more result files than FLUXHOOK_MAX_OUTPUTS)
      └── Unavailable         503  the store cannot take the event now: the sender should retry
 """
 
 from __future__ import annotations
 
 __all__ = [
-    "BadPayload", "Conflict", "NotFound", "PayloadTooLarge", "ReceiverError", "RequestTimeout", "Unauthorized",
-    "Unavailable",
+    "BadPayload", "Conflict", "NotFound", "PayloadTooLarge", "ReceiverError", "Refused", "RequestTimeout",
+    "Unauthorized", "Unavailable",
 ]
 
 
@@ -47,6 +48,10 @@ class PayloadTooLarge(ReceiverError):
 
 
 class Conflict(ReceiverError):
+    status_code = 422
+
+
+class Refused(ReceiverError):
     status_code = 422
 
 

@@ -34,7 +34,7 @@ from .store import FileRecord, Job, Outcome
 
 __all__ = [
     "SweepReport", "check_pass", "download_job", "download_loop", "download_pass", "expiries", "handle", "store_by",
-    "sweep_loop", "sweep_once",
+    "sweep_loop", "sweep_once", "too_many_outputs",
 ]
 
 log = logging.getLogger("fluxhook.sweep")
@@ -63,6 +63,15 @@ def expiries(rt: Runtime, provider: str, observation: Observation) -> tuple[floa
 
 #: Polls and submits one pass runs at once (API calls: small and quick).
 POLL_CONCURRENCY = 16
+
+
+def too_many_outputs(rt: Runtime, observation: Observation) -> str | None:
+    """Why a result listing more files than FLUXHOOK_MAX_OUTPUTS is refused (None: it is not)."""
+    cap = rt.settings.max_outputs
+    if len(observation.urls) <= cap:
+        return None
+    return (f"the provider listed {len(observation.urls)} result files; at most {cap} are accepted per job"
+            " (FLUXHOOK_MAX_OUTPUTS)")
 
 
 async def sweep_once(rt: Runtime, *, batch: int = 100, max_batches: int = 50) -> SweepReport:
@@ -216,7 +225,10 @@ async def _poll(rt: Runtime, job: Job) -> str:
     now = rt.clock()
     later = next_poll(job.polls + 1, now, job.deadline_at, rt.settings)
     outcome = Outcome(status=job.status)
-    if observation.not_found and now - (job.submitted_at or job.created_at) > NOT_FOUND_GRACE:
+    refusal = too_many_outputs(rt, observation)
+    if refusal:
+        await store.finish(job.id, Status.FAILED, now=now, reason=refusal)
+    elif observation.not_found and now - (job.submitted_at or job.created_at) > NOT_FOUND_GRACE:
         await store.finish(job.id, Status.FAILED, now=now, reason=observation.reason)
     elif observation.status is not None:
         outcome = await store.apply(job.id, observation, now=now, next_check_at=later,
@@ -331,7 +343,7 @@ async def _repoll(rt: Runtime, job: Job) -> bool | None:
     except PollFailed as exc:
         log.warning("job %s: re-poll for fresh URLs failed: %s", job.id, exc)
         return None
-    if observation.status != Status.SUCCEEDED or not observation.urls:
+    if observation.status != Status.SUCCEEDED or not observation.urls or too_many_outputs(rt, observation):
         return False
     log.info("job %s: fresh result URL from %s", job.id, redact_url(observation.urls[0]))
     await rt.store.apply(job.id, observation, now=rt.clock(), next_check_at=rt.clock(),

@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, Phase, assume, event, example, given, settin
 from hypothesis import strategies as st
 
 from receiver.jobs import callback_url
+from receiver.settings import Settings
 from submitter.bodies import (
     BFL,
     BFL_NOT_FOUND,
@@ -494,7 +495,11 @@ def expected_status(shape: Shape, body: bytes, pid: str) -> int:
         observation = shape.observe(loads_object(body))
     except BodyError:
         return 400
-    if observation.provider_job_id is not None and observation.provider_job_id != pid:
+    if observation.provider_job_id is None:
+        return 400  # nothing ties it to the job's provider task
+    if observation.provider_job_id != pid:
+        return 422
+    if len(observation.urls) > Settings().max_outputs:
         return 422
     return 200
 

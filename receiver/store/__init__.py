@@ -115,6 +115,7 @@ class Outcome:
     changed: bool = False  # the job's status moved
     status: Status | None = None  # the job's status afterwards
     found: bool = True
+    recorded: bool = False  # the event was kept in the audit log (not over a cap, job not finished)
 
 
 class Store(Protocol):
@@ -147,11 +148,14 @@ class Store(Protocol):
 
     async def apply(
         self, job_id: str, observation: Observation, *, now: float, next_check_at: float | None,
-        event: Event | None = None, expires: tuple[float, ...] = (),
+        event: Event | None = None, expires: tuple[float, ...] = (), keep_events: int | None = None,
     ) -> Outcome:
         """Record an event (if any, deduplicated) and move the job per the observation, in one transaction.
 
-        Raises TaskMismatch, changing nothing, if the observation names another provider task."""
+        A finished job records and changes nothing. With `keep_events`, a job that already has that
+        many events is still moved, but the event is not kept (nor deduplicated: the state machine
+        makes a repeat harmless). Raises TaskMismatch, changing nothing, if the observation names
+        another provider task."""
         ...
 
     async def finish(

@@ -35,7 +35,7 @@ class RedactingStore:
 
     async def apply(
         self, job_id: str, observation: Observation, *, now: float, next_check_at: float | None,
-        event: Event | None = None, expires: tuple[float, ...] = (),
+        event: Event | None = None, expires: tuple[float, ...] = (), keep_events: int | None = None,
     ) -> Outcome:
         provider = event.provider if event is not None else None
         if observation.reason or observation.logs:
@@ -51,7 +51,7 @@ class RedactingStore:
                 headers={k: self._text(v, job_id, provider) or "" for k, v in event.headers.items()},
             )
         return await self.inner.apply(job_id, observation, now=now, next_check_at=next_check_at, event=event,
-                                      expires=expires)
+                                      expires=expires, keep_events=keep_events)
 
     async def finish(
         self, job_id: str, status: Status, *, now: float, reason: str | None = None,

@@ -173,7 +173,7 @@ def _update_download_by(db: DB, job_id: str) -> None:
 
 def _apply(
     db: DB, job_id: str, observation: Observation, now: float, next_check_at: float | None,
-    event: Event | None, expires: tuple[float, ...],
+    event: Event | None, expires: tuple[float, ...], keep_events: int | None = None,
 ) -> Outcome:
     row = db.execute("SELECT status, provider_job_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
     if row is None:
@@ -181,6 +181,13 @@ def _apply(
     current = Status(row[0])
     if row[1] and observation.provider_job_id and observation.provider_job_id != row[1]:
         raise TaskMismatch(f"event names provider task {observation.provider_job_id!r}, the job has another")
+    if current in TERMINAL:
+        return Outcome(status=current)  # finished: nothing to change, nothing more to keep
+    if event is not None and keep_events is not None and db.execute(
+        "SELECT COUNT(*) FROM events WHERE job_id = ?", (job_id,)
+    ).fetchone()[0] >= keep_events:
+        event = None  # the audit cap for this job is reached: apply, but keep no more
+    recorded = event is not None
     if event is not None:
         inserted = db.execute(
             "INSERT INTO events (job_id, provider, dedup_key, received_at, headers, body, verdict)"
@@ -232,7 +239,7 @@ def _apply(
         )
         _update_download_by(db, job_id)
         db.execute("UPDATE jobs SET next_check_at = ? WHERE id = ?", (now, job_id))
-    return Outcome(changed=changed, status=status)
+    return Outcome(changed=changed, status=status, recorded=recorded)
 
 
 class SQLiteStore:
@@ -434,9 +441,11 @@ class SQLiteStore:
 
     async def apply(
         self, job_id: str, observation: Observation, *, now: float, next_check_at: float | None,
-        event: Event | None = None, expires: tuple[float, ...] = (),
+        event: Event | None = None, expires: tuple[float, ...] = (), keep_events: int | None = None,
     ) -> Outcome:
-        return await self._grouped(lambda db: _apply(db, job_id, observation, now, next_check_at, event, expires))
+        return await self._grouped(
+            lambda db: _apply(db, job_id, observation, now, next_check_at, event, expires, keep_events)
+        )
 
     async def finish(
         self, job_id: str, status: Status, *, now: float, reason: str | None = None,
