@@ -106,8 +106,11 @@ class Runtime:
         api = api or httpx.AsyncClient(timeout=timeout, trust_env=False)
         # Downloads connect to vetted IP addresses with the host name in SNI; pooled connections are
         # keyed by address only, so none are kept for reuse under another host name.
+        # A read may stall at most a quarter of the lease, so the per-chunk renewal (every third of
+        # the lease) always comes before the lease lapses.
+        cdn_timeout = httpx.Timeout(30.0, connect=10.0, read=min(30.0, settings.lease_seconds / 4))
         cdn = cdn or httpx.AsyncClient(
-            timeout=timeout, trust_env=False, follow_redirects=False,
+            timeout=cdn_timeout, trust_env=False, follow_redirects=False,
             limits=httpx.Limits(max_keepalive_connections=0),
         )
         try:

@@ -297,8 +297,14 @@ async def download_job(rt: Runtime, job: Job) -> str:
         return f"download-{failure.kind}"
 
 
+class LeaseLost(Exception):
+    """Another process holds the job now: stop downloading its files."""
+
+
 class _Lease:
-    """Keeps our lease on a job alive while its files download (called after each chunk)."""
+    """Keeps our lease on a job alive while its files download: called after every chunk received,
+    it renews by time (every third of the lease) as long as bytes flow. Between two chunks at most
+    the download client's read timeout passes (a quarter of the lease, see Runtime.open)."""
 
     def __init__(self, rt: Runtime, job_id: str) -> None:
         self.rt, self.job_id = rt, job_id
@@ -309,7 +315,8 @@ class _Lease:
         now = self.rt.clock()
         if now - self.renewed > self.rt.settings.lease_seconds / 3:
             self.renewed = now
-            await self.rt.store.renew(self.job_id, self.rt.owner, until=now + self.rt.settings.lease_seconds)
+            if not await self.rt.store.renew(self.job_id, self.rt.owner, until=now + self.rt.settings.lease_seconds):
+                raise LeaseLost(f"job {self.job_id}: lease taken over by another process")
 
 
 async def _fetch(
@@ -323,6 +330,8 @@ async def _fetch(
             return await download(rt.cdn, record.url, dest, policy, resolver=rt.resolver, on_chunk=lease.keep)
     except TimeoutError:
         error = DownloadError("transient", f"download took over {rt.settings.download_timeout:.0f} s")
+    except LeaseLost as exc:
+        error = DownloadError("transient", str(exc))
     except DownloadError as exc:
         error = exc
     except Exception as exc:  # a bug must not be retried forever: transient, so the URL's expiry ends it
