@@ -1,0 +1,475 @@
+"""The ledger's schema, statements and transaction logic, written once for every backend.
+
+Each store operation is a generator: it yields :class:`Query` (and :class:`Lock`)
+steps and is sent each step's result, so the same logic runs on SQLite (all steps
+on the store's thread: one hand-off per transaction) and on PostgreSQL (each step
+awaited on a pooled connection). Statements use `?` placeholders and a few tokens
+(`{skip_locked}`); a backend's :class:`Dialect` compiles them. Status changes are
+conditional updates derived from :mod:`submitter.status`; nothing of the state
+machine is written anywhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal, TypeVar
+
+from submitter.bodies import Observation
+from submitter.status import ACTIVE, TERMINAL, Status, observed_predecessors, predecessors
+
+from . import Event, FileRecord, Job, Outcome, TaskMismatch
+
+__all__ = ["MIGRATIONS", "Dialect", "Lock", "Op", "Query", "UniqueViolation"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Query:
+    sql: str
+    args: tuple[Any, ...] = ()
+    #: "count": rows changed; "one": first row or None; "all": rows; "many": run once per args row.
+    want: Literal["count", "one", "all", "many"] = "count"
+
+
+@dataclass(frozen=True)
+class Lock:
+    """Serialise this transaction with every other one taking the same named lock (PostgreSQL's
+    advisory locks; SQLite's write transactions are serial already)."""
+
+    name: str
+
+
+class UniqueViolation(Exception):
+    """A backend's unique-constraint error, thrown back into the operation that caused it."""
+
+
+Step = Query | Lock
+Op = Generator[Step, Any, T]
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str
+    #: Placeholder for the n-th parameter (1-based): "?" or "$n".
+    placeholder: str = "?"
+    #: Row locking for claim subqueries ("" where writers are serial anyway).
+    skip_locked: str = ""
+    #: DDL type names that differ from SQLite's.
+    types: Mapping[str, str] | None = None
+
+    def compile(self, sql: str) -> str:
+        return _compile(self, sql)
+
+    def ddl(self, sql: str) -> str:
+        for old, new in (self.types or {}).items():
+            sql = re.sub(rf"\b{old}\b", new, sql)
+        return sql
+
+
+@lru_cache(maxsize=512)
+def _compile(dialect: Dialect, sql: str) -> str:
+    sql = sql.replace("{skip_locked}", dialect.skip_locked)
+    if dialect.placeholder == "?":
+        return sql
+    counter = iter(range(1, 10_000))
+    return re.sub(r"\?", lambda _: dialect.placeholder.replace("n", str(next(counter))), sql)
+
+
+#: Numbered schema steps; each runs once, in a transaction with its record. Written in SQLite's
+#: types; :meth:`Dialect.ddl` renames the few that differ.
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "initial",
+        """
+        CREATE TABLE jobs (
+            id TEXT PRIMARY KEY,
+            provider TEXT NOT NULL,
+            model TEXT NOT NULL,
+            params TEXT NOT NULL,
+            status TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            deadline_at REAL NOT NULL,
+            provider_job_id TEXT,
+            polling_url TEXT,
+            submitted_at REAL,
+            updated_at REAL,
+            next_check_at REAL,
+            download_by REAL,
+            callback_at REAL,
+            polls INTEGER NOT NULL DEFAULT 0,
+            submit_attempts INTEGER NOT NULL DEFAULT 0,
+            repolls INTEGER NOT NULL DEFAULT 0,
+            slot_held INTEGER NOT NULL DEFAULT 0,
+            progress REAL,
+            error TEXT,
+            note TEXT,
+            lease_owner TEXT,
+            lease_until REAL
+        );
+        CREATE INDEX jobs_due ON jobs (next_check_at) WHERE next_check_at IS NOT NULL;
+        CREATE INDEX jobs_active ON jobs (provider, status);
+        CREATE UNIQUE INDEX jobs_provider_job ON jobs (provider, provider_job_id)
+            WHERE provider_job_id IS NOT NULL;
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            job_id TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            dedup_key TEXT NOT NULL UNIQUE,
+            received_at REAL NOT NULL,
+            headers TEXT NOT NULL,
+            body BLOB NOT NULL,
+            verdict TEXT NOT NULL
+        );
+        CREATE INDEX events_job ON events (job_id);
+        CREATE TABLE files (
+            job_id TEXT NOT NULL,
+            n INTEGER NOT NULL,
+            url TEXT NOT NULL,
+            expires_at REAL NOT NULL,
+            path TEXT,
+            size INTEGER,
+            sha256 TEXT,
+            content_type TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (job_id, n)
+        );
+        """,
+    ),
+    (
+        2,
+        "submit options, progress logs and outputs",
+        """
+        ALTER TABLE jobs ADD COLUMN options TEXT NOT NULL DEFAULT '{}';
+        ALTER TABLE jobs ADD COLUMN logs TEXT;
+        ALTER TABLE jobs ADD COLUMN outputs TEXT
+        """,
+    ),
+    (3, "events by age, for retention", "CREATE INDEX events_received ON events (received_at)"),
+    (4, "submit requests in flight", "ALTER TABLE jobs ADD COLUMN sending INTEGER NOT NULL DEFAULT 0"),
+]
+LATEST = MIGRATIONS[-1][0]
+
+_JOB_FIELDS = frozenset(Job.__dataclass_fields__)
+_TERMINAL_SQL = ",".join(f"'{s}'" for s in sorted(TERMINAL))
+_ACTIVE_SQL = ",".join(f"'{s}'" for s in sorted(ACTIVE))
+
+
+def _in(statuses: frozenset[Status]) -> str:
+    return ",".join(f"'{s}'" for s in sorted(statuses)) or "NULL"
+
+
+def _min(a: float | None, b: float | None) -> float | None:
+    """Like SQLite's two-argument MIN: None if either is None."""
+    return None if a is None or b is None else min(a, b)
+
+
+def row_to_job(row: Any) -> Job:
+    data = {k: row[k] for k in row.keys() if k in _JOB_FIELDS}
+    data["params"] = json.loads(data["params"])
+    data["options"] = json.loads(data["options"])
+    data["outputs"] = tuple(json.loads(data["outputs"])) if data["outputs"] else ()
+    data["status"] = Status(data["status"])
+    data["slot_held"] = bool(data["slot_held"])
+    data["sending"] = bool(data["sending"])
+    return Job(**data)
+
+
+def row_to_file(row: Any) -> FileRecord:
+    return FileRecord(**{k: row[k] for k in row.keys()})
+
+
+# -- schema -------------------------------------------------------------------------
+
+MIGRATIONS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations "
+    "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+)
+
+
+def migrate(dialect: Dialect, now: float, *, apply: bool = True) -> Op[tuple[int, list[int]]]:
+    """Bring the schema up to date (or, without `apply`, only look): (version before, versions applied)."""
+    yield Lock("fluxhook-migrate")
+    yield Query(MIGRATIONS_TABLE)
+    done = {row[0] for row in (yield Query("SELECT version FROM schema_migrations", want="all"))}
+    before = max(done, default=0)
+    pending = [m for m in MIGRATIONS if m[0] not in done]
+    if not apply:
+        return before, [v for v, _, _ in pending]
+    for version, name, sql in pending:
+        for statement in filter(str.strip, dialect.ddl(sql).split(";")):
+            yield Query(statement)
+        yield Query("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (version, name, now))
+    return before, [v for v, _, _ in pending]
+
+
+# -- jobs -------------------------------------------------------------------------------
+
+def create_job(job: Job) -> Op[None]:
+    yield Query(
+        "INSERT INTO jobs (id, provider, model, params, options, status, created_at, deadline_at, updated_at,"
+        " next_check_at, lease_owner, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (job.id, job.provider, job.model, json.dumps(job.params), json.dumps(job.options), str(job.status),
+         job.created_at, job.deadline_at, job.created_at, job.next_check_at, job.lease_owner, job.lease_until),
+    )
+
+
+def get_job(job_id: str) -> Op[Job | None]:
+    row = yield Query("SELECT * FROM jobs WHERE id = ?", (job_id,), "one")
+    return row_to_job(row) if row is not None else None
+
+
+def list_jobs(status: Status | None, limit: int) -> Op[list[Job]]:
+    if status is None:
+        rows = yield Query("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,), "all")
+    else:
+        rows = yield Query("SELECT * FROM jobs WHERE status = ? ORDER BY created_at DESC LIMIT ?",
+                           (str(status), limit), "all")
+    return [row_to_job(r) for r in rows]
+
+
+def files(job_id: str) -> Op[list[FileRecord]]:
+    rows = yield Query("SELECT * FROM files WHERE job_id = ? ORDER BY n", (job_id,), "all")
+    return [row_to_file(r) for r in rows]
+
+
+def _status(job_id: str) -> Op[Status | None]:
+    row = yield Query("SELECT status FROM jobs WHERE id = ?", (job_id,), "one")
+    return Status(row[0]) if row is not None else None
+
+
+def reserve_slot(job_id: str, cap: int, model_cap: int, now: float) -> Op[bool]:
+    # One statement, and reservations serialised: the counts and the reservation cannot interleave.
+    yield Lock("fluxhook-slots")
+    active = f"(o.status IN ({_ACTIVE_SQL}) OR (o.status = 'queued' AND o.slot_held = 1))"
+    changed = yield Query(
+        f"""UPDATE jobs SET slot_held = 1, submit_attempts = submit_attempts + 1, updated_at = ?
+        WHERE id = ? AND status = 'queued' AND slot_held = 0
+          AND (SELECT COUNT(*) FROM jobs AS o WHERE o.provider = jobs.provider AND {active}) < ?
+          AND (SELECT COUNT(*) FROM jobs AS o WHERE o.provider = jobs.provider
+               AND o.model = jobs.model AND {active}) < ?""",
+        (now, job_id, cap, model_cap),
+    )
+    return bool(changed == 1)
+
+
+def record_submit(
+    job_id: str, provider_job_id: str | None, polling_url: str | None, now: float, next_check_at: float | None,
+    note: str | None,
+) -> Op[Outcome]:
+    before = yield Query("SELECT provider_job_id, next_check_at FROM jobs WHERE id = ?", (job_id,), "one")
+    # The ids are kept even when a callback already moved the job on (it raced this answer).
+    yield Query(
+        "UPDATE jobs SET provider_job_id = COALESCE(provider_job_id, ?),"
+        " polling_url = COALESCE(polling_url, ?), submitted_at = COALESCE(submitted_at, ?),"
+        " note = COALESCE(?, note), slot_held = 0, sending = 0, updated_at = ? WHERE id = ?",
+        (provider_job_id, polling_url, now, note, now, job_id),
+    )
+    changed = (yield Query(
+        "UPDATE jobs SET status = 'submitted', next_check_at = ? WHERE id = ? AND status = 'queued'",
+        (next_check_at, job_id),
+    )) == 1
+    if not changed and before is not None and before[0] is None and provider_job_id is not None:
+        # The answer comes after the job was reconciled as "outcome unknown" (waiting for the
+        # deadline): now that it can be polled, poll it on the normal schedule.
+        current = before[1] if before[1] is not None else next_check_at
+        yield Query(
+            "UPDATE jobs SET next_check_at = ? WHERE id = ? AND status IN ('submitted', 'running')",
+            (_min(current, next_check_at), job_id),
+        )
+    status = yield from _status(job_id)
+    return Outcome(changed=changed, status=status, found=status is not None)
+
+
+def defer(job_id: str, next_check_at: float, note: str | None, now: float, release_slot: bool) -> Op[None]:
+    yield Query(
+        "UPDATE jobs SET slot_held = CASE WHEN ? = 1 THEN 0 ELSE slot_held END, sending = 0, next_check_at = ?,"
+        " note = ?, updated_at = ? WHERE id = ? AND status = 'queued'",
+        (int(release_slot), next_check_at, note, now, job_id),
+    )
+
+
+def _update_download_by(job_id: str) -> Op[None]:
+    yield Query(
+        "UPDATE jobs SET download_by = (SELECT MIN(expires_at) FROM files WHERE job_id = ? AND path IS NULL)"
+        " WHERE id = ?",
+        (job_id, job_id),
+    )
+
+
+def apply(
+    job_id: str, observation: Observation, now: float, next_check_at: float | None, event: Event | None,
+    expires: tuple[float, ...], keep_events: int | None,
+) -> Op[Outcome]:
+    row = yield Query("SELECT status, provider_job_id, deadline_at FROM jobs WHERE id = ?", (job_id,), "one")
+    if row is None:
+        return Outcome(found=False)
+    current, deadline = Status(row[0]), row[2]
+    if row[1] and observation.provider_job_id and observation.provider_job_id != row[1]:
+        raise TaskMismatch(f"event names provider task {observation.provider_job_id!r}, the job has another")
+    if current in TERMINAL:
+        return Outcome(status=current)  # finished: nothing to change, nothing more to keep
+    if event is not None and keep_events is not None:
+        kept = yield Query("SELECT COUNT(*) FROM events WHERE job_id = ?", (job_id,), "one")
+        if kept[0] >= keep_events:
+            event = None  # the audit cap for this job is reached: apply, but keep no more
+    recorded = event is not None
+    if event is not None:
+        inserted = yield Query(
+            "INSERT INTO events (job_id, provider, dedup_key, received_at, headers, body, verdict)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedup_key) DO NOTHING",
+            (event.job_id, event.provider, event.dedup_key, event.received_at,
+             json.dumps(event.headers), event.body, event.verdict),
+        )
+        if not inserted:
+            return Outcome(duplicate=True, status=current)
+    new = observation.status
+    changed = False
+    if new is not None and new != current:
+        changed = (yield Query(
+            f"UPDATE jobs SET status = ?, error = COALESCE(?, error), progress = COALESCE(?, progress),"
+            f" updated_at = ?, next_check_at = ?, slot_held = 0, sending = 0"
+            f" WHERE id = ? AND status IN ({_in(observed_predecessors(new))})",
+            (str(new), observation.reason, observation.progress, now,
+             None if new in TERMINAL else _min(next_check_at, deadline), job_id),
+        )) == 1
+    elif new is not None and new not in TERMINAL and new == current:
+        # Same progress again (a new callback or poll): note it and reschedule.
+        yield Query(
+            "UPDATE jobs SET progress = COALESCE(?, progress), updated_at = ?, next_check_at = ? WHERE id = ?",
+            (observation.progress, now, _min(next_check_at, deadline), job_id),
+        )
+    try:
+        yield Query(
+            "UPDATE jobs SET provider_job_id = COALESCE(provider_job_id, ?), callback_at = COALESCE(?, callback_at)"
+            " WHERE id = ?",
+            (observation.provider_job_id, now if event is not None else None, job_id),
+        )
+    except UniqueViolation:
+        raise TaskMismatch(f"provider task {observation.provider_job_id!r} belongs to another job") from None
+    status = new if changed else current
+    if (changed or new == current) and (observation.logs or observation.urls):
+        # Progress as the provider reports it: the log tail and the outputs so far (no downloads yet).
+        yield Query(
+            "UPDATE jobs SET logs = COALESCE(?, logs), outputs = COALESCE(?, outputs) WHERE id = ?",
+            (observation.logs, json.dumps(observation.urls) if observation.urls else None, job_id),
+        )
+    if observation.urls and status == Status.SUCCEEDED:
+        # Fresh URLs (a re-poll after expiry) replace stale ones for files not yet stored.
+        yield Query(
+            "INSERT INTO files (job_id, n, url, expires_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (job_id, n) DO UPDATE SET url = excluded.url, expires_at = excluded.expires_at"
+            " WHERE files.path IS NULL",
+            tuple((job_id, n, url, at) for n, (url, at) in enumerate(zip(observation.urls, expires, strict=True))),
+            "many",
+        )
+        yield from _update_download_by(job_id)
+        yield Query("UPDATE jobs SET next_check_at = ? WHERE id = ?", (now, job_id))
+    return Outcome(changed=changed, status=status, recorded=recorded)
+
+
+def finish(
+    job_id: str, status: Status, now: float, reason: str | None, only_from: frozenset[Status] | None
+) -> Op[Outcome]:
+    allowed = predecessors(status) if only_from is None else predecessors(status) & only_from
+    changed = (yield Query(
+        f"UPDATE jobs SET status = ?, error = COALESCE(?, error), updated_at = ?, next_check_at = NULL,"
+        f" slot_held = 0, sending = 0, download_by = NULL WHERE id = ? AND status IN ({_in(allowed)})",
+        (str(status), reason, now, job_id),
+    )) == 1
+    current = yield from _status(job_id)
+    return Outcome(changed=changed, status=current, found=current is not None)
+
+
+# -- leases -------------------------------------------------------------------------------
+
+_CLAIM_ORDER = "download_by IS NULL, download_by, next_check_at"
+_KINDS = {None: "", True: " AND status = 'succeeded'", False: " AND status <> 'succeeded'"}
+
+
+def claim_due(owner: str, now: float, lease: float, limit: int, downloads: bool | None) -> Op[list[Job]]:
+    rows = yield Query(
+        f"""UPDATE jobs SET lease_owner = ?, lease_until = ?
+        WHERE id IN (
+            SELECT id FROM jobs
+            WHERE next_check_at <= ? AND (lease_until IS NULL OR lease_until < ?){_KINDS[downloads]}
+            ORDER BY {_CLAIM_ORDER}
+            LIMIT ? {{skip_locked}})
+        RETURNING *""",
+        (owner, now + lease, now, now, limit), "all",
+    )
+    jobs = [row_to_job(r) for r in rows]
+    # RETURNING has no defined order: restore the claim order.
+    return sorted(jobs, key=lambda j: (j.download_by is None, j.download_by or 0, j.next_check_at or 0))
+
+
+def claim(job_id: str, owner: str, now: float, lease: float) -> Op[Job | None]:
+    row = yield Query(
+        "UPDATE jobs SET lease_owner = ?, lease_until = ? WHERE id = ?"
+        " AND (lease_until IS NULL OR lease_until < ?) RETURNING *",
+        (owner, now + lease, job_id, now), "one",
+    )
+    return row_to_job(row) if row is not None else None
+
+
+def mark_sending(job_id: str, sending: bool) -> Op[None]:
+    yield Query("UPDATE jobs SET sending = ? WHERE id = ? AND status = 'queued'", (int(sending), job_id))
+
+
+def renew(job_id: str, owner: str, until: float) -> Op[bool]:
+    changed = yield Query("UPDATE jobs SET lease_until = ? WHERE id = ? AND lease_owner = ?", (until, job_id, owner))
+    return bool(changed == 1)
+
+
+def release(job_id: str, owner: str, expect: Status | None, next_check_at: float | None, polled: bool) -> Op[None]:
+    # If someone else (a callback) moved the job while we held it, their schedule wins.
+    yield Query(
+        f"""UPDATE jobs SET lease_owner = NULL, lease_until = NULL, polls = polls + ?,
+            next_check_at = CASE WHEN status IN ({_TERMINAL_SQL}) THEN NULL
+                                 WHEN status = ? THEN ? ELSE next_check_at END
+        WHERE id = ? AND lease_owner = ?""",
+        (int(polled), str(expect) if expect else None, next_check_at, job_id, owner),
+    )
+
+
+def note_repoll(job_id: str) -> Op[None]:
+    yield Query("UPDATE jobs SET repolls = repolls + 1, polls = polls + 1 WHERE id = ?", (job_id,))
+
+
+# -- files and events -------------------------------------------------------------------
+
+def store_file(job_id: str, n: int, path: str, size: int, sha256: str, content_type: str) -> Op[None]:
+    yield Query(
+        "UPDATE files SET path = ?, size = ?, sha256 = ?, content_type = ?, attempts = attempts + 1"
+        " WHERE job_id = ? AND n = ? AND path IS NULL",
+        (path, size, sha256, content_type, job_id, n),
+    )
+    yield from _update_download_by(job_id)
+
+
+def file_failed(job_id: str, n: int) -> Op[None]:
+    yield Query("UPDATE files SET attempts = attempts + 1 WHERE job_id = ? AND n = ?", (job_id, n))
+
+
+def prune_events(before: float, limit: int) -> Op[int]:
+    count = yield Query(
+        "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE received_at < ? ORDER BY received_at LIMIT ?)",
+        (before, limit),
+    )
+    return int(count)
+
+
+def count_events(job_id: str) -> Op[int]:
+    row = yield Query("SELECT COUNT(*) FROM events WHERE job_id = ?", (job_id,), "one")
+    return int(row[0])
+
+
+def counts() -> Op[dict[str, int]]:
+    rows = yield Query("SELECT status, COUNT(*) FROM jobs GROUP BY status", (), "all")
+    return {r[0]: int(r[1]) for r in rows}
