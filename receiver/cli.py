@@ -51,7 +51,7 @@ def _print(data: Any, as_json: bool) -> None:
 async def _job_view(rt: Any, job_id: str) -> dict[str, Any]:
     job = await rt.store.get_job(job_id)
     if job is None:
-        raise CLIError(f"no job {job_id!r} in {rt.settings.db}")
+        raise CLIError(f"no job {job_id!r} in {rt.settings.db_display}")
     view = _shown(rt, job)
     view["files"] = [
         {"n": f.n, "path": str(rt.settings.results / f.path) if f.path else None, "size": f.size,
@@ -176,6 +176,11 @@ COMMANDS: dict[str, tuple[str, str, Any]] = {
         "*/1 * * * * cd /srv/fluxhook && fluxhook sweep",
         _cmd_sweep,
     ),
+    "migrate": (
+        "apply the database schema migrations and print the version (--check: exit 1 if not current)",
+        "FLUXHOOK_DB=postgresql://fluxhook@db:5432/fluxhook fluxhook migrate   # before rolling out replicas",
+        _cmd_migrate,
+    ),
     "simulate": (
         "run the built-in provider simulator alone (BFL, DeerAPI and CometAPI shapes)",
         "fluxhook simulate --port 8900   # then FLUXHOOK_BFL_URL=http://127.0.0.1:8900",
@@ -227,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["list"].add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     parsers["list"].add_argument("--json", action="store_true", help="print JSON")
     parsers["sweep"].add_argument("--json", action="store_true", help="print JSON")
+    parsers["migrate"].add_argument("--check", action="store_true",
+                                    help="change nothing; exit 1 if migrations are pending")
     parsers["demo"].add_argument("--jobs", type=int, default=5, help="how many jobs to run (default 5)")
     return parser
 

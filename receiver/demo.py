@@ -52,7 +52,7 @@ async def run_demo(settings: Settings, *, jobs: int = 5, within: float = 60.0) -
         sock = bind()
         public_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         settings = demo_settings(settings, sim_url, public_url)
-        for label, value in (("simulator", sim_url), ("receiver", public_url), ("database", settings.db),
+        for label, value in (("simulator", sim_url), ("receiver", public_url), ("database", settings.db_display),
                              ("results", settings.results)):
             print(f"{label:<10} {value}")
         async with serve_in_background(create_app(settings), sock), Runtime.open(settings) as rt:

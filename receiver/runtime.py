@@ -27,9 +27,8 @@ from .logs import install_redaction
 from .redaction import Redactor
 from .secrets import WebhookSecrets
 from .settings import Settings
-from .store import Store
+from .store import Store, open_store
 from .store.redacting import RedactingStore
-from .store.sqlite import SQLiteStore
 
 __all__ = ["Runtime"]
 
@@ -98,7 +97,7 @@ class Runtime:
         """Open whatever was not injected, and close exactly that on exit."""
         own_store = store is None
         if store is None:
-            store = SQLiteStore(settings.db)
+            store = open_store(settings.db, pool_size=settings.db_pool)
         if own_store:
             await store.open()
         timeout = httpx.Timeout(30.0, connect=10.0)

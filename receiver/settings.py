@@ -24,7 +24,10 @@ class SettingsError(Exception):
 class Settings:
     public_url: str | None = None
     allow_http: bool = False
-    db: str = "./fluxhook.db"
+    #: A SQLite path, or a postgresql:// (postgres://) URL for the PostgreSQL backend.
+    db: str = field(default="./fluxhook.db", repr=False)
+    #: PostgreSQL connections per process.
+    db_pool: int = 10
     results: Path = Path("./results")
     secret_key: bytes | None = field(default=None, repr=False)
     providers: Mapping[str, Provider] = field(default_factory=dict)
@@ -74,8 +77,15 @@ class Settings:
     #: Seconds after the job deadline by which a succeeded job's files must be stored, else it ends `expired`.
     download_window: float = 3600.0
 
-    def __repr__(self) -> str:  # never show the key
-        return f"Settings(public_url={self.public_url!r}, db={self.db!r}, results={str(self.results)!r})"
+    def __repr__(self) -> str:  # never show the key, nor a database password
+        return f"Settings(public_url={self.public_url!r}, db={self.db_display!r}, results={str(self.results)!r})"
+
+    @property
+    def db_display(self) -> str:
+        """FLUXHOOK_DB as it may be shown: a URL's password masked."""
+        from .store.postgres import display_url
+
+        return display_url(self.db)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -111,6 +121,7 @@ class Settings:
             public_url=public_url,
             allow_http=allow_http,
             db=env.get("FLUXHOOK_DB") or "./fluxhook.db",
+            db_pool=_count(env, "FLUXHOOK_DB_POOL", 10),
             results=Path(env.get("FLUXHOOK_RESULTS") or "./results"),
             secret_key=secret.encode() if secret else None,
             providers=providers,

@@ -3,34 +3,51 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from receiver.store import Event, Job, Store, StoreUnavailable
+from receiver.store.postgres import PostgresStore
 from receiver.store.sqlite import MIGRATIONS, SQLiteStore
 from submitter.bodies import Observation
 from submitter.status import Status
+from tests.pg import fresh_schema
 
 pytestmark = pytest.mark.anyio
 NOW = 1_800_000_000.0
 
 
-async def sqlite_store(tmp_path: Path) -> Store:
+@contextlib.asynccontextmanager
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[Store]:
     store = SQLiteStore(str(tmp_path / "contract.db"))
     await store.open()
-    return store
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
-BACKENDS = {"sqlite": sqlite_store}
+@contextlib.asynccontextmanager
+async def postgres_store(tmp_path: Path) -> AsyncIterator[Store]:
+    async with fresh_schema() as url:
+        store = PostgresStore(url, pool_size=4)
+        await store.open()
+        try:
+            yield store
+        finally:
+            await store.close()
+
+
+BACKENDS = {"sqlite": sqlite_store, "postgres": postgres_store}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    backend = await BACKENDS[request.param](tmp_path)
-    yield backend
-    await backend.close()
+    async with BACKENDS[request.param](tmp_path) as backend:
+        yield backend
 
 
 def job(job_id: str = "j1", provider: str = "bfl", model: str = "flux-dev", **kw: object) -> Job:

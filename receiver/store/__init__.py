@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from submitter.bodies import Observation
 from submitter.status import Status
 
-__all__ = ["Event", "FileRecord", "Job", "Outcome", "Store", "StoreUnavailable", "TaskMismatch"]
+__all__ = ["Event", "FileRecord", "Job", "Outcome", "Store", "StoreUnavailable", "TaskMismatch", "open_store"]
 
 
 class StoreUnavailable(Exception):
@@ -119,7 +119,9 @@ class Outcome:
 
 
 class Store(Protocol):
-    async def open(self) -> None: ...
+    async def open(self, *, migrate: bool = True) -> None:
+        """Connect and (with `migrate`) bring the schema up to date; StoreUnavailable if it cannot."""
+        ...
     async def close(self) -> None: ...
 
     async def create_job(self, job: Job) -> None:
@@ -203,3 +205,19 @@ class Store(Protocol):
 
     async def count_events(self, job_id: str) -> int: ...
     async def counts(self) -> dict[str, int]: ...
+
+    async def migrate(self, *, apply: bool = True) -> tuple[int, list[int]]:
+        """Bring the schema up to date (`open` does too): (version before, versions applied); without
+        `apply`, only report the versions pending."""
+        ...
+
+
+def open_store(db: str, *, pool_size: int = 10) -> Store:
+    """The backend `db` names (not yet opened): PostgreSQL for a postgresql:// or postgres:// URL,
+    else a SQLite file at that path."""
+    from .postgres import PostgresStore, is_postgres_url
+    from .sqlite import SQLiteStore
+
+    if is_postgres_url(db):
+        return PostgresStore(db, pool_size=pool_size)
+    return SQLiteStore(db)

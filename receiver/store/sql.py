@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Generator, Mapping
+from collections.abc import Generator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal, TypeVar
@@ -59,15 +59,15 @@ class Dialect:
     placeholder: str = "?"
     #: Row locking for claim subqueries ("" where writers are serial anyway).
     skip_locked: str = ""
-    #: DDL type names that differ from SQLite's.
-    types: Mapping[str, str] | None = None
+    #: DDL spellings that differ from SQLite's: (SQLite's, ours) pairs.
+    types: tuple[tuple[str, str], ...] = ()
 
     def compile(self, sql: str) -> str:
         return _compile(self, sql)
 
     def ddl(self, sql: str) -> str:
-        for old, new in (self.types or {}).items():
-            sql = re.sub(rf"\b{old}\b", new, sql)
+        for old, new in self.types:
+            sql = re.sub(rf"\b{re.escape(old)}\b", new, sql)
         return sql
 
 
@@ -195,7 +195,7 @@ MIGRATIONS_TABLE = (
 def migrate(dialect: Dialect, now: float, *, apply: bool = True) -> Op[tuple[int, list[int]]]:
     """Bring the schema up to date (or, without `apply`, only look): (version before, versions applied)."""
     yield Lock("fluxhook-migrate")
-    yield Query(MIGRATIONS_TABLE)
+    yield Query(dialect.ddl(MIGRATIONS_TABLE))
     done = {row[0] for row in (yield Query("SELECT version FROM schema_migrations", want="all"))}
     before = max(done, default=0)
     pending = [m for m in MIGRATIONS if m[0] not in done]
@@ -473,3 +473,7 @@ def count_events(job_id: str) -> Op[int]:
 def counts() -> Op[dict[str, int]]:
     rows = yield Query("SELECT status, COUNT(*) FROM jobs GROUP BY status", (), "all")
     return {r[0]: int(r[1]) for r in rows}
+
+
+def ping() -> Op[None]:
+    yield Query("SELECT 1", (), "one")

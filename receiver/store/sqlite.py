@@ -170,7 +170,7 @@ class SQLiteStore:
     async def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         return await self._call(lambda db: db.execute(sql, args).fetchall())
 
-    async def open(self) -> None:
+    async def open(self, *, migrate: bool = True) -> None:
         parent = os.path.dirname(os.path.abspath(self.path))
         if self.path != ":memory:" and not os.path.isdir(parent):
             raise StoreUnavailable(f"cannot open the database {self.path}: folder {parent} does not exist")
@@ -186,7 +186,8 @@ class SQLiteStore:
 
         try:
             self._conn = await asyncio.get_running_loop().run_in_executor(self._thread, connect, None)
-            await self._op(ops.migrate(SQLITE, time.time()))
+            if migrate:
+                await self._op(ops.migrate(SQLITE, time.time()))
         except (sqlite3.Error, StoreUnavailable) as exc:
             await self.close()
             raise StoreUnavailable(f"cannot open the database {self.path}: {exc}") from exc
