@@ -13,6 +13,7 @@ import httpx
 from receiver.app import create_app
 from receiver.runtime import Runtime
 from receiver.settings import Settings
+from receiver.store import Store
 from receiver.store.sqlite import SQLiteStore
 from submitter.backoff import RetryPolicy
 from submitter.client import Provider
@@ -77,12 +78,16 @@ class Harness:
 @contextlib.asynccontextmanager
 async def harness(
     tmp_path: Path, *, faults: Faults | None = None, api_transport: httpx.AsyncBaseTransport | None = None,
-    cdn_transport: httpx.AsyncBaseTransport | None = None, busy_timeout: float = 5.0, **overrides: Any,
+    cdn_transport: httpx.AsyncBaseTransport | None = None, busy_timeout: float = 5.0, store: Store | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[Harness]:
+    """With `store` given (opened, closed by the caller) the receiver runs on it; else on a fresh SQLite file."""
     settings = make_settings(tmp_path, **overrides)
     clock = Clock()
-    store = SQLiteStore(settings.db, busy_timeout=busy_timeout)
-    await store.open()
+    own_store = store is None
+    if store is None:
+        store = SQLiteStore(settings.db, busy_timeout=busy_timeout)
+        await store.open()
     sleeps: list[float] = []
 
     async def no_sleep(seconds: float) -> None:
@@ -112,7 +117,8 @@ async def harness(
         await sim.aclose()
         for c in (client, api, cdn, sim_http):
             await c.aclose()
-        await store.close()
+        if own_store:
+            await store.close()
 
 
 def files_in(folder: Path) -> list[Path]:
