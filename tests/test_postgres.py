@@ -207,3 +207,35 @@ def test_database_urls_select_the_backend_and_hide_the_password() -> None:
     assert display_url("postgresql://u@h/db") == "postgresql://u@h/db"
     settings = Settings.from_env({"FLUXHOOK_DB": "postgresql://u:pw@h/db", "FLUXHOOK_DB_POOL": "3"})
     assert settings.db_pool == 3 and "pw" not in repr(settings) and settings.db_display == "postgresql://u:***@h/db"
+
+
+async def test_a_database_out_of_connections_is_503_not_500(tmp_path: Path) -> None:
+    """A role allowed one connection, and that one taken: `too many connections` (SQLSTATE 53300)."""
+    async with fresh_schema() as url:
+        role = "fh_limited_" + url.rsplit("fh_test_", 1)[1]
+        admin = await asyncpg.connect(url)
+        await admin.execute(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 1')
+        schema = url.rsplit("search_path=", 1)[1]
+        await admin.execute(f'GRANT ALL ON SCHEMA "{schema}" TO "{role}"')
+        limited = url.replace("postgres@", f"{role}@")
+        store = PostgresStore(limited, pool_size=1, timeout=2.0)
+        await store.open()
+        try:
+            async with harness(tmp_path, store=store) as h:
+                job_id = await a_job(h)
+                pid = (await h.rt.store.get_job(job_id)).provider_job_id  # type: ignore[union-attr]
+                await store.close()  # a pool with no connection open yet, as after an idle spell
+                store._pool = await asyncpg.create_pool(limited, min_size=0, max_size=1, timeout=2.0)
+                hog = await asyncpg.connect(limited)  # something else holds the role's one connection
+                try:
+                    response = await post(h, "bfl", job_id, json.dumps({"id": pid, "status": "Pending"}).encode())
+                    assert response.status_code == 503, response.text
+                finally:
+                    await hog.close()
+                response = await post(h, "bfl", job_id, json.dumps({"id": pid, "status": "Pending"}).encode())
+                assert response.status_code == 200, response.text
+        finally:
+            await store.close()
+            await admin.execute(f'DROP OWNED BY "{role}"')
+            await admin.execute(f'DROP ROLE "{role}"')
+            await admin.close()
