@@ -18,11 +18,9 @@ import time
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from submitter.bodies import Observation
-from submitter.status import Status
-
-from . import Event, FileRecord, Job, Outcome, StoreUnavailable
+from . import StoreUnavailable
 from . import sql as ops
+from .ops_store import OpsStore
 from .sql import Dialect, Lock, Op, Query, UniqueViolation
 
 __all__ = ["POSTGRES", "PostgresStore", "display_url", "is_postgres_url"]
@@ -72,7 +70,7 @@ def _unavailable(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.PostgresError) and bool(state) and state[:2] in _TRANSIENT_CLASSES
 
 
-class PostgresStore:
+class PostgresStore(OpsStore):
     """The :class:`~receiver.store.Store` on PostgreSQL. `url`: a libpq-style URL (the password
     from it or from PGPASSWORD); other query parameters are server settings, e.g. `search_path`."""
 
@@ -137,85 +135,6 @@ class PostgresStore:
 
     async def migrate(self, *, apply: bool = True) -> tuple[int, list[int]]:
         return await self._op(ops.migrate(POSTGRES, time.time(), apply=apply))
-
-    # -- the Store interface -------------------------------------------------------------
-
-    async def create_job(self, job: Job) -> None:
-        await self._op(ops.create_job(job))
-
-    async def get_job(self, job_id: str) -> Job | None:
-        return await self._read_op(ops.get_job(job_id))
-
-    async def list_jobs(self, status: Status | None = None, limit: int = 100) -> list[Job]:
-        return await self._read_op(ops.list_jobs(status, limit))
-
-    async def files(self, job_id: str) -> list[FileRecord]:
-        return await self._read_op(ops.files(job_id))
-
-    async def reserve_slot(self, job_id: str, *, cap: int, model_cap: int, now: float) -> bool:
-        return await self._op(ops.reserve_slot(job_id, cap, model_cap, now))
-
-    async def record_submit(
-        self, job_id: str, provider_job_id: str | None, polling_url: str | None, *, now: float,
-        next_check_at: float | None, note: str | None = None,
-    ) -> Outcome:
-        return await self._op(ops.record_submit(job_id, provider_job_id, polling_url, now, next_check_at, note))
-
-    async def defer(
-        self, job_id: str, *, next_check_at: float, note: str | None, now: float, release_slot: bool = True
-    ) -> None:
-        await self._op(ops.defer(job_id, next_check_at, note, now, release_slot))
-
-    async def apply(
-        self, job_id: str, observation: Observation, *, now: float, next_check_at: float | None,
-        event: Event | None = None, expires: tuple[float, ...] = (), keep_events: int | None = None,
-    ) -> Outcome:
-        return await self._op(ops.apply(job_id, observation, now, next_check_at, event, expires, keep_events))
-
-    async def finish(
-        self, job_id: str, status: Status, *, now: float, reason: str | None = None,
-        only_from: frozenset[Status] | None = None,
-    ) -> Outcome:
-        return await self._op(ops.finish(job_id, status, now, reason, only_from))
-
-    async def claim_due(
-        self, owner: str, *, now: float, lease: float, limit: int, downloads: bool | None = None
-    ) -> list[Job]:
-        return await self._op(ops.claim_due(owner, now, lease, limit, downloads))
-
-    async def claim(self, job_id: str, owner: str, *, now: float, lease: float) -> Job | None:
-        return await self._op(ops.claim(job_id, owner, now, lease))
-
-    async def mark_sending(self, job_id: str, sending: bool) -> None:
-        await self._op(ops.mark_sending(job_id, sending))
-
-    async def renew(self, job_id: str, owner: str, *, until: float) -> bool:
-        return await self._op(ops.renew(job_id, owner, until))
-
-    async def release(
-        self, job_id: str, owner: str, *, expect: Status | None, next_check_at: float | None, polled: bool = False
-    ) -> None:
-        await self._op(ops.release(job_id, owner, expect, next_check_at, polled))
-
-    async def note_repoll(self, job_id: str) -> None:
-        await self._op(ops.note_repoll(job_id))
-
-    async def store_file(
-        self, job_id: str, n: int, *, path: str, size: int, sha256: str, content_type: str
-    ) -> None:
-        await self._op(ops.store_file(job_id, n, path, size, sha256, content_type))
-
-    async def file_failed(self, job_id: str, n: int) -> None:
-        await self._op(ops.file_failed(job_id, n))
-
-    async def prune_events(self, before: float, *, limit: int = 5000) -> int:
-        return await self._op(ops.prune_events(before, limit))
-
-    async def count_events(self, job_id: str) -> int:
-        return await self._read_op(ops.count_events(job_id))
-
-    async def counts(self) -> dict[str, int]:
-        return await self._read_op(ops.counts())
 
 
 async def _drive(conn: Any, op: Op[T]) -> T:

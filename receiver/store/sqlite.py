@@ -17,10 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from submitter.bodies import Observation
-from submitter.status import Status
 
-from . import Event, FileRecord, Job, Outcome, StoreUnavailable
+from . import Event, Job, Outcome, StoreUnavailable
 from . import sql as ops
+from .ops_store import OpsStore
 from .sql import MIGRATIONS, Dialect, Lock, Op, Query, UniqueViolation
 
 __all__ = ["MIGRATIONS", "SQLITE", "SQLiteStore"]
@@ -81,7 +81,7 @@ def _commit_together(db: DB, batch: list[tuple[Callable[[DB], Any], Any]]) -> li
     return results
 
 
-class SQLiteStore:
+class SQLiteStore(OpsStore):
     """The :class:`~receiver.store.Store` on one SQLite file; several processes may share it."""
 
     def __init__(self, path: str, *, busy_timeout: float = 5.0) -> None:
@@ -211,7 +211,7 @@ class SQLiteStore:
         """(version before, versions applied, or pending without `apply`)."""
         return await self._op(ops.migrate(SQLITE, time.time(), apply=apply))
 
-    # -- jobs ---------------------------------------------------------------------
+    # -- where SQLite differs --------------------------------------------------------
 
     async def create_job(self, job: Job) -> None:
         try:
@@ -219,82 +219,11 @@ class SQLiteStore:
         except UniqueViolation:
             raise sqlite3.IntegrityError(f"job {job.id!r} exists") from None
 
-    async def get_job(self, job_id: str) -> Job | None:
-        return await self._read_op(ops.get_job(job_id))
-
-    async def list_jobs(self, status: Status | None = None, limit: int = 100) -> list[Job]:
-        return await self._read_op(ops.list_jobs(status, limit))
-
-    async def files(self, job_id: str) -> list[FileRecord]:
-        return await self._read_op(ops.files(job_id))
-
-    async def reserve_slot(self, job_id: str, *, cap: int, model_cap: int, now: float) -> bool:
-        return await self._op(ops.reserve_slot(job_id, cap, model_cap, now))
-
-    async def record_submit(
-        self, job_id: str, provider_job_id: str | None, polling_url: str | None, *, now: float,
-        next_check_at: float | None, note: str | None = None,
-    ) -> Outcome:
-        return await self._op(ops.record_submit(job_id, provider_job_id, polling_url, now, next_check_at, note))
-
-    async def defer(
-        self, job_id: str, *, next_check_at: float, note: str | None, now: float, release_slot: bool = True
-    ) -> None:
-        await self._op(ops.defer(job_id, next_check_at, note, now, release_slot))
-
     async def apply(
         self, job_id: str, observation: Observation, *, now: float, next_check_at: float | None,
         event: Event | None = None, expires: tuple[float, ...] = (), keep_events: int | None = None,
     ) -> Outcome:
+        # Group commit: concurrent callbacks share one transaction (and one fsync), each in a savepoint.
         return await self._grouped(lambda db: run_op(
             db, ops.apply(job_id, observation, now, next_check_at, event, expires, keep_events)
         ))
-
-    async def finish(
-        self, job_id: str, status: Status, *, now: float, reason: str | None = None,
-        only_from: frozenset[Status] | None = None,
-    ) -> Outcome:
-        return await self._op(ops.finish(job_id, status, now, reason, only_from))
-
-    # -- leases -------------------------------------------------------------------
-
-    async def claim_due(
-        self, owner: str, *, now: float, lease: float, limit: int, downloads: bool | None = None
-    ) -> list[Job]:
-        return await self._op(ops.claim_due(owner, now, lease, limit, downloads))
-
-    async def claim(self, job_id: str, owner: str, *, now: float, lease: float) -> Job | None:
-        return await self._op(ops.claim(job_id, owner, now, lease))
-
-    async def mark_sending(self, job_id: str, sending: bool) -> None:
-        await self._op(ops.mark_sending(job_id, sending))
-
-    async def renew(self, job_id: str, owner: str, *, until: float) -> bool:
-        return await self._op(ops.renew(job_id, owner, until))
-
-    async def release(
-        self, job_id: str, owner: str, *, expect: Status | None, next_check_at: float | None, polled: bool = False
-    ) -> None:
-        await self._op(ops.release(job_id, owner, expect, next_check_at, polled))
-
-    async def note_repoll(self, job_id: str) -> None:
-        await self._op(ops.note_repoll(job_id))
-
-    # -- files and events -------------------------------------------------------------
-
-    async def store_file(
-        self, job_id: str, n: int, *, path: str, size: int, sha256: str, content_type: str
-    ) -> None:
-        await self._op(ops.store_file(job_id, n, path, size, sha256, content_type))
-
-    async def file_failed(self, job_id: str, n: int) -> None:
-        await self._op(ops.file_failed(job_id, n))
-
-    async def prune_events(self, before: float, *, limit: int = 5000) -> int:
-        return await self._op(ops.prune_events(before, limit))
-
-    async def count_events(self, job_id: str) -> int:
-        return await self._read_op(ops.count_events(job_id))
-
-    async def counts(self) -> dict[str, int]:
-        return await self._read_op(ops.counts())
