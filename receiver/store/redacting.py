@@ -9,6 +9,7 @@ in the database, and from there in `status`, `list` or `submit --json`.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 from submitter.bodies import Observation
@@ -48,7 +49,8 @@ class RedactingStore:
             event = dataclasses.replace(
                 event,
                 body=self.redactor.scrub_bytes(event.body, job_id=job_id, provider=provider),
-                headers={k: self._text(v, job_id, provider) or "" for k, v in event.headers.items()},
+                # One pass over all of them: JSON keeps its shape (nothing redacted spans a quote).
+                headers=json.loads(self._text(json.dumps(event.headers), job_id, provider) or "{}"),
             )
         return await self.inner.apply(job_id, observation, now=now, next_check_at=next_check_at, event=event,
                                       expires=expires, keep_events=keep_events)
