@@ -72,3 +72,19 @@ def test_demo_runs_the_whole_loop(env: Path, capsys: pytest.CaptureFixture[str])
     assert out.count("stored ") == 6 and "via polled" in out and "via callback" in out  # 5 jobs, 6 files
     assert len(list((env / "results").glob("fh_*/0.png"))) == 5
     assert len(list((env / "results").glob("fh_*/1.png"))) == 1
+
+
+def test_migrate_and_check_on_sqlite(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["migrate", "--check"]) == 1
+    assert "pending (1, 2, 3, 4)" in capsys.readouterr().out
+    assert main(["migrate"]) == 0
+    assert "(applied 1, 2, 3, 4)" in capsys.readouterr().out
+    assert main(["migrate", "--check"]) == 0 and "current" in capsys.readouterr().out
+    assert main(["migrate"]) == 0 and "already current" in capsys.readouterr().out
+
+
+def test_migrate_names_a_database_it_cannot_open(env: Path, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLUXHOOK_DB", str(env / "no-such-folder" / "x.db"))
+    assert main(["migrate"]) == 1
+    assert "no-such-folder" in capsys.readouterr().err
