@@ -1,6 +1,11 @@
 """Callback ingest: verified, deduplicated, durably recorded callbacks per second through a real
 receiver (one uvicorn worker), against bare Starlette on the same uvicorn settings.
 
+The receiver is `fluxhook serve`, so it runs with its connection limits (receiver/server.py's
+guarded httptools protocol). The baseline is bare Starlette under plain uvicorn, as it always was,
+so the ratio includes what the guard costs; a third server, bare Starlette under the guarded
+protocol, measures that cost alone (row "guarded protocol").
+
 Each request is a unique BFL progress callback for one of 2,000 ledger jobs, so every one is
 authenticated (HKDF path token), parsed, recorded as a new event and applied to its job, and
 committed with synchronous=FULL before the 2xx. Servers are pinned to CPU 0 and wrk to CPU 1
@@ -127,10 +132,11 @@ def measure(rounds: int, seconds: float, connections: tuple[int, ...]) -> dict[s
         subject = [sys.executable, "-m", "receiver.cli", "serve", "--port", str(port), "--log-level", "warning"]
         baseline = [sys.executable, "-m", "uvicorn", "bench.bare:app", "--port", str(port),
                     "--no-access-log", "--log-level", "warning"]
+        guarded = [*baseline, "--http", "receiver.server:GuardedHttpToolsProtocol"]
         runs: dict[tuple[str, int], list[dict[str, float]]] = {}
         for _ in range(rounds):
             for c in connections:
-                for name, command in (("bare", baseline), ("fluxhook", subject)):
+                for name, command in (("bare", baseline), ("guarded", guarded), ("fluxhook", subject)):
                     with server(command, env, port):
                         wrk(port, c, min(seconds, 2.0), paths)  # warm-up, discarded
                         runs.setdefault((name, c), []).append(wrk(port, c, seconds, paths))
@@ -150,6 +156,11 @@ def measure(rounds: int, seconds: float, connections: tuple[int, ...]) -> dict[s
              "baseline": statistics.median(r["p99_ms"] for r in runs[("bare", c)]), "ratio": None,
              "note": "target < 25 ms" if c == 64 else ""},
         ]
+        guarded_rps = statistics.median(r["rps"] for r in runs[("guarded", c)])
+        rows.append({"metric": f"guarded protocol @{c} conns", "value": round(guarded_rps), "unit": "req/s",
+                     "baseline": round(bare_rps), "ratio": round(guarded_rps / bare_rps, 3),
+                     "note": "bare Starlette, receiver/server.py's protocol vs plain uvicorn; "
+                             f"runs {[round(r['rps']) for r in runs[('guarded', c)]]}"})
         if any(r["non_2xx"] for r in ours):
             rows.append({"metric": f"non-2xx @{c}", "value": sum(r["non_2xx"] for r in ours), "unit": "responses",
                          "baseline": None, "ratio": None, "note": "should be 0"})
@@ -158,7 +169,8 @@ def measure(rounds: int, seconds: float, connections: tuple[int, ...]) -> dict[s
             row["ratio"] = round(row["value"] / row["baseline"], 2)
     return {"name": "callback ingest", "rows": rows,
             "environment": {"rounds": rounds, "seconds": seconds, "events_recorded": store_rows,
-                            "pinned": bool(_pin(0)), "load": "wrk -t2, unique progress callbacks"}}
+                            "pinned": bool(_pin(0)), "load": "wrk -t2, unique progress callbacks",
+                            "servers": "fluxhook serve (guarded protocol); baseline: bare Starlette, plain uvicorn"}}
 
 
 def _count_events(db: Path) -> int:

@@ -136,12 +136,11 @@ async def _cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
     from .app import create_app
+    from .server import run
 
     settings.require_public()
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, access_log=False, log_level=args.log_level)
+    run(create_app(settings), settings, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Run an ASGI app with uvicorn inside the current event loop (demo, tests, benchmarks)."""
+"""Run an ASGI app with uvicorn inside the current event loop (demo, tests, benchmarks),
+with the same connection limits as `fluxhook serve` (receiver/server.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import uvicorn
+
+from .server import uvicorn_config
+from .settings import Settings
 
 __all__ = ["bind", "serve_in_background"]
 
@@ -21,13 +25,18 @@ def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
 
 
 @contextlib.asynccontextmanager
-async def serve_in_background(app: Any, sock: socket.socket | None = None, **config: Any) -> AsyncIterator[str]:
-    """Serve `app` until the block exits; yields its base URL."""
+async def serve_in_background(
+    app: Any, sock: socket.socket | None = None, *, settings: Settings | None = None, **config: Any
+) -> AsyncIterator[str]:
+    """Serve `app` until the block exits; yields its base URL.
+
+    The server's limits (header size and deadline, connections, idle keep-alive) are
+    `settings`', by default Settings' own defaults; `config` are further uvicorn.Config
+    arguments.
+    """
     sock = sock or bind()
     host, port = sock.getsockname()[:2]
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level=config.pop("log_level", "warning"), access_log=False, **config)
-    )
+    server = uvicorn.Server(uvicorn_config(app, settings or Settings(), **{"log_level": "warning", **config}))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:
