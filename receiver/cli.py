@@ -144,6 +144,31 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from .store import open_store
+    from .store.sql import LATEST
+
+    store = open_store(settings.db, pool_size=1)
+    await store.open(migrate=False)
+    try:
+        before, versions = await store.migrate(apply=not args.check)
+    finally:
+        await store.close()
+    where = settings.db_display
+    if args.check:
+        if versions:
+            print(f"{where}: schema version {before}, {len(versions)} migration(s) pending"
+                  f" ({', '.join(map(str, versions))}): run `fluxhook migrate`")
+            return 1
+        print(f"{where}: schema version {before}, current")
+        return 0
+    if versions:
+        print(f"{where}: schema version {LATEST} (applied {', '.join(map(str, versions))})")
+    else:
+        print(f"{where}: schema version {LATEST}, already current")
+    return 0
+
+
 def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from submitter.simulator import run_simulator
 
