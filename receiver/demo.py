@@ -55,7 +55,7 @@ async def run_demo(settings: Settings, *, jobs: int = 5, within: float = 60.0) -
         for label, value in (("simulator", sim_url), ("receiver", public_url), ("database", settings.db_display),
                              ("results", settings.results)):
             print(f"{label:<10} {value}")
-        async with serve_in_background(create_app(settings), sock), Runtime.open(settings) as rt:
+        async with serve_in_background(create_app(settings), sock, settings=settings), Runtime.open(settings) as rt:
             submitted = []
             for i in range(jobs):
                 provider, model, prompt = PROMPTS[i % len(PROMPTS)]
