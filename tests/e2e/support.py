@@ -15,12 +15,14 @@ MASTER = "e2e-master-key-0123456789abcdef0123456789"
 WAIT = 30.0
 
 
-def env_for(tmp_path: Path, sim_url: str, public_url: str) -> dict[str, str]:
+def env_for(tmp_path: Path, sim_url: str, public_url: str, *, db: str | None = None) -> dict[str, str]:
+    """A receiver's environment: every provider at the simulator, the ledger in `tmp_path` (a SQLite
+    file) unless `db` names another (e.g. a PostgreSQL URL from tests.pg.fresh_schema)."""
     return {
         "FLUXHOOK_PUBLIC_URL": public_url,
         "FLUXHOOK_ALLOW_HTTP": "1",
         "FLUXHOOK_SECRET_KEY": MASTER,
-        "FLUXHOOK_DB": str(tmp_path / "fluxhook.db"),
+        "FLUXHOOK_DB": db or str(tmp_path / "fluxhook.db"),
         "FLUXHOOK_RESULTS": str(tmp_path / "results"),
         "FLUXHOOK_BFL_URL": sim_url,
         "FLUXHOOK_DEERAPI_URL": sim_url,
