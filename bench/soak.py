@@ -2,16 +2,25 @@
 
     python -m bench.soak --jobs 1000 --kills 2
     python -m bench.soak --jobs 200 --seed 7 --workdir /tmp/soak --json
+    python -m bench.soak --jobs 300 --db postgresql://postgres@127.0.0.1:5432/test --replicas 3
 
 The provider simulator runs in this process; the receiver is a real
 `fluxhook serve` process on loopback sharing one SQLite database with the
-submitting side here (like `fluxhook submit`). Jobs are spread over `bfl`,
+submitting side here (like `fluxhook submit`). With `--db postgresql://...`
+the ledger is in PostgreSQL instead: in a schema the soak creates there and
+drops at the end (it is kept, like the work folder, with `--workdir` or when
+the run fails), or, if the URL names one (`?search_path=...`), in that schema
+as it is. With `--replicas N` there are N receiver processes behind a
+round-robin forwarder (bench/roundrobin.py) that all callbacks go through; they
+share the ledger and the results folder, and each kill picks one of them at
+random (the forwarder answers 502 for it until it is back, and the sender
+retries). The database URL's password is never printed. Jobs are spread over `bfl`,
 `deerapi` (a BFL proxy) and `replicate`; each gets its own simulator rule,
 matched by a unique token at the start of its prompt, drawn from a seeded RNG:
 dropped callbacks (or, for Replicate, a dropped `completed` webhook),
 duplicated and reordered callbacks, expired result URLs, provider failures and
 moderation, two-output predictions, bursts of 429/503 on submit, runtimes of
-0.05 to 1.5 s. Meanwhile the receiver is SIGKILLed `--kills` times and
+0.05 to 1.5 s. Meanwhile a receiver is SIGKILLed `--kills` times and
 restarted on the same port, and an attacker sends forged callbacks for about
 5% of the jobs (wrong or borrowed tokens, bad, tampered, stale or missing
 signatures, result URLs pointing at the attacker's own server).
@@ -21,7 +30,7 @@ When every job has finished (or `--timeout` passed, or no job finished for
 is printed on stdout (details of any problem go to stderr):
 
     soak: jobs=1000 stored=930 failed_by_provider=70 lost=0 duplicates_stored=0 forgeries_accepted=0 \
-http_500=0 polls_per_rescued_job=1.3 kills=2 wall=412.5s
+http_500=0 polls_per_rescued_job=1.3 kills=2 replicas=1 db=sqlite wall=412.5s
 
 - lost: jobs not finished, jobs the provider completed that did not end
   `stored`, jobs the provider failed whose verdict was not recorded, and
@@ -32,12 +41,13 @@ http_500=0 polls_per_rescued_job=1.3 kills=2 wall=412.5s
 - forgeries_accepted: forged callbacks answered 2xx, plus any request the
   receiver made to the attacker's server;
 - http_500: 5xx answers other than 503 (which asks the sender to retry), as
-  seen by the attacker and by the simulator's webhook sender;
+  seen by the attacker and by the simulator's webhook sender; with replicas,
+  also any 502 the forwarder gave for a replica that had not been killed;
 - polls_per_rescued_job: the simulator's polls per job stored without its
   result callback.
 
 The exit status is 1 if any of lost, duplicates_stored, forgeries_accepted or
-http_500 is non-zero, if the receiver died without being killed, or if the run
+http_500 is non-zero, if a receiver died without being killed, or if the run
 timed out or stalled.
 """
 
@@ -61,6 +71,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 from starlette.applications import Starlette
@@ -69,11 +80,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bench._setup import MASTER, environment
+from bench.roundrobin import RoundRobin, is_forwarder_error
 from receiver.jobs import callback_url, submit
 from receiver.runtime import Runtime
 from receiver.serving import bind, serve_in_background
 from receiver.settings import Settings
 from receiver.store import FileRecord, Job
+from receiver.store.postgres import display_url, is_postgres_url
 from submitter.signing import derive_job_keys, sign_bfl, sign_standard
 from submitter.simulator import Faults, Simulator, jpeg_image, png_image
 from submitter.status import TERMINAL, Status
@@ -179,9 +192,12 @@ def index_of(job: Job) -> int | None:
 
 
 class Receiver:
-    """A `fluxhook serve` process on a fixed port: started, SIGKILLed and started again."""
+    """A `fluxhook serve` process on a fixed port: started, SIGKILLed and started again.
+    `name` prefixes its log files (one per start) in `logs`."""
 
-    def __init__(self, port: int, env: dict[str, str], logs: Path) -> None:
+    def __init__(self, port: int, env: dict[str, str], logs: Path, name: str = "receiver", index: int = 0) -> None:
+        self.name = name
+        self.index = index
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.env = {**os.environ, **env}
@@ -200,7 +216,7 @@ class Receiver:
             while True:
                 self.starts += 1
                 self._close_log()
-                self._log = (self.logs / f"receiver-{self.starts}.log").open("w")
+                self._log = (self.logs / f"{self.name}-{self.starts}.log").open("w")
                 self.process = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "receiver.cli", "serve", "--port", str(self.port),
                     "--log-level", "warning",
@@ -215,7 +231,7 @@ class Receiver:
                 if self.process.returncode is None:  # still not answering: give up
                     await self._kill()
                 if loop.time() >= end:
-                    raise RuntimeError(f"the receiver did not start on port {self.port}; see {self._log.name}")
+                    raise RuntimeError(f"{self.name} did not start on port {self.port}; see {self._log.name}")
                 await asyncio.sleep(0.2)  # e.g. the port is still held: try again
 
     @property
@@ -255,7 +271,7 @@ class Receiver:
     def error_lines(self) -> list[str]:
         """ERROR/CRITICAL lines and tracebacks the receiver logged, over all its runs."""
         found = []
-        for path in sorted(self.logs.glob("receiver-*.log")):
+        for path in sorted(self.logs.glob(f"{self.name}-*.log")):
             for line in path.read_text(errors="replace").splitlines():
                 if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback"):
                     found.append(f"{path.name}: {line}")
@@ -357,17 +373,20 @@ class Attacker:
         ]
 
     async def send(self, forgery: Forgery, within: float = 20.0) -> None:
-        """POST one forgery, retrying while the receiver is down (it may be between kill and restart)."""
+        """POST one forgery, retrying while the receiver is down (it may be between kill and restart;
+        behind the forwarder, its 502 says so)."""
         end = time.monotonic() + within
         while True:
             try:
                 response = await self.http.post(forgery.url, content=forgery.body, headers=forgery.headers)
-                break
+                if not is_forwarder_error(response):
+                    break
             except httpx.TransportError:
-                if time.monotonic() >= end:
-                    self.unanswered += 1
-                    return
-                await asyncio.sleep(0.2)
+                pass
+            if time.monotonic() >= end:
+                self.unanswered += 1
+                return
+            await asyncio.sleep(0.2)
         self.statuses[response.status_code] += 1
         self.by_kind[forgery.kind] += 1
         if response.is_success:
@@ -492,6 +511,72 @@ def _check(plan: Plan, job: Job, files: list[FileRecord], results_dir: Path) -> 
     return None
 
 
+# -- the ledger ------------------------------------------------------------------------
+
+
+@dataclass
+class Ledger:
+    """Where the run's ledger lives: FLUXHOOK_DB for every process, and what the soak made for it."""
+
+    db: str
+    #: The PostgreSQL schema the soak created (and drops when done), or None.
+    schema: str | None = None
+    admin_url: str | None = field(default=None, repr=False)
+
+    @property
+    def kind(self) -> str:
+        return "postgresql" if is_postgres_url(self.db) else "sqlite"
+
+    @property
+    def display(self) -> str:
+        """As it may be printed: the password masked."""
+        return display_url(self.db)
+
+
+def _search_path(url: str) -> str | None:
+    return (parse_qs(urlsplit(url).query).get("search_path") or [None])[0]
+
+
+def _with_schema(url: str, schema: str) -> str:
+    return f"{url}{'&' if urlsplit(url).query else '?'}search_path={schema}"
+
+
+async def open_ledger(db: str | None, workdir: Path) -> Ledger:
+    """The ledger for `--db`: a SQLite file (in the work folder by default), or PostgreSQL, in a new
+    schema of its own unless the URL names one (`search_path`), which is then used as it is."""
+    if db is None:
+        return Ledger(str(workdir / "soak.db"))
+    if not is_postgres_url(db):
+        return Ledger(db)
+    if _search_path(db):
+        return Ledger(db)
+    import asyncpg  # the PostgreSQL extra
+
+    schema = "fluxhook_soak_" + uuid.uuid4().hex[:12]
+    try:
+        admin = await asyncpg.connect(db, timeout=10)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise SystemExit(f"soak: cannot connect to {display_url(db)}: {type(exc).__name__}: {exc}") from None
+    try:
+        await admin.execute(f'CREATE SCHEMA "{schema}"')
+    finally:
+        await admin.close()
+    return Ledger(_with_schema(db, schema), schema, db)
+
+
+async def drop_ledger(ledger: Ledger) -> None:
+    """Drop the schema the soak created (nothing else is ever dropped)."""
+    if ledger.schema is None or ledger.admin_url is None:
+        return
+    import asyncpg
+
+    admin = await asyncpg.connect(ledger.admin_url, timeout=10)
+    try:
+        await admin.execute(f'DROP SCHEMA IF EXISTS "{ledger.schema}" CASCADE')
+    finally:
+        await admin.close()
+
+
 # -- the run -----------------------------------------------------------------------------
 
 
@@ -515,6 +600,15 @@ class Report:
     #: None, "timeout" or "stalled".
     gave_up: str | None
     wall: float
+    replicas: int
+    #: "sqlite" or "postgresql".
+    db: str
+    #: FLUXHOOK_DB as it may be shown (password masked).
+    ledger: str
+    #: The forwarder's 502s for a replica while it was down (the sender retries), and at other times.
+    refused_while_down: int
+    refused_while_up: int
+    callbacks_per_replica: dict[str, int]
     statuses: dict[str, int]
     #: Jobs per provider and per fault tag.
     mix: dict[str, int]
@@ -541,7 +635,8 @@ class Report:
             f"soak: jobs={self.submitted} stored={self.stored} failed_by_provider={self.failed_by_provider} "
             f"lost={self.lost} duplicates_stored={self.duplicates_stored} "
             f"forgeries_accepted={self.forgeries_accepted} http_500={self.http_500} "
-            f"polls_per_rescued_job={self.polls_per_rescued_job:.1f} kills={self.kills} wall={self.wall:.1f}s"
+            f"polls_per_rescued_job={self.polls_per_rescued_job:.1f} kills={self.kills} replicas={self.replicas}"
+            f" db={self.db} wall={self.wall:.1f}s"
         )
 
 
@@ -558,9 +653,50 @@ def log(message: str) -> None:
     print(f"soak: {message}", file=sys.stderr, flush=True)
 
 
+@dataclass
+class Downtime:
+    """A receiver between its kill (or crash) and its restart, on the soak's monotonic clock."""
+
+    replica: int
+    since: float
+    until: float = float("inf")
+
+
+def refused_while_down(rr: RoundRobin | None, downtimes: list[Downtime]) -> tuple[int, int]:
+    """The forwarder's own 502s: (while their replica was down, at any other time)."""
+    if rr is None:
+        return 0, 0
+    ok = stray = 0
+    for f in rr.log:
+        if f.error is None:
+            continue
+        if any(d.replica == f.backend and f.ended >= d.since and f.started <= d.until for d in downtimes):
+            ok += 1
+        else:
+            stray += 1
+    return ok, stray
+
+
 async def run(args: argparse.Namespace, workdir: Path) -> Report:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1_000_000)
-    log(f"seed {seed}, {args.jobs} jobs, {args.kills} kills, workdir {workdir}")
+    ledger = await open_ledger(args.db, workdir)
+    log(f"seed {seed}, {args.jobs} jobs, {args.kills} kills, {args.replicas} replica(s), workdir {workdir},"
+        f" ledger {ledger.display}")
+    try:
+        report = await _run(args, workdir, seed, ledger)
+    except BaseException:
+        if ledger.schema:
+            log(f"kept the schema {ledger.schema} in {display_url(args.db)}")
+        raise
+    if ledger.schema:
+        if args.workdir or report.failed:
+            log(f"kept the schema {ledger.schema} in {display_url(args.db)}")
+        else:
+            await drop_ledger(ledger)
+    return report
+
+
+async def _run(args: argparse.Namespace, workdir: Path, seed: int, ledger: Ledger) -> Report:
     # One stream per role, so the plan, the targets and the kill points depend on the seed alone.
     rng = random.Random(seed)
     plans = [plan_job(i, rng) for i in range(args.jobs)]
@@ -568,40 +704,59 @@ async def run(args: argparse.Namespace, workdir: Path) -> Report:
     points = kill_points(args.kills, rng)
     attacker_rng, killer_rng = random.Random(f"{seed}/attacker"), random.Random(f"{seed}/killer")
 
-    # The simulator's webhook sender reports every answer it gets through this client.
+    # The simulator's webhook sender reports every answer it gets through this client; the
+    # forwarder's own 502s (a replica down) are counted from its log instead.
     callback_answers: Counter[int] = Counter()
 
     async def count_answer(response: httpx.Response) -> None:
-        callback_answers[response.status_code] += 1
+        if not is_forwarder_error(response):
+            callback_answers[response.status_code] += 1
 
     sim_http = httpx.AsyncClient(timeout=30.0, trust_env=False, event_hooks={"response": [count_answer]})
     sim = Simulator(http=sim_http, callback_retries=(1.0, 3.0, 10.0))
     for plan in plans:
         sim.add_rule(plan.token, plan.faults)
     site = AttackerSite()
+    downtimes: list[Downtime] = []
+    rr: RoundRobin | None = None
 
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(sim_http.aclose)
         sim_url = await stack.enter_async_context(serve_in_background(sim.app))
         site_url = await stack.enter_async_context(serve_in_background(site.app))
-        sock = bind()
-        port = sock.getsockname()[1]
-        sock.close()
-        public_url = f"http://127.0.0.1:{port}"
+        ports = []
+        for _ in range(args.replicas):
+            sock = bind()
+            ports.append(sock.getsockname()[1])
+            sock.close()
+        if args.replicas == 1:
+            public_url = f"http://127.0.0.1:{ports[0]}"
+        else:  # every callback (and forgery) through the forwarder, to each replica in turn
+            rr = RoundRobin([f"http://127.0.0.1:{port}" for port in ports])
+            stack.push_async_callback(rr.aclose)
+            public_url = await stack.enter_async_context(serve_in_background(rr.app))
+        extra = {}
+        if ledger.kind == "postgresql":  # every replica and this process share the server's connections
+            extra["FLUXHOOK_DB_POOL"] = str(max(3, min(10, 80 // (args.replicas + 1))))
         env = environment(
             workdir, sim_url, public_url,
-            FLUXHOOK_DB=str(workdir / "soak.db"),
+            FLUXHOOK_DB=ledger.db,
             FLUXHOOK_REPLICATE_URL=sim_url,
             # The simulator takes any key.
             DEERAPI_KEY="soak", COMETAPI_KEY="soak", REPLICATE_API_TOKEN="soak",  # noqa: S106
             FLUXHOOK_POLL_AFTER="2", FLUXHOOK_POLL_MAX_INTERVAL="2", FLUXHOOK_SWEEP_INTERVAL="0.5",
             FLUXHOOK_JOB_DEADLINE=str(int(args.timeout) + 600), FLUXHOOK_LEASE_SECONDS="3",
+            **extra,
         )
         settings = Settings.from_env(env)
         settings.results.mkdir(parents=True, exist_ok=True)
-        receiver = Receiver(port, env, workdir)
-        stack.push_async_callback(receiver.stop)
-        await receiver.start()
+        receivers = [
+            Receiver(port, env, workdir, "receiver" if args.replicas == 1 else f"receiver{i}", i)
+            for i, port in enumerate(ports)
+        ]
+        for receiver in receivers:
+            stack.push_async_callback(receiver.stop)
+        await asyncio.gather(*(receiver.start() for receiver in receivers))
         rt = await stack.enter_async_context(Runtime.open(settings))
         http = await stack.enter_async_context(httpx.AsyncClient(timeout=10.0, trust_env=False))
         attacker = Attacker(http, public_url, sim.replicate_secret, site_url)
@@ -631,7 +786,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> Report:
         submitting = asyncio.create_task(submit_all())
         attack = asyncio.create_task(attacker.run(targets, job_ids, submitted, rt, attacker_rng))
         try:
-            gave_up = await supervise(rt, receiver, args, points, killer_rng, submitting, attack, started)
+            gave_up = await supervise(rt, receivers, args, points, killer_rng, submitting, attack, started,
+                                      downtimes)
             wall = time.monotonic() - started
             if gave_up is None:  # the attacker has usually finished long before
                 with contextlib.suppress(TimeoutError):
@@ -640,15 +796,17 @@ async def run(args: argparse.Namespace, workdir: Path) -> Report:
             for task in (submitting, attack):
                 task.cancel()
             await asyncio.gather(submitting, attack, return_exceptions=True)
-        # Late duplicates and retries land while the receiver still runs.
+        # Late duplicates and retries land while the receivers still run.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(sim.drain(), 20)
-        await receiver.stop()
+        await asyncio.gather(*(receiver.stop() for receiver in receivers))
         stats = sim.stats()
         found = await audit(rt, plans, stats["tasks"])
         totals = stats["totals"]
 
     tags = Counter(tag.partition("-")[0] if tag.startswith("busy") else tag for p in plans for tag in p.tags)
+    lb_502, stray_502 = refused_while_down(rr, downtimes)
+    server_errors = sum(n for status, n in (attacker.statuses + callback_answers).items() if is_server_error(status))
     return Report(
         seed=seed,
         jobs=args.jobs,
@@ -659,14 +817,20 @@ async def run(args: argparse.Namespace, workdir: Path) -> Report:
         duplicates_stored=len(found.duplicates),
         forgeries_sent=sum(attacker.statuses.values()),
         forgeries_accepted=len(attacker.accepted) + site.fetches,
-        http_500=sum(n for status, n in (attacker.statuses + callback_answers).items() if is_server_error(status)),
+        http_500=server_errors + stray_502,
         polls=totals["polls"],
         rescued=found.rescued,
         polls_per_rescued_job=totals["polls"] / found.rescued if found.rescued else 0.0,
-        kills=receiver.kills,
-        receiver_crashes=receiver.crashes,
+        kills=sum(r.kills for r in receivers),
+        receiver_crashes=sum(r.crashes for r in receivers),
         gave_up=gave_up,
         wall=round(wall, 2),
+        replicas=args.replicas,
+        db=ledger.kind,
+        ledger=ledger.display,
+        refused_while_down=lb_502,
+        refused_while_up=stray_502,
+        callbacks_per_replica={str(k): v for k, v in sorted(rr.per_backend().items())} if rr else {},
         statuses=dict(found.statuses),
         mix=dict(Counter(p.provider for p in plans) + tags),
         callback_answers={str(k): v for k, v in sorted(callback_answers.items())},
@@ -676,7 +840,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> Report:
         submit_errors=submit_errors,
         attacker_fetches=site.fetches,
         simulator=totals,
-        receiver_error_lines=receiver.error_lines()[:50],
+        receiver_error_lines=[line for r in receivers for line in r.error_lines()][:50],
         lost_jobs=found.lost,
         duplicate_files=found.duplicates,
         accepted_forgeries=attacker.accepted,
@@ -685,10 +849,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> Report:
 
 
 async def supervise(
-    rt: Runtime, receiver: Receiver, args: argparse.Namespace, points: list[float], rng: random.Random,
-    submitting: asyncio.Task[None], attack: asyncio.Task[None], started: float,
+    rt: Runtime, receivers: list[Receiver], args: argparse.Namespace, points: list[float], rng: random.Random,
+    submitting: asyncio.Task[None], attack: asyncio.Task[None], started: float, downtimes: list[Downtime],
 ) -> str | None:
-    """Watch the run until every job has finished, killing the receiver at `points`.
+    """Watch the run until every job has finished, killing a receiver at `points` (a random one of
+    several replicas); each kill's (or crash's) downtime goes to `downtimes`.
 
     Returns None, or why the run was given up: "timeout", or "stalled" when no job
     finished for `--stall` seconds (their deadlines lie beyond the run, so a stuck
@@ -696,6 +861,7 @@ async def supervise(
     """
     last_note = last_progress = started
     progress = (0, 0)
+    many = len(receivers) > 1
     while True:
         counts = await rt.store.counts()
         recorded, finished = sum(counts.values()), sum(counts.get(str(s), 0) for s in TERMINAL)
@@ -706,17 +872,25 @@ async def supervise(
         for task in (submitting, attack):  # a bug in either stops the run
             if task.done() and not task.cancelled() and (error := task.exception()) is not None:
                 raise error
-        if not receiver.alive():
-            receiver.crashes += 1
-            log(f"the receiver exited by itself (status {receiver.returncode}); restarting it")
-            await receiver.start()
+        for receiver in receivers:
+            if not receiver.alive():
+                receiver.crashes += 1
+                log(f"{receiver.name} exited by itself (status {receiver.returncode}); restarting it")
+                down = Downtime(receiver.index, time.monotonic())
+                downtimes.append(down)
+                await receiver.start()
+                down.until = time.monotonic()
         if points and finished >= points[0] * args.jobs:
             points.pop(0)
             await asyncio.sleep(rng.uniform(0.0, 0.3))
-            await receiver.kill()
-            log(f"killed the receiver at {finished}/{args.jobs} finished jobs")
+            victim = rng.choice(receivers) if many else receivers[0]
+            down = Downtime(victim.index, time.monotonic())
+            downtimes.append(down)
+            await victim.kill()
+            log(f"killed {'the receiver' if not many else victim.name} at {finished}/{args.jobs} finished jobs")
             await asyncio.sleep(rng.uniform(0.2, 1.0))  # callbacks meanwhile find nobody
-            await receiver.start()
+            await victim.start()
+            down.until = time.monotonic()
         now = time.monotonic()
         if now - started >= args.timeout:
             log(f"timed out after {args.timeout:.0f} s with {finished}/{args.jobs} jobs finished")
@@ -726,7 +900,7 @@ async def supervise(
             return "stalled"
         if now - last_note >= 10:
             last_note = now
-            log(f"{finished}/{args.jobs} finished, {recorded} recorded, {receiver.kills} kills")
+            log(f"{finished}/{args.jobs} finished, {recorded} recorded, {sum(r.kills for r in receivers)} kills")
         await asyncio.sleep(0.2)
 
 
@@ -744,8 +918,10 @@ def describe_problems(report: Report) -> None:
         log(f"the receiver fetched {report.attacker_fetches} file(s) from the attacker's server")
     if report.http_500:
         log(f"5xx answers: callbacks {report.callback_answers}, forgeries {report.forgery_answers}")
+    if report.refused_while_up:
+        log(f"the forwarder could not reach a running replica {report.refused_while_up} time(s)")
     if report.receiver_crashes:
-        log(f"the receiver exited by itself {report.receiver_crashes} time(s)")
+        log(f"a receiver exited by itself {report.receiver_crashes} time(s)")
     for line in report.receiver_error_lines[:20]:
         log(f"receiver log: {line}")
 
@@ -756,18 +932,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--jobs", type=int, default=1000, help="how many jobs to run (default 1000)")
     parser.add_argument("--seed", type=int, help="seed of the fault plan, attack targets and kill points")
-    parser.add_argument("--kills", type=int, default=2, help="how often to SIGKILL the receiver (default 2)")
+    parser.add_argument("--kills", type=int, default=2, help="how often to SIGKILL a receiver (default 2)")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds (default 900)")
     parser.add_argument("--stall", type=float, default=60.0,
                         help="give up when no job has finished for this many seconds (default 60)")
     parser.add_argument("--workdir", help="keep the database, results and receiver logs here")
+    parser.add_argument("--db", metavar="URL",
+                        help="the ledger: a SQLite path, or postgresql://... (a schema of the soak's own is made"
+                             " there and dropped afterwards, unless the URL names one with ?search_path=);"
+                             " default: a SQLite file in the work folder")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="receiver processes, behind a round-robin forwarder when more than 1 (default 1)")
     parser.add_argument("--json", action="store_true", help="print the full report as JSON instead of one line")
     args = parser.parse_args(argv)
-    if args.jobs < 1 or args.kills < 0 or args.timeout <= 0 or args.stall <= 0:
-        parser.error("--jobs must be >= 1, --kills >= 0, --timeout and --stall > 0")
+    if args.jobs < 1 or args.kills < 0 or args.timeout <= 0 or args.stall <= 0 or args.replicas < 1:
+        parser.error("--jobs and --replicas must be >= 1, --kills >= 0, --timeout and --stall > 0")
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="fluxhook-soak-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    report = asyncio.run(run(args, workdir))
+    try:
+        report = asyncio.run(run(args, workdir))
+    except SystemExit:  # e.g. the database did not answer: nothing ran
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
     describe_problems(report)
     if not args.workdir:
         if report.failed:

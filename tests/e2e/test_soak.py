@@ -1,31 +1,41 @@
-"""A small run of the fault-injection soak (`bench/soak.py`): nothing lost, duplicated, forged or 500.
+"""Small runs of the fault-injection soak (`bench/soak.py`): nothing lost, duplicated, forged or 500.
 
 The soak runs as its own process, as `python -m bench.soak` does: it starts a
 real receiver process, SIGKILLs it once mid-run and restarts it, while the
 simulator drops, duplicates and reorders callbacks and an attacker forges some.
+The second run does it with three replicas behind a round-robin forwarder on one
+PostgreSQL schema (a fresh one, dropped afterwards), one of them killed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
-import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from tests.pg import fresh_schema
 
 PROJECT = Path(__file__).resolve().parents[2]
 SUMMARY = re.compile(r"^soak: (?P<fields>jobs=.*)$", re.MULTILINE)
 
+pytestmark = pytest.mark.anyio
 
-def test_small_soak_loses_nothing_and_accepts_no_forgery(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.soak", "--jobs", "40", "--kills", "1", "--timeout", "240",
-         "--seed", "20240", "--workdir", str(tmp_path / "soak")],
-        cwd=PROJECT, capture_output=True, text=True, timeout=300,
+
+async def soak(*args: str) -> dict[str, str]:
+    """Run `python -m bench.soak ARGS` small; its summary's fields, once it passed."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.soak", "--jobs", "40", "--kills", "1", "--timeout", "240", "--seed", "20240",
+        *args, cwd=PROJECT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
-    match = SUMMARY.search(done.stdout)
-    assert match is not None, done.stdout + done.stderr
+    async with asyncio.timeout(300):
+        out, err = (part.decode() for part in await process.communicate())
+    match = SUMMARY.search(out)
+    assert match is not None, out + err
     fields = dict(field.split("=", 1) for field in match["fields"].split())
-    assert done.returncode == 0, match[0] + "\n" + done.stderr
+    assert process.returncode == 0, match[0] + "\n" + err
     assert fields["jobs"] == "40"
     assert int(fields["stored"]) > 0
     assert fields["lost"] == "0"
@@ -33,3 +43,15 @@ def test_small_soak_loses_nothing_and_accepts_no_forgery(tmp_path: Path) -> None
     assert fields["forgeries_accepted"] == "0"
     assert fields["http_500"] == "0"
     assert fields["kills"] == "1"
+    return fields
+
+
+async def test_small_soak_loses_nothing_and_accepts_no_forgery(tmp_path: Path) -> None:
+    fields = await soak("--workdir", str(tmp_path / "soak"))
+    assert (fields["replicas"], fields["db"]) == ("1", "sqlite")
+
+
+async def test_small_soak_with_three_replicas_on_postgresql(tmp_path: Path) -> None:
+    async with fresh_schema() as db:  # the URL names the schema: the soak uses it as it is
+        fields = await soak("--db", db, "--replicas", "3", "--workdir", str(tmp_path / "soak"))
+    assert (fields["replicas"], fields["db"]) == ("3", "postgresql")
