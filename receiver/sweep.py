@@ -30,7 +30,7 @@ from .downloads import (
 from .jobs import try_submit
 from .runtime import Runtime
 from .schedule import NOT_FOUND_GRACE, next_poll, retry_later
-from .store import FileRecord, Job, Outcome
+from .store import FileRecord, Job, Outcome, StoreUnavailable
 
 __all__ = [
     "SweepReport", "check_pass", "download_job", "download_loop", "download_pass", "expiries", "handle", "store_by",
@@ -156,8 +156,14 @@ async def handle(rt: Runtime, job: Job) -> str:
         # Shutdown ran out of time: hand the job back for another process to take now.
         await asyncio.shield(rt.store.release(job.id, rt.owner, expect=None, next_check_at=None))
         raise
+    except StoreUnavailable as exc:
+        # The database is down or refused this transaction (a deadlock, a failover): not a bug.
+        log.warning("job %s: store unavailable, retrying soon: %s", job.id, exc)
+        with contextlib.suppress(StoreUnavailable):
+            await rt.store.release(job.id, rt.owner, expect=job.status, next_check_at=retry_later(0, rt.clock()))
+        return "store-unavailable"
     except Exception:
-        # A bug or an outage must not take the sweep down, nor keep the lease forever.
+        # A bug must not take the sweep down, nor keep the lease forever.
         log.exception("sweep failed on job %s", job.id)
         await rt.store.release(job.id, rt.owner, expect=job.status, next_check_at=retry_later(3, rt.clock()))
         return "error"

@@ -239,3 +239,21 @@ async def test_a_database_out_of_connections_is_503_not_500(tmp_path: Path) -> N
             await admin.execute(f'DROP OWNED BY "{role}"')
             await admin.execute(f'DROP ROLE "{role}"')
             await admin.close()
+
+
+async def test_storing_a_file_while_a_callback_brings_urls_never_deadlocks() -> None:
+    """Both transactions lock the job's row before its files' (they once took them in opposite order)."""
+    async with replicas(2) as (a, b):
+        for i in range(60):
+            await a.create_job(job(f"j{i}"))
+            await a.record_submit(f"j{i}", f"p{i}", None, now=NOW, next_check_at=NOW)
+            ready = obs(Status.SUCCEEDED, (f"https://r/{i}.png",), provider_job_id=f"p{i}")
+            await a.apply(f"j{i}", ready, now=NOW, next_check_at=NOW, expires=(NOW + 600,))
+        for i in range(60):
+            again = obs(Status.SUCCEEDED, (f"https://r/{i}-fresh.png",), provider_job_id=f"p{i}")
+            await asyncio.gather(
+                a.store_file(f"j{i}", 0, path=f"j{i}/0.png", size=1, sha256="0" * 64, content_type="image/png"),
+                b.apply(f"j{i}", again, now=NOW, next_check_at=NOW, expires=(NOW + 900,)),
+            )  # a deadlock would raise StoreUnavailable here
+            (record,) = await a.files(f"j{i}")
+            assert record.stored

@@ -445,6 +445,9 @@ def note_repoll(job_id: str) -> Op[None]:
 # -- files and events -------------------------------------------------------------------
 
 def store_file(job_id: str, n: int, path: str, size: int, sha256: str, content_type: str) -> Op[None]:
+    # Lock order is jobs row, then files rows, in every transaction that takes both (apply does):
+    # the other order deadlocks against a callback bringing URLs while a replica stores a file.
+    yield Query("UPDATE jobs SET download_by = download_by WHERE id = ?", (job_id,))
     yield Query(
         "UPDATE files SET path = ?, size = ?, sha256 = ?, content_type = ?, attempts = attempts + 1"
         " WHERE job_id = ? AND n = ? AND path IS NULL",
