@@ -355,3 +355,21 @@ async def test_concurrent_applies_share_commits_but_fail_alone(store: Store) -> 
     assert isinstance(results[9], TaskMismatch)
     assert await store.count_events("j0") == 0  # its event was rolled back with it...
     assert all([await store.count_events(f"j{i}") == 1 for i in range(1, 10)])  # ...and only it
+
+
+def test_operations_run_without_a_transaction_are_one_statement() -> None:
+    """PostgreSQL runs these in autocommit (OpsStore._single): each must be one statement to stay atomic."""
+    from receiver.store import sql
+
+    singles = [
+        sql.create_job(job()), sql.mark_sending("j1", True), sql.renew("j1", "A", NOW), sql.note_repoll("j1"),
+        sql.release("j1", "A", Status.QUEUED, NOW, False), sql.file_failed("j1", 0), sql.prune_events(NOW, 10),
+        sql.claim_due("A", NOW, 60, 5, None), sql.claim("j1", "A", NOW, 60), sql.defer("j1", NOW, None, NOW, True),
+    ]
+    for op in singles:
+        steps = [next(op)]
+        with contextlib.suppress(StopIteration):
+            while True:
+                want = steps[-1].want  # type: ignore[union-attr]
+                steps.append(op.send({"all": [], "one": None}.get(want, 1)))
+        assert len(steps) == 1 and isinstance(steps[0], sql.Query), steps

@@ -29,8 +29,12 @@ class OpsStore:
     async def _read_op(self, op: Op[T]) -> T:
         raise NotImplementedError
 
+    async def _single(self, op: Op[T]) -> T:
+        """An operation of one write statement: atomic by itself; a backend may skip BEGIN/COMMIT."""
+        return await self._op(op)
+
     async def create_job(self, job: Job) -> None:
-        await self._op(ops.create_job(job))
+        await self._single(ops.create_job(job))
 
     async def get_job(self, job_id: str) -> Job | None:
         return await self._read_op(ops.get_job(job_id))
@@ -53,7 +57,7 @@ class OpsStore:
     async def defer(
         self, job_id: str, *, next_check_at: float, note: str | None, now: float, release_slot: bool = True
     ) -> None:
-        await self._op(ops.defer(job_id, next_check_at, note, now, release_slot))
+        await self._single(ops.defer(job_id, next_check_at, note, now, release_slot))
 
     async def apply(
         self, job_id: str, observation: Observation, *, now: float, next_check_at: float | None,
@@ -70,24 +74,24 @@ class OpsStore:
     async def claim_due(
         self, owner: str, *, now: float, lease: float, limit: int, downloads: bool | None = None
     ) -> list[Job]:
-        return await self._op(ops.claim_due(owner, now, lease, limit, downloads))
+        return await self._single(ops.claim_due(owner, now, lease, limit, downloads))
 
     async def claim(self, job_id: str, owner: str, *, now: float, lease: float) -> Job | None:
-        return await self._op(ops.claim(job_id, owner, now, lease))
+        return await self._single(ops.claim(job_id, owner, now, lease))
 
     async def mark_sending(self, job_id: str, sending: bool) -> None:
-        await self._op(ops.mark_sending(job_id, sending))
+        await self._single(ops.mark_sending(job_id, sending))
 
     async def renew(self, job_id: str, owner: str, *, until: float) -> bool:
-        return await self._op(ops.renew(job_id, owner, until))
+        return await self._single(ops.renew(job_id, owner, until))
 
     async def release(
         self, job_id: str, owner: str, *, expect: Status | None, next_check_at: float | None, polled: bool = False
     ) -> None:
-        await self._op(ops.release(job_id, owner, expect, next_check_at, polled))
+        await self._single(ops.release(job_id, owner, expect, next_check_at, polled))
 
     async def note_repoll(self, job_id: str) -> None:
-        await self._op(ops.note_repoll(job_id))
+        await self._single(ops.note_repoll(job_id))
 
     async def store_file(
         self, job_id: str, n: int, *, path: str, size: int, sha256: str, content_type: str
@@ -95,10 +99,10 @@ class OpsStore:
         await self._op(ops.store_file(job_id, n, path, size, sha256, content_type))
 
     async def file_failed(self, job_id: str, n: int) -> None:
-        await self._op(ops.file_failed(job_id, n))
+        await self._single(ops.file_failed(job_id, n))
 
     async def prune_events(self, before: float, *, limit: int = 5000) -> int:
-        return await self._op(ops.prune_events(before, limit))
+        return await self._single(ops.prune_events(before, limit))
 
     async def count_events(self, job_id: str) -> int:
         return await self._read_op(ops.count_events(job_id))

@@ -91,7 +91,7 @@ class PostgresStore(OpsStore):
         try:
             self._pool = await asyncpg.create_pool(
                 self.url, min_size=0, max_size=self.pool_size, timeout=self.timeout,
-                command_timeout=self.timeout, max_inactive_connection_lifetime=60.0,
+                command_timeout=self.timeout, max_inactive_connection_lifetime=60.0, reset=_keep_session,
             )
             if migrate:
                 await self._op(ops.migrate(POSTGRES, time.time()))
@@ -133,8 +133,17 @@ class PostgresStore(OpsStore):
     async def _read_op(self, op: Op[T]) -> T:
         return await self._run(op, transaction=False)
 
+    async def _single(self, op: Op[T]) -> T:
+        return await self._run(op, transaction=False)  # one statement: its own transaction
+
     async def migrate(self, *, apply: bool = True) -> tuple[int, list[int]]:
         return await self._op(ops.migrate(POSTGRES, time.time(), apply=apply))
+
+
+async def _keep_session(conn: Any) -> None:
+    """On release, skip asyncpg's server-side reset (`RESET ALL; UNLISTEN *; ...`: one round trip per
+    operation): the store sets no session state and takes only transaction-scoped advisory locks, and
+    asyncpg still ends any open transaction itself."""
 
 
 async def _drive(conn: Any, op: Op[T]) -> T:

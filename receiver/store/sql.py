@@ -307,7 +307,13 @@ def apply(
     job_id: str, observation: Observation, now: float, next_check_at: float | None, event: Event | None,
     expires: tuple[float, ...], keep_events: int | None,
 ) -> Op[Outcome]:
-    row = yield Query("SELECT status, provider_job_id, deadline_at FROM jobs WHERE id = ?", (job_id,), "one")
+    # One round trip: the job and (for the audit cap) how many events it keeps already.
+    row = yield Query(
+        "SELECT status, provider_job_id, deadline_at,"
+        " CASE WHEN ? = 1 THEN (SELECT COUNT(*) FROM events WHERE job_id = ?) ELSE 0 END"
+        " FROM jobs WHERE id = ?",
+        (int(event is not None and keep_events is not None), job_id, job_id), "one",
+    )
     if row is None:
         return Outcome(found=False)
     current, deadline = Status(row[0]), row[2]
@@ -315,10 +321,8 @@ def apply(
         raise TaskMismatch(f"event names provider task {observation.provider_job_id!r}, the job has another")
     if current in TERMINAL:
         return Outcome(status=current)  # finished: nothing to change, nothing more to keep
-    if event is not None and keep_events is not None:
-        kept = yield Query("SELECT COUNT(*) FROM events WHERE job_id = ?", (job_id,), "one")
-        if kept[0] >= keep_events:
-            event = None  # the audit cap for this job is reached: apply, but keep no more
+    if event is not None and keep_events is not None and row[3] >= keep_events:
+        event = None  # the audit cap for this job is reached: apply, but keep no more
     recorded = event is not None
     if event is not None:
         inserted = yield Query(
