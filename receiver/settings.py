@@ -76,6 +76,13 @@ class Settings:
     max_events_per_job: int = 100
     #: Seconds after the job deadline by which a succeeded job's files must be stored, else it ends `expired`.
     download_window: float = 3600.0
+    # -- serverless and proxies --
+    #: Bearer key for `POST /v1/sweep`; None: that endpoint does not exist (404).
+    sweep_token: str | None = field(default=None, repr=False)
+    #: Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (addresses or CIDR networks); none by default.
+    forwarded_allow_ips: tuple[str, ...] = ()
+    #: S3-compatible endpoint for `s3://` results (R2, MinIO, ...); None: AWS.
+    s3_endpoint: str | None = None
 
     def __repr__(self) -> str:  # never show the key, nor a database password
         return f"Settings(public_url={self.public_url!r}, db={self.db_display!r}, results={str(self.results)!r})"
@@ -150,6 +157,9 @@ class Settings:
             max_outputs=_count(env, "FLUXHOOK_MAX_OUTPUTS", 16),
             max_events_per_job=_count(env, "FLUXHOOK_MAX_EVENTS_PER_JOB", 100),
             download_window=_positive(env, "FLUXHOOK_DOWNLOAD_WINDOW", 3600.0),
+            sweep_token=_sweep_token(env.get("FLUXHOOK_SWEEP_TOKEN") or None),
+            forwarded_allow_ips=_networks(env.get("FLUXHOOK_FORWARDED_ALLOW_IPS", "")),
+            s3_endpoint=_endpoint(env.get("FLUXHOOK_S3_ENDPOINT") or None),
         )
 
     def with_overrides(self, **changes: object) -> Settings:
@@ -221,6 +231,35 @@ def _positive(env: Mapping[str, str], name: str, default: float) -> float:
     if value <= 0:
         raise SettingsError(f"{name} must be greater than 0")
     return value
+
+
+def _sweep_token(value: str | None) -> str | None:
+    if value is not None and len(value) < 32:
+        raise SettingsError("FLUXHOOK_SWEEP_TOKEN must be at least 32 characters")
+    return value
+
+
+def _networks(value: str) -> tuple[str, ...]:
+    import ipaddress
+
+    found = []
+    for item in (v.strip() for v in value.split(",")):
+        if not item:
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise SettingsError(
+                f"FLUXHOOK_FORWARDED_ALLOW_IPS: {item!r} is not an IP address or network"
+            ) from None
+        found.append(item)
+    return tuple(found)
+
+
+def _endpoint(value: str | None) -> str | None:
+    if value is not None and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).hostname):
+        raise SettingsError(f"FLUXHOOK_S3_ENDPOINT must be an http(s) URL, got {value!r}")
+    return value.rstrip("/") if value else None
 
 
 def _count(env: Mapping[str, str], name: str, default: int) -> int:
