@@ -1,0 +1,1 @@
+"""The receiver's own HTTP API beside the provider callbacks (sweep trigger, and later submit / wait)."""
