@@ -4,7 +4,7 @@ Each store operation is a generator: it yields :class:`Query` (and :class:`Lock`
 steps and is sent each step's result, so the same logic runs on SQLite (all steps
 on the store's thread: one hand-off per transaction) and on PostgreSQL (each step
 awaited on a pooled connection). Statements use `?` placeholders and a few tokens
-(`{skip_locked}`); a backend's :class:`Dialect` compiles them. Status changes are
+(`{skip_locked}`, `{ids_in}`…`{ids_end}`); a backend's :class:`Dialect` compiles them. Status changes are
 conditional updates derived from :mod:`submitter.status`; nothing of the state
 machine is written anywhere else.
 """
@@ -59,6 +59,10 @@ class Dialect:
     placeholder: str = "?"
     #: Row locking for claim subqueries ("" where writers are serial anyway).
     skip_locked: str = ""
+    #: How a claim names the rows its subquery picked: `id IN (…)`, or on PostgreSQL
+    #: `id = ANY(ARRAY(…))`, whose generic plan still looks rows up by key (an `IN` subquery's
+    #: generic plan, estimated without the parameters, is a full scan and hash join).
+    ids_in: tuple[str, str] = ("id IN (", ")")
     #: DDL spellings that differ from SQLite's: (SQLite's, ours) pairs.
     types: tuple[tuple[str, str], ...] = ()
 
@@ -74,6 +78,7 @@ class Dialect:
 @lru_cache(maxsize=512)
 def _compile(dialect: Dialect, sql: str) -> str:
     sql = sql.replace("{skip_locked}", dialect.skip_locked)
+    sql = sql.replace("{ids_in}", dialect.ids_in[0]).replace("{ids_end}", dialect.ids_in[1])
     if dialect.placeholder == "?":
         return sql
     counter = iter(range(1, 10_000))
@@ -400,11 +405,11 @@ _KINDS = {None: "", True: " AND status = 'succeeded'", False: " AND status <> 's
 def claim_due(owner: str, now: float, lease: float, limit: int, downloads: bool | None) -> Op[list[Job]]:
     rows = yield Query(
         f"""UPDATE jobs SET lease_owner = ?, lease_until = ?
-        WHERE id IN (
+        WHERE {{ids_in}}
             SELECT id FROM jobs
             WHERE next_check_at <= ? AND (lease_until IS NULL OR lease_until < ?){_KINDS[downloads]}
             ORDER BY {_CLAIM_ORDER}
-            LIMIT ? {{skip_locked}})
+            LIMIT ? {{skip_locked}}{{ids_end}}
         RETURNING *""",
         (owner, now + lease, now, now, limit), "all",
     )
