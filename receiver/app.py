@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from .api.sweep import sweep
 from .downloads import clean_partials
 from .endpoints import error_response, health, hook
 from .errors import ReceiverError
@@ -77,6 +78,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None, workers: b
         routes=[
             Route("/hooks/{provider}/{job_id}/{token}", hook, methods=["POST"]),
             Route("/healthz", health, methods=["GET"]),
+            Route("/v1/sweep", sweep, methods=["POST"]),
         ],
         exception_handlers={ReceiverError: error_response, StoreUnavailable: _unavailable},
         lifespan=lifespan,

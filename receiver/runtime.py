@@ -92,14 +92,32 @@ class Runtime:
         store: Store | None = None,
         api: httpx.AsyncClient | None = None,
         cdn: httpx.AsyncClient | None = None,
+        migrate: bool = True,
         **kwargs: Any,
     ) -> AsyncIterator[Runtime]:
-        """Open whatever was not injected, and close exactly that on exit."""
+        """Open whatever was not injected, and close exactly that on exit.
+
+        Without `migrate`, the store's schema must already be current (`fluxhook migrate` is a deploy
+        step): else Unavailable (503) naming that command; no migration is applied."""
         own_store = store is None
         if store is None:
             store = open_store(settings.db, pool_size=settings.db_pool)
         if own_store:
-            await store.open()
+            await store.open(migrate=migrate)
+            if not migrate:
+                try:
+                    before, pending = await store.migrate(apply=False)
+                except BaseException:
+                    await store.close()
+                    raise
+                if pending:
+                    from .errors import Unavailable
+
+                    await store.close()
+                    raise Unavailable(
+                        f"{settings.db_display}: schema version {before}, {len(pending)} migration(s) pending"
+                        f" ({', '.join(map(str, pending))}): run `fluxhook migrate` before serving"
+                    )
         timeout = httpx.Timeout(30.0, connect=10.0)
         own_api, own_cdn = api is None, cdn is None
         api = api or httpx.AsyncClient(timeout=timeout, trust_env=False)
