@@ -17,8 +17,11 @@ uvicorn's `limit_concurrency` is not used: it answers 503 only once a request's 
 complete, so half-open connections still hold their descriptors, and it counts them against
 legitimate requests. A slow body is the app's to refuse (`body_timeout`, receiver/endpoints.py).
 
-`uvicorn_config` and `run` serve with these limits from Settings; under uvicorn's own command line,
-`--http receiver.server:GuardedHttpToolsProtocol` takes them from the FLUXHOOK_* environment.
+`uvicorn_config` and `run` serve with these limits from Settings, and believe X-Forwarded-For and
+X-Forwarded-Proto only from the peers in `forwarded_allow_ips` (FLUXHOOK_FORWARDED_ALLOW_IPS; none by
+default). Under uvicorn's own command line, `--http receiver.server:GuardedHttpToolsProtocol` takes
+the limits from the FLUXHOOK_* environment; forwarded headers there are uvicorn's `--proxy-headers`
+and `--forwarded-allow-ips` (whose default trusts loopback).
 """
 
 from __future__ import annotations
@@ -257,6 +260,11 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
         "timeout_keep_alive": limits.idle_timeout,
         "ws": "none",  # the receiver has no WebSocket routes
         "access_log": False,
+        # X-Forwarded-For / X-Forwarded-Proto are believed only from FLUXHOOK_FORWARDED_ALLOW_IPS.
+        # uvicorn's own default trusts loopback (or its FORWARDED_ALLOW_IPS environment variable):
+        # with none configured the middleware is off, so no peer can set the client or scheme.
+        "proxy_headers": bool(settings.forwarded_allow_ips),
+        "forwarded_allow_ips": list(settings.forwarded_allow_ips),
         **overrides,
     }
     return uvicorn.Config(app, **options)
