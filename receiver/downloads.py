@@ -18,7 +18,6 @@ import errno
 import hashlib
 import ipaddress
 import os
-import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -35,6 +34,7 @@ import httpx
 from submitter.hosts import host_allowed
 
 if TYPE_CHECKING:
+    from .results import Sink
     from .settings import Settings
 
 __all__ = [
@@ -85,12 +85,14 @@ class DownloadPolicy:
 
 @dataclass(frozen=True)
 class StoredFile:
-    """A result file written to disk."""
+    """A result file stored: `path` on disk (None in an object store), `key` as the ledger records it."""
 
-    path: Path
+    path: Path | None
     size: int
     sha256: str
     content_type: str
+    #: Relative to the result store's root: `{job_id}/{n}.{ext}`.
+    key: str = ""
 
 
 class DownloadError(Exception):
@@ -239,10 +241,11 @@ def sniff_image(head: bytes) -> str | None:
 
 
 async def download(
-    http: httpx.AsyncClient, url: str, dest: Path, policy: DownloadPolicy, *, resolver: Resolver | None = None,
+    http: httpx.AsyncClient, url: str, dest: Path | Sink, policy: DownloadPolicy, *, resolver: Resolver | None = None,
     on_chunk: Callable[[int], Awaitable[None]] | None = None,
 ) -> StoredFile:
-    """Fetch `url` into `dest` + "." + extension (from the content type).
+    """Fetch `url` into `dest` + "." + extension (from the content type), or into a result store's
+    sink (see receiver.results): the body streams through, hashed on the way, never held whole.
 
     Redirects are followed by hand so every hop is vetted. Raises DownloadError.
     """
@@ -261,10 +264,18 @@ async def download(
                 target = _parse(location, base=target)
                 continue
             content_type = _check_response(response, target, policy)
-            return await _store(response, target, Path(dest), content_type, policy, on_chunk)
+            return await _store(response, target, _sink(dest), content_type, policy, on_chunk)
         finally:
             await response.aclose()
     raise _error("rejected", f"more than {policy.max_redirects} redirects", target)
+
+
+def _sink(dest: Path | Sink) -> Sink:
+    if isinstance(dest, (str, os.PathLike)):
+        from .results.local import FileSink
+
+        return FileSink(Path(dest))
+    return dest
 
 
 def _error(kind: Kind, problem: str, url: httpx.URL | str) -> DownloadError:
@@ -338,59 +349,54 @@ def _content_length(response: httpx.Response) -> int | None:
 
 
 async def _store(
-    response: httpx.Response, url: httpx.URL, dest: Path, media: str, policy: DownloadPolicy,
+    response: httpx.Response, url: httpx.URL, sink: Sink, media: str, policy: DownloadPolicy,
     on_chunk: Callable[[int], Awaitable[None]] | None,
 ) -> StoredFile:
-    final, temp = _paths(dest, media)
     expected, size, digest, done = _content_length(response), 0, hashlib.sha256(), False
+    name = "result file"
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        async with await anyio.open_file(temp, "xb") as fh:
-            pending: list[bytes] = []
-            buffered = 0
-            verified = False
-            try:
-                async for chunk in response.aiter_bytes():  # no decoding: encodings are refused
-                    size += len(chunk)
-                    if size > policy.max_bytes:
-                        raise _error("rejected", f"body exceeds {policy.max_bytes} bytes", url)
-                    pending.append(chunk)
-                    buffered += len(chunk)
-                    if not verified and size >= _SNIFF:  # before anything is written (_SNIFF < _CHUNK)
-                        _verify_type(b"".join(pending)[:_SNIFF], media, url)
-                        verified = True
-                    if buffered >= _CHUNK:
-                        # Hashing and writing both release the GIL: one thread hand-off per MiB keeps
-                        # them off the event loop.
-                        await anyio.to_thread.run_sync(_absorb, fh.wrapped, digest, b"".join(pending))
-                        pending, buffered = [], 0
-                    if on_chunk is not None:
-                        # After every chunk, however small: a slow server must not let the caller's
-                        # lease lapse. The callback decides by time whether to act.
-                        await on_chunk(size)
-            except httpx.TransportError as exc:
-                raise _transport_error(exc, url) from exc
-            if expected is not None and size != expected:
-                raise _error("transient", f"body truncated at {size} of {expected} bytes", url)
-            if size == 0:
-                raise _error("rejected", "empty body", url)
-            if not verified:  # a body shorter than _SNIFF: all of it is in `pending`
-                _verify_type(b"".join(pending), media, url)
-            if pending:
-                await anyio.to_thread.run_sync(_absorb, fh.wrapped, digest, b"".join(pending))
-            await fh.flush()
-            await anyio.to_thread.run_sync(os.fsync, fh.wrapped.fileno())
-        os.replace(temp, final)
+        await sink.begin(media)
+        name = getattr(getattr(sink, "final", None), "name", name)
+        pending: list[bytes] = []
+        buffered = 0
+        verified = False
+        try:
+            async for chunk in response.aiter_bytes():  # no decoding: encodings are refused
+                size += len(chunk)
+                if size > policy.max_bytes:
+                    raise _error("rejected", f"body exceeds {policy.max_bytes} bytes", url)
+                pending.append(chunk)
+                buffered += len(chunk)
+                if not verified and size >= _SNIFF:  # before anything is written (_SNIFF < _CHUNK)
+                    _verify_type(b"".join(pending)[:_SNIFF], media, url)
+                    verified = True
+                if buffered >= _CHUNK:
+                    await sink.write(b"".join(pending), digest)
+                    pending, buffered = [], 0
+                if on_chunk is not None:
+                    # After every chunk, however small: a slow server must not let the caller's
+                    # lease lapse. The callback decides by time whether to act.
+                    await on_chunk(size)
+        except httpx.TransportError as exc:
+            raise _transport_error(exc, url) from exc
+        if expected is not None and size != expected:
+            raise _error("transient", f"body truncated at {size} of {expected} bytes", url)
+        if size == 0:
+            raise _error("rejected", "empty body", url)
+        if not verified:  # a body shorter than _SNIFF: all of it is in `pending`
+            _verify_type(b"".join(pending), media, url)
+        if pending:
+            await sink.write(b"".join(pending), digest)
+        stored = await sink.commit(size, digest.hexdigest())
         done = True
-        await anyio.to_thread.run_sync(_fsync_dir, final.parent)
     except OSError as exc:
         reason = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
-        raise _error("transient", f"cannot write {final.name} ({reason})", url) from exc
+        raise _error("transient", f"cannot write {name} ({reason})", url) from exc
     finally:
         if not done:
             with suppress(OSError):
-                temp.unlink(missing_ok=True)
-    return StoredFile(path=final, size=size, sha256=digest.hexdigest(), content_type=media)
+                await sink.abort()
+    return stored
 
 
 def _verify_type(head: bytes, media: str, url: httpx.URL) -> None:
@@ -407,21 +413,6 @@ def _verify_type(head: bytes, media: str, url: httpx.URL) -> None:
 def _absorb(fp: Any, digest: Any, data: bytes) -> None:
     digest.update(data)
     fp.write(data)
-
-
-def _paths(dest: Path, media: str) -> tuple[Path, Path]:
-    """Final path (`dest` plus the extension; `dest` may contain dots) and a fresh temp path beside it."""
-    dest = dest.absolute()
-    final = dest.with_name(f"{dest.name}.{extension_for(media)}")
-    return final, dest.with_name(f".{dest.name}.{secrets.token_hex(8)}.part")
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def clean_partials(results_dir: Path, older_than: float) -> int:

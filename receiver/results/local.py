@@ -1,0 +1,131 @@
+"""Result files in a local folder: a temp file `.{n}.{random}.part` beside the final name,
+fsynced, then renamed to `{n}.{ext}` (and the folder fsynced), so a file appears only complete."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from .. import downloads
+from ..downloads import StoredFile, clean_partials, extension_for
+from . import Stat, key_for
+
+__all__ = ["FileSink", "LocalResultStore"]
+
+
+class FileSink:
+    """Writes `dest` + "." + extension through a temp file beside it."""
+
+    def __init__(self, dest: Path, key: str | None = None) -> None:
+        self.dest = Path(dest).absolute()
+        self.key = key
+        self.final: Path | None = None
+        self.temp: Path | None = None
+        self.media = ""
+        self._fh: Any = None
+
+    async def begin(self, media: str) -> None:
+        self.media = media
+        ext = extension_for(media)
+        self.final = self.dest.with_name(f"{self.dest.name}.{ext}")
+        self.temp = self.dest.with_name(f".{self.dest.name}.{secrets.token_hex(8)}.part")
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = await anyio.open_file(self.temp, "xb")
+
+    async def write(self, data: bytes, digest: Any) -> None:
+        # Hashing and writing both release the GIL: one thread hand-off per MiB keeps them off the loop.
+        await anyio.to_thread.run_sync(downloads._absorb, self._fh.wrapped, digest, data)
+
+    async def commit(self, size: int, sha256: str) -> StoredFile:
+        assert self.final is not None and self.temp is not None
+        fh = self._fh
+        await fh.flush()
+        await anyio.to_thread.run_sync(os.fsync, fh.wrapped.fileno())
+        self._fh = None
+        await fh.aclose()
+        os.replace(self.temp, self.final)
+        self.temp = None
+        await anyio.to_thread.run_sync(_fsync_dir, self.final.parent)
+        key = self.key or self.final.name
+        return StoredFile(path=self.final, size=size, sha256=sha256, content_type=self.media, key=key)
+
+    async def abort(self) -> None:
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            with suppress(OSError):
+                await fh.aclose()
+        if self.temp is not None:
+            with suppress(OSError):
+                self.temp.unlink(missing_ok=True)
+            self.temp = None
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalResultStore:
+    """`{folder}/{job_id}/{n}.{ext}`."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.url = str(self.folder)
+
+    def writer(self, job_id: str, n: int) -> FileSink:
+        return _KeyedSink(self.folder / job_id / str(n), job_id, n)
+
+    async def clean_partials(self, job_id: str | None, older_than: float) -> int:
+        folder = self.folder / job_id if job_id else self.folder
+        if not folder.is_dir():
+            return 0
+        return await asyncio.to_thread(clean_partials, folder, older_than)
+
+    def location(self, path: str) -> str:
+        return str(self.folder / path)
+
+    async def presign(self, path: str, expires: float) -> str:
+        return str((self.folder / path).absolute())
+
+    async def stat(self, path: str) -> Stat | None:
+        import hashlib
+
+        target = self.folder / path
+        if not target.is_file():
+            return None
+
+        def digest() -> str:
+            h = hashlib.sha256()
+            with open(target, "rb") as fh:
+                for block in iter(lambda: fh.read(1024 * 1024), b""):
+                    h.update(block)
+            return h.hexdigest()
+
+        from ..downloads import IMAGE_TYPES
+
+        ext = target.suffix.lstrip(".")
+        types = {v: k for k, v in IMAGE_TYPES.items()}
+        return Stat(size=target.stat().st_size, sha256=await asyncio.to_thread(digest), content_type=types.get(ext))
+
+    async def close(self) -> None:
+        return None
+
+
+class _KeyedSink(FileSink):
+    def __init__(self, dest: Path, job_id: str, n: int) -> None:
+        super().__init__(dest)
+        self.job_id, self.n = job_id, n
+
+    async def begin(self, media: str) -> None:
+        self.key = key_for(self.job_id, self.n, extension_for(media))
+        await super().begin(media)

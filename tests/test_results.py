@@ -1,0 +1,193 @@
+"""One contract for every result store: the local folder and an S3-compatible store (moto's
+server on loopback)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from receiver.downloads import DownloadError, DownloadPolicy, download
+from receiver.results import ResultStore
+from receiver.results.local import LocalResultStore
+
+obstore = pytest.importorskip("obstore")
+pytest.importorskip("moto.server")
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
+URL = "https://cdn.test/r/sample.png?sig=abc"
+POLICY = DownloadPolicy(allowed_hosts=("cdn.test",), max_bytes=64 * 1024 * 1024)
+BUCKET = "fluxhook-results"
+pytestmark = pytest.mark.anyio
+
+
+async def public(host: str) -> list[str]:
+    return ["93.184.216.34"]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server in its own process (so its memory is not counted as ours), on loopback."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                httpx.put(f"{endpoint}/{BUCKET}").raise_for_status()
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError("moto server did not start")
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+
+
+def open_uploads(endpoint: str) -> list[str]:
+    """Keys of the multipart uploads the server still holds open (ListMultipartUploads)."""
+    xml = httpx.get(f"{endpoint}/{BUCKET}?uploads").text
+    return re.findall(r"<Key>([^<]*)</Key>", xml)
+
+
+@pytest.fixture(params=["local", "s3"])
+async def results(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ResultStore]:
+    if request.param == "local":
+        yield LocalResultStore(tmp_path / "results")
+        return
+    request.getfixturevalue("aws_env")
+    endpoint = request.getfixturevalue("s3_endpoint")
+    from receiver.results.s3 import S3ResultStore
+
+    store = S3ResultStore.from_url(f"s3://{BUCKET}/p{os.urandom(4).hex()}/x", endpoint=endpoint)
+    store.endpoint = endpoint  # type: ignore[attr-defined]
+    yield store
+    await store.close()
+
+
+def image(body: bytes = PNG, content_type: str = "image/png", chunk: int = 64 * 1024) -> httpx.MockTransport:
+    async def stream() -> AsyncIterator[bytes]:
+        for i in range(0, len(body), chunk):
+            yield body[i:i + chunk]
+
+    class Body(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            async for part in stream():
+                yield part
+
+    return httpx.MockTransport(lambda r: httpx.Response(200, headers={"content-type": content_type,
+                                                                      "content-length": str(len(body))},
+                                                        stream=Body()))
+
+
+async def fetch(results: ResultStore, path: str) -> bytes:
+    url = await results.presign(path, 300)
+    if url.startswith(("http://", "https://")):
+        async with httpx.AsyncClient() as http:
+            response = await http.get(url)
+            response.raise_for_status()
+            return response.content
+    return Path(url).read_bytes()
+
+
+async def test_download_lands_with_layout_and_metadata(results: ResultStore) -> None:
+    async with httpx.AsyncClient(transport=image()) as http:
+        stored = await download(http, URL, results.writer("fh_job", 0), POLICY, resolver=public)
+    assert stored.key == "fh_job/0.png"
+    assert (stored.size, stored.sha256, stored.content_type) == (len(PNG), hashlib.sha256(PNG).hexdigest(),
+                                                                 "image/png")
+    stat = await results.stat("fh_job/0.png")
+    assert stat is not None
+    assert (stat.size, stat.sha256, stat.content_type) == (len(PNG), stored.sha256, "image/png")
+    assert await fetch(results, "fh_job/0.png") == PNG
+    assert await results.stat("fh_job/1.png") is None
+
+
+async def test_location_strings(results: ResultStore) -> None:
+    where = results.location("fh_job/0.png")
+    if isinstance(results, LocalResultStore):
+        assert where == str(results.folder / "fh_job" / "0.png")
+    else:
+        assert where == f"{results.url}/fh_job/0.png" and where.startswith(f"s3://{BUCKET}/")
+
+
+async def test_nothing_is_visible_before_commit_and_abort_leaves_nothing(results: ResultStore) -> None:
+    sink = results.writer("fh_job", 3)
+    await sink.begin("image/png")
+    await sink.write(PNG, hashlib.sha256())
+    assert await results.stat("fh_job/3.png") is None
+    await sink.abort()
+    assert await results.stat("fh_job/3.png") is None
+    assert await results.clean_partials("fh_job", 0.0) == 0  # abort left no staging file behind either
+    if not isinstance(results, LocalResultStore):
+        assert [u for u in open_uploads(results.endpoint) if "fh_job/" in u] == []  # type: ignore[attr-defined]
+
+
+async def test_a_rejected_body_leaves_nothing(results: ResultStore) -> None:
+    async with httpx.AsyncClient(transport=image(b"GIF89a" + bytes(1000))) as http:
+        with pytest.raises(DownloadError) as info:
+            await download(http, URL, results.writer("fh_bad", 0), POLICY, resolver=public)
+    assert info.value.kind == "rejected"
+    assert await results.stat("fh_bad/0.png") is None
+    assert await results.clean_partials("fh_bad", 0.0) == 0
+
+
+async def test_a_truncated_large_body_aborts_the_upload(results: ResultStore) -> None:
+    body = b"\x89PNG\r\n\x1a\n" + os.urandom(12 * 1024 * 1024)
+
+    def cut(request: httpx.Request) -> httpx.Response:  # promises more than it sends
+        return httpx.Response(200, headers={"content-type": "image/png", "content-length": str(len(body) + 10)},
+                              content=body)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(cut)) as http:
+        with pytest.raises(DownloadError) as info:
+            await download(http, URL, results.writer("fh_cut", 0), POLICY, resolver=public)
+    assert info.value.kind == "transient"
+    assert await results.stat("fh_cut/0.png") is None
+    assert await results.clean_partials("fh_cut", 0.0) == 0
+    if not isinstance(results, LocalResultStore):
+        assert [u for u in open_uploads(results.endpoint) if "fh_cut/" in u] == []  # type: ignore[attr-defined]
+
+
+async def test_a_large_file_streams_in_parts_with_bounded_memory(results: ResultStore) -> None:
+    body = b"\x89PNG\r\n\x1a\n" + os.urandom(40 * 1024 * 1024)
+    tracemalloc.start()
+    try:
+        async with httpx.AsyncClient(transport=image(body, chunk=256 * 1024)) as http:
+            stored = await download(http, URL, results.writer("fh_big", 0), POLICY, resolver=public)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Never the whole 40 MiB: a part being filled, the parts in flight (obstore holds the chunks
+    # until they are sent) and the hand-over queue.
+    assert peak < 20 * 1024 * 1024, peak
+    assert stored.size == len(body) and stored.sha256 == hashlib.sha256(body).hexdigest()
+    assert await fetch(results, "fh_big/0.png") == body
+    stat = await results.stat("fh_big/0.png")
+    assert stat is not None and stat.sha256 == stored.sha256
+    if not isinstance(results, LocalResultStore):
+        meta = await obstore.head_async(results.store, results.full("fh_big/0.png"))  # type: ignore[attr-defined]
+        assert str(meta["e_tag"]).strip('"').endswith("-9")  # a multipart ETag: nine parts of 5 MiB
