@@ -60,7 +60,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None, workers: b
             if rt is None:
                 # Only temp files older than any running download (another process's may be in progress).
                 removed = (clean_partials(settings.results, older_than=settings.download_timeout + 60)
-                           if settings.results.exists() else 0)
+                           if settings.results_url is None and settings.results.exists() else 0)
                 if removed:
                     log.info("removed %d partial downloads left by an earlier run", removed)
                 rt = await stack.enter_async_context(Runtime.open(settings))

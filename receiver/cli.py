@@ -54,7 +54,7 @@ async def _job_view(rt: Any, job_id: str) -> dict[str, Any]:
         raise CLIError(f"no job {job_id!r} in {rt.settings.db_display}")
     view = _shown(rt, job)
     view["files"] = [
-        {"n": f.n, "path": str(rt.settings.results / f.path) if f.path else None, "size": f.size,
+        {"n": f.n, "path": rt.results.location(f.path) if f.path else None, "size": f.size,
          "sha256": f.sha256, "content_type": f.content_type}
         for f in await rt.store.files(job_id)
     ]
@@ -112,6 +112,21 @@ async def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
     async with Runtime.open(settings) as rt:
         _print(await _job_view(rt, args.job), args.json)
+    return 0
+
+
+async def _cmd_url(args: argparse.Namespace, settings: Settings) -> int:
+    from .runtime import Runtime
+
+    async with Runtime.open(settings) as rt:
+        job = await rt.store.get_job(args.job)
+        if job is None:
+            raise CLIError(f"no job {args.job!r} in {settings.db_display}")
+        files = {f.n: f for f in await rt.store.files(args.job)}
+        record = files.get(args.n)
+        if record is None or not record.stored or not record.path:
+            raise CLIError(f"job {args.job} has no stored file {args.n} (files: {sorted(files) or 'none'})")
+        print(await rt.results.presign(record.path, args.expires))
     return 0
 
 
@@ -195,6 +210,11 @@ COMMANDS: dict[str, tuple[str, str, Any]] = {
     ),
     "status": ("show one job and its files", "fluxhook status fh_0123abcd... --json", _cmd_status),
     "list": ("list recent jobs", "fluxhook list --status failed --json", _cmd_list),
+    "url": (
+        "print a time-limited download URL for a stored result file (a local folder: its path)",
+        "fluxhook url fh_0123abcd... 0 --expires 600",
+        _cmd_url,
+    ),
     "sweep": (
         "one pass of the polling fallback, deferred submits and download retries, then exit (for cron)",
         "*/1 * * * * cd /srv/fluxhook && fluxhook sweep",
@@ -252,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     parsers["status"].add_argument("job", help="our job id (fh_...)")
     parsers["status"].add_argument("--json", action="store_true", help="print JSON")
+    parsers["url"].add_argument("job", help="our job id (fh_...)")
+    parsers["url"].add_argument("n", type=int, nargs="?", default=0, help="which file of the job (default 0)")
+    parsers["url"].add_argument("--expires", type=float, default=3600.0,
+                                help="seconds the URL stays valid (default 3600; S3 allows up to 7 days)")
     parsers["list"].add_argument("--status", choices=[str(s) for s in Status], help="only jobs in this status")
     parsers["list"].add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     parsers["list"].add_argument("--json", action="store_true", help="print JSON")

@@ -25,6 +25,8 @@ from submitter.client import ProviderClient
 
 from .logs import install_redaction
 from .redaction import Redactor
+from .results import ResultStore
+from .results import from_settings as results_from_settings
 from .secrets import WebhookSecrets
 from .settings import Settings
 from .store import Store, open_store
@@ -57,11 +59,15 @@ class Runtime:
     webhook_secrets: WebhookSecrets = field(init=False)
     #: Set on shutdown: background work stops taking new jobs.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Where result files go (FLUXHOOK_RESULTS): a local folder or an object store.
+    results: ResultStore = field(default=None)  # type: ignore[assignment]  # set in __post_init__
 
     #: Removes every secret fluxhook knows from text it stores, logs or shows.
     redactor: Redactor = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.results is None:
+            self.results = results_from_settings(self.settings)
         self.redactor = Redactor.from_settings(self.settings)
         install_redaction(self.redactor)
         if not isinstance(self.store, RedactingStore):

@@ -29,6 +29,8 @@ class Settings:
     #: PostgreSQL connections per process.
     db_pool: int = 10
     results: Path = Path("./results")
+    #: `s3://bucket[/prefix]` when FLUXHOOK_RESULTS names an object store (then `results` is unused).
+    results_url: str | None = None
     secret_key: bytes | None = field(default=None, repr=False)
     providers: Mapping[str, Provider] = field(default_factory=dict)
     #: None: each provider's own delivery hosts.
@@ -129,7 +131,8 @@ class Settings:
             allow_http=allow_http,
             db=env.get("FLUXHOOK_DB") or "./fluxhook.db",
             db_pool=_count(env, "FLUXHOOK_DB_POOL", 10),
-            results=Path(env.get("FLUXHOOK_RESULTS") or "./results"),
+            results=_results_folder(env.get("FLUXHOOK_RESULTS")),
+            results_url=_results_url(env.get("FLUXHOOK_RESULTS")),
             secret_key=secret.encode() if secret else None,
             providers=providers,
             download_hosts=tuple(h.strip() for h in hosts.split(",") if h.strip()) if hosts else None,
@@ -254,6 +257,20 @@ def _networks(value: str) -> tuple[str, ...]:
             ) from None
         found.append(item)
     return tuple(found)
+
+
+def _results_url(value: str | None) -> str | None:
+    """FLUXHOOK_RESULTS as an object-store URL (`s3://bucket[/prefix]`), or None for a local folder."""
+    if not value or "://" not in value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+        raise SettingsError(f"FLUXHOOK_RESULTS must be a folder or s3://bucket[/prefix], got {value!r}")
+    return f"s3://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def _results_folder(value: str | None) -> Path:
+    return Path("./results") if not value or _results_url(value) else Path(value)
 
 
 def _endpoint(value: str | None) -> str | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -22,7 +21,6 @@ from .downloads import (
     DownloadError,
     DownloadPolicy,
     StoredFile,
-    clean_partials,
     download,
     redact_url,
     url_expiry,
@@ -251,10 +249,8 @@ async def download_job(rt: Runtime, job: Job) -> str:
     store = rt.store
     policy = DownloadPolicy.from_settings(rt.settings, job.provider)
     lease = _Lease(rt, job.id)
-    folder = rt.settings.results / job.id
-    if folder.is_dir():
-        # We hold the job's lease, so no live download writes here: temp files are a dead one's.
-        await asyncio.to_thread(clean_partials, folder, 0.0)
+    # We hold the job's lease, so no live download writes here: temp files are a dead one's.
+    await rt.results.clean_partials(job.id, 0.0)
     repolled = False  # at most one re-poll per pass; job.repolls bounds them across passes and crashes
     while True:
         files = await store.files(job.id)
@@ -275,7 +271,7 @@ async def download_job(rt: Runtime, job: Job) -> str:
                 if result.kind != "transient":
                     break
                 continue
-            await store.store_file(job.id, record.n, path=os.path.relpath(result.path, rt.settings.results),
+            await store.store_file(job.id, record.n, path=result.key,
                                    size=result.size, sha256=result.sha256, content_type=result.content_type)
         if failure is None:
             continue
@@ -329,11 +325,11 @@ async def _fetch(
     rt: Runtime, job: Job, record: FileRecord, policy: DownloadPolicy, lease: _Lease
 ) -> StoredFile | DownloadError:
     """One file: the stored file, or why not (a transient failure past the URL's expiry counts as expired)."""
-    dest = rt.settings.results / job.id / str(record.n)
+    sink = rt.results.writer(job.id, record.n)
     try:
         # A server trickling bytes never trips a per-read timeout: bound the whole transfer.
         async with asyncio.timeout(rt.settings.download_timeout):
-            return await download(rt.cdn, record.url, dest, policy, resolver=rt.resolver, on_chunk=lease.keep)
+            return await download(rt.cdn, record.url, sink, policy, resolver=rt.resolver, on_chunk=lease.keep)
     except TimeoutError:
         error = DownloadError("transient", f"download took over {rt.settings.download_timeout:.0f} s")
     except LeaseLost as exc:
