@@ -1,0 +1,88 @@
+"""FLUXHOOK_RESULTS=s3://...: a job's result lands in an S3 server (moto, its own process on
+loopback) with its sha256 and content type; `fluxhook status` and `fluxhook url` show it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from receiver.cli import main
+from receiver.jobs import submit
+from receiver.sweep import sweep_once
+from submitter.status import Status
+from tests.harness import harness
+from tests.test_results import BUCKET, aws_env, s3_endpoint  # noqa: F401 (fixtures)
+
+pytest.importorskip("obstore")
+
+
+def test_a_result_lands_in_the_bucket_and_the_cli_finds_it(
+    tmp_path: Path, s3_endpoint: str, aws_env: None, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = f"s3://{BUCKET}/e2e-{os.urandom(4).hex()}/results"
+
+    async def flow() -> tuple[str, str, str]:
+        async with harness(tmp_path, results_url=url, s3_endpoint=s3_endpoint) as h:
+            job = await submit(h.rt, "bfl", "flux-dev", {"prompt": "a fox"})
+            await h.settle()
+            await sweep_once(h.rt)
+            done = await h.rt.store.get_job(job.id)
+            assert done is not None and done.status == Status.STORED
+            (record,) = await h.rt.store.files(job.id)
+            assert record.path == f"{job.id}/0.png" and record.content_type == "image/png"
+            stat = await h.rt.results.stat(record.path)
+            assert stat is not None
+            assert (stat.size, stat.sha256, stat.content_type) == (record.size, record.sha256, "image/png")
+            return job.id, record.sha256 or "", str(h.settings.db)
+
+    job_id, sha256, db = anyio.run(flow)
+    assert not (tmp_path / "results").exists()  # nothing went to the local folder
+
+    monkeypatch.setenv("FLUXHOOK_DB", db)
+    monkeypatch.setenv("FLUXHOOK_RESULTS", url)
+    monkeypatch.setenv("FLUXHOOK_S3_ENDPOINT", s3_endpoint)
+    capsys.readouterr()
+    assert main(["status", job_id, "--json"]) == 0
+    view = json.loads(capsys.readouterr().out)
+    assert view["files"][0]["path"] == f"{url}/{job_id}/0.png"
+    assert view["files"][0]["sha256"] == sha256
+
+    assert main(["status", job_id]) == 0
+    assert f"file 0: {url}/{job_id}/0.png" in capsys.readouterr().out
+
+    assert main(["url", job_id, "--expires", "120"]) == 0
+    signed = capsys.readouterr().out.strip()
+    assert signed.startswith(f"{s3_endpoint}/{BUCKET}/") and "X-Amz-Signature=" in signed
+    response = httpx.get(signed)
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert hashlib.sha256(response.content).hexdigest() == sha256
+
+    assert main(["url", job_id, "3"]) == 2  # no such file
+    assert "no stored file 3" in capsys.readouterr().err
+
+
+def test_url_for_a_local_folder_prints_the_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    async def flow() -> tuple[str, str, Path]:
+        async with harness(tmp_path) as h:
+            job = await submit(h.rt, "bfl", "flux-dev", {"prompt": "a fox"})
+            await h.settle()
+            await sweep_once(h.rt)
+            return job.id, str(h.settings.db), h.settings.results
+
+    job_id, db, folder = anyio.run(flow)
+    monkeypatch.setenv("FLUXHOOK_DB", db)
+    monkeypatch.setenv("FLUXHOOK_RESULTS", str(folder))
+    capsys.readouterr()
+    assert main(["url", job_id]) == 0
+    path = Path(capsys.readouterr().out.strip())
+    assert path == (folder / job_id / "0.png").absolute() and path.read_bytes().startswith(b"\x89PNG")
+    assert main(["status", job_id]) == 0
+    assert f"file 0: {folder / job_id / '0.png'}" in capsys.readouterr().out
