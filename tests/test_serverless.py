@@ -215,6 +215,23 @@ async def test_schema_not_current_is_a_clear_503_and_nothing_is_migrated(
         assert healthy["statusCode"] == 200
 
 
+async def test_unreachable_database_is_503_and_the_next_event_tries_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = env_for(tmp_path, "http://127.0.0.1:9", PUBLIC, db="postgresql://postgres@127.0.0.1:9/test")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    try:
+        answer = await invoke(http_v2_event("GET", "/healthz"))
+        assert answer["statusCode"] == 503 and answer["headers"]["retry-after"] == "5"
+        assert json.loads(answer["body"]) == {"error": "store unavailable, retry later"}
+        assert serverless._instance is None
+        with pytest.raises(Exception, match="cannot open the database"):
+            await invoke(SCHEDULED)
+    finally:
+        await asyncio.to_thread(serverless.reset)
+
+
 def test_importing_the_handler_opens_nothing(tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -262,3 +279,15 @@ async def test_sweep_endpoint_runs_one_pass_and_answers_the_report(tmp_path: Pat
         idle = await h.client.post("/v1/sweep", headers={"authorization": f"Bearer {TOKEN}"})
         assert idle.json() == {"claimed": 0}
         assert (await h.client.get("/v1/sweep")).status_code == 405
+
+
+async def test_sweep_endpoint_is_503_when_the_store_is_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from receiver.store import StoreUnavailable
+
+    async with harness(tmp_path, sweep_token=TOKEN) as h:
+        async def down(*args: Any, **kwargs: Any) -> int:
+            raise StoreUnavailable("database is locked")
+
+        monkeypatch.setattr(h.rt.store, "prune_events", down)
+        answer = await h.client.post("/v1/sweep", headers={"authorization": f"Bearer {TOKEN}"})
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
