@@ -388,7 +388,7 @@ def _errors(db: Path) -> list[str]:
         conn.close()
 
 
-def _verify_stored(db: Path, results: Path, expected: dict[str, Source]) -> None:
+def _verify_stored(db: Path, results: Path, expected: dict[str, Source], s3_base: str | None = None) -> None:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
         rows = conn.execute("SELECT job_id, path, size, sha256 FROM files").fetchall()
@@ -400,23 +400,86 @@ def _verify_stored(db: Path, results: Path, expected: dict[str, Source]) -> None
         source = expected[job_id]
         if path is None or size != source.size or sha != source.sha256:
             raise RuntimeError(f"job {job_id}: recorded {size} bytes, sha256 {sha}; source {source.sha256}")
-        if sha256_file(results / path) != source.sha256:
+        if s3_base is not None:
+            _verify_object(_signed(s3_base, path), source)
+        elif sha256_file(results / path) != source.sha256:
             raise RuntimeError(f"job {job_id}: stored file {path} differs from {source.name}")
 
 
+def _signed(s3_base: str, path: str) -> str:
+    """A presigned GET for `path` under `{endpoint}/{bucket}/{prefix}` (moto refuses unsigned reads)."""
+    import datetime as dt
+
+    import obstore
+    from obstore.store import S3Store
+
+    endpoint, bucket, prefix = s3_base.rsplit("/", 2)
+    store = S3Store(bucket, endpoint=endpoint, region="us-east-1", access_key_id="bench", secret_access_key="bench",  # noqa: S106 - moto takes any
+                    virtual_hosted_style_request=False, client_options={"allow_http": True})
+    return obstore.sign(store, "GET", f"{prefix}/{path}", dt.timedelta(minutes=10))
+
+
+def _verify_object(url: str, source: Source) -> None:
+    """The object's bytes and its recorded metadata (x-amz-meta-sha256, Content-Type) against the source."""
+    digest = hashlib.sha256()
+    with httpx.stream("GET", url, trust_env=False, timeout=60) as response:
+        response.raise_for_status()
+        meta, kind = response.headers.get("x-amz-meta-sha256"), response.headers.get("content-type")
+        for block in response.iter_bytes(MIB):
+            digest.update(block)
+    if digest.hexdigest() != source.sha256 or meta != source.sha256 or kind != "image/png":
+        raise RuntimeError(f"object {url}: sha256 {digest.hexdigest()}, metadata {meta}, type {kind}; "
+                           f"source {source.sha256}")
+
+
+S3_BUCKET = "fluxhook-bench"
+
+
+class MotoServer:
+    """moto's S3 server (in-memory, Python/werkzeug) in its own process on a free loopback port."""
+
+    def __init__(self, work: Path) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.log = work / f"moto-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        self.proc = spawn([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                          log=self.log)
+        deadline = time.monotonic() + 30
+        async with httpx.AsyncClient(trust_env=False, timeout=2) as http:
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    if (await http.put(f"{self.endpoint}/{S3_BUCKET}")).status_code == 200:
+                        return
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto server did not start: {_tail(self.log)}")
+                await asyncio.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+
+
 async def receiver_run(
-    server: StaticServer, sources: list[Source], work: Path, index: int, within: float
+    server: StaticServer, sources: list[Source], work: Path, index: int, within: float, s3: bool = False
 ) -> dict[str, float]:
-    folder = work / f"receiver-{index}"
+    folder = work / f"receiver-{index}{'-s3' if s3 else ''}"
     folder.mkdir()
+    moto = MotoServer(folder) if s3 else None
     try:
-        return await _receiver_run(server, sources, folder, index, within)
+        if moto is not None:
+            await moto.start()
+        return await _receiver_run(server, sources, folder, index, within, moto.endpoint if moto else None)
     finally:
+        if moto is not None:
+            moto.stop()
         await asyncio.to_thread(shutil.rmtree, folder, True)
 
 
 async def _receiver_run(
-    server: StaticServer, sources: list[Source], folder: Path, index: int, within: float
+    server: StaticServer, sources: list[Source], folder: Path, index: int, within: float, s3: str | None = None
 ) -> dict[str, float]:
     port = free_port()
     public_url = f"http://127.0.0.1:{port}"
@@ -426,6 +489,9 @@ async def _receiver_run(
         FLUXHOOK_DOWNLOAD_CONCURRENCY=str(CONCURRENCY),
         FLUXHOOK_MAX_DOWNLOAD_BYTES=str(2 * max(s.size for s in sources) + MIB),
         FLUXHOOK_DRAIN_TIMEOUT="2",  # stopping it (after the measurement, or on error) should not take 20 s
+        **({"FLUXHOOK_RESULTS": f"s3://{S3_BUCKET}/run-{index}", "FLUXHOOK_S3_ENDPOINT": s3,
+            "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1"}
+           if s3 else {}),
     )
     settings = Settings.from_env(env)
     db, results = Path(settings.db), settings.results
@@ -491,7 +557,7 @@ async def _receiver_run(
         if sampler is not None:
             sampler.finish()
         stop(proc)
-    await asyncio.to_thread(_verify_stored, db, results, expected)
+    await asyncio.to_thread(_verify_stored, db, results, expected, f"{s3}/{S3_BUCKET}/run-{index}" if s3 else None)
     total = sum(s.size for s in sources)
     return {
         "seconds": elapsed,
@@ -551,11 +617,15 @@ async def _measure(size: str, work: Path) -> dict[str, Any]:
     server.start()
     curl: list[dict[str, float]] = []
     receiver: list[dict[str, float]] = []
+    s3: list[dict[str, float]] = []
+    with_s3 = importlib.util.find_spec("moto") is not None and importlib.util.find_spec("obstore") is not None
     try:
         await server.wait_ready(sources[0].name)
         for index in range(runs):  # alternate: baseline, subject, baseline, subject, ...
             curl.append(await curl_run(server, sources, work, run_timeout))
             receiver.append(await receiver_run(server, sources, work, index, run_timeout))
+            if with_s3:
+                s3.append(await receiver_run(server, sources, work, index, run_timeout, s3=True))
     finally:
         server.stop()
     total_mib = sum(s.size for s in sources) / MIB
@@ -599,6 +669,20 @@ async def _measure(size: str, work: Path) -> dict[str, Any]:
              f" bytes each, {total_mib:.0f} MiB per run, Content-Type image/png; the receiver streams each to a temp"
              " file, fsyncs it and its folder, renames it and records size and sha256 in the ledger"),
     ]
+    if s3:
+        rows += [
+            _row(f"download throughput into S3 (moto, loopback), {count} x {each_mib:.0f} MiB",
+                 _median(s3, "mib_per_s"), "MiB/s", _median(receiver, "mib_per_s"),
+                 "the same receiver run with FLUXHOOK_RESULTS=s3://bucket/run-N on moto's S3 server (Python,"
+                 " in-memory, one process on loopback); baseline: the local-folder receiver above; each file streams"
+                 " into a 5 MiB-part multipart upload at a staging key, then is streamed again into its final key"
+                 " with its sha256 and Content-Type metadata; every object's bytes and metadata verified; runs"
+                 f" {[round(r['mib_per_s'], 1) for r in s3]}; moto's own speed bounds this figure"),
+            _row("receiver peak RSS during downloads into S3", _median(s3, "peak_rss_mib"), "MiB",
+                 _median(s3, "idle_rss_mib"),
+                 f"as above, S3 runs; growth {_median(s3, 'peak_rss_mib') - _median(s3, 'idle_rss_mib'):.1f} MiB"
+                 f" with {total_mib:.0f} MiB in flight; runs {[round(r['peak_rss_mib'], 1) for r in s3]}"),
+        ]
     return {
         "name": "downloads",
         "rows": rows,
@@ -617,6 +701,7 @@ async def _measure(size: str, work: Path) -> dict[str, Any]:
                              "FLUXHOOK_DOWNLOAD_ALLOW_PRIVATE": 1, "FLUXHOOK_DOWNLOAD_ALLOW_HTTP": 1},
             "runs_receiver": [{k: round(v, 3) for k, v in r.items()} for r in receiver],
             "runs_curl": [{k: round(v, 3) for k, v in r.items()} for r in curl],
+            "runs_receiver_s3": [{k: round(v, 3) for k, v in r.items()} for r in s3],
         },
     }
 

@@ -69,8 +69,9 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def open_uploads(endpoint: str) -> list[str]:
     """Keys of the multipart uploads the server still holds open (ListMultipartUploads)."""
-    xml = httpx.get(f"{endpoint}/{BUCKET}?uploads").text
-    return re.findall(r"<Key>([^<]*)</Key>", xml)
+    response = httpx.get(f"{endpoint}/{BUCKET}?uploads")
+    assert response.status_code == 200 and "<ListMultipartUploadsResult" in response.text, response.text[:300]
+    return re.findall(r"<Key>([^<]*)</Key>", response.text)
 
 
 @pytest.fixture(params=["local", "s3"])
