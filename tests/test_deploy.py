@@ -10,21 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).parent.parent
 DEPLOY = ROOT / "deploy"
 RECIPES = [DEPLOY / "lambda", DEPLOY / "cloudrun"]
 FILES = sorted(p for folder in RECIPES for p in folder.iterdir() if p.is_file())
 
-try:
-    import yaml
-except ImportError:  # pragma: no cover - PyYAML is not a dependency; checked structurally then
-    yaml = None  # type: ignore[assignment]
-
-
 def load_yaml(path: Path) -> Any:
-    if yaml is None:  # pragma: no cover
-        pytest.skip("PyYAML is not installed: YAML checked structurally only")
     return yaml.safe_load(path.read_text())
 
 
