@@ -192,3 +192,31 @@ async def test_a_large_file_streams_in_parts_with_bounded_memory(results: Result
     if not isinstance(results, LocalResultStore):
         meta = await obstore.head_async(results.store, results.full("fh_big/0.png"))  # type: ignore[attr-defined]
         assert str(meta["e_tag"]).strip('"').endswith("-9")  # a multipart ETag: nine parts of 5 MiB
+
+
+def test_results_setting_names_a_folder_or_a_bucket() -> None:
+    from receiver.results import from_settings
+    from receiver.settings import Settings, SettingsError
+
+    local = Settings.from_env({"FLUXHOOK_RESULTS": "/srv/results"})
+    assert local.results == Path("/srv/results") and local.results_url is None
+    assert isinstance(from_settings(local), LocalResultStore)
+    assert Settings.from_env({}).results_url is None
+    s3 = Settings.from_env({"FLUXHOOK_RESULTS": "s3://bucket/some/prefix/", "FLUXHOOK_S3_ENDPOINT": "http://127.0.0.1:9"})
+    assert s3.results_url == "s3://bucket/some/prefix" and s3.s3_endpoint == "http://127.0.0.1:9"
+    assert Settings.from_env({"FLUXHOOK_RESULTS": "s3://bucket"}).results_url == "s3://bucket"
+    for bad in ("gs://bucket/x", "s3:///nobucket", "s3://bucket/x?versionId=1", "https://example.com/x"):
+        with pytest.raises(SettingsError, match="FLUXHOOK_RESULTS"):
+            Settings.from_env({"FLUXHOOK_RESULTS": bad})
+
+
+def test_s3_store_from_settings_lays_out_under_its_prefix(aws_env: None) -> None:
+    from receiver.results import from_settings
+    from receiver.results.s3 import S3ResultStore
+    from receiver.settings import Settings
+
+    store = from_settings(Settings.from_env({"FLUXHOOK_RESULTS": "s3://bucket/a/b", "FLUXHOOK_S3_ENDPOINT":
+                                             "http://127.0.0.1:9"}))
+    assert isinstance(store, S3ResultStore)
+    assert store.location("fh_1/0.png") == "s3://bucket/a/b/fh_1/0.png"
+    assert S3ResultStore.from_url("s3://bucket").location("fh_1/0.png") == "s3://bucket/fh_1/0.png"

@@ -125,7 +125,9 @@ class S3Sink:
 
     async def abort(self) -> None:
         task, self._task = self._task, None
-        if task is not None and not task.done():
+        if task is not None and task.done() and not task.cancelled():
+            task.exception()  # retrieved: the failure was reported through write/commit already
+        elif task is not None:
             while not self._queue.empty():
                 self._queue.get_nowait()
             self._queue.put_nowait(ConnectionAbortedError("download aborted"))

@@ -86,3 +86,43 @@ def test_url_for_a_local_folder_prints_the_path(tmp_path: Path, monkeypatch: pyt
     assert path == (folder / job_id / "0.png").absolute() and path.read_bytes().startswith(b"\x89PNG")
     assert main(["status", job_id]) == 0
     assert f"file 0: {folder / job_id / '0.png'}" in capsys.readouterr().out
+
+
+@pytest.mark.anyio
+async def test_a_receiver_killed_mid_upload_leaves_no_object_and_stores_it_after_restart(
+    tmp_path: Path, s3_endpoint: str, aws_env: None,  # noqa: F811
+) -> None:
+    from receiver.runtime import Runtime
+    from receiver.serving import bind, serve_in_background
+    from receiver.settings import Settings
+    from submitter.simulator import Faults, Simulator
+    from tests.e2e.support import env_for
+    from tests.e2e.test_crash import Crashable
+
+    url = f"s3://{BUCKET}/crash-{os.urandom(4).hex()}"
+    sim = Simulator(default_faults=Faults(runtime=0.1, image_size=300_000), callback_retries=(0.5, 1.0, 2.0, 4.0))
+    async with serve_in_background(sim.app) as sim_url:
+        sock = bind()
+        port = sock.getsockname()[1]
+        sock.close()
+        env = env_for(tmp_path, sim_url, f"http://127.0.0.1:{port}") | {
+            "FLUXHOOK_LEASE_SECONDS": "1", "FLUXHOOK_POLL_AFTER": "0.3", "FLUXHOOK_SWEEP_INTERVAL": "0.2",
+            "FLUXHOOK_RESULTS": url, "FLUXHOOK_S3_ENDPOINT": s3_endpoint,
+        }
+        async with Runtime.open(Settings.from_env(env)) as rt:
+            c = Crashable(env, port, sim, rt)
+            try:
+                await c.start("mid-download")
+                job = await submit(rt, "bfl", "flux-dev", {"prompt": "crash"})
+                assert await c.died() == -9
+                assert await rt.results.stat(f"{job.id}/0.png") is None  # nothing at the final key
+                await c.start()
+                done = await c.wait(job.id)
+                assert done.status == Status.STORED
+                (record,) = await rt.store.files(job.id)
+                stat = await rt.results.stat(record.path or "")
+                assert stat is not None and (stat.sha256, stat.size) == (record.sha256, record.size)
+                assert await rt.results.clean_partials(job.id, 0.0) == 0  # no staging object left behind
+            finally:
+                c.stop()
+    await sim.aclose()
