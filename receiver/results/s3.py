@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
+import hmac
 import os
 import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import anyio.to_thread
+import httpx
 
 from ..downloads import StoredFile, extension_for
 from . import Stat, key_for
@@ -109,12 +112,8 @@ class S3Sink:
         ob = _obstore()
         final = self.owner.full(self.key)
         try:
-            staged = await ob.get_async(self.owner.store, self.staging)
-            await ob.put_async(
-                self.owner.store, final, _rechunk(staged.stream(min_chunk_size=1024 * 1024)),
-                attributes={"Content-Type": self.media, SHA_KEY: sha256},
-                use_multipart=size > PART, chunk_size=PART, max_concurrency=CONCURRENCY,
-            )
+            if not await self.owner.copy_with_metadata(self.staging, final, self.media, sha256):
+                await self._restream(final, size, sha256)
         except Exception as exc:
             raise _os_error(exc, "copy to final key failed") from exc
         try:
@@ -122,6 +121,17 @@ class S3Sink:
         except Exception:  # noqa: S110 - left for clean_partials
             pass
         return StoredFile(path=None, size=size, sha256=sha256, content_type=self.media, key=self.key)
+
+    async def _restream(self, final: str, size: int, sha256: str) -> None:
+        """Without static credentials for a server-side copy: the staged object streams back
+        through us into the final key (bounded memory, twice the traffic)."""
+        ob = _obstore()
+        staged = await ob.get_async(self.owner.store, self.staging)
+        await ob.put_async(
+            self.owner.store, final, _rechunk(staged.stream(min_chunk_size=1024 * 1024)),
+            attributes={"Content-Type": self.media, SHA_KEY: sha256},
+            use_multipart=size > PART, chunk_size=PART, max_concurrency=1,
+        )
 
     async def abort(self) -> None:
         task, self._task = self._task, None
@@ -144,6 +154,40 @@ class S3Sink:
 async def _rechunk(stream: Any) -> AsyncIterator[bytes]:
     async for chunk in stream:
         yield bytes(chunk)
+
+
+_EMPTY = hashlib.sha256(b"").hexdigest()
+
+
+def _static_credentials() -> tuple[str, str, str | None] | None:
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    return (key, secret, os.environ.get("AWS_SESSION_TOKEN") or None) if key and secret else None
+
+
+def sigv4(method: str, url: str, headers: dict[str, str], region: str, access_key: str, secret_key: str,
+          token: str | None = None, *, now: dt.datetime | None = None, payload: str = "UNSIGNED-PAYLOAD",
+          service: str = "s3") -> dict[str, str]:
+    """`headers` plus the SigV4 `Authorization` (and date, payload hash, session token) for a
+    request without a query string."""
+    parts = urlsplit(url)
+    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%SZ")
+    out = {k.lower(): " ".join(str(v).split()) for k, v in headers.items()}
+    out |= {"host": parts.netloc, "x-amz-date": stamp, "x-amz-content-sha256": payload}
+    if token:
+        out["x-amz-security-token"] = token
+    names = sorted(out)
+    canonical = "\n".join([
+        method, parts.path or "/", parts.query, "".join(f"{k}:{out[k]}\n" for k in names), ";".join(names), payload,
+    ])
+    scope = f"{stamp[:8]}/{region}/{service}/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    key = f"AWS4{secret_key}".encode()
+    for part in (stamp[:8], region, service, "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    out["authorization"] = (f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, SignedHeaders={';'.join(names)}, "
+                            f"Signature={signature}")
+    return out
 
 
 def _os_error(exc: BaseException | None, what: str) -> OSError:
@@ -169,6 +213,36 @@ class S3ResultStore:
             if urlsplit(endpoint).scheme == "http":
                 client["allow_http"] = True
         self.store = ob.store.S3Store(bucket, client_options=client or None, **kwargs)
+        self.region, self.endpoint = region, endpoint.rstrip("/") if endpoint else None
+        #: Server-side copies are signed here (SigV4) with the static AWS_* credentials; without them
+        #: (instance roles, SSO...) the final object is written by streaming the staged one again.
+        self.credentials = _static_credentials()
+
+    def object_url(self, key: str) -> str:
+        path = quote(key, safe="/~")
+        if self.endpoint:
+            return f"{self.endpoint}/{self.bucket}/{path}"
+        return f"https://{self.bucket}.s3.{self.region}.amazonaws.com/{path}"
+
+    async def copy_with_metadata(self, source: str, target: str, media: str, sha256: str) -> bool:
+        """CopyObject `source` to `target` with new metadata (a single request, no bytes through us);
+        False when no static credentials are configured (the caller streams instead)."""
+        if self.credentials is None:
+            return False
+        headers = {
+            "x-amz-copy-source": quote(f"/{self.bucket}/{source}", safe="/~"),
+            "x-amz-metadata-directive": "REPLACE",
+            "content-type": media,
+            f"x-amz-meta-{SHA_KEY}": sha256,
+        }
+        url = self.object_url(target)
+        signed = sigv4("PUT", url, headers, self.region, *self.credentials, payload=_EMPTY)
+        async with httpx.AsyncClient(trust_env=False, timeout=httpx.Timeout(120.0, connect=10.0)) as http:
+            response = await http.put(url, headers=signed)
+        # CopyObject may answer 200 with an error in the body.
+        if response.status_code != 200 or b"<Error>" in response.content[:512]:
+            raise OSError(f"CopyObject answered {response.status_code}: {response.text[:200]!r}")
+        return True
 
     @classmethod
     def from_url(cls, url: str, *, endpoint: str | None = None) -> S3ResultStore:
