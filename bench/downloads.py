@@ -675,8 +675,9 @@ async def _measure(size: str, work: Path) -> dict[str, Any]:
                  _median(s3, "mib_per_s"), "MiB/s", _median(receiver, "mib_per_s"),
                  "the same receiver run with FLUXHOOK_RESULTS=s3://bucket/run-N on moto's S3 server (Python,"
                  " in-memory, one process on loopback); baseline: the local-folder receiver above; each file streams"
-                 " into a 5 MiB-part multipart upload at a staging key, then is streamed again into its final key"
-                 " with its sha256 and Content-Type metadata; every object's bytes and metadata verified; runs"
+                 " into a 5 MiB-part multipart upload at a staging key, then a server-side CopyObject puts it at"
+                 " its final key with its sha256 and Content-Type metadata; every object's bytes and metadata"
+                 " verified; runs"
                  f" {[round(r['mib_per_s'], 1) for r in s3]}; moto's own speed bounds this figure"),
             _row("receiver peak RSS during downloads into S3", _median(s3, "peak_rss_mib"), "MiB",
                  _median(s3, "idle_rss_mib"),

@@ -269,3 +269,17 @@ def test_sigv4_matches_botocore() -> None:
         assert request.headers["X-Amz-Content-SHA256"] == empty
         assert ours["authorization"] == request.headers["Authorization"], (ours, dict(request.headers))
     assert botocore is not None
+
+
+async def test_clean_partials_removes_a_dead_uploads_leftovers_only(results: ResultStore) -> None:
+    async with httpx.AsyncClient(transport=image()) as http:
+        await download(http, URL, results.writer("fh_dead", 0), POLICY, resolver=public)
+    if isinstance(results, LocalResultStore):
+        (results.folder / "fh_dead" / ".1.0123456789abcdef.part").write_bytes(PNG[:100])
+    else:  # a staged object whose process died before the copy
+        await obstore.put_async(results.store, results.full("fh_dead/.1.0123456789abcdef.part"),  # type: ignore[attr-defined]
+                                PNG[:100])
+    assert await results.clean_partials("fh_dead", 3600.0) == 0  # too young: maybe a live upload
+    assert await results.clean_partials("fh_dead", 0.0) == 1
+    assert await results.clean_partials("fh_dead", 0.0) == 0
+    assert await results.stat("fh_dead/0.png") is not None  # the finished file stays
