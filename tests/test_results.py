@@ -283,3 +283,31 @@ async def test_clean_partials_removes_a_dead_uploads_leftovers_only(results: Res
     assert await results.clean_partials("fh_dead", 0.0) == 1
     assert await results.clean_partials("fh_dead", 0.0) == 0
     assert await results.stat("fh_dead/0.png") is not None  # the finished file stays
+
+
+async def test_a_dead_upload_leaves_only_an_invisible_incomplete_multipart_upload(
+    s3_endpoint: str, aws_env: None,
+) -> None:
+    """What SIGKILL leaves: parts uploaded at the staging key, no object at any key, until an
+    AbortIncompleteMultipartUpload lifecycle rule (or an abort) removes them."""
+    import asyncio
+
+    from receiver.results.s3 import S3ResultStore
+
+    store = S3ResultStore.from_url(f"s3://{BUCKET}/dead{os.urandom(4).hex()}", endpoint=s3_endpoint)
+    sink = store.writer("fh_kill", 0)
+    await sink.begin("image/png")
+    digest = hashlib.sha256()
+    for _ in range(11):
+        await sink.write(b"\x89PNG\r\n\x1a\n" + bytes(1024 * 1024 - 8), digest)
+    async with asyncio.timeout(10):
+        while not [k for k in open_uploads(s3_endpoint) if k == sink.staging]:
+            await asyncio.sleep(0.05)
+    assert sink._task is not None
+    sink._task.cancel()  # the process is gone: nobody completes or aborts the upload
+    with pytest.raises(asyncio.CancelledError):
+        await sink._task
+    assert await store.stat("fh_kill/0.png") is None
+    listed = [m["path"] async for batch in obstore.list(store.store, prefix=store.full("fh_kill/")) for m in batch]
+    assert listed == []  # not even the staging key: its parts are invisible
+    assert sink.staging in open_uploads(s3_endpoint)

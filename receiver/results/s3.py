@@ -205,6 +205,8 @@ class S3ResultStore:
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        # obstore would read AWS_ENDPOINT_URL itself; read it here so signed copies go to the same place.
+        endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT") or None
         kwargs: dict[str, Any] = {"region": region}
         client: dict[str, Any] = {}
         if endpoint:
