@@ -14,13 +14,14 @@ import logging
 import os
 import stat
 from pathlib import Path, PurePath
+from typing import Any
 
-from starlette.responses import FileResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
 
 from .downloads import IMAGE_TYPES, media_type
 from .store import FileRecord
 
-__all__ = ["SECURITY_HEADERS", "served_type", "stored_file_response"]
+__all__ = ["SECURITY_HEADERS", "result_response", "served_type", "stored_file_response"]
 
 log = logging.getLogger("fluxhook.files")
 
@@ -50,6 +51,20 @@ def stored_file_response(results_dir: Path, record: FileRecord, *, max_age: int 
     path, status = found
     headers = {**SECURITY_HEADERS, "Cache-Control": f"private, max-age={max(0, int(max_age))}"}
     return FileResponse(path, headers=headers, media_type=served_type(record.content_type), stat_result=status)
+
+
+async def result_response(results: Any, record: FileRecord, *, max_age: int = 3600) -> Response:
+    """`record`'s file from the configured result store: a local folder serves the file itself
+    (:func:`stored_file_response`); an object store answers 307 to a presigned GET valid for
+    `max_age` seconds (the bucket serves it, with the Content-Type stored at upload)."""
+    from .results.local import LocalResultStore
+
+    if isinstance(results, LocalResultStore):
+        return stored_file_response(results.folder, record, max_age=max_age)
+    if not record.path or PurePath(record.path).is_absolute() or ".." in PurePath(record.path).parts:
+        return PlainTextResponse("not found", 404, headers={**SECURITY_HEADERS, "Cache-Control": "no-store"})
+    url = await results.presign(record.path, max(1, int(max_age)))
+    return RedirectResponse(url, 307, headers={**SECURITY_HEADERS, "Cache-Control": "no-store"})
 
 
 def _inside(results_dir: Path, record: FileRecord) -> tuple[Path, os.stat_result] | None:

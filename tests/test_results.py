@@ -311,3 +311,23 @@ async def test_a_dead_upload_leaves_only_an_invisible_incomplete_multipart_uploa
     listed = [m["path"] async for batch in obstore.list(store.store, prefix=store.full("fh_kill/")) for m in batch]
     assert listed == []  # not even the staging key: its parts are invisible
     assert sink.staging in open_uploads(s3_endpoint)
+
+
+async def test_result_response_serves_a_file_or_redirects_to_a_presigned_url(results: ResultStore) -> None:
+    from receiver.files import result_response
+    from receiver.store import FileRecord
+
+    async with httpx.AsyncClient(transport=image()) as http:
+        stored = await download(http, URL, results.writer("fh_web", 0), POLICY, resolver=public)
+    record = FileRecord(job_id="fh_web", n=0, url=URL, expires_at=0.0, path=stored.key, size=stored.size,
+                        sha256=stored.sha256, content_type=stored.content_type)
+    response = await result_response(results, record, max_age=60)
+    if isinstance(results, LocalResultStore):
+        assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    else:
+        assert response.status_code == 307
+        async with httpx.AsyncClient() as http:
+            fetched = await http.get(response.headers["location"])
+        assert fetched.content == PNG and fetched.headers["content-type"] == "image/png"
+    missing = FileRecord(job_id="fh_web", n=1, url=URL, expires_at=0.0, path="../etc/passwd")
+    assert (await result_response(results, missing)).status_code == 404
