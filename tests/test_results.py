@@ -15,14 +15,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
+import moto.server  # noqa: F401  (test dependencies: never skipped)
+import obstore
 import pytest
 
 from receiver.downloads import DownloadError, DownloadPolicy, download
 from receiver.results import ResultStore
 from receiver.results.local import LocalResultStore
-
-obstore = pytest.importorskip("obstore")
-pytest.importorskip("moto.server")
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
 URL = "https://cdn.test/r/sample.png?sig=abc"
@@ -250,7 +249,6 @@ async def test_without_static_credentials_the_staged_object_is_streamed_into_pla
 def test_sigv4_matches_botocore() -> None:
     import datetime as dt
 
-    botocore = pytest.importorskip("botocore")
     from botocore.auth import S3SigV4Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
@@ -268,7 +266,6 @@ def test_sigv4_matches_botocore() -> None:
         ours = sigv4("PUT", url, headers, "eu-west-1", "AKIDEXAMPLE", "secret/key", token, now=when, payload=empty)
         assert request.headers["X-Amz-Content-SHA256"] == empty
         assert ours["authorization"] == request.headers["Authorization"], (ours, dict(request.headers))
-    assert botocore is not None
 
 
 async def test_clean_partials_removes_a_dead_uploads_leftovers_only(results: ResultStore) -> None:

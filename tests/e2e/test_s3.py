@@ -19,8 +19,6 @@ from submitter.status import Status
 from tests.harness import harness
 from tests.test_results import BUCKET, aws_env, s3_endpoint  # noqa: F401 (fixtures)
 
-pytest.importorskip("obstore")
-
 
 def test_a_result_lands_in_the_bucket_and_the_cli_finds_it(
     tmp_path: Path, s3_endpoint: str, aws_env: None, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
