@@ -3,6 +3,7 @@
     python -m bench.soak --jobs 1000 --kills 2
     python -m bench.soak --jobs 200 --seed 7 --workdir /tmp/soak --json
     python -m bench.soak --jobs 300 --db postgresql://postgres@127.0.0.1:5432/test --replicas 3
+    python -m bench.soak --jobs 200 --replicas 3 --results s3://soak/results
 
 The provider simulator runs in this process; the receiver is a real
 `fluxhook serve` process on loopback sharing one SQLite database with the
@@ -14,7 +15,11 @@ as it is. With `--replicas N` there are N receiver processes behind a
 round-robin forwarder (bench/roundrobin.py) that all callbacks go through; they
 share the ledger and the results folder, and each kill picks one of them at
 random (the forwarder answers 502 for it until it is back, and the sender
-retries). The database URL's password is never printed. Jobs are spread over `bfl`,
+retries). With `--results s3://bucket/prefix` the result files go to an S3-compatible
+object store instead of the work folder: with FLUXHOOK_S3_ENDPOINT set, that endpoint
+(and the AWS_* credentials in the environment; the bucket must exist and the prefix should
+be empty), otherwise a moto S3 server the soak starts on loopback, with the bucket created
+and dummy credentials. The database URL's password is never printed. Jobs are spread over `bfl`,
 `deerapi` (a BFL proxy) and `replicate`; each gets its own simulator rule,
 matched by a unique token at the start of its prompt, drawn from a seeded RNG:
 dropped callbacks (or, for Replicate, a dropped `completed` webhook),
@@ -30,14 +35,16 @@ When every job has finished (or `--timeout` passed, or no job finished for
 is printed on stdout (details of any problem go to stderr):
 
     soak: jobs=1000 stored=930 failed_by_provider=70 lost=0 duplicates_stored=0 forgeries_accepted=0 \
-http_500=0 polls_per_rescued_job=1.3 kills=2 replicas=1 db=sqlite wall=412.5s
+http_500=0 polls_per_rescued_job=1.3 kills=2 replicas=1 db=sqlite results=local wall=412.5s
 
 - lost: jobs not finished, jobs the provider completed that did not end
   `stored`, jobs the provider failed whose verdict was not recorded, and
   stored jobs whose files are missing, short, or differ from what the provider
-  served (checked byte for byte, and against the recorded sha256);
-- duplicates_stored: files on disk that the ledger does not record, leftover
-  `.part` files, and file records beyond the provider's output count;
+  served (checked byte for byte, and against the recorded sha256; in S3, also
+  against the object's own size and sha256 metadata);
+- duplicates_stored: files on disk (objects under the prefix, in S3) that the
+  ledger does not record, leftover `.part` files (staging objects
+  `{job}/.{n}.{random}.part`), and file records beyond the provider's output count;
 - forgeries_accepted: forged callbacks answered 2xx, plus any request the
   receiver made to the attacker's server;
 - http_500: 5xx answers other than 503 (which asks the sender to retry), as
@@ -59,8 +66,10 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import random
+import re
 import shutil
 import signal
 import sys
@@ -447,13 +456,83 @@ def expected_image(plan: Plan, provider_job_id: str, n: int) -> bytes:
     return (png_image if plan.faults.image_format == "png" else jpeg_image)(seed)
 
 
+class Files:
+    """The stored result files as the audit reads them: the local folder, or an S3 bucket's prefix."""
+
+    async def read(self, path: str) -> tuple[bytes, str | None] | None:
+        """The file recorded as `path`, and the sha256 the store itself keeps for it (S3), or None."""
+        raise NotImplementedError
+
+    async def names(self) -> list[str]:
+        """Every file (object) present, relative to the root."""
+        raise NotImplementedError
+
+    @staticmethod
+    def partial(name: str) -> bool:
+        raise NotImplementedError
+
+
+class LocalFiles(Files):
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    async def read(self, path: str) -> tuple[bytes, str | None] | None:
+        file = self.root / path
+        return (file.read_bytes(), None) if file.is_file() else None
+
+    async def names(self) -> list[str]:
+        if not self.root.exists():
+            return []
+        return [str(p.relative_to(self.root)) for p in sorted(self.root.rglob("*")) if p.is_file()]
+
+    @staticmethod
+    def partial(name: str) -> bool:
+        return name.endswith(".part")
+
+
+class S3Files(Files):
+    """Through the receiver's own S3ResultStore (its obstore client, prefix and metadata)."""
+
+    def __init__(self, store: Any) -> None:
+        import obstore
+
+        self.ob, self.store = obstore, store
+
+    async def read(self, path: str) -> tuple[bytes, str | None] | None:
+        stat = await self.store.stat(path)
+        if stat is None:
+            return None
+        got = await self.ob.get_async(self.store.store, self.store.full(path))
+        data = bytes(await got.bytes_async())
+        if stat.size != len(data):
+            return data, f"size {stat.size} in the object's metadata"
+        return data, stat.sha256 or "no sha256 metadata"
+
+    async def names(self) -> list[str]:
+        root = f"{self.store.prefix}/" if self.store.prefix else ""
+        found = []
+        async for batch in self.ob.list(self.store.store, prefix=root or None):
+            found.extend(meta["path"][len(root):] for meta in batch)
+        return sorted(found)
+
+    @staticmethod
+    def partial(name: str) -> bool:  # receiver/results/s3.py's staging objects: {job}/.{n}.{random}.part
+        return name.rsplit("/", 1)[-1].startswith(".") or name.endswith(".part")
+
+
+def files_of(rt: Runtime) -> Files:
+    if rt.settings.results_url:
+        return S3Files(rt.results)
+    return LocalFiles(rt.settings.results)
+
+
 async def audit(rt: Runtime, plans: list[Plan], tasks: dict[str, dict[str, Any]]) -> Audit:
-    """Check the ledger and the result folder against the plan; `tasks`: the simulator's view of each task."""
+    """Check the ledger and the result files against the plan; `tasks`: the simulator's view of each task."""
     result = Audit()
-    results_dir = rt.settings.results
+    stored_files = files_of(rt)
     jobs = await rt.store.list_jobs(None, limit=2 * len(plans) + 100)
     by_index = {index_of(job): job for job in jobs}
-    recorded: set[Path] = set()
+    recorded: set[str] = set()
     result.submitted = len(jobs)
     for job in jobs:
         result.statuses[str(job.status)] += 1
@@ -465,10 +544,10 @@ async def audit(rt: Runtime, plans: list[Plan], tasks: dict[str, dict[str, Any]]
             result.lost[plan.token] = "never recorded"
             continue
         files = await rt.store.files(job.id)
-        recorded.update(results_dir / f.path for f in files if f.path)
+        recorded.update(f.path for f in files if f.path)
         if len(files) > plan.files:
             result.duplicates.append(f"{job.id}: {len(files)} file records for {plan.files} outputs")
-        why = _check(plan, job, files, results_dir)
+        why = await _check(plan, job, files, stored_files)
         if why is not None:
             seen = tasks.get(job.provider_job_id or "", {})
             provider_view = ", ".join(f"{seen.get(k, 0)} {k}" for k in ("polls", "callbacks_sent", "deliveries"))
@@ -479,14 +558,13 @@ async def audit(rt: Runtime, plans: list[Plan], tasks: dict[str, dict[str, Any]]
                 result.rescued += 1
         else:
             result.failed_by_provider += 1
-    if results_dir.exists():
-        for path in sorted(results_dir.rglob("*")):
-            if path.is_file() and (path.name.endswith(".part") or path not in recorded):
-                result.duplicates.append(str(path.relative_to(results_dir)))
+    for name in await stored_files.names():
+        if stored_files.partial(name) or name not in recorded:
+            result.duplicates.append(name)
     return result
 
 
-def _check(plan: Plan, job: Job, files: list[FileRecord], results_dir: Path) -> str | None:
+async def _check(plan: Plan, job: Job, files: list[FileRecord], stored_files: Files) -> str | None:
     """Why this job counts as lost, or None."""
     if job.status not in TERMINAL:
         return f"still {job.status}"
@@ -500,12 +578,15 @@ def _check(plan: Plan, job: Job, files: list[FileRecord], results_dir: Path) -> 
     if len(stored) < plan.files:
         return f"stored with {len(stored)} of {plan.files} files"
     for record in stored:
-        path = results_dir / record.path
-        if not path.is_file():
+        assert record.path is not None
+        found = await stored_files.read(record.path)
+        if found is None:
             return f"file {record.path} missing"
-        data = path.read_bytes()
+        data, kept_sha256 = found
         if hashlib.sha256(data).hexdigest() != record.sha256 or len(data) != record.size:
             return f"file {record.path} does not match its recorded sha256/size"
+        if kept_sha256 is not None and kept_sha256 != record.sha256:
+            return f"file {record.path}: the store keeps {kept_sha256!r}, the ledger {record.sha256}"
         if job.provider_job_id is None or data != expected_image(plan, job.provider_job_id, record.n):
             return f"file {record.path} is not what the provider served"
     return None
@@ -577,6 +658,75 @@ async def drop_ledger(ledger: Ledger) -> None:
         await admin.close()
 
 
+# -- the result store ------------------------------------------------------------------
+
+#: Credentials moto accepts (it checks none); the soak's own S3 server only.
+MOTO_ENV = {"AWS_ACCESS_KEY_ID": "soak", "AWS_SECRET_ACCESS_KEY": "soak", "AWS_REGION": "us-east-1"}
+
+
+@dataclass
+class Bucket:
+    """Where `--results s3://...` goes: the configured endpoint, or a moto server of the soak's own."""
+
+    url: str
+    endpoint: str
+    env: dict[str, str]
+    moto: Any = None
+
+    @property
+    def bucket(self) -> str:
+        return urlsplit(self.url).netloc
+
+    @property
+    def prefix(self) -> str:
+        return urlsplit(self.url).path.strip("/")
+
+    def open_uploads(self) -> int | None:
+        """Multipart uploads left open under the prefix (moto's server only: it answers unsigned)."""
+        if self.moto is None:
+            return None
+        response = httpx.get(f"{self.endpoint}/{self.bucket}?uploads", trust_env=False, timeout=10.0)
+        if response.status_code != 200:
+            return None
+        keys = re.findall(r"<Key>([^<]*)</Key>", response.text)
+        return sum(1 for key in keys if key.startswith(f"{self.prefix}/" if self.prefix else ""))
+
+    def close(self) -> None:
+        if self.moto is not None:
+            self.moto.stop()
+            self.moto = None
+
+
+def open_bucket(url: str) -> Bucket:
+    """FLUXHOOK_S3_ENDPOINT if set (with the AWS_* credentials already in the environment), else a moto
+    S3 server started here on a free loopback port, with the bucket created. The variables the receivers
+    need are also set in this process (the store reads its credentials and region from there)."""
+    bucket = urlsplit(url).netloc
+    if not bucket or urlsplit(url).scheme != "s3":
+        raise SystemExit(f"soak: --results must be s3://bucket[/prefix], got {url!r}")
+    configured = os.environ.get("FLUXHOOK_S3_ENDPOINT")
+    if configured:
+        return Bucket(url, configured, {"FLUXHOOK_RESULTS": url, "FLUXHOOK_S3_ENDPOINT": configured})
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request on stderr
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    try:
+        created = httpx.put(f"{endpoint}/{bucket}", trust_env=False, timeout=10.0)
+    except BaseException:
+        server.stop()
+        raise
+    if created.status_code != 200:
+        server.stop()
+        raise SystemExit(f"soak: moto did not create the bucket {bucket!r}: {created.status_code} {created.text[:200]}")
+    os.environ.update(MOTO_ENV)
+    os.environ.pop("AWS_SESSION_TOKEN", None)
+    return Bucket(url, endpoint, {"FLUXHOOK_RESULTS": url, "FLUXHOOK_S3_ENDPOINT": endpoint, **MOTO_ENV}, server)
+
+
 # -- the run -----------------------------------------------------------------------------
 
 
@@ -603,6 +753,14 @@ class Report:
     replicas: int
     #: "sqlite" or "postgresql".
     db: str
+    #: "local" or "s3".
+    results: str
+    #: FLUXHOOK_RESULTS (a folder or s3://bucket/prefix) and, for S3, the endpoint.
+    results_url: str
+    s3_endpoint: str | None
+    #: Multipart uploads left open in the bucket (a SIGKILL mid-upload leaves them; invisible, not
+    #: counted as stored): known only for the soak's own moto server, else None.
+    open_uploads: int | None
     #: FLUXHOOK_DB as it may be shown (password masked).
     ledger: str
     #: The forwarder's 502s for a replica while it was down (the sender retries), and at other times.
@@ -636,7 +794,7 @@ class Report:
             f"lost={self.lost} duplicates_stored={self.duplicates_stored} "
             f"forgeries_accepted={self.forgeries_accepted} http_500={self.http_500} "
             f"polls_per_rescued_job={self.polls_per_rescued_job:.1f} kills={self.kills} replicas={self.replicas}"
-            f" db={self.db} wall={self.wall:.1f}s"
+            f" db={self.db} results={self.results} wall={self.wall:.1f}s"
         )
 
 
@@ -697,6 +855,19 @@ async def run(args: argparse.Namespace, workdir: Path) -> Report:
 
 
 async def _run(args: argparse.Namespace, workdir: Path, seed: int, ledger: Ledger) -> Report:
+    bucket = open_bucket(args.results) if args.results else None
+    if bucket is not None:
+        log(f"results in {bucket.url} at {bucket.endpoint}{' (moto, started here)' if bucket.moto else ''}")
+    try:
+        return await _run_with(args, workdir, seed, ledger, bucket)
+    finally:
+        if bucket is not None:
+            bucket.close()
+
+
+async def _run_with(
+    args: argparse.Namespace, workdir: Path, seed: int, ledger: Ledger, bucket: Bucket | None,
+) -> Report:
     # One stream per role, so the plan, the targets and the kill points depend on the seed alone.
     rng = random.Random(seed)
     plans = [plan_job(i, rng) for i in range(args.jobs)]
@@ -735,7 +906,7 @@ async def _run(args: argparse.Namespace, workdir: Path, seed: int, ledger: Ledge
             rr = RoundRobin([f"http://127.0.0.1:{port}" for port in ports])
             stack.push_async_callback(rr.aclose)
             public_url = await stack.enter_async_context(serve_in_background(rr.app))
-        extra = {}
+        extra = dict(bucket.env) if bucket else {}
         if ledger.kind == "postgresql":  # every replica and this process share the server's connections
             extra["FLUXHOOK_DB_POOL"] = str(max(3, min(10, 80 // (args.replicas + 1))))
         env = environment(
@@ -749,7 +920,8 @@ async def _run(args: argparse.Namespace, workdir: Path, seed: int, ledger: Ledge
             **extra,
         )
         settings = Settings.from_env(env)
-        settings.results.mkdir(parents=True, exist_ok=True)
+        if bucket is None:
+            settings.results.mkdir(parents=True, exist_ok=True)
         receivers = [
             Receiver(port, env, workdir, "receiver" if args.replicas == 1 else f"receiver{i}", i)
             for i, port in enumerate(ports)
@@ -802,6 +974,7 @@ async def _run(args: argparse.Namespace, workdir: Path, seed: int, ledger: Ledge
         await asyncio.gather(*(receiver.stop() for receiver in receivers))
         stats = sim.stats()
         found = await audit(rt, plans, stats["tasks"])
+        open_uploads = bucket.open_uploads() if bucket else None
         totals = stats["totals"]
 
     tags = Counter(tag.partition("-")[0] if tag.startswith("busy") else tag for p in plans for tag in p.tags)
@@ -827,6 +1000,10 @@ async def _run(args: argparse.Namespace, workdir: Path, seed: int, ledger: Ledge
         wall=round(wall, 2),
         replicas=args.replicas,
         db=ledger.kind,
+        results="s3" if bucket else "local",
+        results_url=bucket.url if bucket else str(workdir / "results"),
+        s3_endpoint=bucket.endpoint if bucket else None,
+        open_uploads=open_uploads,
         ledger=ledger.display,
         refused_while_down=lb_502,
         refused_while_up=stray_502,
@@ -912,6 +1089,8 @@ def describe_problems(report: Report) -> None:
         log(f"lost {job}: {why}")
     for path in report.duplicate_files[:20]:
         log(f"duplicate or stray file: {path}")
+    if report.open_uploads:  # not a failure: invisible, and what a SIGKILL mid-upload leaves (see s3.py)
+        log(f"{report.open_uploads} multipart upload(s) left open under {report.results_url}")
     for forgery in report.accepted_forgeries[:20]:
         log(f"forgery accepted: {forgery}")
     if report.attacker_fetches:
@@ -943,6 +1122,9 @@ def main(argv: list[str] | None = None) -> int:
                              " default: a SQLite file in the work folder")
     parser.add_argument("--replicas", type=int, default=1,
                         help="receiver processes, behind a round-robin forwarder when more than 1 (default 1)")
+    parser.add_argument("--results", metavar="s3://BUCKET/PREFIX",
+                        help="keep result files in S3: at FLUXHOOK_S3_ENDPOINT if set, else in a moto S3 server"
+                             " the soak starts on loopback (default: a folder in the work folder)")
     parser.add_argument("--json", action="store_true", help="print the full report as JSON instead of one line")
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.kills < 0 or args.timeout <= 0 or args.stall <= 0 or args.replicas < 1:

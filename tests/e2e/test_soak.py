@@ -4,7 +4,10 @@ The soak runs as its own process, as `python -m bench.soak` does: it starts a
 real receiver process, SIGKILLs it once mid-run and restarts it, while the
 simulator drops, duplicates and reorders callbacks and an attacker forges some.
 The second run does it with three replicas behind a round-robin forwarder on one
-PostgreSQL schema (a fresh one, dropped afterwards), one of them killed.
+PostgreSQL schema (a fresh one, dropped afterwards), one of them killed. The third
+keeps the result files in S3 (a moto server the soak starts on loopback) with two
+replicas on PostgreSQL: every stored object is read back and checked, and no stray or
+staging object may be left under the prefix.
 """
 
 from __future__ import annotations
@@ -48,10 +51,19 @@ async def soak(*args: str) -> dict[str, str]:
 
 async def test_small_soak_loses_nothing_and_accepts_no_forgery(tmp_path: Path) -> None:
     fields = await soak("--workdir", str(tmp_path / "soak"))
-    assert (fields["replicas"], fields["db"]) == ("1", "sqlite")
+    assert (fields["replicas"], fields["db"], fields["results"]) == ("1", "sqlite", "local")
 
 
 async def test_small_soak_with_three_replicas_on_postgresql(tmp_path: Path) -> None:
     async with fresh_schema() as db:  # the URL names the schema: the soak uses it as it is
         fields = await soak("--db", db, "--replicas", "3", "--workdir", str(tmp_path / "soak"))
     assert (fields["replicas"], fields["db"]) == ("3", "postgresql")
+
+
+async def test_small_soak_with_results_in_s3_and_two_replicas_on_postgresql(tmp_path: Path) -> None:
+    pytest.importorskip("moto.server")
+    pytest.importorskip("obstore")
+    async with fresh_schema() as db:
+        fields = await soak("--db", db, "--replicas", "2", "--results", "s3://soak/results",
+                            "--workdir", str(tmp_path / "soak"))
+    assert (fields["replicas"], fields["db"], fields["results"]) == ("2", "postgresql", "s3")
