@@ -61,8 +61,6 @@ async def test_small_soak_with_three_replicas_on_postgresql(tmp_path: Path) -> N
 
 
 async def test_small_soak_with_results_in_s3_and_two_replicas_on_postgresql(tmp_path: Path) -> None:
-    pytest.importorskip("moto.server")
-    pytest.importorskip("obstore")
     async with fresh_schema() as db:
         fields = await soak("--db", db, "--replicas", "2", "--results", "s3://soak/results",
                             "--workdir", str(tmp_path / "soak"))
