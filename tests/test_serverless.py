@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ from submitter.status import Status
 from tests.e2e.support import MASTER, env_for
 from tests.harness import harness
 from tests.pg import fresh_schema
+from tests.test_results import BUCKET, aws_env, s3_endpoint  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.anyio
 
@@ -101,11 +104,13 @@ class Lambda:
 
 
 @contextlib.asynccontextmanager
-async def lambda_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, migrate: bool = True) -> AsyncIterator[Lambda]:
+async def lambda_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, migrate: bool = True, extra: dict[str, str] | None = None,
+) -> AsyncIterator[Lambda]:
     # Callbacks are dropped: the tests deliver them through the handler themselves.
     sim = Simulator(default_faults=Faults(runtime=0.05, drop=True), callback_retries=())
     async with fresh_schema() as url, serve_in_background(sim.app) as sim_url:
-        env = env_for(tmp_path, sim_url, PUBLIC, db=url)
+        env = env_for(tmp_path, sim_url, PUBLIC, db=url) | (extra or {})
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         settings = Settings.from_env(env)
@@ -291,3 +296,26 @@ async def test_sweep_endpoint_is_503_when_the_store_is_down(tmp_path: Path, monk
         monkeypatch.setattr(h.rt.store, "prune_events", down)
         answer = await h.client.post("/v1/sweep", headers={"authorization": f"Bearer {TOKEN}"})
         assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
+
+
+async def test_a_callback_and_the_scheduled_sweep_store_the_result_in_s3(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_endpoint: str, aws_env: None,  # noqa: F811 (fixtures)
+) -> None:
+    """The serverless layout: PostgreSQL ledger, results in the S3 server, nothing on local disk."""
+    prefix = f"lambda-{os.urandom(4).hex()}"
+    extra = {"FLUXHOOK_RESULTS": f"s3://{BUCKET}/{prefix}", "FLUXHOOK_S3_ENDPOINT": s3_endpoint}
+    async with lambda_env(tmp_path, monkeypatch, extra=extra) as env:
+        job = await submit(env.rt, "bfl", "flux-dev", {"prompt": "a fox in the bucket"})
+        assert job.provider_job_id
+        body = await ready_result(env, job.provider_job_id)
+        url, secret = callback_url(PUBLIC, MASTER.encode(), "bfl", job.id)
+        event = http_v2_event("POST", url.removeprefix(PUBLIC), body, {"x-bfl-signature": sign_bfl(secret, body)})
+        assert (await invoke(event))["statusCode"] == 200
+        report = await invoke(SCHEDULED)
+        done = await env.rt.store.get_job(job.id)
+        assert done is not None and done.status == Status.STORED, (done, report)
+        (record,) = await env.rt.store.files(job.id)
+        assert record.path and env.rt.results.location(record.path) == f"s3://{BUCKET}/{prefix}/{job.id}/0.png"
+        fetched = httpx.get(await env.rt.results.presign(record.path, 60))
+        assert fetched.status_code == 200 and hashlib.sha256(fetched.content).hexdigest() == record.sha256
+        assert not (tmp_path / "results").exists()  # nothing went to the instance's disk
