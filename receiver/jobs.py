@@ -128,7 +128,8 @@ async def try_submit(rt: Runtime, job: Job) -> Status:
                 on_wire=lambda sending: store.mark_sending(job.id, sending),
             )
     except SubmitRejected as exc:
-        outcome = await store.finish(job.id, Status.FAILED, now=rt.clock(), reason=str(exc))
+        outcome = await store.finish(job.id, Status.FAILED, now=rt.clock(), reason=str(exc),
+                                     only_from=frozenset({Status.QUEUED}))
         return outcome.status or Status.FAILED
     except ProviderUnavailable as exc:
         if exc.retry_after is not None:

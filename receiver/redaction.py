@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from functools import lru_cache
+from urllib.parse import unquote
 
 from submitter.redaction import MARK, MIN_SECRET, scrub, scrub_patterns
 from submitter.signing import JobKeys, derive_job_keys
@@ -30,6 +31,18 @@ from submitter.signing import JobKeys, derive_job_keys
 __all__ = ["MARK", "Redactor", "scrub_patterns"]
 
 _JOB_ID = re.compile(r"fh_[0-9a-f]{32}")
+
+
+def _db_password(db: str) -> str | None:
+    """A database URL's password (userinfo or `password=` parameter), if it has one."""
+    if not db.startswith(("postgresql://", "postgres://")):
+        return None
+    authority = db.partition("://")[2].partition("/")[0]
+    userinfo, at, _ = authority.rpartition("@")
+    if at and ":" in userinfo:
+        return unquote(userinfo.split(":", 1)[1])
+    found = re.search(r"(?i)[?&]password=([^&#]*)", db)
+    return unquote(found.group(1)) if found else None
 
 
 @lru_cache(maxsize=4096)
@@ -63,6 +76,7 @@ class Redactor:
         secrets: list[str | bytes | None] = [master]
         secrets += [p.api_key for p in providers.values()]
         secrets += list(getattr(settings, "replicate_webhook_secrets", ()))
+        secrets.append(_db_password(getattr(settings, "db", "")))
         return cls(secrets, master=master, providers=providers)
 
     def job_secrets(self, job_id: str, provider: str | None = None) -> list[str]:

@@ -163,7 +163,8 @@ async def handle(rt: Runtime, job: Job) -> str:
     except Exception:
         # A bug must not take the sweep down, nor keep the lease forever.
         log.exception("sweep failed on job %s", job.id)
-        await rt.store.release(job.id, rt.owner, expect=job.status, next_check_at=retry_later(3, rt.clock()))
+        with contextlib.suppress(StoreUnavailable):  # else its lease lapses by itself
+            await rt.store.release(job.id, rt.owner, expect=job.status, next_check_at=retry_later(3, rt.clock()))
         return "error"
 
 
@@ -230,10 +231,13 @@ async def _poll(rt: Runtime, job: Job) -> str:
     later = next_poll(job.polls + 1, now, job.deadline_at, rt.settings)
     outcome = Outcome(status=job.status)
     refusal = too_many_outputs(rt, observation)
+    # A poll is the provider's word: it may end the job only from the status we polled it in (a result
+    # callback that landed meanwhile made it `succeeded`, which no report may end).
+    polled_in = frozenset({job.status})
     if refusal:
-        await store.finish(job.id, Status.FAILED, now=now, reason=refusal)
+        await store.finish(job.id, Status.FAILED, now=now, reason=refusal, only_from=polled_in)
     elif observation.not_found and now - (job.submitted_at or job.created_at) > NOT_FOUND_GRACE:
-        await store.finish(job.id, Status.FAILED, now=now, reason=observation.reason)
+        await store.finish(job.id, Status.FAILED, now=now, reason=observation.reason, only_from=polled_in)
     elif observation.status is not None:
         outcome = await store.apply(job.id, observation, now=now, next_check_at=later,
                                     expires=expiries(rt, job.provider, observation))

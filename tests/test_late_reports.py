@@ -85,3 +85,32 @@ async def test_a_late_replicate_report_does_not_end_a_succeeded_job(tmp_path: Pa
         job = await h.rt.store.get_job(job_id)
         assert job is not None and job.status == Status.STORED
         assert sum(fake.downloads.values()) == 1
+
+
+@pytest.mark.parametrize("answer", ["task-not-found", "too-many-results"])
+async def test_a_poll_in_flight_when_the_result_lands_does_not_end_the_job(tmp_path: Path, answer: str) -> None:
+    """The sweep polls a running job; its Ready callback lands before the poll's answer, which then says
+    `Task not found` (a lagging replica) or lists too many files: the job stays succeeded."""
+    from receiver.sweep import handle
+    from submitter.bodies import Observation
+
+    async with harness(tmp_path) as h:
+        job_id = await a_job(h)
+        pid = (await h.rt.store.get_job(job_id)).provider_job_id or ""  # type: ignore[union-attr]
+        h.clock.advance(700)  # past the grace within which `Task not found` is not believed
+        (claimed,) = await h.rt.store.claim_due(h.rt.owner, now=h.clock(), lease=60, limit=10, downloads=False)
+
+        class RacingProvider:
+            async def poll(self, provider_job_id: str, polling_url: str | None) -> Observation:
+                landed = await post(h, "bfl", job_id, ready_body(pid, "http://sim.test/delivery/x/sample.png"))
+                assert landed.json()["status"] == "succeeded"
+                if answer == "task-not-found":
+                    return Observation(pid, None, "Task not found", not_found=True, reason="task not found")
+                urls = tuple(f"http://sim.test/{n}.png" for n in range(999))
+                return Observation(pid, Status.SUCCEEDED, "Ready", urls=urls)
+
+        h.rt.client = lambda provider: RacingProvider()  # type: ignore[method-assign,assignment,return-value]
+        await handle(h.rt, claimed)
+        job = await h.rt.store.get_job(job_id)
+        assert job is not None and job.status == Status.SUCCEEDED and job.error is None
+        assert len(await h.rt.store.files(job_id)) == 1

@@ -205,6 +205,9 @@ def test_database_urls_select_the_backend_and_hide_the_password() -> None:
     assert not isinstance(open_store("./fluxhook.db"), PostgresStore)
     assert display_url("postgresql://u:pw@h:5433/db?search_path=x") == "postgresql://u:***@h:5433/db?search_path=x"
     assert display_url("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert display_url("postgresql://u@h/db?password=hunter2&x=1") == "postgresql://u@h/db?password=***&x=1"
+    assert display_url("postgresql://u:pw@h1:5432,h2:5433/db") == "postgresql://u:***@h1:5432,h2:5433/db"
+    assert display_url("postgresql://u:p@ss@[::1]:5432/db") == "postgresql://u:***@[::1]:5432/db"
     settings = Settings.from_env({"FLUXHOOK_DB": "postgresql://u:pw@h/db", "FLUXHOOK_DB_POOL": "3"})
     assert settings.db_pool == 3 and "pw" not in repr(settings) and settings.db_display == "postgresql://u:***@h/db"
 
@@ -257,3 +260,21 @@ async def test_storing_a_file_while_a_callback_brings_urls_never_deadlocks() -> 
             )  # a deadlock would raise StoreUnavailable here
             (record,) = await a.files(f"j{i}")
             assert record.stored
+
+
+async def test_a_stale_progress_report_racing_a_result_does_not_push_its_download_back() -> None:
+    """apply reads the job's row FOR UPDATE: a `running` report that read the job before the result committed
+    waits, then sees `succeeded` and leaves its schedule (download now) alone."""
+    async with replicas(2) as (a, b):
+        await a.create_job(job())
+        await a.record_submit("j1", "p1", None, now=NOW, next_check_at=NOW + 60)
+        await a.apply("j1", obs(Status.RUNNING), now=NOW, next_check_at=NOW + 60)
+        for _ in range(20):
+            await asyncio.gather(
+                a.apply("j1", obs(Status.SUCCEEDED, ("https://r/0.png",)), now=NOW, next_check_at=NOW,
+                        expires=(NOW + 600,)),
+                b.apply("j1", obs(Status.RUNNING), now=NOW, next_check_at=NOW + 300),
+            )
+            got = await a.get_job("j1")
+            assert got is not None and got.status == Status.SUCCEEDED and got.next_check_at == NOW
+        assert [j.id for j in await a.claim_due("dl", now=NOW, lease=60, limit=5, downloads=True)] == ["j1"]

@@ -384,3 +384,11 @@ async def test_a_download_whose_lease_was_taken_stops(tmp_path: Path) -> None:
         assert files_in(h.settings.results) == []  # no temp file left, nothing stored twice
         (record,) = await h.rt.store.files(job_id)
         assert not record.stored
+
+
+def test_the_database_password_is_a_known_secret() -> None:
+    from receiver.settings import Settings
+
+    for db in ("postgresql://fluxhook:s3cret-db-pass@db:5432/fh", "postgresql://fluxhook@db/fh?password=s3cret-db-pass"):
+        redactor = Redactor.from_settings(Settings.from_env({"FLUXHOOK_DB": db}))
+        assert "s3cret-db-pass" not in (redactor.scrub("connection to db failed: s3cret-db-pass") or "")

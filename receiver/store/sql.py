@@ -59,6 +59,9 @@ class Dialect:
     placeholder: str = "?"
     #: Row locking for claim subqueries ("" where writers are serial anyway).
     skip_locked: str = ""
+    #: Locking the row a transaction reads before it writes it (READ COMMITTED would let another
+    #: transaction commit in between); "" where writers are serial anyway.
+    for_update: str = ""
     #: How a claim names the rows its subquery picked: `id IN (…)`, or on PostgreSQL
     #: `id = ANY(ARRAY(…))`, whose generic plan still looks rows up by key (an `IN` subquery's
     #: generic plan, estimated without the parameters, is a full scan and hash join).
@@ -77,7 +80,7 @@ class Dialect:
 
 @lru_cache(maxsize=512)
 def _compile(dialect: Dialect, sql: str) -> str:
-    sql = sql.replace("{skip_locked}", dialect.skip_locked)
+    sql = sql.replace("{skip_locked}", dialect.skip_locked).replace("{for_update}", dialect.for_update)
     sql = sql.replace("{ids_in}", dialect.ids_in[0]).replace("{ids_end}", dialect.ids_in[1])
     if dialect.placeholder == "?":
         return sql
@@ -316,7 +319,7 @@ def apply(
     row = yield Query(
         "SELECT status, provider_job_id, deadline_at,"
         " CASE WHEN ? = 1 THEN (SELECT COUNT(*) FROM events WHERE job_id = ?) ELSE 0 END"
-        " FROM jobs WHERE id = ?",
+        " FROM jobs WHERE id = ? {for_update}",
         (int(event is not None and keep_events is not None), job_id, job_id), "one",
     )
     if row is None:
@@ -348,7 +351,7 @@ def apply(
             (str(new), observation.reason, observation.progress, now,
              None if new in TERMINAL else _min(next_check_at, deadline), job_id),
         )) == 1
-    elif new is not None and new not in TERMINAL and new == current:
+    elif new is not None and new not in TERMINAL and new == current != Status.SUCCEEDED:
         # Same progress again (a new callback or poll): note it and reschedule.
         yield Query(
             "UPDATE jobs SET progress = COALESCE(?, progress), updated_at = ?, next_check_at = ? WHERE id = ?",
