@@ -160,7 +160,7 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from .store import open_store
+    from .store import open_store, schema_behind
     from .store.sql import LATEST
 
     store = open_store(settings.db, pool_size=1)
@@ -172,8 +172,7 @@ async def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     where = settings.db_display
     if args.check:
         if versions:
-            print(f"{where}: schema version {before}, {len(versions)} migration(s) pending"
-                  f" ({', '.join(map(str, versions))}): run `fluxhook migrate`")
+            print(schema_behind(where, before, versions))
             return 1
         print(f"{where}: schema version {before}, current")
         return 0

@@ -12,16 +12,11 @@ import logging
 
 from .redaction import Redactor, scrub_patterns
 
-__all__ = ["LOGGERS", "install_redaction", "redact"]
+__all__ = ["LOGGERS", "install_redaction"]
 
 #: Loggers whose records are filtered where they are made (handlers added later see clean records).
 LOGGERS = ("httpx", "httpcore", "uvicorn", "uvicorn.error", "uvicorn.access", "fluxhook", "fluxhook.hooks",
-           "fluxhook.sweep", "fluxhook.server", "fluxhook.files", "fluxhook.jobs")
-
-
-def redact(text: str) -> str:
-    """Drop query strings, callback tokens and credential-shaped values from `text`."""
-    return scrub_patterns(text)
+           "fluxhook.sweep", "fluxhook.server", "fluxhook.files", "fluxhook.serverless")
 
 
 class _Redact(logging.Filter):

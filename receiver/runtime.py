@@ -29,7 +29,7 @@ from .results import ResultStore
 from .results import from_settings as results_from_settings
 from .secrets import WebhookSecrets
 from .settings import Settings
-from .store import Store, open_store
+from .store import Store, open_store, schema_behind
 from .store.redacting import RedactingStore
 
 __all__ = ["Runtime"]
@@ -120,10 +120,7 @@ class Runtime:
                     from .errors import Unavailable
 
                     await store.close()
-                    raise Unavailable(
-                        f"{settings.db_display}: schema version {before}, {len(pending)} migration(s) pending"
-                        f" ({', '.join(map(str, pending))}): run `fluxhook migrate` before serving"
-                    )
+                    raise Unavailable(schema_behind(settings.db_display, before, pending) + " before serving")
         timeout = httpx.Timeout(30.0, connect=10.0)
         own_api, own_cdn = api is None, cdn is None
         api = api or httpx.AsyncClient(timeout=timeout, trust_env=False)

@@ -31,7 +31,8 @@ from .schedule import NOT_FOUND_GRACE, next_poll, retry_later
 from .store import FileRecord, Job, Outcome, StoreUnavailable
 
 __all__ = [
-    "SweepReport", "check_pass", "download_job", "download_loop", "download_pass", "expiries", "handle", "store_by",
+    "SweepReport", "check_pass", "download_job", "download_loop", "download_pass", "expiries", "handle", "prune_events",
+    "store_by",
     "sweep_loop", "sweep_once", "too_many_outputs",
 ]
 
@@ -78,9 +79,7 @@ async def sweep_once(rt: Runtime, *, batch: int = 100, max_batches: int = 50) ->
     Polls and submits run beside the downloads, never behind them: one slow result
     server cannot hold up another job's poll (`fluxhook sweep`, `--wait`)."""
     report = SweepReport()
-    pruned = await rt.store.prune_events(rt.clock() - rt.settings.event_retention)
-    if pruned:
-        report.actions["events-pruned"] += pruned
+    await prune_events(rt, report)
     await asyncio.gather(
         check_pass(rt, report, batch=batch, max_batches=max_batches),
         download_pass(rt, report, limit=batch * max_batches),
@@ -88,6 +87,13 @@ async def sweep_once(rt: Runtime, *, batch: int = 100, max_batches: int = 50) ->
     # Results the polls just found are due now: fetch them in this pass too.
     await download_pass(rt, report, limit=batch * max_batches)
     return report
+
+
+async def prune_events(rt: Runtime, report: SweepReport) -> None:
+    """Drop audit events older than FLUXHOOK_EVENT_RETENTION (bounded per call)."""
+    pruned = await rt.store.prune_events(rt.clock() - rt.settings.event_retention)
+    if pruned:
+        report.actions["events-pruned"] += pruned
 
 
 async def check_pass(rt: Runtime, report: SweepReport, *, batch: int = 100, max_batches: int = 50) -> None:
@@ -372,9 +378,7 @@ async def sweep_loop(rt: Runtime, interval: float) -> None:
     while not rt.stopping.is_set():
         try:
             report = SweepReport()
-            pruned = await rt.store.prune_events(rt.clock() - rt.settings.event_retention)
-            if pruned:
-                report.actions["events-pruned"] += pruned
+            await prune_events(rt, report)
             await check_pass(rt, report)
             if report.claimed:
                 log.info("sweep: %s", report.as_dict())

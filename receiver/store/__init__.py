@@ -15,7 +15,9 @@ from typing import Any, Protocol
 from submitter.bodies import Observation
 from submitter.status import Status
 
-__all__ = ["Event", "FileRecord", "Job", "Outcome", "Store", "StoreUnavailable", "TaskMismatch", "open_store"]
+__all__ = [
+    "Event", "FileRecord", "Job", "Outcome", "Store", "StoreUnavailable", "TaskMismatch", "open_store", "schema_behind",
+]
 
 
 class StoreUnavailable(Exception):
@@ -210,6 +212,12 @@ class Store(Protocol):
         """Bring the schema up to date (`open` does too): (version before, versions applied); without
         `apply`, only report the versions pending."""
         ...
+
+
+def schema_behind(where: str, before: int, pending: list[int]) -> str:
+    """What to tell someone whose database at `where` still has migrations `pending`."""
+    return (f"{where}: schema version {before}, {len(pending)} migration(s) pending"
+            f" ({', '.join(map(str, pending))}): run `fluxhook migrate`")
 
 
 def open_store(db: str, *, pool_size: int = 10) -> Store:
