@@ -33,26 +33,15 @@ from typing import Any
 import asyncpg
 import uvicorn
 
-from bench.sweep_cost_pg import PG_URL, with_schema
+from bench.sweep_cost_pg import PG_URL, connect, with_schema
 
 #: Set on the receivers' database connections, so their backends can be told from anyone else's.
 APP_NAME = "fluxhook-bench-ingest"
 TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-async def _connect() -> Any:
-    try:
-        return await asyncpg.connect(PG_URL, timeout=10)
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        raise RuntimeError(
-            f"the ingest benchmark measures the receiver on PostgreSQL too, and PostgreSQL did not answer at"
-            f" {PG_URL} ({type(exc).__name__}: {exc}); start it (`pg_ctlcluster --skip-systemctl-redirect"
-            " $(ls /etc/postgresql) main start`) or point FLUXHOOK_BENCH_PG at one"
-        ) from exc
-
-
 async def _admin(sql: str, *args: Any, fetch: bool = False) -> Any:
-    conn = await _connect()
+    conn = await connect(who="the ingest benchmark measures the receiver on PostgreSQL too")
     try:
         return await conn.fetch(sql, *args) if fetch else await conn.execute(sql, *args)
     finally:

@@ -200,6 +200,12 @@ def index_of(job: Job) -> int | None:
 # -- the receiver process ----------------------------------------------------------------
 
 
+
+def logged_errors(paths: list[Path]) -> list[str]:
+    """ERROR/CRITICAL lines and tracebacks in these log files, each prefixed with its file's name."""
+    return [f"{path.name}: {line}" for path in paths for line in path.read_text(errors="replace").splitlines()
+            if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback")]
+
 class Receiver:
     """A `fluxhook serve` process on a fixed port: started, SIGKILLed and started again.
     `name` prefixes its log files (one per start) in `logs`."""
@@ -279,12 +285,7 @@ class Receiver:
 
     def error_lines(self) -> list[str]:
         """ERROR/CRITICAL lines and tracebacks the receiver logged, over all its runs."""
-        found = []
-        for path in sorted(self.logs.glob(f"{self.name}-*.log")):
-            for line in path.read_text(errors="replace").splitlines():
-                if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback"):
-                    found.append(f"{path.name}: {line}")
-        return found
+        return logged_errors(sorted(self.logs.glob(f"{self.name}-*.log")))
 
 
 # -- the attacker ------------------------------------------------------------------------

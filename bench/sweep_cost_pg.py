@@ -30,14 +30,17 @@ def with_schema(url: str, schema: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}search_path={schema}"
 
 
-async def connect(url: str = PG_URL) -> Any:
+async def connect(
+    url: str = PG_URL, *, who: str = "the sweep_cost benchmark measures the PostgreSQL ledger too"
+) -> Any:
+    """A connection to the benchmarks' PostgreSQL, or a RuntimeError saying how to start it (never a skip)."""
     try:
         return await asyncpg.connect(url, timeout=10)
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         raise RuntimeError(
-            f"the sweep_cost benchmark measures the PostgreSQL ledger too, and PostgreSQL did not answer at"
-            f" {url} ({type(exc).__name__}: {exc}); start it (`pg_ctlcluster --skip-systemctl-redirect"
-            " $(ls /etc/postgresql) main start`) or point FLUXHOOK_BENCH_PG at one"
+            f"{who}, and PostgreSQL did not answer at {url} ({type(exc).__name__}: {exc}); start it"
+            " (`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`) or point"
+            " FLUXHOOK_BENCH_PG at one"
         ) from exc
 
 

@@ -40,10 +40,12 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
+from bench._setup import free_port
 from bench.roundrobin import RoundRobin
+from bench.soak import logged_errors
 from receiver.jobs import submit
 from receiver.runtime import Runtime
-from receiver.serving import bind, serve_in_background
+from receiver.serving import serve_in_background
 from receiver.settings import Settings
 from receiver.store import FileRecord, Job, Store
 from submitter.simulator import Faults, Simulator, jpeg_image, png_image
@@ -185,19 +187,7 @@ class Replica:
 
     def problems(self) -> list[str]:
         """Errors and tracebacks this replica logged, over all its runs."""
-        found = []
-        for path in sorted(self.logs.glob(f"replica{self.index}-*.log")):
-            for line in path.read_text(errors="replace").splitlines():
-                if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback"):
-                    found.append(f"{path.name}: {line}")
-        return found
-
-
-def free_port() -> int:
-    sock = bind()
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
+        return logged_errors(sorted(self.logs.glob(f"replica{self.index}-*.log")))
 
 
 class Recorder:

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from bench._setup import free_port
 from receiver.jobs import callback_url, submit
 from receiver.runtime import Runtime
 from receiver.serving import bind, serve_in_background
@@ -120,11 +121,6 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 
 
 # nginx
-
-
-def free_port() -> int:
-    with contextlib.closing(bind()) as sock:
-        return sock.getsockname()[1]
 
 
 def _replace(text: str, old: str, new: str) -> str:
