@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from functools import lru_cache
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from submitter.redaction import MARK, MIN_SECRET, scrub, scrub_patterns
-from submitter.signing import JobKeys, derive_job_keys
+from submitter.signing import derive_job_keys
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 __all__ = ["MARK", "Redactor", "scrub_patterns"]
 
@@ -43,11 +46,6 @@ def _db_password(db: str) -> str | None:
         return unquote(userinfo.split(":", 1)[1])
     found = re.search(r"(?i)[?&]password=([^&#]*)", db)
     return unquote(found.group(1)) if found else None
-
-
-@lru_cache(maxsize=4096)
-def _keys(master: bytes, provider: str, job_id: str) -> JobKeys:
-    return derive_job_keys(master, provider, job_id)
 
 
 class Redactor:
@@ -69,15 +67,11 @@ class Redactor:
         self._providers = tuple(providers)
 
     @classmethod
-    def from_settings(cls, settings: object) -> Redactor:
+    def from_settings(cls, settings: Settings) -> Redactor:
         """Every secret a :class:`~receiver.settings.Settings` holds."""
-        providers = getattr(settings, "providers", {})
-        master = getattr(settings, "secret_key", None)
-        secrets: list[str | bytes | None] = [master]
-        secrets += [p.api_key for p in providers.values()]
-        secrets += list(getattr(settings, "replicate_webhook_secrets", ()))
-        secrets.append(_db_password(getattr(settings, "db", "")))
-        return cls(secrets, master=master, providers=providers)
+        secrets: list[str | bytes | None] = [p.api_key for p in settings.providers.values()]
+        secrets += [*settings.replicate_webhook_secrets, _db_password(settings.db)]
+        return cls(secrets, master=settings.secret_key, providers=settings.providers)
 
     def job_secrets(self, job_id: str, provider: str | None = None) -> list[str]:
         """The derived token and webhook secret of `job_id` (under `provider`, or every provider)."""
@@ -85,7 +79,7 @@ class Redactor:
             return []
         found: list[str] = []
         for name in (provider,) if provider else self._providers:
-            keys = _keys(self._master, name, job_id)
+            keys = derive_job_keys(self._master, name, job_id)
             found += [keys.token, keys.webhook_secret]
         return found
 

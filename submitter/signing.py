@@ -13,6 +13,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -47,8 +48,12 @@ class JobKeys:
         return "JobKeys(token='**********', webhook_secret='**********')"
 
 
+@lru_cache(maxsize=4096)
 def derive_job_keys(master: bytes, provider: str, job_id: str) -> JobKeys:
     """Derive the path token and webhook secret of one job (one HKDF-SHA256 expansion, split).
+
+    Pure, so cached (bounded): a callback's check and the redaction of what it stores share one
+    derivation.
 
     Both depend on the provider too, so a callback sent to another provider's
     path does not authenticate.
