@@ -6,6 +6,7 @@ A backend supplies `_op` (run an operation in a write transaction) and `_read_op
 
 from __future__ import annotations
 
+import time
 from typing import TypeVar
 
 from submitter.bodies import Observation
@@ -13,7 +14,7 @@ from submitter.status import Status
 
 from . import Event, FileRecord, Job, Outcome
 from . import sql as ops
-from .sql import Op
+from .sql import Dialect, Op
 
 __all__ = ["OpsStore"]
 
@@ -22,6 +23,13 @@ T = TypeVar("T")
 
 class OpsStore:
     """Every Store method as one shared operation; subclasses say how an operation runs."""
+
+    #: The backend's SQL dialect (placeholders, locking, DDL spellings).
+    dialect: Dialect
+
+    async def migrate(self, *, apply: bool = True) -> tuple[int, list[int]]:
+        """(version before, versions applied, or pending without `apply`)."""
+        return await self._op(ops.migrate(self.dialect, time.time(), apply=apply))
 
     async def _op(self, op: Op[T]) -> T:
         raise NotImplementedError

@@ -15,7 +15,6 @@ statements cached per connection, which our short fixed statements suit.
 from __future__ import annotations
 
 import re
-import time
 from typing import Any, TypeVar
 
 from . import StoreUnavailable
@@ -80,6 +79,8 @@ class PostgresStore(OpsStore):
     """The :class:`~receiver.store.Store` on PostgreSQL. `url`: a libpq-style URL (the password
     from it or from PGPASSWORD); other query parameters are server settings, e.g. `search_path`."""
 
+    dialect = POSTGRES
+
     def __init__(self, url: str, *, pool_size: int = 10, timeout: float = 10.0) -> None:
         self.url = url
         self.pool_size = pool_size
@@ -100,7 +101,7 @@ class PostgresStore(OpsStore):
                 command_timeout=self.timeout, max_inactive_connection_lifetime=60.0, reset=_keep_session,
             )
             if migrate:
-                await self._op(ops.migrate(POSTGRES, time.time()))
+                await self.migrate()
             else:
                 await self._read_op(ops.ping())  # connect now: a clear error at open, not later
         except StoreUnavailable as exc:
@@ -142,8 +143,6 @@ class PostgresStore(OpsStore):
     async def _single(self, op: Op[T]) -> T:
         return await self._run(op, transaction=False)  # one statement: its own transaction
 
-    async def migrate(self, *, apply: bool = True) -> tuple[int, list[int]]:
-        return await self._op(ops.migrate(POSTGRES, time.time(), apply=apply))
 
 
 async def _keep_session(conn: Any) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -83,6 +82,8 @@ def _commit_together(db: DB, batch: list[tuple[Callable[[DB], Any], Any]]) -> li
 
 class SQLiteStore(OpsStore):
     """The :class:`~receiver.store.Store` on one SQLite file; several processes may share it."""
+
+    dialect = SQLITE
 
     def __init__(self, path: str, *, busy_timeout: float = 5.0) -> None:
         self.path = path
@@ -187,7 +188,7 @@ class SQLiteStore(OpsStore):
         try:
             self._conn = await asyncio.get_running_loop().run_in_executor(self._thread, connect, None)
             if migrate:
-                await self._op(ops.migrate(SQLITE, time.time()))
+                await self.migrate()
         except (sqlite3.Error, StoreUnavailable) as exc:
             await self.close()
             raise StoreUnavailable(f"cannot open the database {self.path}: {exc}") from exc
@@ -207,9 +208,6 @@ class SQLiteStore(OpsStore):
     async def _read_op(self, op: Op[T]) -> T:
         return await self._call(lambda db: run_op(db, op))
 
-    async def migrate(self, *, apply: bool = True) -> tuple[int, list[int]]:
-        """(version before, versions applied, or pending without `apply`)."""
-        return await self._op(ops.migrate(SQLITE, time.time(), apply=apply))
 
     # -- where SQLite differs --------------------------------------------------------
 
