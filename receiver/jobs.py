@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from submitter.dialects import Dialect
-from submitter.errors import ProviderUnavailable, SubmitAmbiguous, SubmitRejected
+from submitter.errors import PollFailed, ProviderUnavailable, SubmitAmbiguous, SubmitRejected
 from submitter.signing import derive_job_keys
 from submitter.status import Status
 
@@ -17,7 +18,19 @@ from .runtime import Runtime
 from .schedule import SLOT_WAIT, first_check, retry_later
 from .store import Job
 
-__all__ = ["callback_url", "new_job", "submit", "try_submit"]
+__all__ = [
+    "NotCancelable", "callback_url", "cancel_job", "create_api_job", "job_view", "new_job", "submit", "try_submit",
+]
+
+log = logging.getLogger("fluxhook.jobs")
+
+
+class NotCancelable(Exception):
+    """The job finished otherwise, or its results are being stored: it cannot be canceled."""
+
+    def __init__(self, status: Status) -> None:
+        super().__init__(f"the job is {status}: only queued, submitted and running jobs can be canceled")
+        self.status = status
 
 
 def new_job_id() -> str:
@@ -48,30 +61,91 @@ def submit_options(dialect: Dialect, model: str, events: Sequence[str] | None) -
     return {"events": [e for e in WEBHOOK_EVENTS if e in events]}
 
 
-async def new_job(
-    rt: Runtime, provider: str, model: str, params: Mapping[str, Any], *, events: Sequence[str] | None = None
+def _job(
+    rt: Runtime, provider: str, model: str, params: Mapping[str, Any], *, events: Sequence[str] | None,
+    metadata: Mapping[str, Any] | None, leased: bool,
 ) -> Job:
-    """Commit the ledger row (status `queued`) and hold its lease for the submit that follows."""
     options = submit_options(rt.settings.provider(provider).dialect, model, events)
     rt.settings.require_public()
     now = rt.clock()
-    job = Job(
+    return Job(
         id=new_job_id(),
         provider=provider,
         model=model,
         params=dict(params),
         options=options,
+        metadata=dict(metadata or {}),
         status=Status.QUEUED,
         created_at=now,
         deadline_at=now + rt.settings.job_deadline,
         next_check_at=now,
         # Born leased: no sweeper can pick the job up between its creation and our submit.
-        lease_owner=rt.owner,
-        lease_until=now + rt.settings.lease_seconds,
+        lease_owner=rt.owner if leased else None,
+        lease_until=now + rt.settings.lease_seconds if leased else None,
     )
+
+
+async def new_job(
+    rt: Runtime, provider: str, model: str, params: Mapping[str, Any], *, events: Sequence[str] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Job:
+    """Commit the ledger row (status `queued`) and hold its lease for the submit that follows."""
+    job = _job(rt, provider, model, params, events=events, metadata=metadata, leased=True)
     await rt.store.create_job(job)
     rt.failpoint("after-ledger")
     return job
+
+
+async def create_api_job(
+    rt: Runtime, provider: str, model: str, params: Mapping[str, Any], *, events: Sequence[str] | None,
+    metadata: Mapping[str, Any] | None, idempotency: tuple[str, str] | None,
+) -> tuple[Job, bool]:
+    """Commit a queued job for the sweep to submit (due at once, not leased: whichever process
+    sweeps next sends it; `serve` is woken now). With `idempotency` (scoped key, request
+    fingerprint), a repeat returns the job the key already names: (job, created)."""
+    job = _job(rt, provider, model, params, events=events, metadata=metadata, leased=False)
+    if idempotency is None:
+        await rt.store.create_job(job)
+        created = True
+    else:
+        key, fingerprint = idempotency
+        job, created = await rt.store.create_job_once(
+            job, key=key, fingerprint=fingerprint, now=rt.clock(), ttl=rt.settings.integrations.idempotency_ttl
+        )
+    if created:
+        rt.wake_sweep()
+    return job, created
+
+
+async def cancel_job(rt: Runtime, job_id: str) -> Job:
+    """End a job `canceled` (later results are ignored: the status is final) and ask the provider
+    to cancel where it can. KeyError if unknown; NotCancelable if it finished otherwise or its
+    results are being stored."""
+    job = await rt.store.get_job(job_id)
+    if job is None:
+        raise KeyError(job_id)
+    if job.status != Status.CANCELED:
+        outcome = await rt.store.finish(job_id, Status.CANCELED, now=rt.clock(), reason="canceled on request")
+        if outcome.status != Status.CANCELED:
+            raise NotCancelable(outcome.status or job.status)
+        job = await rt.store.get_job(job_id) or job
+        await _cancel_at_provider(rt, job)
+    return job
+
+
+async def _cancel_at_provider(rt: Runtime, job: Job) -> None:
+    """Best effort: the job is canceled in the ledger whatever the provider says."""
+    if not job.provider_job_id:
+        return  # not submitted yet (the sweep will not), or the submit is on the wire: see try_submit
+    try:
+        await rt.client(job.provider).cancel(job.provider_job_id)
+    except (PollFailed, ProviderUnavailable) as exc:
+        log.warning("cancel %s: the provider's cancel failed: %s", job.id, exc)
+
+
+async def job_view(rt: Runtime, job: Job) -> dict[str, Any]:
+    """The job as the API shows it, with its stored files."""
+    return job.view(await rt.store.files(job.id), rt.results.location)
 
 
 async def submit(
@@ -152,4 +226,9 @@ async def try_submit(rt: Runtime, job: Job) -> Status:
         job.id, answer.provider_job_id, answer.polling_url, now=now,
         next_check_at=first_check(now, job.deadline_at, rt.settings),
     )
+    if outcome.status == Status.CANCELED:
+        # Canceled while the submit was on the wire: cancel the task the provider just accepted.
+        canceled = await store.get_job(job.id)
+        if canceled is not None:
+            await _cancel_at_provider(rt, canceled)
     return outcome.status or Status.SUBMITTED

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 from submitter.client import Provider
 from submitter.dialects import DIALECTS
 
+from .integrations import Integrations
+
 __all__ = ["Settings", "SettingsError"]
 
 
@@ -85,6 +87,8 @@ class Settings:
     forwarded_allow_ips: tuple[str, ...] = ()
     #: S3-compatible endpoint for `s3://` results (R2, MinIO, ...); None: AWS.
     s3_endpoint: str | None = None
+    #: The /v1 API, the event outbox and its sinks (webhooks out, Redis Streams, NATS).
+    integrations: Integrations = Integrations()
 
     def __repr__(self) -> str:  # never show the key, nor a database password
         return f"Settings(public_url={self.public_url!r}, db={self.db_display!r}, results={str(self.results)!r})"
@@ -163,6 +167,7 @@ class Settings:
             sweep_token=_sweep_token(env.get("FLUXHOOK_SWEEP_TOKEN") or None),
             forwarded_allow_ips=_networks(env.get("FLUXHOOK_FORWARDED_ALLOW_IPS", "")),
             s3_endpoint=_endpoint(env.get("FLUXHOOK_S3_ENDPOINT") or None),
+            integrations=Integrations.from_env(env, _number, SettingsError),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -7,12 +7,13 @@ A backend supplies `_op` (run an operation in a write transaction) and `_read_op
 from __future__ import annotations
 
 import time
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from submitter.bodies import Observation
 from submitter.status import Status
 
-from . import Event, FileRecord, Job, Outcome
+from . import Delivery, Event, FileRecord, Job, OutboxEvent, Outcome, SinkState, outbox
 from . import sql as ops
 from .sql import Dialect, Op
 
@@ -26,6 +27,8 @@ class OpsStore:
 
     #: The backend's SQL dialect (placeholders, locking, DDL spellings).
     dialect: Dialect
+    #: Where a stored file's path lives, as events show it (the result store's `location`).
+    locate: Callable[[str], str] | None = None
 
     async def migrate(self, *, apply: bool = True) -> tuple[int, list[int]]:
         """(version before, versions applied, or pending without `apply`)."""
@@ -47,8 +50,19 @@ class OpsStore:
     async def get_job(self, job_id: str) -> Job | None:
         return await self._read_op(ops.get_job(job_id))
 
-    async def list_jobs(self, status: Status | None = None, limit: int = 100) -> list[Job]:
-        return await self._read_op(ops.list_jobs(status, limit))
+    async def create_job_once(
+        self, job: Job, *, key: str, fingerprint: str, now: float, ttl: float
+    ) -> tuple[Job, bool]:
+        job_id, created = await self._op(ops.create_job_once(job, key, fingerprint, now, ttl))
+        found = await self.get_job(job_id)
+        assert found is not None
+        return found, created
+
+    async def list_jobs(
+        self, status: Status | None = None, limit: int = 100, *, provider: str | None = None,
+        before: tuple[float, str] | None = None,
+    ) -> list[Job]:
+        return await self._read_op(ops.list_jobs(status, limit, provider, before))
 
     async def files(self, job_id: str) -> list[FileRecord]:
         return await self._read_op(ops.files(job_id))
@@ -77,7 +91,7 @@ class OpsStore:
         self, job_id: str, status: Status, *, now: float, reason: str | None = None,
         only_from: frozenset[Status] | None = None,
     ) -> Outcome:
-        return await self._op(ops.finish(job_id, status, now, reason, only_from))
+        return await self._op(ops.finish(job_id, status, now, reason, only_from, self.locate))
 
     async def claim_due(
         self, owner: str, *, now: float, lease: float, limit: int, downloads: bool | None = None
@@ -117,3 +131,60 @@ class OpsStore:
 
     async def counts(self) -> dict[str, int]:
         return await self._read_op(ops.counts())
+
+    # -- the outbox and its deliveries ----------------------------------------------------
+
+    async def events_after(
+        self, after: int, *, limit: int = 500, job_id: str | None = None, types: frozenset[str] | None = None
+    ) -> list[OutboxEvent]:
+        return await self._read_op(outbox.events_after(after, limit, job_id, types))
+
+    async def event_by_id(self, event_id: str) -> OutboxEvent | None:
+        return await self._read_op(outbox.event_by_id(event_id))
+
+    async def last_seq(self) -> int:
+        return await self._read_op(outbox.last_seq())
+
+    async def register_sink(self, name: str, kind: str, display: str, *, now: float) -> SinkState:
+        return await self._op(outbox.register_sink(name, kind, display, now))
+
+    async def sinks(self) -> list[SinkState]:
+        return await self._read_op(outbox.sinks())
+
+    async def disable_sink(self, name: str, reason: str, *, now: float) -> bool:
+        return await self._single(outbox.set_sink_disabled(name, reason, now))
+
+    async def enable_sink(self, name: str, *, now: float) -> bool:
+        return await self._op(outbox.enable_sink(name, now))
+
+    async def fan_out(self, name: str, types: frozenset[str], *, now: float, limit: int = 1000) -> int:
+        return await self._op(outbox.fan_out(name, types, now, limit))
+
+    async def claim_deliveries(
+        self, owner: str, *, now: float, lease: float, limit: int
+    ) -> list[tuple[Delivery, OutboxEvent]]:
+        return await self._op(outbox.claim_deliveries(owner, now, lease, limit))
+
+    async def record_attempt(
+        self, delivery_id: int, owner: str, *, at: float, code: int | None, latency_ms: float, error: str | None,
+        state: str, next_at: float | None,
+    ) -> bool:
+        return await self._op(outbox.record_attempt(
+            delivery_id, owner, at=at, code=code, latency_ms=latency_ms, error=error, state=state, next_at=next_at,
+        ))
+
+    async def deliveries(
+        self, state: str | None = None, *, limit: int = 100, event_id: str | None = None
+    ) -> list[Delivery]:
+        return await self._read_op(outbox.deliveries(state, limit, event_id))
+
+    async def delivery_attempts(self, delivery_id: int) -> list[dict[str, Any]]:
+        return await self._read_op(outbox.delivery_attempts(delivery_id))
+
+    async def redeliver(
+        self, event_id: str | None, *, failed: bool = False, sinks_for: dict[str, frozenset[str]], now: float
+    ) -> int:
+        return await self._op(outbox.redeliver(event_id, failed, sinks_for, now))
+
+    async def prune_outbox(self, before: float, *, idempotent_before: float, limit: int = 5000) -> int:
+        return await self._op(outbox.prune_outbox(before, limit, idempotent_before))

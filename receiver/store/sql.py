@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Generator
+import uuid
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal, TypeVar
@@ -21,7 +22,8 @@ from typing import Any, Literal, TypeVar
 from submitter.bodies import Observation
 from submitter.status import ACTIVE, TERMINAL, Status, observed_predecessors, predecessors
 
-from . import Event, FileRecord, Job, Outcome, TaskMismatch
+from ..integrations import EVENT_TYPES
+from . import Event, FileRecord, IdempotencyConflict, Job, Outcome, TaskMismatch
 
 __all__ = ["MIGRATIONS", "Dialect", "Lock", "Op", "Query", "UniqueViolation"]
 
@@ -160,6 +162,69 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     ),
     (3, "events by age, for retention", "CREATE INDEX events_received ON events (received_at)"),
     (4, "submit requests in flight", "ALTER TABLE jobs ADD COLUMN sending INTEGER NOT NULL DEFAULT 0"),
+    (
+        5,
+        "event outbox, sinks, deliveries, idempotency keys, job metadata",
+        """
+        ALTER TABLE jobs ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}';
+        CREATE INDEX jobs_created ON jobs (created_at, id);
+        CREATE TABLE outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            job_id TEXT NOT NULL,
+            type TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            data TEXT NOT NULL
+        );
+        CREATE INDEX outbox_job ON outbox (job_id, seq);
+        CREATE INDEX outbox_created ON outbox (created_at);
+        CREATE TABLE sinks (
+            name TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            display TEXT NOT NULL,
+            after_seq BIGINT NOT NULL,
+            created_at REAL NOT NULL,
+            disabled_at REAL,
+            disabled_reason TEXT
+        );
+        CREATE TABLE deliveries (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            sink TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            job_id TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_at REAL,
+            created_at REAL NOT NULL,
+            delivered_at REAL,
+            last_code INTEGER,
+            last_error TEXT,
+            lease_owner TEXT,
+            lease_until REAL,
+            UNIQUE (sink, seq)
+        );
+        CREATE INDEX deliveries_due ON deliveries (next_at) WHERE state = 'pending';
+        CREATE INDEX deliveries_order ON deliveries (sink, job_id, seq) WHERE state = 'pending';
+        CREATE INDEX deliveries_seq ON deliveries (seq);
+        CREATE TABLE delivery_attempts (
+            delivery_id BIGINT NOT NULL,
+            seq BIGINT NOT NULL,
+            at REAL NOT NULL,
+            code INTEGER,
+            latency_ms REAL NOT NULL,
+            error TEXT
+        );
+        CREATE INDEX delivery_attempts_delivery ON delivery_attempts (delivery_id);
+        CREATE INDEX delivery_attempts_seq ON delivery_attempts (seq);
+        CREATE TABLE idempotency (
+            key TEXT PRIMARY KEY,
+            fingerprint TEXT NOT NULL,
+            job_id TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX idempotency_created ON idempotency (created_at)
+        """,
+    ),
 ]
 LATEST = MIGRATIONS[-1][0]
 
@@ -182,6 +247,7 @@ def row_to_job(row: Any) -> Job:
     data["params"] = json.loads(data["params"])
     data["options"] = json.loads(data["options"])
     data["outputs"] = tuple(json.loads(data["outputs"])) if data["outputs"] else ()
+    data["metadata"] = json.loads(data["metadata"])
     data["status"] = Status(data["status"])
     data["slot_held"] = bool(data["slot_held"])
     data["sending"] = bool(data["sending"])
@@ -221,11 +287,37 @@ def migrate(dialect: Dialect, now: float, *, apply: bool = True) -> Op[tuple[int
 
 def create_job(job: Job) -> Op[None]:
     yield Query(
-        "INSERT INTO jobs (id, provider, model, params, options, status, created_at, deadline_at, updated_at,"
-        " next_check_at, lease_owner, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (job.id, job.provider, job.model, json.dumps(job.params), json.dumps(job.options), str(job.status),
-         job.created_at, job.deadline_at, job.created_at, job.next_check_at, job.lease_owner, job.lease_until),
+        "INSERT INTO jobs (id, provider, model, params, options, metadata, status, created_at, deadline_at,"
+        " updated_at, next_check_at, lease_owner, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (job.id, job.provider, job.model, json.dumps(job.params), json.dumps(job.options), json.dumps(job.metadata),
+         str(job.status), job.created_at, job.deadline_at, job.created_at, job.next_check_at, job.lease_owner,
+         job.lease_until),
     )
+
+
+def create_job_once(job: Job, key: str, fingerprint: str, now: float, ttl: float) -> Op[tuple[str, bool]]:
+    """Create `job` under an idempotency key, or find the job the key already names:
+    (job id, created). IdempotencyConflict if the key came with another request body."""
+    for _ in range(2):
+        row = yield Query("SELECT fingerprint, job_id, created_at FROM idempotency WHERE key = ?", (key,), "one")
+        if row is not None and row[2] < now - ttl:
+            yield Query("DELETE FROM idempotency WHERE key = ? AND created_at = ?", (key, row[2]))
+            row = None
+        if row is not None:
+            if row[0] != fingerprint:
+                raise IdempotencyConflict(row[1])
+            return row[1], False
+        # A concurrent request with the same key waits here for the other's commit (PostgreSQL),
+        # then inserts nothing and reads the winner's row on the second round.
+        inserted = yield Query(
+            "INSERT INTO idempotency (key, fingerprint, job_id, created_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (key) DO NOTHING",
+            (key, fingerprint, job.id, now),
+        )
+        if inserted:
+            yield from create_job(job)
+            return job.id, True
+    raise IdempotencyConflict(job.id)  # the key vanished and reappeared twice: let the client retry
 
 
 def get_job(job_id: str) -> Op[Job | None]:
@@ -233,12 +325,23 @@ def get_job(job_id: str) -> Op[Job | None]:
     return row_to_job(row) if row is not None else None
 
 
-def list_jobs(status: Status | None, limit: int) -> Op[list[Job]]:
-    if status is None:
-        rows = yield Query("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,), "all")
-    else:
-        rows = yield Query("SELECT * FROM jobs WHERE status = ? ORDER BY created_at DESC LIMIT ?",
-                           (str(status), limit), "all")
+def list_jobs(
+    status: Status | None, limit: int, provider: str | None = None, before: tuple[float, str] | None = None
+) -> Op[list[Job]]:
+    """Newest first by (created_at, id); `before` is the last row of the previous page (keyset paging)."""
+    where, args = [], []
+    if status is not None:
+        where.append("status = ?")
+        args.append(str(status))
+    if provider is not None:
+        where.append("provider = ?")
+        args.append(provider)
+    if before is not None:
+        where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+        args += [before[0], before[0], before[1]]
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    rows = yield Query(f"SELECT * FROM jobs{clause} ORDER BY created_at DESC, id DESC LIMIT ?",
+                       (*args, limit), "all")
     return [row_to_job(r) for r in rows]
 
 
@@ -291,6 +394,8 @@ def record_submit(
             "UPDATE jobs SET next_check_at = ? WHERE id = ? AND status IN ('submitted', 'running')",
             (_min(current, next_check_at), job_id),
         )
+    if changed:
+        yield from emit(job_id, Status.SUBMITTED, now)
     status = yield from _status(job_id)
     return Outcome(changed=changed, status=status, found=status is not None)
 
@@ -383,11 +488,14 @@ def apply(
         )
         yield from _update_download_by(job_id)
         yield Query("UPDATE jobs SET next_check_at = ? WHERE id = ?", (now, job_id))
+    if changed:
+        yield from emit(job_id, status, now)
     return Outcome(changed=changed, status=status, recorded=recorded)
 
 
 def finish(
-    job_id: str, status: Status, now: float, reason: str | None, only_from: frozenset[Status] | None
+    job_id: str, status: Status, now: float, reason: str | None, only_from: frozenset[Status] | None,
+    locate: Callable[[str], str] | None = None,
 ) -> Op[Outcome]:
     allowed = predecessors(status) if only_from is None else predecessors(status) & only_from
     changed = (yield Query(
@@ -395,8 +503,40 @@ def finish(
         f" slot_held = 0, sending = 0, download_by = NULL WHERE id = ? AND status IN ({_in(allowed)})",
         (str(status), reason, now, job_id),
     )) == 1
+    if changed:
+        yield from emit(job_id, status, now, locate)
     current = yield from _status(job_id)
     return Outcome(changed=changed, status=current, found=current is not None)
+
+
+# -- the outbox: one event per status change, in the change's transaction --------------
+
+#: The event a job's arrival in a status writes; `queued` and `succeeded` write none (nobody waits on them).
+EVENT_OF: dict[Status, str] = {s: f"job.{s}" for s in Status if f"job.{s}" in EVENT_TYPES}
+
+
+def new_event_id() -> str:
+    return "evt_" + uuid.uuid4().hex
+
+
+def emit(job_id: str, status: Status, now: float, locate: Callable[[str], str] | None = None) -> Op[None]:
+    """Write the outbox event for `job_id` having reached `status`, as the last step of the
+    transaction that moved it: the event commits with the change or not at all.
+
+    The outbox lock is held from the insert to the commit, so events commit in `seq` order and a
+    reader that has seen `seq` n has seen every event below it (PostgreSQL hands out sequence
+    values before commit; without the lock a later value could become visible first)."""
+    kind = EVENT_OF.get(status)
+    if kind is None:
+        return
+    row = yield Query("SELECT * FROM jobs WHERE id = ?", (job_id,), "one")
+    stored = (yield from files(job_id)) if status == Status.STORED else []
+    data = row_to_job(row).view(stored, locate)
+    yield Lock("fluxhook-outbox")
+    yield Query(
+        "INSERT INTO outbox (id, job_id, type, created_at, data) VALUES (?, ?, ?, ?, ?)",
+        (new_event_id(), job_id, kind, now, json.dumps(data, separators=(",", ":"))),
+    )
 
 
 # -- leases -------------------------------------------------------------------------------
