@@ -58,11 +58,11 @@ class EventFeed:
                 await self._task
             self._task = None
 
-    async def changed(self, timeout: float) -> bool:
-        """Wait until the feed saw new events (True) or `timeout` passed (False)."""
+    async def changed(self, within: float) -> bool:
+        """Wait until the feed saw new events (True) or `within` seconds passed (False)."""
         self.start()
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(within):
                 await self._changed.wait()
             return True
         except TimeoutError:

@@ -79,14 +79,17 @@ class Integrations:
             raise error("FLUXHOOK_FORWARD_URL is set but FLUXHOOK_FORWARD_SECRET is not: "
                         "webhooks out are signed with a whsec_ secret")
         if secret is not None and not _whsec_ok(secret):
-            raise error("FLUXHOOK_FORWARD_SECRET must be a whsec_<base64> secret of at least 16 bytes; generate one"
-                        " with `python -c 'import base64,os; print(\"whsec_\"+base64.b64encode(os.urandom(32)).decode())'`")
+            raise error("FLUXHOOK_FORWARD_SECRET must be a whsec_<base64> secret of at least 16 bytes; generate"
+                        " one with `python -c 'import base64,os;"
+                        " print(\"whsec_\"+base64.b64encode(os.urandom(32)).decode())'`")
         events = frozenset(_split(env.get("FLUXHOOK_FORWARD_EVENTS", ""))) or TERMINAL_EVENTS
         unknown = sorted(events - set(EVENT_TYPES))
         if unknown:
-            raise error(f"FLUXHOOK_FORWARD_EVENTS: unknown type(s) {', '.join(unknown)}; known: {', '.join(EVENT_TYPES)}")
+            raise error(f"FLUXHOOK_FORWARD_EVENTS: unknown type(s) {', '.join(unknown)};"
+                        f" known: {', '.join(EVENT_TYPES)}")
         api_url = env.get("FLUXHOOK_API_URL") or None
-        if api_url is not None and (urlsplit(api_url).scheme not in ("http", "https") or not urlsplit(api_url).hostname):
+        if api_url is not None and (urlsplit(api_url).scheme not in ("http", "https")
+                                    or not urlsplit(api_url).hostname):
             raise error(f"FLUXHOOK_API_URL must be an http(s) URL, got {api_url!r}")
         redis_url = env.get("FLUXHOOK_REDIS_URL") or None
         if redis_url is not None and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):

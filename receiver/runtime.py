@@ -16,13 +16,14 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from submitter.backoff import RetryPolicy
 from submitter.client import ProviderClient
 
+from .feed import EventFeed
 from .logs import install_redaction
 from .redaction import Redactor
 from .results import ResultStore
@@ -31,6 +32,9 @@ from .secrets import WebhookSecrets
 from .settings import Settings
 from .store import Store, open_store, schema_behind
 from .store.redacting import RedactingStore
+
+if TYPE_CHECKING:
+    from .relay import Relay
 
 __all__ = ["Runtime"]
 
@@ -64,15 +68,34 @@ class Runtime:
 
     #: Removes every secret fluxhook knows from text it stores, logs or shows.
     redactor: Redactor = field(init=False)
+    #: Set when a job is due for submission now (an API create): wakes the in-process sweep loop.
+    submits_due: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The outbox as a live feed (SSE, long-polls, the relay wait on it).
+    feed: EventFeed = field(init=False)
+    #: Carries outbox events to the configured sinks (webhooks out, Redis Streams, NATS).
+    relay: Relay = field(init=False)
 
     def __post_init__(self) -> None:
+        from .relay import Relay
+        from .sinks import sinks_from_settings
+
         if self.results is None:
             self.results = results_from_settings(self.settings)
         self.redactor = Redactor.from_settings(self.settings)
         install_redaction(self.redactor)
+        backend = self.store.inner if isinstance(self.store, RedactingStore) else self.store
         if not isinstance(self.store, RedactingStore):
             self.store = RedactingStore(self.store, self.redactor)
         self.webhook_secrets = WebhookSecrets(self.api, self.settings.replicate_webhook_secrets, self.clock)
+        # Events show where files are stored; a status change made here wakes the feed at once.
+        backend.locate = self.results.location
+        self.feed = EventFeed(self.store)
+        backend.listeners.append(self.feed.poke)
+        self.relay = Relay(self, sinks_from_settings(self.settings))
+
+    def wake_sweep(self) -> None:
+        """A job is due now (an API create): the in-process sweep loop looks at once."""
+        self.submits_due.set()
 
     def client(self, provider: str) -> ProviderClient:
         return ProviderClient(
@@ -134,7 +157,12 @@ class Runtime:
             limits=httpx.Limits(max_keepalive_connections=0),
         )
         try:
-            yield cls(settings=settings, store=store, api=api, cdn=cdn, **kwargs)
+            rt = cls(settings=settings, store=store, api=api, cdn=cdn, **kwargs)
+            try:
+                yield rt
+            finally:
+                await rt.feed.close()
+                await rt.relay.close()
         finally:
             if own_api:
                 await api.aclose()

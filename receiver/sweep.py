@@ -86,14 +86,24 @@ async def sweep_once(rt: Runtime, *, batch: int = 100, max_batches: int = 50) ->
     )
     # Results the polls just found are due now: fetch them in this pass too.
     await download_pass(rt, report, limit=batch * max_batches)
+    # Then push what all that changed (and any retries due) to the sinks.
+    relayed = await rt.relay.run_once()
+    report.actions.update({f"deliveries-{k}": v for k, v in relayed.outcomes.items()})
     return report
 
 
 async def prune_events(rt: Runtime, report: SweepReport) -> None:
-    """Drop audit events older than FLUXHOOK_EVENT_RETENTION (bounded per call)."""
-    pruned = await rt.store.prune_events(rt.clock() - rt.settings.event_retention)
+    """Drop audit events older than FLUXHOOK_EVENT_RETENTION and outbox events (with their
+    deliveries) older than FLUXHOOK_OUTBOX_RETENTION, and forgotten idempotency keys (bounded per call)."""
+    now = rt.clock()
+    pruned = await rt.store.prune_events(now - rt.settings.event_retention)
     if pruned:
         report.actions["events-pruned"] += pruned
+    integrations = rt.settings.integrations
+    pruned = await rt.store.prune_outbox(now - integrations.outbox_retention,
+                                         idempotent_before=now - integrations.idempotency_ttl)
+    if pruned:
+        report.actions["outbox-pruned"] += pruned
 
 
 async def check_pass(rt: Runtime, report: SweepReport, *, batch: int = 100, max_batches: int = 50) -> None:
@@ -376,6 +386,7 @@ async def sweep_loop(rt: Runtime, interval: float) -> None:
     """Submits, polls and deadlines every `interval` seconds until `rt.stopping` is set
     (what `serve` runs in the background; :func:`download_loop` fetches the files)."""
     while not rt.stopping.is_set():
+        rt.submits_due.clear()
         try:
             report = SweepReport()
             await prune_events(rt, report)
@@ -384,8 +395,14 @@ async def sweep_loop(rt: Runtime, interval: float) -> None:
                 log.info("sweep: %s", report.as_dict())
         except Exception:
             log.exception("sweep pass failed")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(rt.stopping.wait(), interval)
+        # Until the next pass is due, a job created for submission (the API) or shutdown wakes it.
+        woken = asyncio.ensure_future(rt.submits_due.wait())
+        stopping = asyncio.ensure_future(rt.stopping.wait())
+        try:
+            await asyncio.wait({woken, stopping}, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+            stopping.cancel()
 
 
 async def download_loop(rt: Runtime, interval: float) -> None:

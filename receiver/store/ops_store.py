@@ -30,6 +30,19 @@ class OpsStore:
     #: Where a stored file's path lives, as events show it (the result store's `location`).
     locate: Callable[[str], str] | None = None
 
+    @property
+    def listeners(self) -> list[Callable[[], None]]:
+        """Called after every operation that changed a job's status (and so wrote an event)."""
+        if "_listeners" not in self.__dict__:
+            self._listeners: list[Callable[[], None]] = []
+        return self._listeners
+
+    def _changed(self, outcome: Outcome) -> Outcome:
+        if outcome.changed:
+            for listener in self.listeners:
+                listener()
+        return outcome
+
     async def migrate(self, *, apply: bool = True) -> tuple[int, list[int]]:
         """(version before, versions applied, or pending without `apply`)."""
         return await self._op(ops.migrate(self.dialect, time.time(), apply=apply))
@@ -74,7 +87,9 @@ class OpsStore:
         self, job_id: str, provider_job_id: str | None, polling_url: str | None, *, now: float,
         next_check_at: float | None, note: str | None = None,
     ) -> Outcome:
-        return await self._op(ops.record_submit(job_id, provider_job_id, polling_url, now, next_check_at, note))
+        return self._changed(await self._op(
+            ops.record_submit(job_id, provider_job_id, polling_url, now, next_check_at, note)
+        ))
 
     async def defer(
         self, job_id: str, *, next_check_at: float, note: str | None, now: float, release_slot: bool = True
@@ -85,13 +100,15 @@ class OpsStore:
         self, job_id: str, observation: Observation, *, now: float, next_check_at: float | None,
         event: Event | None = None, expires: tuple[float, ...] = (), keep_events: int | None = None,
     ) -> Outcome:
-        return await self._op(ops.apply(job_id, observation, now, next_check_at, event, expires, keep_events))
+        return self._changed(await self._op(
+            ops.apply(job_id, observation, now, next_check_at, event, expires, keep_events)
+        ))
 
     async def finish(
         self, job_id: str, status: Status, *, now: float, reason: str | None = None,
         only_from: frozenset[Status] | None = None,
     ) -> Outcome:
-        return await self._op(ops.finish(job_id, status, now, reason, only_from, self.locate))
+        return self._changed(await self._op(ops.finish(job_id, status, now, reason, only_from, self.locate)))
 
     async def claim_due(
         self, owner: str, *, now: float, lease: float, limit: int, downloads: bool | None = None

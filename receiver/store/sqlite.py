@@ -222,6 +222,6 @@ class SQLiteStore(OpsStore):
         event: Event | None = None, expires: tuple[float, ...] = (), keep_events: int | None = None,
     ) -> Outcome:
         # Group commit: concurrent callbacks share one transaction (and one fsync), each in a savepoint.
-        return await self._grouped(lambda db: run_op(
+        return self._changed(await self._grouped(lambda db: run_op(
             db, ops.apply(job_id, observation, now, next_check_at, event, expires, keep_events)
-        ))
+        )))
