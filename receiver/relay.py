@@ -115,9 +115,8 @@ class Relay:
             )
             if not claimed:
                 break
+            # Until none is due: a job's next event becomes due as soon as the one before it is delivered.
             await asyncio.gather(*(self._deliver(d, e, d.sink in ready, report) for d, e in claimed))
-            if len(claimed) < limit:
-                break
         return report
 
     async def _deliver(self, delivery: Delivery, event: OutboxEvent, ready: bool, report: RelayReport) -> None:

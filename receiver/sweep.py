@@ -79,6 +79,8 @@ async def sweep_once(rt: Runtime, *, batch: int = 100, max_batches: int = 50) ->
     Polls and submits run beside the downloads, never behind them: one slow result
     server cannot hold up another job's poll (`fluxhook sweep`, `--wait`)."""
     report = SweepReport()
+    # Sinks first seen now are owed what this pass changes.
+    await rt.relay.register()
     await prune_events(rt, report)
     await asyncio.gather(
         check_pass(rt, report, batch=batch, max_batches=max_batches),

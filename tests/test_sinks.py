@@ -403,3 +403,14 @@ def test_no_sinks_configured_is_an_empty_list_and_kinds_are_data() -> None:
     assert [kind for kind, _ in SINK_KINDS] == ["webhook", "redis", "nats"]
     (hook,) = webhook_sinks("https://example.com/h")
     assert hook.types == TERMINAL_EVENTS
+
+
+def test_a_token_in_a_webhook_path_is_not_shown() -> None:
+    from receiver.sinks.webhook import display_url
+
+    url = "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX9"
+    assert display_url(url) == "https://hooks.slack.com/services/T00000000/B00000000/…"
+    assert display_url("https://discord.com/api/webhooks/123456789012345678/abcDEF123ghiJKL456mno") == (
+        "https://discord.com/api/webhooks/123456789012345678/…"  # the id is shown, the token is not
+    )
+    assert display_url("https://example.com/fluxhook/events") == "https://example.com/fluxhook/events"

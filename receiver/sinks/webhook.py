@@ -47,10 +47,16 @@ USER_AGENT = f"fluxhook/{_version()}"
 
 
 def display_url(url: str) -> str:
-    """The URL without userinfo, query or fragment."""
+    """The URL without userinfo, query or fragment, and with every path segment that looks like a
+    token (16+ characters mixing letters and digits, as in Slack or Discord webhook URLs) masked."""
     parts = urlsplit(url)
     netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    path = "/".join("…" if _token_like(segment) else segment for segment in parts.path.split("/"))
+    return urlunsplit((parts.scheme, netloc, path, "", ""))
+
+
+def _token_like(segment: str) -> bool:
+    return len(segment) >= 16 and any(c.isdigit() for c in segment) and any(c.isalpha() for c in segment)
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -157,7 +163,7 @@ class WebhookSink:
                 async with client.stream("POST", self._url, content=body, headers=headers, timeout=self._timeout,
                                          follow_redirects=False) as response:
                     read = 0
-                    async for chunk in response.aiter_raw():
+                    async for chunk in response.aiter_bytes():
                         read += len(chunk)
                         if read >= BODY_LIMIT:
                             break
