@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from receiver.store import IdempotencyConflict, Store, TaskMismatch
 from submitter.status import Status
-from tests.test_store import NOW, event, job, obs, store  # noqa: F401 - `store` is the parametrised fixture
+from tests.test_store import BACKENDS, NOW, event, job, obs
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    async with BACKENDS[request.param](tmp_path) as backend:
+        yield backend
 TERMINAL = frozenset({"job.stored", "job.failed", "job.moderated", "job.expired", "job.canceled"})
 ALL = TERMINAL | {"job.submitted", "job.running"}
 
@@ -238,3 +246,39 @@ async def test_prune_outbox_takes_old_events_with_their_deliveries(store: Store)
     assert [d.job_id for d in await store.deliveries()] == ["j2"]
     _, created = await store.create_job_once(job("k2"), key="old", fingerprint="other", now=NOW + 2, ttl=3600)
     assert created  # the old key was pruned
+
+
+async def test_postgres_a_later_event_waits_for_an_earlier_uncommitted_one() -> None:
+    """PostgreSQL hands out sequence values before commit: without the outbox lock, b's event
+    (seq 2) would be visible while a's (seq 1) is not yet, and a reader past 2 would never see 1."""
+    import asyncpg
+
+    from receiver.store import sql
+    from receiver.store.postgres import PostgresStore, _drive
+    from tests.pg import fresh_schema
+
+    async with fresh_schema() as url:
+        store = PostgresStore(url, pool_size=4)
+        await store.open()
+        conn = await asyncpg.connect(url)
+        try:
+            await store.create_job(job("a"))
+            await store.create_job(job("b"))
+            tx = conn.transaction()
+            await tx.start()
+            await _drive(conn, sql.finish("a", Status.CANCELED, NOW, None, None))  # written, not committed
+            other = asyncio.create_task(store.finish("b", Status.CANCELED, now=NOW))
+            for _ in range(500):  # until b waits on the outbox lock (bounded)
+                waiting = await store._pool.fetchval(  # type: ignore[union-attr]
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+                if waiting or other.done():
+                    break
+                await asyncio.sleep(0.01)
+            assert not other.done(), "b committed its event while a's earlier one was uncommitted"
+            assert await store.events_after(0) == []
+            await tx.commit()
+            await other
+            assert [e.job_id for e in await store.events_after(0)] == ["a", "b"]
+        finally:
+            await conn.close()
+            await store.close()
