@@ -12,10 +12,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from .api import api_routes
 from .api.sweep import sweep
 from .downloads import clean_partials
 from .endpoints import error_response, health, hook
 from .errors import ReceiverError
+from .relay import relay_loop
 from .runtime import Runtime
 from .settings import Settings
 from .store import StoreUnavailable
@@ -67,8 +69,11 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None, workers: b
             app.state.runtime = rt
             tasks: list[asyncio.Task[None]] = []
             if workers:
+                await rt.relay.register()  # owed every event from now on, before any request is served
                 tasks.append(asyncio.create_task(sweep_loop(rt, settings.sweep_interval)))
                 tasks.append(asyncio.create_task(download_loop(rt, settings.sweep_interval)))
+                if rt.relay.sinks:
+                    tasks.append(asyncio.create_task(relay_loop(rt, rt.relay, settings.sweep_interval)))
             try:
                 yield
             finally:
@@ -79,6 +84,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None, workers: b
             Route("/hooks/{provider}/{job_id}/{token}", hook, methods=["POST"]),
             Route("/healthz", health, methods=["GET"]),
             Route("/v1/sweep", sweep, methods=["POST"]),
+            *api_routes(),
         ],
         exception_handlers={ReceiverError: error_response, StoreUnavailable: _unavailable},
         lifespan=lifespan,

@@ -13,7 +13,9 @@ from typing import Any
 from submitter.dialects import DIALECTS
 from submitter.status import TERMINAL, Status
 
+from .cli_outbox import OUTBOX_COMMANDS, OutboxCLIError, add_arguments
 from .settings import Settings, SettingsError
+from .sinks import SinkError
 from .store import StoreUnavailable
 
 __all__ = ["build_parser", "main"]
@@ -21,6 +23,10 @@ __all__ = ["build_parser", "main"]
 
 class CLIError(Exception):
     """A problem to report on stderr with exit status 2."""
+
+
+class ApiUnavailable(Exception):
+    """The fluxhook API (FLUXHOOK_API_URL) did not answer or said "try later": exit status 1, like a down store."""
 
 
 def _param(text: str) -> tuple[str, Any]:
@@ -87,6 +93,10 @@ async def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     from .jobs import submit
     from .runtime import Runtime
 
+    if settings.integrations.api_url:
+        from . import cli_api
+
+        return await cli_api.submit(args, settings)
     settings.require_public()
     params = {"prompt": args.prompt, **dict(args.param or [])}
     events = [e.strip() for e in args.events.split(",") if e.strip()] if args.events is not None else None
@@ -110,6 +120,10 @@ async def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 async def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from .runtime import Runtime
 
+    if settings.integrations.api_url:
+        from . import cli_api
+
+        return await cli_api.status(args, settings)
     async with Runtime.open(settings) as rt:
         _print(await _job_view(rt, args.job), args.json)
     return 0
@@ -133,6 +147,10 @@ async def _cmd_url(args: argparse.Namespace, settings: Settings) -> int:
 async def _cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     from .runtime import Runtime
 
+    if settings.integrations.api_url:
+        from . import cli_api
+
+        return await cli_api.list_jobs(args, settings)
     async with Runtime.open(settings) as rt:
         jobs = await rt.store.list_jobs(Status(args.status) if args.status else None, args.limit)
         views = [_shown(rt, j) for j in jobs]
@@ -234,6 +252,7 @@ COMMANDS: dict[str, tuple[str, str, Any]] = {
         "fluxhook demo",
         _cmd_demo,
     ),
+    **OUTBOX_COMMANDS,
 }
 
 
@@ -266,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", metavar="LIST",
                    help="Replicate providers: webhook events, from start,output,logs,completed "
                         "(default start,completed)")
-    p.add_argument("--wait", action="store_true", help="wait until the job finishes (sweeping meanwhile)")
+    p.add_argument("--wait", action="store_true",
+                   help="wait until the job finishes (sweeping meanwhile; with FLUXHOOK_API_URL, on the API's "
+                        "event stream)")
     p.add_argument("--timeout", type=float, help="with --wait: give up waiting after this many seconds")
     p.add_argument("--json", action="store_true", help="print JSON")
     parsers["status"].add_argument("job", help="our job id (fh_...)")
@@ -282,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["migrate"].add_argument("--check", action="store_true",
                                     help="change nothing; exit 1 if migrations are pending")
     parsers["demo"].add_argument("--jobs", type=int, default=5, help="how many jobs to run (default 5)")
+    add_arguments(parsers)
     return parser
 
 
@@ -298,10 +320,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if asyncio.iscoroutine(result):
             result = asyncio.run(result)
         return int(result)
-    except (SettingsError, CLIError) as exc:
+    except (SettingsError, CLIError, OutboxCLIError, SinkError) as exc:
         print(f"fluxhook {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except StoreUnavailable as exc:
+    except (StoreUnavailable, ApiUnavailable) as exc:
         print(f"fluxhook {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

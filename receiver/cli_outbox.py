@@ -9,7 +9,7 @@ from typing import Any
 from .settings import Settings
 from .store import Delivery, iso
 
-__all__ = ["add_commands"]
+__all__ = ["OUTBOX_COMMANDS", "OutboxCLIError", "add_arguments"]
 
 
 class OutboxCLIError(Exception):
@@ -103,24 +103,38 @@ async def sinks(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def add_commands(sub: Any) -> None:
-    """Add the outbox commands to the CLI's subparsers; each sets `func`."""
-    p = sub.add_parser("deliveries", help="events owed to sinks, and how each delivery went")
+#: name: (summary, example, function), merged into the CLI's own table.
+OUTBOX_COMMANDS: dict[str, tuple[str, str, Any]] = {
+    "deliveries": (
+        "events owed to sinks, and how each delivery went",
+        "fluxhook deliveries --failed --attempts   # dead deliveries with every attempt",
+        deliveries,
+    ),
+    "redeliver": (
+        "deliver an event again to every sink that takes it, or every dead delivery",
+        "fluxhook redeliver evt_5f0c...   # or: fluxhook redeliver --failed --now",
+        redeliver,
+    ),
+    "sinks": (
+        "configured event sinks, their state, and --enable after a 410",
+        "fluxhook sinks --enable webhook:1a2b3c4d5e6f",
+        sinks,
+    ),
+}
+
+
+def add_arguments(parsers: dict[str, argparse.ArgumentParser]) -> None:
+    p = parsers["deliveries"]
     p.add_argument("--failed", action="store_true", help="only dead deliveries")
     p.add_argument("--state", choices=("pending", "delivered", "dead"), help="only deliveries in this state")
     p.add_argument("--event", help="only this event's deliveries (evt_...)")
     p.add_argument("--attempts", action="store_true", help="show every attempt (time, status, latency, error)")
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=deliveries)
-
-    p = sub.add_parser("redeliver", help="deliver an event again to every sink, or every dead delivery")
+    p = parsers["redeliver"]
     p.add_argument("event", nargs="?", help="event id (evt_...)")
     p.add_argument("--failed", action="store_true", help="every dead delivery")
     p.add_argument("--now", action="store_true", help="run one relay pass now instead of waiting for one")
-    p.set_defaults(func=redeliver)
-
-    p = sub.add_parser("sinks", help="configured event sinks, their state, and --enable after a 410")
+    p = parsers["sinks"]
     p.add_argument("--enable", metavar="NAME", help="enable a sink disabled by a 410 Gone")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=sinks)
