@@ -338,3 +338,49 @@ async def test_receiver_down_the_502_logs_no_token(tmp_path: Path, certs: Certs)
     assert "/healthz" in error_log  # proof that the error would have been logged, with its path
     for path in log_files(proxy.logs):
         assert token not in path.read_text(errors="replace"), f"the token is in {path}"
+
+
+async def test_the_api_and_its_event_stream_through_nginx(tmp_path: Path, certs: Certs) -> None:
+    """The /v1 API over TLS through the recipe: an SSE client connected first sees the job's events as
+    they happen (nginx buffers nothing), and the API key is in no log."""
+    import json as _json
+
+    sim_http = httpx.AsyncClient(verify=certs.client_context(), timeout=WAIT)
+    sim = Simulator(http=sim_http, default_faults=Faults(runtime=0.05), callback_retries=(0.05, 0.1))
+    port = free_port()
+    outputs = tmp_path / "receiver"
+    key = "api-key-" + "k" * 32
+    async with (
+        sim_http,
+        serve_in_background(sim.app) as sim_url,
+        nginx(tmp_path, port, certs) as proxy,
+    ):
+        env = env_for(tmp_path, sim_url, proxy.url) | {"FLUXHOOK_FORWARDED_ALLOW_IPS": "127.0.0.1",
+                                                        "FLUXHOOK_API_KEYS": key, "FLUXHOOK_SSE_HEARTBEAT": "1"}
+        del env["FLUXHOOK_ALLOW_HTTP"]
+        auth = {"authorization": f"Bearer {key}"}
+        async with fluxhook_serve(env, port, outputs), client(certs) as http:
+            async with http.stream("GET", f"{proxy.url}/v1/events", headers=auth) as stream:
+                assert stream.status_code == 200
+                assert stream.headers["content-type"].startswith("text/event-stream")
+                lines = stream.aiter_lines()
+                assert await anext(lines) == "retry: 2000"  # the stream is flowing before any event
+                created = await http.post(f"{proxy.url}/v1/jobs", headers=auth,
+                                          json={"provider": "bfl", "model": "flux-dev", "params": {"prompt": "x"}})
+                assert created.status_code == 201, created.text
+                job_id = created.json()["id"]
+                types: list[str] = []
+                async with asyncio.timeout(WAIT):
+                    async for line in lines:
+                        if line.startswith("data: "):
+                            envelope = _json.loads(line.removeprefix("data: "))
+                            assert envelope["data"]["id"] == job_id
+                            types.append(envelope["type"])
+                            if envelope["type"] == "job.stored":
+                                break
+                assert types[-1] == "job.stored"
+            waited = await http.get(f"{proxy.url}/v1/jobs/{job_id}?wait=5", headers=auth)
+            assert waited.json()["status"] == "stored"
+    await sim.aclose()
+    for path in log_files(proxy.logs, outputs):
+        assert key not in path.read_text(errors="replace"), f"the API key is in {path}"
