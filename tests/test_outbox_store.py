@@ -282,3 +282,15 @@ async def test_postgres_a_later_event_waits_for_an_earlier_uncommitted_one() -> 
         finally:
             await conn.close()
             await store.close()
+
+
+async def test_redelivering_a_delivery_in_flight_does_not_hand_it_to_a_second_relay(store: Store) -> None:
+    await store.register_sink("s", "webhook", "x", now=NOW)
+    await store.create_job(job())
+    await store.finish("j1", Status.CANCELED, now=NOW)
+    await store.fan_out("s", TERMINAL, now=NOW)
+    [(delivery, evt)] = await store.claim_deliveries("first", now=NOW, lease=30, limit=10)
+    assert await store.redeliver(evt.id, sinks_for={"s": TERMINAL}, now=NOW + 1) == 1
+    assert await store.claim_deliveries("second", now=NOW + 1, lease=30, limit=10) == []  # still first's
+    assert await store.record_attempt(delivery.id, "first", at=NOW + 2, code=200, latency_ms=1, error=None,
+                                      state="delivered", next_at=None)

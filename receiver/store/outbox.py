@@ -210,7 +210,8 @@ def delivery_attempts(delivery_id: int) -> Op[list[dict[str, Any]]]:
 
 def redeliver(event_id: str | None, failed: bool, sinks_for: dict[str, frozenset[str]], now: float) -> Op[int]:
     """Make deliveries due again: of one event to every sink in `sinks_for` that takes its type
-    (created if missing), and/or every dead one (`failed`). Each gets a fresh retry window."""
+    (created if missing), and/or every dead one (`failed`). Each gets a fresh retry window. A lease
+    is left alone: a delivery in flight is not sent a second time beside it."""
     count = 0
     if event_id is not None:
         event = yield Query("SELECT seq, job_id, type FROM outbox WHERE id = ?", (event_id,), "one")
@@ -222,13 +223,12 @@ def redeliver(event_id: str | None, failed: bool, sinks_for: dict[str, frozenset
             count += yield Query(
                 "INSERT INTO deliveries (sink, seq, job_id, next_at, created_at) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (sink, seq) DO UPDATE SET state = 'pending', next_at = excluded.next_at,"
-                " created_at = excluded.created_at, lease_owner = NULL, lease_until = NULL",
+                " created_at = excluded.created_at",
                 (name, event[0], event[1], now, now),
             )
     if failed:
         count += yield Query(
-            "UPDATE deliveries SET state = 'pending', next_at = ?, created_at = ?, lease_owner = NULL,"
-            " lease_until = NULL WHERE state = 'dead'",
+            "UPDATE deliveries SET state = 'pending', next_at = ?, created_at = ? WHERE state = 'dead'",
             (now, now),
         )
     return int(count)
