@@ -27,6 +27,7 @@ BENCHMARKS = {
     "downloads": "bench.downloads",
     "sweep": "bench.sweep_cost",
     "cold_start": "bench.cold_start",
+    "outbox": "bench.outbox",
 }
 RESULTS = Path(__file__).parent / "results"
 

@@ -58,12 +58,19 @@ class EventFeed:
                 await self._task
             self._task = None
 
-    async def changed(self, within: float) -> bool:
-        """Wait until the feed saw new events (True) or `within` seconds passed (False)."""
+    def mark(self) -> asyncio.Event:
+        """A mark to pass to :meth:`changed` later: it reports events seen since this call, even
+        if they came while the caller was busy."""
+        self.start()
+        return self._changed
+
+    async def changed(self, within: float, since: asyncio.Event | None = None) -> bool:
+        """Wait until the feed saw new events (since `since`, a :meth:`mark`, else from now) (True)
+        or `within` seconds passed (False)."""
         self.start()
         try:
             async with asyncio.timeout(within):
-                await self._changed.wait()
+                await (since or self._changed).wait()
             return True
         except TimeoutError:
             return False

@@ -168,6 +168,7 @@ class Relay:
 async def relay_loop(rt: Runtime, relay: Relay, interval: float) -> None:
     """Deliver as events appear (the feed wakes it) and retries when due, until `rt.stopping`."""
     while not rt.stopping.is_set():
+        since = rt.feed.mark()  # events committed during the pass wake the next one at once
         try:
             report = await relay.run_once()
             if report.outcomes:
@@ -178,4 +179,4 @@ async def relay_loop(rt: Runtime, relay: Relay, interval: float) -> None:
             log.exception("relay pass failed")
         if rt.stopping.is_set():
             break
-        await rt.feed.changed(interval)
+        await rt.feed.changed(interval, since)

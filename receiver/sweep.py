@@ -126,6 +126,9 @@ async def check_pass(rt: Runtime, report: SweepReport, *, batch: int = 100, max_
             break
         report.claimed += len(jobs)
         await asyncio.gather(*(run(job) for job in jobs))
+        # A result reported while we held a job's lease (a callback racing its submit answer) could
+        # not be claimed then: look for downloads now, not a sweep interval later.
+        rt.kick("")
 
 
 async def download_pass(rt: Runtime, report: SweepReport, *, limit: int = 5000) -> None:
@@ -149,6 +152,10 @@ async def download_pass(rt: Runtime, report: SweepReport, *, limit: int = 5000) 
                 running.update(asyncio.create_task(handle(rt, job)) for job in jobs)
             if not running:
                 return
+            if free <= 0:
+                # Every slot busy: a kick now is served by the claim after the next one finishes
+                # (waiting on a set event would spin).
+                rt.downloads_due.clear()
             woken = asyncio.ensure_future(rt.downloads_due.wait())
             try:
                 await asyncio.wait(running | {woken}, timeout=rt.settings.sweep_interval,
