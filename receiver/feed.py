@@ -109,37 +109,46 @@ class EventFeed:
     async def stream(
         self, after: int, *, job_id: str | None = None, types: frozenset[str] | None = None, heartbeat: float = 15.0,
     ) -> AsyncIterator[OutboxEvent | None]:
-        """Every event after `after` (of `job_id`, of `types`), in order, forever; None each time
-        `heartbeat` seconds pass without one."""
+        """Every event after `after` (of `job_id`, of `types`), in order, forever; None whenever
+        `heartbeat` seconds pass without yielding anything (other jobs' events do not count)."""
         self.start()
         cursor = after
+        loop = asyncio.get_running_loop()
+        quiet_since = loop.time()
 
         def wanted(event: OutboxEvent) -> bool:
             return (job_id is None or event.job_id == job_id) and (types is None or event.type in types)
 
         while True:
             waiting = self._changed  # taken before reading, so no change between the two is missed
+            found: list[OutboxEvent] = []
             if self._head is not None and cursor >= self._floor:
                 fresh = [e for e in self._recent if e.seq > cursor]
                 if fresh:
                     cursor = fresh[-1].seq
-                    for event in fresh:
-                        if wanted(event):
-                            yield event
-                    continue
+                    found = [e for e in fresh if wanted(e)]
+                    if not found:
+                        continue
             elif self._head is not None or cursor < await self.head():
-                # Further back than memory: read from the database until caught up with it.
-                page = await self.store.events_after(cursor, limit=PAGE, job_id=job_id, types=types)
-                for event in page:
-                    yield event
-                if page:
-                    cursor = page[-1].seq
-                if len(page) < PAGE and self._head is not None:
-                    cursor = max(cursor, self._floor)
-                if page or self._head is not None:
+                # Further back than memory: read from the database until caught up with it. Every
+                # event up to `bound` had committed before the read, so a short page covers up to it;
+                # the floor may move meanwhile (a slow client): then read the database again.
+                bound = self._head
+                found = await self.store.events_after(cursor, limit=PAGE, job_id=job_id, types=types)
+                if found:
+                    cursor = found[-1].seq
+                if len(found) < PAGE and bound is not None:
+                    cursor = max(cursor, min(bound, self._floor))
+                if not found and bound is not None:
                     continue
+            if found:
+                for event in found:
+                    yield event
+                quiet_since = loop.time()
+                continue
             try:
-                async with asyncio.timeout(heartbeat):
+                async with asyncio.timeout(max(0.0, quiet_since + heartbeat - loop.time())):
                     await waiting.wait()
             except TimeoutError:
                 yield None
+                quiet_since = loop.time()

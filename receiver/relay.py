@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from .runtime import Runtime
 from .sinks import Attempt, Sink, SinkError
 from .store import Delivery, OutboxEvent, StoreUnavailable
+from .store.outbox import AttemptRecord
 
 __all__ = ["BACKOFF_BASE", "BACKOFF_CAP", "Relay", "RelayReport", "next_delay", "relay_loop"]
 
@@ -32,8 +33,8 @@ log = logging.getLogger("fluxhook.relay")
 
 BACKOFF_BASE = 5.0
 BACKOFF_CAP = 3600.0
-#: Deliveries in flight at once, per sink.
-PER_SINK = 16
+#: Deliveries in flight at once, per sink (one claim's worth: all sent together).
+PER_SINK = 32
 
 
 def next_delay(attempts: int, retry_after: float | None, rand: random.Random | None = None) -> float:
@@ -62,7 +63,6 @@ class Relay:
         self._registered = False
         #: Why a sink could not start, by name (shown by `fluxhook sinks`, logged once per change).
         self.errors: dict[str, str] = {}
-        self._limits = {name: asyncio.Semaphore(PER_SINK) for name in self.sinks}
 
     @property
     def lease(self) -> float:
@@ -99,54 +99,49 @@ class Relay:
                 await self.sinks[name].close()
         self._started.clear()
 
-    async def run_once(self, *, limit: int = 500, max_batches: int = 20) -> RelayReport:
-        """Fan out what is new, then deliver what is due (bounded)."""
+    async def run_once(self, *, limit: int = PER_SINK, max_batches: int = 50) -> RelayReport:
+        """One pass for every sink side by side: fan out what is new, deliver what is due (bounded)."""
         report = RelayReport()
-        if not self.sinks:
-            return report
-        await self.register()
-        ready = {name for name, sink in self.sinks.items() if await self._ready(sink)}
-        for name, sink in self.sinks.items():
-            while await self.rt.store.fan_out(name, sink.types, now=self.rt.clock()):
-                pass
+        if self.sinks:
+            await self.register()
+            await asyncio.gather(*(self.run_sink(sink, report, limit=limit, max_batches=max_batches)
+                                   for sink in self.sinks.values()))
+        return report
+
+    async def run_sink(self, sink: Sink, report: RelayReport, *, limit: int = PER_SINK, max_batches: int = 50) -> None:
+        """Fan out and deliver for one sink: claims of at most `limit` deliveries, all sent at once (so
+        none waits behind another while its lease runs), their attempts recorded in one transaction."""
+        store = self.rt.store
+        while await store.fan_out(sink.name, sink.types, now=self.rt.clock()):
+            pass
+        if not await self._ready(sink):
+            return  # its deliveries wait, untouched, until it starts (and no other sink waits for it)
         for _ in range(max_batches):
-            claimed = await self.rt.store.claim_deliveries(
-                self.rt.owner, now=self.rt.clock(), lease=self.lease, limit=limit
+            claimed = await store.claim_deliveries(
+                self.rt.owner, sink=sink.name, now=self.rt.clock(), lease=self.lease, limit=limit
             )
             if not claimed:
                 break
+            attempts = await asyncio.gather(*(sink.deliver(event) for _, event in claimed))
+            records = [self._judge(sink, d, e, a, report) for (d, e), a in zip(claimed, attempts, strict=True)]
+            await store.record_attempts(self.rt.owner, records)
+            if any(a.gone for a in attempts):
+                await store.disable_sink(sink.name, next(a.error for a in attempts if a.gone) or "410 Gone",
+                                         now=self.rt.clock())
+                log.warning("sink %s answered 410 Gone: disabled until `fluxhook sinks --enable %s`",
+                            sink.display, sink.name)
+                break
             # Until none is due: a job's next event becomes due as soon as the one before it is delivered.
-            await asyncio.gather(*(self._deliver(d, e, d.sink in ready, report) for d, e in claimed))
-        return report
 
-    async def _deliver(self, delivery: Delivery, event: OutboxEvent, ready: bool, report: RelayReport) -> None:
-        sink = self.sinks.get(delivery.sink)
-        if sink is None or not ready:
-            # Not configured here (another replica's sink), or not started: hand it back untouched.
-            await self.rt.store.record_attempt(
-                delivery.id, self.rt.owner, at=self.rt.clock(), code=None, latency_ms=0.0,
-                error=self.errors.get(delivery.sink, "sink not configured on this instance"),
-                state="pending", next_at=self.rt.clock() + next_delay(delivery.attempts + 1, None),
-            )
-            report.outcomes["waiting"] += 1
-            return
-        async with self._limits[sink.name]:
-            attempt = await sink.deliver(event)
-        await self._record(sink, delivery, event, attempt, report)
-
-    async def _record(
+    def _judge(
         self, sink: Sink, delivery: Delivery, event: OutboxEvent, attempt: Attempt, report: RelayReport
-    ) -> None:
+    ) -> AttemptRecord:
         now = self.rt.clock()
         next_at: float | None = None
         if attempt.ok:
             state = "delivered"
         elif attempt.gone:
-            state = "pending"
-            next_at = now
-            await self.rt.store.disable_sink(sink.name, attempt.error or "410 Gone", now=now)
-            log.warning("sink %s answered 410 Gone: disabled until `fluxhook sinks --enable %s`",
-                        sink.display, sink.name)
+            state, next_at = "pending", now  # owed once the sink is enabled again
         elif attempt.permanent:
             state = "dead"
         elif now + (delay := next_delay(delivery.attempts + 1, attempt.retry_after)) > (
@@ -158,25 +153,38 @@ class Relay:
         if state == "dead":
             log.warning("delivery of %s (%s) to %s is dead after %d attempt(s): %s", event.id, event.type,
                         sink.display, delivery.attempts + 1, attempt.error)
-        await self.rt.store.record_attempt(
-            delivery.id, self.rt.owner, at=now, code=attempt.code, latency_ms=attempt.latency_ms,
-            error=attempt.error, state=state, next_at=next_at,
-        )
         report.outcomes[state if state != "pending" else "retrying"] += 1
+        return AttemptRecord(delivery.id, delivery.seq, now, attempt.code, attempt.latency_ms, attempt.error,
+                             state, next_at)
 
 
 async def relay_loop(rt: Runtime, relay: Relay, interval: float) -> None:
-    """Deliver as events appear (the feed wakes it) and retries when due, until `rt.stopping`."""
+    """Deliver as events appear (the feed wakes it) and retries when due, until `rt.stopping`:
+    one loop per sink, so a slow or dead sink holds up none of the others."""
+    if not relay.sinks:
+        return
+    await relay.register()
+    await asyncio.gather(*(_sink_loop(rt, relay, sink, interval) for sink in relay.sinks.values()))
+
+
+async def _sink_loop(rt: Runtime, relay: Relay, sink: Sink, interval: float) -> None:
     while not rt.stopping.is_set():
         since = rt.feed.mark()  # events committed during the pass wake the next one at once
+        report = RelayReport()
         try:
-            report = await relay.run_once()
+            await relay.run_sink(sink, report)
             if report.outcomes:
-                log.debug("relay: %s", report.as_dict())
+                log.debug("relay %s: %s", sink.display, report.as_dict())
         except StoreUnavailable as exc:
-            log.warning("relay: %s", exc)
+            log.warning("relay %s: %s", sink.display, exc)
         except Exception:
-            log.exception("relay pass failed")
+            log.exception("relay pass to %s failed", sink.display)
         if rt.stopping.is_set():
             break
-        await rt.feed.changed(interval, since)
+        changed = asyncio.ensure_future(rt.feed.changed(interval, since))
+        stopping = asyncio.ensure_future(rt.stopping.wait())
+        try:
+            await asyncio.wait({changed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
+            stopping.cancel()

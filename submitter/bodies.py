@@ -9,6 +9,7 @@ Replicate-compatible proxy paths share :data:`REPLICATE`.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ def loads_object(body: bytes) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise BodyError("body is not UTF-8 encoded JSON") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
     except (ValueError, RecursionError) as exc:
         raise BodyError("body is not valid JSON") from exc
     if not isinstance(data, dict):
@@ -92,6 +93,18 @@ def loads_object(body: bytes) -> dict[str, Any]:
         except UnicodeEncodeError:
             raise BodyError("body holds an invalid Unicode escape") from None
     return data
+
+
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259 §6): stored, they would make every later answer invalid.
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400
+        raise ValueError(f"{text} is out of range")
+    return value
 
 
 def _text(value: Any) -> str | None:

@@ -172,6 +172,10 @@ async def test_bad_idempotency_key(lite: Harness, key: str) -> None:
     (b'{"provider": "bfl", "model": "flux-dev", "params": {}, "metadata": [1]}', 422, "invalid", "metadata"),
     (b'{"provider": "bfl", "model": "flux-dev", "params": {}, "extra": 1}', 422, "invalid", "extra"),
     (b'{"provider": "bfl", "model": "flux-dev", "params": {"p": "\\ud800"}}', 400, "bad_json", None),
+    # Not JSON numbers (RFC 8259): stored, they would break every later answer and event of the job.
+    (b'{"provider": "bfl", "model": "flux-dev", "params": {}, "metadata": {"a": NaN}}', 400, "bad_json", None),
+    (b'{"provider": "bfl", "model": "flux-dev", "params": {"w": Infinity}}', 400, "bad_json", None),
+    (b'{"provider": "bfl", "model": "flux-dev", "params": {"w": -1e400}}', 400, "bad_json", None),
 ])
 async def test_validation(lite: Harness, body: bytes, status: int, code: str, field: str | None) -> None:
     answer = await lite.client.post("/v1/jobs", content=body, headers={"content-type": "application/json"})

@@ -151,13 +151,13 @@ async def test_deliveries_fan_out_claim_in_job_order_and_retry(store: Store) -> 
     await _to_stored(store, "j1")
     assert await store.fan_out("hook:1", TERMINAL, now=NOW) == 3
     assert await store.fan_out("hook:1", TERMINAL, now=NOW) == 0
-    [(delivery, evt)] = await store.claim_deliveries("me", now=NOW, lease=30, limit=10)
+    [(delivery, evt)] = await store.claim_deliveries("me", sink="hook:1", now=NOW, lease=30, limit=10)
     assert evt.type == "job.stored" and delivery.event_id == evt.id and delivery.attempts == 0
-    assert await store.claim_deliveries("other", now=NOW, lease=30, limit=10) == []  # leased
+    assert await store.claim_deliveries("other", sink="hook:1", now=NOW, lease=30, limit=10) == []  # leased
     assert await store.record_attempt(delivery.id, "me", at=NOW, code=503, latency_ms=2.0, error="HTTP 503",
                                       state="pending", next_at=NOW + 10)
-    assert await store.claim_deliveries("me", now=NOW + 5, lease=30, limit=10) == []  # not due yet
-    [(again, _)] = await store.claim_deliveries("other", now=NOW + 10, lease=30, limit=10)
+    assert await store.claim_deliveries("me", sink="hook:1", now=NOW + 5, lease=30, limit=10) == []  # not due yet
+    [(again, _)] = await store.claim_deliveries("other", sink="hook:1", now=NOW + 10, lease=30, limit=10)
     assert again.id == delivery.id and again.attempts == 1 and again.last_code == 503
     assert not await store.record_attempt(again.id, "me", at=NOW, code=200, latency_ms=1.0, error=None,
                                           state="delivered", next_at=None)  # not our lease
@@ -177,12 +177,12 @@ async def test_one_job_s_deliveries_go_in_sequence(store: Store) -> None:
     await store.record_submit("b", "pb", None, now=NOW, next_check_at=NOW)
     await store.finish("a", Status.CANCELED, now=NOW)
     await store.fan_out("s", ALL, now=NOW)
-    claimed = await store.claim_deliveries("me", now=NOW, lease=30, limit=10)
+    claimed = await store.claim_deliveries("me", sink="s", now=NOW, lease=30, limit=10)
     assert [(e.job_id, e.type) for _, e in claimed] == [("a", "job.submitted"), ("b", "job.submitted")]
     first = claimed[0][0]
     await store.record_attempt(first.id, "me", at=NOW, code=None, latency_ms=1, error="down", state="dead",
                                next_at=None)
-    [(_, nxt)] = await store.claim_deliveries("me", now=NOW, lease=30, limit=10)
+    [(_, nxt)] = await store.claim_deliveries("me", sink="s", now=NOW, lease=30, limit=10)
     assert (nxt.job_id, nxt.type) == ("a", "job.canceled")  # a dead delivery holds nothing back
 
 
@@ -192,7 +192,7 @@ async def test_disabled_sinks_get_nothing_until_enabled(store: Store) -> None:
     await store.finish("j1", Status.CANCELED, now=NOW)
     await store.fan_out("s", TERMINAL, now=NOW)
     assert await store.disable_sink("s", "HTTP 410 Gone", now=NOW)
-    assert await store.claim_deliveries("me", now=NOW, lease=30, limit=10) == []
+    assert await store.claim_deliveries("me", sink="s", now=NOW, lease=30, limit=10) == []
     [sink] = await store.sinks()
     assert sink.disabled_reason == "HTTP 410 Gone"
     await store.create_job(job("j2"))
@@ -200,7 +200,7 @@ async def test_disabled_sinks_get_nothing_until_enabled(store: Store) -> None:
     assert await store.fan_out("s", TERMINAL, now=NOW) == 0  # a disabled sink keeps its position
     assert await store.enable_sink("s", now=NOW)
     assert await store.fan_out("s", TERMINAL, now=NOW) == 1
-    assert len(await store.claim_deliveries("me", now=NOW, lease=30, limit=10)) == 2
+    assert len(await store.claim_deliveries("me", sink="s", now=NOW, lease=30, limit=10)) == 2
 
 
 async def test_concurrent_claims_never_share_a_delivery(store: Store) -> None:
@@ -210,7 +210,7 @@ async def test_concurrent_claims_never_share_a_delivery(store: Store) -> None:
         await store.finish(f"j{n}", Status.CANCELED, now=NOW)
     await store.fan_out("s", TERMINAL, now=NOW)
     batches = await asyncio.gather(*(
-        store.claim_deliveries(f"o{n}", now=NOW, lease=30, limit=5) for n in range(6)
+        store.claim_deliveries(f"o{n}", sink="s", now=NOW, lease=30, limit=5) for n in range(6)
     ))
     ids = [d.id for batch in batches for d, _ in batch]
     assert len(ids) == 20 and len(set(ids)) == 20
@@ -222,7 +222,7 @@ async def test_redeliver_one_event_or_every_dead_one(store: Store) -> None:
     await store.create_job(job())
     await store.finish("j1", Status.CANCELED, now=NOW)
     await store.fan_out("a", TERMINAL, now=NOW)
-    [(d, evt)] = await store.claim_deliveries("me", now=NOW, lease=30, limit=10)
+    [(d, evt)] = await store.claim_deliveries("me", sink="a", now=NOW, lease=30, limit=10)
     await store.record_attempt(d.id, "me", at=NOW, code=400, latency_ms=1, error="HTTP 400", state="dead",
                                next_at=None)
     assert await store.redeliver(None, failed=True, sinks_for={}, now=NOW + 5) == 1
@@ -289,8 +289,8 @@ async def test_redelivering_a_delivery_in_flight_does_not_hand_it_to_a_second_re
     await store.create_job(job())
     await store.finish("j1", Status.CANCELED, now=NOW)
     await store.fan_out("s", TERMINAL, now=NOW)
-    [(delivery, evt)] = await store.claim_deliveries("first", now=NOW, lease=30, limit=10)
+    [(delivery, evt)] = await store.claim_deliveries("first", sink="s", now=NOW, lease=30, limit=10)
     assert await store.redeliver(evt.id, sinks_for={"s": TERMINAL}, now=NOW + 1) == 1
-    assert await store.claim_deliveries("second", now=NOW + 1, lease=30, limit=10) == []  # still first's
+    assert await store.claim_deliveries("second", sink="s", now=NOW + 1, lease=30, limit=10) == []  # still first's
     assert await store.record_attempt(delivery.id, "first", at=NOW + 2, code=200, latency_ms=1, error=None,
                                       state="delivered", next_at=None)

@@ -205,3 +205,52 @@ async def test_a_store_without_sinks_relays_nothing(tmp_path: Path) -> None:
         await stored_job(h)
         store: Store = h.rt.store
         assert await store.sinks() == [] and await store.deliveries() == []
+
+
+class _FakeSink:
+    """A sink in memory: `hang` makes every delivery wait until released."""
+
+    def __init__(self, name: str, hang: bool = False) -> None:
+        self.kind, self.name, self.display = "redis", name, name
+        self.types = frozenset({"job.canceled"})
+        self.hang = hang
+        self.release = asyncio.Event()
+        self.got: list[str] = []
+
+    async def start(self) -> None:
+        pass
+
+    async def deliver(self, event: Any) -> Any:
+        from receiver.sinks import Attempt
+
+        if self.hang:
+            await self.release.wait()
+        self.got.append(event.id)
+        return Attempt(ok=True)
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_hung_sink_holds_back_no_other_sink(tmp_path: Path) -> None:
+    from receiver.relay import relay_loop
+
+    async with harness(tmp_path) as h:
+        hung, fine = _FakeSink("hung", hang=True), _FakeSink("fine")
+        h.rt.relay = Relay(h.rt, [hung, fine])  # type: ignore[list-item]
+        await h.rt.relay.register()  # as serve does before it takes requests
+        loop = asyncio.create_task(relay_loop(h.rt, h.rt.relay, interval=3600))
+        try:
+            for n in range(3):
+                job = await new_job(h.rt, "bfl", "flux-dev", {"prompt": f"p{n}"})
+                await h.rt.store.finish(job.id, Status.CANCELED, now=h.clock.now)
+                for _ in range(10_000):  # bounded in steps: the feed wakes the fine sink's loop
+                    if len(fine.got) == n + 1:
+                        break
+                    await asyncio.sleep(0.001)
+                assert len(fine.got) == n + 1 and hung.got == []
+        finally:
+            hung.release.set()
+            h.rt.stopping.set()
+            await loop
+        assert len(hung.got) >= 1  # the hung sink's claim went out once released

@@ -382,7 +382,7 @@ def test_sinks_from_settings_builds_each_kind_and_shows_no_secret() -> None:
     sinks = sinks_from_settings(settings)
     assert [s.kind for s in sinks] == ["webhook", "webhook", "redis", "nats"]
     assert [s.display for s in sinks] == [
-        "https://example.com/hooks", "https://other.example/in",
+        "https://example.com/…", "https://other.example/…",
         "redis stream fluxhook:events at 127.0.0.1:6379", "nats subject fluxhook.events at 127.0.0.1:4222",
     ]
     assert len({s.name for s in sinks}) == 4
@@ -405,12 +405,13 @@ def test_no_sinks_configured_is_an_empty_list_and_kinds_are_data() -> None:
     assert hook.types == TERMINAL_EVENTS
 
 
-def test_a_token_in_a_webhook_path_is_not_shown() -> None:
+def test_no_part_of_a_webhook_path_is_shown() -> None:
     from receiver.sinks.webhook import display_url
 
-    url = "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX9"
-    assert display_url(url) == "https://hooks.slack.com/services/T00000000/B00000000/…"
-    assert display_url("https://discord.com/api/webhooks/123456789012345678/abcDEF123ghiJKL456mno") == (
-        "https://discord.com/api/webhooks/123456789012345678/…"  # the id is shown, the token is not
-    )
-    assert display_url("https://example.com/fluxhook/events") == "https://example.com/fluxhook/events"
+    for url in ("https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX9",
+                "https://hooks.zapier.com/hooks/catch/123456/abcdefg/", "https://example.com/in/s3cr3t-t0ken",
+                "https://u:p@example.com:8443/hooks/ghp_shorttoken1?x=1"):
+        shown = display_url(url)
+        assert shown.endswith("/…") and "/" not in shown.split("://", 1)[1].removesuffix("/…")
+        assert not any(part in shown for part in ("T00000000", "catch", "s3cr3t", "ghp_", "u:p", "x=1"))
+    assert display_url("https://example.com:8443/") == "https://example.com:8443/"

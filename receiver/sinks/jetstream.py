@@ -54,6 +54,8 @@ class NatsSink:
         self._js: JetStreamContext | None = None
         self._last_error: str | None = None
         self._lock = asyncio.Lock()
+        #: When the last connect failed, and why (fail fast for a moment after it).
+        self._failed: tuple[float, str] | None = None
 
     def __repr__(self) -> str:
         return f"NatsSink({self.display!r})"
@@ -66,6 +68,10 @@ class NatsSink:
         async with self._lock:
             if self._nc is not None and self._js is not None and self._nc.is_connected:
                 return self._js
+            if self._failed is not None and time.monotonic() - self._failed[0] < self._timeout:
+                # A connect just failed (maybe while this caller waited for the lock): fail fast rather
+                # than queue one more connect timeout behind it; the relay's backoff retries later.
+                raise _Unreachable(self._failed[1])
             await self._drop()
             self._last_error = None
             options: dict[str, Any] = {
@@ -77,7 +83,10 @@ class NatsSink:
                 nc = await nats.connect(**options)
             except (NatsError, OSError) as exc:
                 cause = self._last_error or describe(exc, self._secrets)
-                raise _Unreachable(f"cannot connect to NATS at {self._where()}: {cause}") from None
+                message = f"cannot connect to NATS at {self._where()}: {cause}"
+                self._failed = (time.monotonic(), message)
+                raise _Unreachable(message) from None
+            self._failed = None
             self._nc, self._js = nc, nc.jetstream(timeout=self._timeout)
             return self._js
 

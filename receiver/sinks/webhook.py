@@ -47,16 +47,12 @@ USER_AGENT = f"fluxhook/{_version()}"
 
 
 def display_url(url: str) -> str:
-    """The URL without userinfo, query or fragment, and with every path segment that looks like a
-    token (16+ characters mixing letters and digits, as in Slack or Discord webhook URLs) masked."""
+    """The endpoint as it may be shown and stored: scheme, host and port only. Paths of webhook URLs
+    often carry their secret (Slack, Discord, Zapier...), in any shape; the sink's name tells endpoints
+    on one host apart."""
     parts = urlsplit(url)
     netloc = parts.netloc.rpartition("@")[2]
-    path = "/".join("…" if _token_like(segment) else segment for segment in parts.path.split("/"))
-    return urlunsplit((parts.scheme, netloc, path, "", ""))
-
-
-def _token_like(segment: str) -> bool:
-    return len(segment) >= 16 and any(c.isdigit() for c in segment) and any(c.isalpha() for c in segment)
+    return urlunsplit((parts.scheme, netloc, "/…" if parts.path not in ("", "/") else "/", "", ""))
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:

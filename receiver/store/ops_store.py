@@ -178,9 +178,12 @@ class OpsStore:
         return await self._op(outbox.fan_out(name, types, now, limit))
 
     async def claim_deliveries(
-        self, owner: str, *, now: float, lease: float, limit: int
+        self, owner: str, *, sink: str, now: float, lease: float, limit: int
     ) -> list[tuple[Delivery, OutboxEvent]]:
-        return await self._op(outbox.claim_deliveries(owner, now, lease, limit))
+        return await self._op(outbox.claim_deliveries(owner, sink, now, lease, limit))
+
+    async def record_attempts(self, owner: str, records: list[outbox.AttemptRecord]) -> None:
+        await self._op(outbox.record_attempts(owner, tuple(records)))
 
     async def record_attempt(
         self, delivery_id: int, owner: str, *, at: float, code: int | None, latency_ms: float, error: str | None,

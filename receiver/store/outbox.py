@@ -14,14 +14,29 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from . import Delivery, OutboxEvent, SinkState
 from .sql import Op, Query
 
 __all__ = [
-    "claim_deliveries", "deliveries", "delivery_attempts", "enable_sink", "event_by_id", "events_after", "fan_out",
-    "last_seq", "prune_outbox", "record_attempt", "redeliver", "register_sink", "set_sink_disabled", "sinks",
+    "AttemptRecord",
+    "claim_deliveries",
+    "deliveries",
+    "delivery_attempts",
+    "enable_sink",
+    "event_by_id",
+    "events_after",
+    "fan_out",
+    "last_seq",
+    "prune_outbox",
+    "record_attempt",
+    "record_attempts",
+    "redeliver",
+    "register_sink",
+    "set_sink_disabled",
+    "sinks",
 ]
 
 
@@ -138,20 +153,23 @@ def _delivery(row: Any) -> Delivery:
     )
 
 
-def claim_deliveries(owner: str, now: float, lease: float, limit: int) -> Op[list[tuple[Delivery, OutboxEvent]]]:
-    """Lease up to `limit` due deliveries of enabled sinks, oldest due first, at most one per job and sink."""
+def claim_deliveries(
+    owner: str, sink: str, now: float, lease: float, limit: int
+) -> Op[list[tuple[Delivery, OutboxEvent]]]:
+    """Lease up to `limit` due deliveries to `sink` (if it is enabled), oldest due first, at most one per job."""
     rows = yield Query(
         """UPDATE deliveries SET lease_owner = ?, lease_until = ?
         WHERE {ids_in}
             SELECT d.id FROM deliveries AS d
-            WHERE d.state = 'pending' AND d.next_at <= ? AND (d.lease_until IS NULL OR d.lease_until < ?)
+            WHERE d.sink = ? AND d.state = 'pending' AND d.next_at <= ?
+              AND (d.lease_until IS NULL OR d.lease_until < ?)
               AND d.sink IN (SELECT name FROM sinks WHERE disabled_at IS NULL)
               AND NOT EXISTS (SELECT 1 FROM deliveries AS e WHERE e.sink = d.sink AND e.job_id = d.job_id
                               AND e.state = 'pending' AND e.seq < d.seq)
             ORDER BY d.next_at, d.seq
             LIMIT ? {skip_locked}{ids_end}
         RETURNING id""",
-        (owner, now + lease, now, now, limit), "all",
+        (owner, now + lease, sink, now, now, limit), "all",
     )
     if not rows:
         return []
@@ -185,6 +203,41 @@ def record_attempt(
         (state, next_at if state == "pending" else None, code, error, state, at, delivery_id, owner),
     )
     return bool(changed)
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One attempt made, and the delivery's state after it, for :func:`record_attempts`."""
+
+    delivery_id: int
+    seq: int
+    at: float
+    code: int | None
+    latency_ms: float
+    error: str | None
+    #: "pending" (with `next_at`), "delivered" or "dead".
+    state: str
+    next_at: float | None = None
+
+
+def record_attempts(owner: str, records: tuple[AttemptRecord, ...]) -> Op[None]:
+    """A batch of attempts in one transaction: each recorded, and each delivery still leased by
+    `owner` moved to its new state (one whose lease was lost keeps the state its new holder gives it)."""
+    if not records:
+        return
+    yield Query(
+        "INSERT INTO delivery_attempts (delivery_id, seq, at, code, latency_ms, error) VALUES (?, ?, ?, ?, ?, ?)",
+        tuple((r.delivery_id, r.seq, r.at, r.code, r.latency_ms, r.error) for r in records), "many",
+    )
+    yield Query(
+        "UPDATE deliveries SET attempts = attempts + 1, state = ?, next_at = ?, last_code = ?, last_error = ?,"
+        " delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END,"
+        " lease_owner = NULL, lease_until = NULL"
+        " WHERE id = ? AND lease_owner = ? AND state = 'pending'",
+        tuple((r.state, r.next_at if r.state == "pending" else None, r.code, r.error, r.state, r.at,
+               r.delivery_id, owner) for r in records),
+        "many",
+    )
 
 
 def deliveries(state: str | None, limit: int, event_id: str | None = None) -> Op[list[Delivery]]:
