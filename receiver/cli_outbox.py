@@ -83,9 +83,12 @@ async def sinks(args: argparse.Namespace, settings: Settings) -> int:
             if not await rt.store.enable_sink(args.enable, now=rt.clock()):
                 raise OutboxCLIError(f"no sink {args.enable!r}; `fluxhook sinks` lists them")
         configured = set(rt.relay.sinks)
+        for sink in rt.relay.sinks.values():  # can each start here (reachable, a stream for the subject...)?
+            await rt.relay.ready(sink)
         rows = [
             {"name": s.name, "kind": s.kind, "display": s.display, "position": s.after_seq,
-             "configured": s.name in configured, "disabled": iso(s.disabled_at), "reason": s.disabled_reason}
+             "configured": s.name in configured, "disabled": iso(s.disabled_at), "reason": s.disabled_reason,
+             "error": rt.relay.errors.get(s.name)}
             for s in await rt.store.sinks()
         ]
         pending = await rt.store.deliveries("pending", limit=100_000)
@@ -99,7 +102,8 @@ async def sinks(args: argparse.Namespace, settings: Settings) -> int:
     for row in rows:
         state = f"disabled since {row['disabled']} ({row['reason']})" if row["disabled"] else "enabled"
         print(f"{row['name']}  {row['display']}  {state}  pending={row['pending']}"
-              + ("" if row["configured"] else "  (not configured here)"))
+              + ("" if row["configured"] else "  (not configured here)")
+              + (f"\n    cannot start: {row['error']}" if row["error"] else ""))
     return 0
 
 

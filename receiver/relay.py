@@ -79,7 +79,8 @@ class Relay:
             await self.rt.store.register_sink(sink.name, sink.kind, sink.display, now=self.rt.clock())
         self._registered = True
 
-    async def _ready(self, sink: Sink) -> bool:
+    async def ready(self, sink: Sink) -> bool:
+        """Start `sink` if it is not started; False (the reason in `errors`) if it cannot start."""
         if sink.name in self._started:
             return True
         try:
@@ -114,7 +115,7 @@ class Relay:
         store = self.rt.store
         while await store.fan_out(sink.name, sink.types, now=self.rt.clock()):
             pass
-        if not await self._ready(sink):
+        if not await self.ready(sink):
             return  # its deliveries wait, untouched, until it starts (and no other sink waits for it)
         for _ in range(max_batches):
             claimed = await store.claim_deliveries(

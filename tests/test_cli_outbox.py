@@ -94,3 +94,14 @@ def test_a_bad_forward_secret_is_a_clear_error(
     monkeypatch.setenv("FLUXHOOK_FORWARD_SECRET", "not-a-whsec")
     assert main(["sinks"]) == 2
     assert "FLUXHOOK_FORWARD_SECRET" in capsys.readouterr().err
+
+
+def test_sinks_says_why_a_nats_sink_cannot_start(env: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """NATS on loopback (the CI's), a subject no stream covers: the command names the fix."""
+    monkeypatch.setenv("FLUXHOOK_NATS_URL", "nats://127.0.0.1:4222")
+    monkeypatch.setenv("FLUXHOOK_NATS_SUBJECT", "fluxhook-no-stream.events")
+    assert main(["sinks"]) == 0
+    out = capsys.readouterr().out
+    assert "cannot start: no JetStream stream covers subject 'fluxhook-no-stream.events'" in out
+    assert "nats stream add" in out
