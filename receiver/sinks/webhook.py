@@ -99,7 +99,12 @@ class _SharedClient:
 
     def get(self) -> httpx.AsyncClient:
         if self._client is None or (self._client.is_closed and self._given is None):
-            self._client = httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=self._timeout)
+            # Keep as many connections open as the relay sends at once per endpoint (a claim's worth),
+            # or every batch would open (and close) the ones beyond httpx's default 20.
+            self._client = httpx.AsyncClient(
+                trust_env=False, follow_redirects=False, timeout=self._timeout,
+                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            )
         return self._client
 
     async def release(self) -> None:
