@@ -28,6 +28,7 @@ BENCHMARKS = {
     "sweep": "bench.sweep_cost",
     "cold_start": "bench.cold_start",
     "outbox": "bench.outbox",
+    "metrics": "bench.metrics_cost",
 }
 RESULTS = Path(__file__).parent / "results"
 

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from .api import api_routes
+from .api.ops import ops_routes
 from .api.sweep import sweep
 from .downloads import clean_partials
 from .endpoints import error_response, health, hook
@@ -85,6 +86,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None, workers: b
             Route("/healthz", health, methods=["GET"]),
             Route("/v1/sweep", sweep, methods=["POST"]),
             *api_routes(),
+            *ops_routes(),
         ],
         exception_handlers={ReceiverError: error_response, StoreUnavailable: _unavailable},
         lifespan=lifespan,

@@ -1,4 +1,9 @@
-"""The `fluxhook` command line."""
+"""The `fluxhook` command line: a dispatcher over the COMMANDS table.
+
+Each command is (summary, example, function); command code lives in `cli_*` modules. Exit
+codes are in :mod:`receiver.cli_common` (0 ok, 1 job failed / store unavailable, 2 usage or
+configuration, 3 wait timed out, 130 Ctrl-C).
+"""
 
 from __future__ import annotations
 
@@ -8,31 +13,48 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from typing import Any
 
 from submitter.dialects import DIALECTS
 from submitter.status import TERMINAL, Status
 
+from . import cli_batch, cli_ops
+from .cli_common import (
+    EXIT_CODES_HELP,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_TIMEOUT,
+    EXIT_USAGE,
+    ApiUnavailable,
+    CLIError,
+    WaitTimeout,
+    print_rows,
+    timed,
+)
 from .cli_outbox import OUTBOX_COMMANDS, OutboxCLIError, add_arguments
+from .inputs import InputError
 from .settings import Settings, SettingsError
 from .sinks import SinkError
 from .store import StoreUnavailable
 
-__all__ = ["build_parser", "main"]
+__all__ = ["ApiUnavailable", "CLIError", "WaitTimeout", "build_parser", "main"]
 
 
-class CLIError(Exception):
-    """A problem to report on stderr with exit status 2."""
-
-
-class ApiUnavailable(Exception):
-    """The fluxhook API (FLUXHOOK_API_URL) did not answer or said "try later": exit status 1, like a down store."""
+def _version() -> str:
+    try:
+        return metadata.version("fluxhook")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _param(text: str) -> tuple[str, Any]:
+    """KEY=VALUE, VALUE parsed as JSON when it can be; KEY=@FILE is a local image (see receiver.inputs)."""
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    if raw.startswith("@"):
+        return key, raw  # resolved against the provider's image fields at submit (receiver.inputs)
     try:
         value = json.loads(raw)
     except ValueError:
@@ -40,18 +62,18 @@ def _param(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def _print(data: Any, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(data, indent=2, sort_keys=True))
-        return
-    rows = data if isinstance(data, list) else [data]
-    for row in rows:
-        if isinstance(row, dict):
-            print("  ".join(f"{k}={v}" for k, v in row.items() if v is not None and k != "files"))
-            for f in row.get("files", []):
-                print(f"    file {f['n']}: {f['path'] or '(pending)'}  {f['size'] or ''}  {f['sha256'] or ''}")
-        else:
-            print(row)
+_print = print_rows  # cli_api imports it by this name
+
+
+def _short(value: Any, limit: int = 120) -> Any:
+    """Long strings (inline base64 images) shortened for display; everything else as is."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:40]}...({len(value)} chars)"
+    if isinstance(value, dict):
+        return {k: _short(v, limit) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_short(v, limit) for v in value]
+    return value
 
 
 async def _job_view(rt: Any, job_id: str) -> dict[str, Any]:
@@ -59,6 +81,10 @@ async def _job_view(rt: Any, job_id: str) -> dict[str, Any]:
     if job is None:
         raise CLIError(f"no job {job_id!r} in {rt.settings.db_display}")
     view = _shown(rt, job)
+    params = dict(job.params)
+    view["prompt"] = params.pop("prompt", None)
+    view["params"] = _short(params) or None
+    view["metadata"] = job.metadata or None
     view["files"] = [
         {"n": f.n, "path": rt.results.location(f.path) if f.path else None, "size": f.size,
          "sha256": f.sha256, "content_type": f.content_type}
@@ -67,12 +93,20 @@ async def _job_view(rt: Any, job_id: str) -> dict[str, Any]:
     return view
 
 
+def result_via(job: Any) -> str | None:
+    """How the provider's result reached us: by a verified callback, or by our polling (None if no result)."""
+    if job.status not in (Status.SUCCEEDED, Status.STORED) and not job.outputs:
+        return None
+    return "callback" if job.callback_at is not None else "poll"
+
+
 def _shown(rt: Any, job: Any) -> dict[str, Any]:
-    """What the CLI prints of a job, scrubbed again (rows written before redaction existed)."""
+    """What the CLI prints of a job, scrubbed again (rows written before redaction existed); times in ISO 8601 UTC."""
     view = job.public()
     for key in ("error", "note"):
         view[key] = rt.redactor.scrub(view[key], job_id=job.id, provider=job.provider)
-    return view
+    view["via"] = result_via(job)
+    return timed(view)
 
 
 async def _wait(rt: Any, job_id: str, within: float) -> None:
@@ -86,27 +120,47 @@ async def _wait(rt: Any, job_id: str, within: float) -> None:
         if job is None or job.status in TERMINAL:
             return
         await asyncio.sleep(1.0)
-    raise CLIError(f"job {job_id} not finished after {within:.0f} s; it goes on: `fluxhook status {job_id}`")
+    raise WaitTimeout(f"job {job_id} not finished after {within:.0f} s; it goes on: `fluxhook status {job_id}`")
+
+
+def resolve_images(settings: Settings, provider: str, params: dict[str, Any], base_dir: Any = None) -> dict[str, Any]:
+    """`@FILE` values of image fields as the provider takes them (receiver.inputs); CLIError names the problem."""
+    from .inputs import resolve_params
+
+    shape = settings.provider(provider).dialect.shape.name
+    try:
+        return resolve_params(params, shape=shape, base_dir=base_dir)
+    except InputError as exc:
+        raise CLIError(str(exc)) from None
 
 
 async def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    from .jobs import submit
+    from .jobs import new_job, try_submit
     from .runtime import Runtime
 
+    params = resolve_images(settings, args.provider, {"prompt": args.prompt, **dict(args.param or [])})
     if settings.integrations.api_url:
         from . import cli_api
 
+        args.param = [(k, v) for k, v in params.items() if k != "prompt"]
         return await cli_api.submit(args, settings)
     settings.require_public()
-    params = {"prompt": args.prompt, **dict(args.param or [])}
     events = [e.strip() for e in args.events.split(",") if e.strip()] if args.events is not None else None
     async with Runtime.open(settings) as rt:
         try:
-            job = await submit(rt, args.provider, args.model, params, events=events)
+            job = await new_job(rt, args.provider, args.model, params, events=events)
         except ValueError as exc:
             raise CLIError(str(exc)) from None
-        if args.wait:
-            await _wait(rt, job.id, args.timeout or settings.job_deadline)
+        try:
+            await try_submit(rt, job)
+            await rt.store.release(job.id, rt.owner, expect=None, next_check_at=None)
+            if args.wait:
+                await _wait(rt, job.id, args.timeout or settings.job_deadline)
+        except asyncio.CancelledError:
+            # Ctrl-C: the job is in the ledger and goes on without us (an interrupted submit is settled
+            # by the sweep when our lease lapses); say which one before exiting 130.
+            print(f"interrupted; job {job.id} goes on: `fluxhook status {job.id}`", file=sys.stderr)
+            raise
         view = await _job_view(rt, job.id)
     if args.json:
         _print(view, True)
@@ -114,7 +168,7 @@ async def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         print(job.id if not args.wait else view["id"])
         if args.wait or view["status"] in TERMINAL:
             _print(view, False)
-    return 1 if view["status"] in TERMINAL - {Status.STORED} else 0
+    return EXIT_FAILED if view["status"] in TERMINAL - {Status.STORED} else 0
 
 
 async def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -170,10 +224,13 @@ async def _cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from .app import create_app
+    from .logformat import install_log_format, uvicorn_log_config
     from .server import run
 
     settings.require_public()
-    run(create_app(settings), settings, host=args.host, port=args.port, log_level=args.log_level)
+    install_log_format(settings.log_format)
+    run(create_app(settings), settings, host=args.host, port=args.port, log_level=args.log_level,
+        log_config=uvicorn_log_config(settings.log_format))
     return 0
 
 
@@ -201,9 +258,54 @@ async def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+SIMULATE_HELP = """\
+what the simulator does to a job is chosen by its prompt: a rule (POST /_sim/rules with
+{"prompt_contains": "lost", "drop": true, ...}: the text, then fault fields; first match wins)
+gives jobs whose prompt contains the text these faults (submitter.simulator.Faults); other jobs
+complete normally:
+
+  drop            send no callbacks at all (the job is rescued by polling)
+  duplicate N     send the terminal callback N times, concurrently
+  delay S         extra seconds between completion and the terminal callback
+  reorder         follow the terminal callback with a stale "Pending" one
+  bad_signature   sign callbacks with a wrong secret
+  signature       "hmac" (X-BFL-Signature), "echo" (X-Webhook-Secret) or "none"
+  progress        send a "processing" callback before the terminal one
+  submit_errors   reject the rule's first submits with these HTTP statuses, e.g. [429, 503]
+  outcome         "ready", "error", "request_moderated", "content_moderated"
+  webhook_shape   answer submits like webhook mode: no polling_url
+  expired_url     the first signed URL handed out is already expired
+  slow_download   serve downloads at this many bytes per second
+  runtime S       seconds from accept to done (default 0.05)
+  image_format    "png" or "jpeg";  image_size: pad the image to at least this many bytes
+  outputs N, output_list, drop_completed   (Replicate shapes only)
+
+GET /_sim/stats shows per-task counters (submits, polls, callbacks, downloads). e.g.
+  curl -s 127.0.0.1:8900/_sim/rules -d '{"prompt_contains": "lost", "drop": true}'"""
+
+
+def simulate_env(host: str, port: int) -> list[str]:
+    """What to export so fluxhook sends every provider's jobs to a simulator at host:port."""
+    url = f"http://{host}:{port}"
+    return [
+        f"export FLUXHOOK_BFL_URL={url} FLUXHOOK_DEERAPI_URL={url} FLUXHOOK_COMETAPI_URL={url}"
+        f" FLUXHOOK_REPLICATE_URL={url}",
+        "export BFL_API_KEY=sim DEERAPI_KEY=sim COMETAPI_KEY=sim REPLICATE_API_TOKEN=sim   # any value",
+        f"export FLUXHOOK_DOWNLOAD_HOSTS={host} FLUXHOOK_DOWNLOAD_ALLOW_PRIVATE=1 FLUXHOOK_DOWNLOAD_ALLOW_HTTP=1",
+        "export FLUXHOOK_PUBLIC_URL=http://127.0.0.1:8000 FLUXHOOK_ALLOW_HTTP=1"
+        " FLUXHOOK_SECRET_KEY=$(openssl rand -hex 32)",
+        "# then, in another shell: fluxhook serve --port 8000",
+    ]
+
+
 def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from submitter.simulator import run_simulator
 
+    print(f"simulator listening on http://{args.host}:{args.port} (BFL, DeerAPI, CometAPI and Replicate shapes)")
+    print("point fluxhook at it:")
+    for line in simulate_env(args.host, args.port):
+        print(f"  {line}")
+    sys.stdout.flush()
     run_simulator(host=args.host, port=args.port)
     return 0
 
@@ -211,7 +313,7 @@ def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 async def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from .demo import run_demo
 
-    return await run_demo(settings, jobs=args.jobs)
+    return await run_demo(settings, jobs=args.jobs, keep=args.keep)
 
 
 COMMANDS: dict[str, tuple[str, str, Any]] = {
@@ -222,16 +324,20 @@ COMMANDS: dict[str, tuple[str, str, Any]] = {
     ),
     "submit": (
         "record a job, send it to a provider with its own webhook, print our job id",
-        'fluxhook submit --provider bfl --model flux-dev --prompt "a red fox" --param width=1024 --wait',
+        'fluxhook submit --provider bfl --model flux-kontext-pro --prompt "make it snow" '
+        "--param input_image=@photo.png --wait",
         _cmd_submit,
     ),
-    "status": ("show one job and its files", "fluxhook status fh_0123abcd... --json", _cmd_status),
+    "batch": cli_batch.COMMAND,
+    "status": ("show one job (prompt, params, how its result came) and its files",
+               "fluxhook status fh_0123abcd... --json", _cmd_status),
     "list": ("list recent jobs", "fluxhook list --status failed --json", _cmd_list),
     "url": (
         "print a time-limited download URL for a stored result file (a local folder: its path)",
         "fluxhook url fh_0123abcd... 0 --expires 600",
         _cmd_url,
     ),
+    **cli_ops.OPS_COMMANDS,
     "sweep": (
         "one pass of the polling fallback, deferred submits and download retries, then exit (for cron)",
         "*/1 * * * * cd /srv/fluxhook && fluxhook sweep",
@@ -243,13 +349,13 @@ COMMANDS: dict[str, tuple[str, str, Any]] = {
         _cmd_migrate,
     ),
     "simulate": (
-        "run the built-in provider simulator alone (BFL, DeerAPI and CometAPI shapes)",
-        "fluxhook simulate --port 8900   # then FLUXHOOK_BFL_URL=http://127.0.0.1:8900",
+        "run the built-in provider simulator alone (BFL, DeerAPI, CometAPI and Replicate shapes)",
+        "fluxhook simulate --port 8900   # prints the FLUXHOOK_* variables to point fluxhook at it",
         _cmd_simulate,
     ),
     "demo": (
-        "run receiver and simulator on loopback, submit a few jobs, show the stored files",
-        "fluxhook demo",
+        "run receiver and simulator on loopback in a throwaway folder, submit a few jobs, show the stored files",
+        "fluxhook demo --keep ./demo-run",
         _cmd_demo,
     ),
     **OUTBOX_COMMANDS,
@@ -260,13 +366,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fluxhook",
         description="Submit FLUX image jobs with per-job webhooks, receive verified callbacks, keep every result.",
-        epilog="Settings come from FLUXHOOK_* environment variables; see README.md.",
+        epilog=f"Settings come from FLUXHOOK_* environment variables; see README.md.\n{EXIT_CODES_HELP}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"fluxhook {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parsers = {}
     for name, (summary, example, _) in COMMANDS.items():
+        extra = f"\n\n{SIMULATE_HELP}" if name == "simulate" else ""
         parsers[name] = sub.add_parser(
-            name, help=summary, description=summary, epilog=f"example:\n  {example}",
+            name, help=summary, description=summary, epilog=f"example:\n  {example}{extra}\n\n{EXIT_CODES_HELP}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
     for name in ("serve", "simulate"):
@@ -281,13 +390,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "black-forest-labs/flux-1.1-pro (Replicate shapes)")
     p.add_argument("--prompt", required=True, help="the text prompt")
     p.add_argument("--param", action="append", type=_param, metavar="KEY=VALUE",
-                   help="extra request field; VALUE is parsed as JSON when it can be (repeatable)")
+                   help="extra request field; VALUE is parsed as JSON when it can be (repeatable); "
+                        "KEY=@FILE sends a local PNG/JPEG/WebP/GIF for an image field (BFL: base64; "
+                        "Replicate: a data: URI); @@ for a literal @")
     p.add_argument("--events", metavar="LIST",
                    help="Replicate providers: webhook events, from start,output,logs,completed "
                         "(default start,completed)")
     p.add_argument("--wait", action="store_true",
                    help="wait until the job finishes (sweeping meanwhile; with FLUXHOOK_API_URL, on the API's "
-                        "event stream)")
+                        "event stream); exit 3 if --timeout passes first, 130 on Ctrl-C (the job goes on)")
     p.add_argument("--timeout", type=float, help="with --wait: give up waiting after this many seconds")
     p.add_argument("--json", action="store_true", help="print JSON")
     parsers["status"].add_argument("job", help="our job id (fh_...)")
@@ -303,6 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["migrate"].add_argument("--check", action="store_true",
                                     help="change nothing; exit 1 if migrations are pending")
     parsers["demo"].add_argument("--jobs", type=int, default=5, help="how many jobs to run (default 5)")
+    parsers["demo"].add_argument("--keep", metavar="DIR",
+                                 help="put the demo's database and results here (default: a new temporary folder, "
+                                      "kept and printed); never your FLUXHOOK_DB / FLUXHOOK_RESULTS")
+    cli_batch.add_arguments(parsers["batch"])
+    cli_ops.add_arguments(parsers)
     add_arguments(parsers)
     return parser
 
@@ -320,16 +436,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if asyncio.iscoroutine(result):
             result = asyncio.run(result)
         return int(result)
-    except (SettingsError, CLIError, OutboxCLIError, SinkError) as exc:
+    except (SettingsError, CLIError, OutboxCLIError, SinkError, InputError) as exc:
         print(f"fluxhook {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except WaitTimeout as exc:
+        print(f"fluxhook {args.command}: {exc}", file=sys.stderr)
+        return EXIT_TIMEOUT
     except (StoreUnavailable, ApiUnavailable) as exc:
         print(f"fluxhook {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

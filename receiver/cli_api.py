@@ -7,15 +7,17 @@ For hosts that cannot reach the ledger: the same commands, the same output, and
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import sys
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
 from submitter.api_client import ApiError, AsyncFluxhookClient, JobView
 from submitter.status import TERMINAL, Status
 
-from .cli import ApiUnavailable, CLIError, _print
+from .cli_common import ApiUnavailable, CLIError, WaitTimeout
+from .cli_common import print_rows as _print
 from .settings import Settings
 
 __all__ = ["list_jobs", "status", "submit"]
@@ -41,19 +43,13 @@ def _answers() -> Iterator[None]:
         raise CLIError(str(exc)) from None
 
 
-def _epoch(value: str | None) -> float | None:
-    """The database path prints epoch seconds; so does this one, so scripts work with either."""
-    if value is None:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-
-
 def _shown(job: JobView) -> dict[str, Any]:
-    """The keys and order of `Job.public()` (no `polls`: the API does not show it)."""
+    """The keys and order of `Job.public()` (no `polls`: the API does not show it); times in ISO 8601 UTC,
+    as the API gives them and as the database path prints them."""
     return {
         "id": job.id, "provider": job.provider, "model": job.model, "status": job.status,
-        "provider_job_id": job.provider_job_id, "created_at": _epoch(job.created_at),
-        "updated_at": _epoch(job.updated_at), "error": job.error, "note": job.note,
+        "provider_job_id": job.provider_job_id, "created_at": job.created_at,
+        "updated_at": job.updated_at, "error": job.error, "note": job.note,
     }
 
 
@@ -76,8 +72,11 @@ async def submit(args: argparse.Namespace, settings: Settings) -> int:
                 within = args.timeout or settings.job_deadline
                 try:
                     job = await client.wait(job.id, within)
+                except asyncio.CancelledError:
+                    print(f"interrupted; job {job.id} goes on: `fluxhook status {job.id}`", file=sys.stderr)
+                    raise
                 except TimeoutError:
-                    raise CLIError(f"job {job.id} not finished after {within:.0f} s; it goes on: "
+                    raise WaitTimeout(f"job {job.id} not finished after {within:.0f} s; it goes on: "
                                    f"`fluxhook status {job.id}`") from None
     view = _job_view(job)
     if args.json:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
+import tempfile
+from pathlib import Path
 
 from submitter.client import Provider
 from submitter.simulator import Faults, Simulator
-from submitter.status import TERMINAL
+from submitter.status import TERMINAL, Status
 
 from .app import create_app
+from .integrations import Integrations
 from .jobs import submit
 from .runtime import Runtime
 from .serving import bind, serve_in_background
@@ -27,8 +31,24 @@ PROMPTS = [
 ]
 
 
-def demo_settings(settings: Settings, sim_url: str, public_url: str) -> Settings:
-    """Point every provider at the simulator and allow loopback everywhere (demo only)."""
+def demo_folder(keep: str | None) -> Path:
+    """Where the demo keeps its database and results: `keep`, or a new temporary folder (kept, so
+    the user can look at what it did); never the user's FLUXHOOK_DB or FLUXHOOK_RESULTS."""
+    if keep is not None:
+        folder = Path(keep).expanduser()
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    return Path(tempfile.mkdtemp(prefix="fluxhook-demo-"))
+
+
+def demo_settings(settings: Settings, sim_url: str, public_url: str, folder: Path | None = None) -> Settings:
+    """Point every provider at the simulator and allow loopback everywhere (demo only); with
+    `folder`, the ledger and results live there and no configured sink or API is used."""
+    if folder is not None:
+        settings = settings.with_overrides(
+            db=str(folder / "demo.db"), results=folder / "results", results_url=None,
+            integrations=Integrations(),
+        )
     return settings.with_overrides(
         public_url=public_url,
         allow_http=True,
@@ -44,16 +64,17 @@ def demo_settings(settings: Settings, sim_url: str, public_url: str) -> Settings
     )
 
 
-async def run_demo(settings: Settings, *, jobs: int = 5, within: float = 60.0) -> int:
+async def run_demo(settings: Settings, *, jobs: int = 5, within: float = 60.0, keep: str | None = None) -> int:
     sim = Simulator(default_faults=Faults(runtime=0.3))
     sim.add_rule("callback lost", Faults(drop=True, runtime=0.3))
     sim.add_rule("two outputs", Faults(outputs=2, runtime=0.3))
     async with serve_in_background(sim.app) as sim_url:
         sock = bind()
         public_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        settings = demo_settings(settings, sim_url, public_url)
-        for label, value in (("simulator", sim_url), ("receiver", public_url), ("database", settings.db_display),
-                             ("results", settings.results)):
+        folder = demo_folder(keep)
+        settings = demo_settings(settings, sim_url, public_url, folder)
+        for label, value in (("folder", folder), ("simulator", sim_url), ("receiver", public_url),
+                             ("database", settings.db_display), ("results", settings.results)):
             print(f"{label:<10} {value}")
         async with serve_in_background(create_app(settings), sock, settings=settings), Runtime.open(settings) as rt:
             submitted = []
@@ -65,23 +86,38 @@ async def run_demo(settings: Settings, *, jobs: int = 5, within: float = 60.0) -
             loop = asyncio.get_running_loop()
             end = loop.time() + within
             pending = set(submitted)
-            while pending and loop.time() < end:
-                for job_id in list(pending):
-                    job = await rt.store.get_job(job_id)
-                    if job is not None and job.status in TERMINAL:
-                        pending.discard(job_id)
-                        how = "polled" if job.callback_at is None else "callback"
-                        for f in await rt.store.files(job_id):
-                            path = os.path.join(settings.results, f.path or "")
-                            print(f"{job.status:<10} {job_id}  via {how:<8}  {path}  {f.size} bytes  "
-                                  f"sha256 {(f.sha256 or '')[:16]}...")
-                        if job.status != "stored":
-                            print(f"{job.status:<10} {job_id}  {job.error}")
-                await asyncio.sleep(0.2)
+            try:
+                await _follow(rt, settings, pending, end)
+            except asyncio.CancelledError:
+                # Cut short: nothing in the throwaway ledger may wait on the simulator that dies with us.
+                with contextlib.suppress(Exception):
+                    for job_id in pending:
+                        await asyncio.shield(rt.store.finish(job_id, Status.CANCELED, now=rt.clock(),
+                                                             reason="demo interrupted"))
+                print(f"interrupted; the demo's files are in {folder}")
+                raise
             stats = sim.stats()["totals"]
         await sim.aclose()
     print(f"provider calls: {stats}")
+    print(f"everything the demo wrote is in {folder}")
     if pending:
         print(f"not finished within {within:.0f} s: {sorted(pending)}")
         return 1
     return 0
+
+
+async def _follow(rt: Runtime, settings: Settings, pending: set[str], end: float) -> None:
+    loop = asyncio.get_running_loop()
+    while pending and loop.time() < end:
+        for job_id in list(pending):
+            job = await rt.store.get_job(job_id)
+            if job is not None and job.status in TERMINAL:
+                pending.discard(job_id)
+                how = "polled" if job.callback_at is None else "callback"
+                for f in await rt.store.files(job_id):
+                    path = os.path.join(settings.results, f.path or "")
+                    print(f"{job.status:<10} {job_id}  via {how:<8}  {path}  {f.size} bytes  "
+                          f"sha256 {(f.sha256 or '')[:16]}...")
+                if job.status != "stored":
+                    print(f"{job.status:<10} {job_id}  {job.error}")
+        await asyncio.sleep(0.2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Mapping
 
 from starlette.requests import ClientDisconnect, Request
@@ -138,14 +139,40 @@ def _runtime(request: Request) -> Runtime:
     return request.app.state.runtime  # type: ignore[no-any-return]
 
 
+def _printable(text: str, cap: int = 80) -> str:
+    """A caller-chosen value as a log line may quote it: printable, bounded."""
+    text = "".join(c if c.isprintable() else "?" for c in text[:cap])
+    return text + ("..." if len(text) >= cap else "")
+
+
+def _refused(rt: Runtime, provider: str, job_id: str, verdict: str, reason: str) -> None:
+    """Count a refused callback and log it at WARNING (rate-limited per reason: forgeries are free)."""
+    if verdict in ("rejected", "bad_body", "refused"):
+        rt.metrics[verdict] += 1
+    rt.prom.callback(provider, verdict)
+    job, reason = _printable(job_id), _printable(reason, 200)
+    rt.log_limiter.log(logging.WARNING, f"{verdict}: {reason}", "callback for %s job %s refused (%s): %s",
+                       provider, job, verdict, reason,
+                       extra={"job_id": job, "provider": provider, "event": "callback-refused", "verdict": verdict,
+                              "reason": reason})
+
+
 async def hook(request: Request) -> JSONResponse:
     rt = _runtime(request)
     provider = request.path_params["provider"]
+    if provider not in rt.settings.providers:
+        raise NotFound(f"unknown provider {provider!r}")
+    started = time.perf_counter()
+    try:
+        return await _hook(request, rt, provider)
+    finally:
+        rt.prom.callback_ack.labels(provider).observe(time.perf_counter() - started)
+
+
+async def _hook(request: Request, rt: Runtime, provider: str) -> JSONResponse:
     job_id = request.path_params["job_id"]
     token = request.path_params["token"]
     settings = rt.settings
-    if provider not in settings.providers:
-        raise NotFound(f"unknown provider {provider!r}")
     if settings.secret_key is None:
         raise NotFound("this receiver accepts no callbacks (FLUXHOOK_SECRET_KEY unset)")
     body = await read_body(request, settings.max_body, settings.body_timeout)
@@ -155,20 +182,20 @@ async def hook(request: Request) -> JSONResponse:
         verify_token(keys.token, token)
         message_id, scheme = await _verify(rt, provider, body, request.headers, keys.webhook_secret)
     except VerificationError as exc:
-        rt.metrics["rejected"] += 1
+        _refused(rt, provider, job_id, "rejected", str(exc))
         raise Unauthorized(str(exc)) from None
     try:
         observation = parse_observation(dialect, loads_object(body))
     except BodyError as exc:
-        rt.metrics["bad_body"] += 1
+        _refused(rt, provider, job_id, "bad_body", str(exc))
         raise BadPayload(str(exc)) from None
     if observation.provider_job_id is None:
         # Without it, nothing ties the body to this job's provider task (the mismatch check).
-        rt.metrics["bad_body"] += 1
+        _refused(rt, provider, job_id, "bad_body", "no provider task id")
         raise BadPayload("callback names no provider task (no id)")
     refusal = too_many_outputs(rt, observation)
     if refusal:
-        rt.metrics["refused"] += 1
+        _refused(rt, provider, job_id, "refused", "too many outputs")
         raise Refused(refusal)
     now = rt.clock()
     # Retries of one message share its id (Standard Webhooks); without one, identical bodies are one event.
@@ -190,14 +217,20 @@ async def hook(request: Request) -> JSONResponse:
             expires=expiries(rt, provider, observation), keep_events=settings.max_events_per_job,
         )
     except TaskMismatch:
+        _refused(rt, provider, job_id, "conflict", "different provider task")
         raise Conflict("callback names a different provider task than this job's") from None
     if not outcome.found:
+        _refused(rt, provider, job_id, "unknown_job", "unknown job")
         raise NotFound("unknown job")
     rt.failpoint("after-callback-commit")
     if outcome.duplicate:
         rt.metrics["duplicate"] += 1
+        rt.prom.callback(provider, "duplicate")
         return JSONResponse({"ok": True, "duplicate": True})
     rt.metrics["accepted"] += 1
+    rt.prom.callback(provider, "accepted")
+    if outcome.changed:
+        rt.prom.ended(provider, outcome.status)
     if outcome.status == Status.SUCCEEDED:
         rt.kick(job_id)
     answer: dict[str, object] = {"ok": True, "status": str(outcome.status)}

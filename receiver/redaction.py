@@ -70,7 +70,8 @@ class Redactor:
     def from_settings(cls, settings: Settings) -> Redactor:
         """Every secret a :class:`~receiver.settings.Settings` holds."""
         secrets: list[str | bytes | None] = [p.api_key for p in settings.providers.values()]
-        secrets += [*settings.replicate_webhook_secrets, _db_password(settings.db), *settings.integrations.secrets()]
+        secrets += [*settings.replicate_webhook_secrets, _db_password(settings.db), *settings.integrations.secrets(),
+                    settings.sweep_token, settings.metrics_token]
         return cls(secrets, master=settings.secret_key, providers=settings.providers)
 
     def job_secrets(self, job_id: str, provider: str | None = None) -> list[str]:

@@ -155,6 +155,7 @@ class Relay:
             log.warning("delivery of %s (%s) to %s is dead after %d attempt(s): %s", event.id, event.type,
                         sink.display, delivery.attempts + 1, attempt.error)
         report.outcomes[state if state != "pending" else "retrying"] += 1
+        self.rt.prom.delivery(sink.name, state if state != "pending" else "retrying")
         return AttemptRecord(delivery.id, delivery.seq, now, attempt.code, attempt.latency_ms, attempt.error,
                              state, next_at)
 

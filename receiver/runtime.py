@@ -7,6 +7,7 @@ with in-process transports and a fake clock.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -24,7 +25,9 @@ from submitter.backoff import RetryPolicy
 from submitter.client import ProviderClient
 
 from .feed import EventFeed
+from .logformat import LogLimiter, install_log_format
 from .logs import install_redaction
+from .metrics import Metrics
 from .redaction import Redactor
 from .results import ResultStore
 from .results import from_settings as results_from_settings
@@ -74,6 +77,10 @@ class Runtime:
     feed: EventFeed = field(init=False)
     #: Carries outbox events to the configured sinks (webhooks out, Redis Streams, NATS).
     relay: Relay = field(init=False)
+    #: Prometheus metrics of this runtime (GET /metrics): its own registry, never the global one.
+    prom: Metrics = field(default_factory=Metrics)
+    #: Rate limit on log lines a caller can provoke (refused callbacks): forged floods do not fill the disk.
+    log_limiter: LogLimiter = field(init=False)
 
     def __post_init__(self) -> None:
         from .relay import Relay
@@ -92,6 +99,8 @@ class Runtime:
         self.feed = EventFeed(self.store)
         backend.listeners.append(self.feed.poke)
         self.relay = Relay(self, sinks_from_settings(self.settings))
+        self.log_limiter = LogLimiter(logging.getLogger("fluxhook.hooks"), self.clock,
+                                      on_suppressed=self.prom.rejected_logs_suppressed.inc)
 
     def wake_sweep(self) -> None:
         """A job is due now (an API create): the in-process sweep loop looks at once."""
@@ -128,6 +137,7 @@ class Runtime:
 
         Without `migrate`, the store's schema must already be current (`fluxhook migrate` is a deploy
         step): else Unavailable (503) naming that command; no migration is applied."""
+        install_log_format(settings.log_format)
         own_store = store is None
         if store is None:
             store = open_store(settings.db, pool_size=settings.db_pool)

@@ -89,6 +89,11 @@ class Settings:
     s3_endpoint: str | None = None
     #: The /v1 API, the event outbox and its sinks (webhooks out, Redis Streams, NATS).
     integrations: Integrations = Integrations()
+    # -- observability --
+    #: `text` (default) or `json`: one JSON object per log line (FLUXHOOK_LOG_FORMAT).
+    log_format: str = "text"
+    #: Bearer token for GET /metrics (besides the API keys); None and no API keys: /metrics is open.
+    metrics_token: str | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:  # never show the key, nor a database password
         return f"Settings(public_url={self.public_url!r}, db={self.db_display!r}, results={str(self.results)!r})"
@@ -108,6 +113,11 @@ class Settings:
         if public_url is not None:
             public_url = _check_public_url(public_url, allow_http)
         secret = env.get("FLUXHOOK_SECRET_KEY") or None
+        if secret is not None and "change-me" in secret.lower():
+            raise SettingsError(
+                "FLUXHOOK_SECRET_KEY is still the placeholder from the example file; generate one with "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
         if secret is not None and len(secret) < 32:
             raise SettingsError(
                 "FLUXHOOK_SECRET_KEY must be at least 32 characters; generate one with "
@@ -168,6 +178,8 @@ class Settings:
             forwarded_allow_ips=_networks(env.get("FLUXHOOK_FORWARDED_ALLOW_IPS", "")),
             s3_endpoint=_endpoint(env.get("FLUXHOOK_S3_ENDPOINT") or None),
             integrations=Integrations.from_env(env, _number, SettingsError),
+            log_format=_log_format(env.get("FLUXHOOK_LOG_FORMAT") or "text"),
+            metrics_token=_metrics_token(env.get("FLUXHOOK_METRICS_TOKEN") or None),
         )
 
     def with_overrides(self, **changes: object) -> Settings:
@@ -244,6 +256,18 @@ def _positive(env: Mapping[str, str], name: str, default: float) -> float:
 def _sweep_token(value: str | None) -> str | None:
     if value is not None and len(value) < 32:
         raise SettingsError("FLUXHOOK_SWEEP_TOKEN must be at least 32 characters")
+    return value
+
+
+def _log_format(value: str) -> str:
+    if value.strip().lower() not in ("text", "json"):
+        raise SettingsError(f"FLUXHOOK_LOG_FORMAT must be text or json, got {value!r}")
+    return value.strip().lower()
+
+
+def _metrics_token(value: str | None) -> str | None:
+    if value is not None and len(value) < 16:
+        raise SettingsError("FLUXHOOK_METRICS_TOKEN must be at least 16 characters")
     return value
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -37,6 +38,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("fluxhook.sweep")
+
+#: How a job's note starts while its downloads keep failing (cleared once its files are stored).
+DOWNLOAD_NOTE = "download failing"
 
 #: Asking the provider for fresh result URLs after they expired: a crash or an
 #: unanswered poll uses one attempt; an answer without fresh URLs ends the job.
@@ -201,15 +205,19 @@ def store_by(rt: Runtime, job: Job) -> float:
 async def _handle(rt: Runtime, job: Job) -> str:
     store, now = rt.store, rt.clock()
     if job.status == Status.SUCCEEDED and now >= store_by(rt, job):
-        await store.finish(job.id, Status.EXPIRED, now=now, only_from=frozenset({Status.SUCCEEDED}),
-                           reason=f"result files not stored within {rt.settings.download_window:.0f} s"
-                                  " after the job deadline")
+        ended = await store.finish(job.id, Status.EXPIRED, now=now, only_from=frozenset({Status.SUCCEEDED}),
+                                   reason=f"result files not stored within {rt.settings.download_window:.0f} s"
+                                          " after the job deadline")
+        if ended.changed:
+            rt.prom.lost(job.provider, "expired")
         await store.release(job.id, rt.owner, expect=None, next_check_at=None)
         return "expired"
     if job.status in (Status.QUEUED, Status.SUBMITTED, Status.RUNNING) and now >= job.deadline_at:
         # Only from the status we claimed it in: a result that arrived meanwhile is kept.
-        await store.finish(job.id, Status.EXPIRED, now=now, only_from=frozenset({job.status}),
-                           reason=f"no result within the {rt.settings.job_deadline:.0f} s deadline")
+        ended = await store.finish(job.id, Status.EXPIRED, now=now, only_from=frozenset({job.status}),
+                                   reason=f"no result within the {rt.settings.job_deadline:.0f} s deadline")
+        if ended.changed:
+            rt.prom.lost(job.provider, "deadline")
         await store.release(job.id, rt.owner, expect=None, next_check_at=None)
         return "expired"
     if job.status == Status.QUEUED:
@@ -246,12 +254,15 @@ async def _poll(rt: Runtime, job: Job) -> str:
     try:
         observation = await rt.client(job.provider).poll(job.provider_job_id, job.polling_url)
     except PollFailed as exc:
-        log.warning("job %s: %s", job.id, exc)
+        log.warning("job %s: %s", job.id, exc,
+                    extra={"job_id": job.id, "provider": job.provider, "event": "poll-failed"})
+        rt.prom.polls.labels(job.provider, "failed").inc()
         now = rt.clock()
         await store.release(job.id, rt.owner, expect=job.status, polled=True,
                             next_check_at=next_poll(job.polls + 1, now, job.deadline_at, rt.settings))
         return "poll-failed"
     rt.failpoint("mid-sweep")
+    rt.prom.polls.labels(job.provider, "answered").inc()
     now = rt.clock()
     later = next_poll(job.polls + 1, now, job.deadline_at, rt.settings)
     outcome = Outcome(status=job.status)
@@ -260,12 +271,17 @@ async def _poll(rt: Runtime, job: Job) -> str:
     # callback that landed meanwhile made it `succeeded`, which no report may end).
     polled_in = frozenset({job.status})
     if refusal:
-        await store.finish(job.id, Status.FAILED, now=now, reason=refusal, only_from=polled_in)
+        if (await store.finish(job.id, Status.FAILED, now=now, reason=refusal, only_from=polled_in)).changed:
+            rt.prom.lost(job.provider, "rejected")
     elif observation.not_found and now - (job.submitted_at or job.created_at) > NOT_FOUND_GRACE:
-        await store.finish(job.id, Status.FAILED, now=now, reason=observation.reason, only_from=polled_in)
+        if (await store.finish(job.id, Status.FAILED, now=now, reason=observation.reason, only_from=polled_in)).changed:
+            rt.prom.lost(job.provider, "provider_failure")
     elif observation.status is not None:
         outcome = await store.apply(job.id, observation, now=now, next_check_at=later,
                                     expires=expiries(rt, job.provider, observation))
+        if outcome.changed and outcome.status is not None and outcome.status not in (Status.SUBMITTED, Status.RUNNING):
+            rt.prom.poll_rescues.labels(job.provider, str(outcome.status)).inc()  # no callback told us
+            rt.prom.ended(job.provider, outcome.status)
     # Unchanged (unknown, the same or a stale status): poll again later, not in this very pass.
     await store.release(job.id, rt.owner, expect=job.status, next_check_at=later, polled=True)
     if outcome.status == Status.SUCCEEDED:
@@ -286,9 +302,14 @@ async def download_job(rt: Runtime, job: Job) -> str:
         pending = [f for f in files if not f.stored]
         if not pending:
             if files:
-                await store.finish(job.id, Status.STORED, now=rt.clock())
-            else:
-                await store.finish(job.id, Status.FAILED, now=rt.clock(), reason="no result files recorded")
+                if (await store.finish(job.id, Status.STORED, now=rt.clock())).changed:
+                    since = job.submitted_at or job.created_at
+                    rt.prom.submit_to_stored.labels(job.provider).observe(max(0.0, rt.clock() - since))
+                if job.note and job.note.startswith(DOWNLOAD_NOTE):
+                    await store.set_note(job.id, None, now=rt.clock())  # it was stuck; it is not now
+            elif (await store.finish(job.id, Status.FAILED, now=rt.clock(),
+                                     reason="no result files recorded")).changed:
+                rt.prom.lost(job.provider, "provider_failure")
             await store.release(job.id, rt.owner, expect=None, next_check_at=None)
             return "stored" if files else "failed"
         failure: DownloadError | None = None
@@ -302,11 +323,13 @@ async def download_job(rt: Runtime, job: Job) -> str:
                 continue
             await store.store_file(job.id, record.n, path=result.key,
                                    size=result.size, sha256=result.sha256, content_type=result.content_type)
+            rt.prom.url_margin.labels(job.provider).observe(max(0.0, record.expires_at - rt.clock()))
         if failure is None:
             continue
         now = rt.clock()
         if failure.kind == "rejected":
-            await store.finish(job.id, Status.FAILED, now=now, reason=str(failure))
+            if (await store.finish(job.id, Status.FAILED, now=now, reason=str(failure))).changed:
+                rt.prom.lost(job.provider, "rejected")
         elif failure.kind == "expired":
             if not repolled and job.provider_job_id and job.repolls < REPOLL_ATTEMPTS:
                 repolled = True
@@ -317,12 +340,19 @@ async def download_job(rt: Runtime, job: Job) -> str:
                     await store.release(job.id, rt.owner, expect=Status.SUCCEEDED,
                                         next_check_at=min(retry_later(job.repolls + 1, now), store_by(rt, job)))
                     return "repoll-retry"
-            await store.finish(job.id, Status.EXPIRED, now=now,
-                               reason=f"result URL expired before download and no fresh one: {failure}")
+            if (await store.finish(job.id, Status.EXPIRED, now=now,
+                                   reason=f"result URL expired before download and no fresh one: {failure}")).changed:
+                rt.prom.lost(job.provider, "expired")
         else:
             attempts = max(f.attempts for f in pending) + 1
-            await store.release(job.id, rt.owner, expect=Status.SUCCEEDED,
-                                next_check_at=min(retry_later(attempts, now), store_by(rt, job)))
+            retry_at = min(retry_later(attempts, now), store_by(rt, job))
+            # Stuck (e.g. the results folder is not writable): say why on the job and in the log.
+            note = rt.redactor.scrub(f"{DOWNLOAD_NOTE} (attempt {attempts}, retrying): {failure}", job_id=job.id)
+            await store.set_note(job.id, note, now=now)
+            log.warning("job %s: download failed (attempt %d), retrying in %.0f s: %s", job.id, attempts,
+                        retry_at - now, note, extra={"job_id": job.id, "provider": job.provider,
+                                                     "event": "download-retry"})
+            await store.release(job.id, rt.owner, expect=Status.SUCCEEDED, next_check_at=retry_at)
             return "download-retry"
         await store.release(job.id, rt.owner, expect=None, next_check_at=None)
         return f"download-{failure.kind}"
@@ -355,10 +385,13 @@ async def _fetch(
 ) -> StoredFile | DownloadError:
     """One file: the stored file, or why not (a transient failure past the URL's expiry counts as expired)."""
     sink = rt.results.writer(job.id, record.n)
+    started = time.perf_counter()
     try:
         # A server trickling bytes never trips a per-read timeout: bound the whole transfer.
         async with asyncio.timeout(rt.settings.download_timeout):
-            return await download(rt.cdn, record.url, sink, policy, resolver=rt.resolver, on_chunk=lease.keep)
+            stored = await download(rt.cdn, record.url, sink, policy, resolver=rt.resolver, on_chunk=lease.keep)
+        rt.prom.downloaded(job.provider, "stored", time.perf_counter() - started, stored.size)
+        return stored
     except TimeoutError:
         error = DownloadError("transient", f"download took over {rt.settings.download_timeout:.0f} s")
     except LeaseLost as exc:
@@ -370,6 +403,7 @@ async def _fetch(
         error = DownloadError("transient", f"unexpected {type(exc).__name__}")
     if error.kind == "transient" and rt.clock() >= record.expires_at:
         error.kind = "expired"
+    rt.prom.downloaded(job.provider, error.kind, time.perf_counter() - started, 0)
     return error
 
 

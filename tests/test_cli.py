@@ -66,12 +66,52 @@ def test_list_status_and_sweep_on_an_empty_ledger(env: Path, capsys: pytest.Capt
     assert json.loads(capsys.readouterr().out) == {"claimed": 0}
 
 
-def test_demo_runs_the_whole_loop(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--jobs", "5"]) == 0
+def test_demo_runs_the_whole_loop_in_its_own_folder(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--jobs", "5", "--keep", str(env / "demo")]) == 0
     out = capsys.readouterr().out
     assert out.count("stored ") == 6 and "via polled" in out and "via callback" in out  # 5 jobs, 6 files
-    assert len(list((env / "results").glob("fh_*/0.png"))) == 5
-    assert len(list((env / "results").glob("fh_*/1.png"))) == 1
+    assert len(list((env / "demo" / "results").glob("fh_*/0.png"))) == 5
+    assert len(list((env / "demo" / "results").glob("fh_*/1.png"))) == 1
+    assert (env / "demo" / "demo.db").exists() and str(env / "demo") in out
+    assert not (env / "cli.db").exists() and not (env / "results").exists()  # the user's ledger is untouched
+
+
+def test_demo_defaults_to_a_temporary_folder(env: Path, capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TMPDIR", str(env / "tmp"))
+    (env / "tmp").mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    assert main(["demo", "--jobs", "1"]) == 0
+    out = capsys.readouterr().out
+    made = list((env / "tmp").glob("fluxhook-demo-*"))
+    assert len(made) == 1 and str(made[0]) in out and (made[0] / "demo.db").exists()
+    assert not (env / "cli.db").exists()
+
+
+def test_version_and_exit_codes_in_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("fluxhook ")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "exit codes: 0 ok" in out and "3 waiting timed out" in out and "130" in out
+
+
+def test_simulate_help_documents_faults_and_env(capsys: pytest.CaptureFixture[str]) -> None:
+    from receiver.cli import simulate_env
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["simulate", "--help"])
+    out = capsys.readouterr().out
+    for fault in ("drop", "duplicate", "submit_errors", "expired_url", "outcome", "/_sim/rules"):
+        assert fault in out
+    env = "\n".join(simulate_env("127.0.0.1", 8900))
+    for name in ("FLUXHOOK_BFL_URL=http://127.0.0.1:8900", "BFL_API_KEY", "FLUXHOOK_DOWNLOAD_HOSTS=127.0.0.1",
+                 "FLUXHOOK_DOWNLOAD_ALLOW_PRIVATE=1", "FLUXHOOK_DOWNLOAD_ALLOW_HTTP=1"):
+        assert name in env
 
 
 def test_migrate_and_check_on_sqlite(env: Path, capsys: pytest.CaptureFixture[str]) -> None:

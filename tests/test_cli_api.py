@@ -112,7 +112,7 @@ async def test_submit_wait_status_and_list_through_the_api(tmp_path: Path, clien
                                         "flux-dev", "--prompt", "a fox", "--param", "width=512", "--wait", "--json")
         assert code == 0, err
         job = json.loads(out)
-        assert job["status"] == "stored" and isinstance(job["created_at"], float)
+        assert job["status"] == "stored" and job["created_at"].endswith("Z")
         (file,) = job["files"]
         stored = s.settings.results / job["id"] / "0.png"
         assert file["n"] == 0 and file["sha256"] == hashlib.sha256(stored.read_bytes()).hexdigest()
@@ -141,7 +141,7 @@ async def test_submit_wait_gives_up_after_the_timeout(tmp_path: Path, client_env
     async with served(tmp_path) as s:
         code, _, err = await fluxhook(monkeypatch, capsys, s.url, "submit", "--provider", "bfl", "--model",
                                       "flux-dev", "--prompt", "hold on", "--wait", "--timeout", "0.5")
-        assert code == 2 and "not finished after" in err and "fluxhook status fh_" in err
+        assert code == 3 and "not finished after" in err and "fluxhook status fh_" in err
 
 
 @pytest.mark.anyio

@@ -87,3 +87,10 @@ def test_require_public() -> None:
         Settings.from_env({"FLUXHOOK_PUBLIC_URL": "https://h.example"}).require_public()
     with pytest.raises(SettingsError, match="FLUXHOOK_PUBLIC_URL"):
         Settings.from_env({"FLUXHOOK_SECRET_KEY": KEY}).require_public()
+
+
+def test_the_example_file_s_placeholder_key_is_refused() -> None:
+    example = Path(__file__).resolve().parents[1] / "deploy" / "fluxhook.env.example"
+    line = next(x for x in example.read_text().splitlines() if x.startswith("FLUXHOOK_SECRET_KEY="))
+    with pytest.raises(SettingsError, match="placeholder"):
+        Settings.from_env({"FLUXHOOK_SECRET_KEY": line.split("=", 1)[1]})

@@ -316,6 +316,15 @@ async def test_defer_keeps_a_slot_it_was_not_asked_to_release(store: Store) -> N
     assert not (await store.get_job("j1")).slot_held  # type: ignore[union-attr]
 
 
+async def test_set_note_replaces_and_clears_the_note(store: Store) -> None:
+    await store.create_job(job())
+    await store.set_note("j1", "download failing: cannot write 0.png (EACCES)", now=NOW)
+    assert (await store.get_job("j1")).note == "download failing: cannot write 0.png (EACCES)"  # type: ignore[union-attr]
+    await store.set_note("j1", None, now=NOW + 1)
+    assert (await store.get_job("j1")).note is None  # type: ignore[union-attr]
+    await store.set_note("nope", "x", now=NOW)  # an unknown job: nothing happens
+
+
 async def test_a_late_submit_answer_reschedules_a_job_waiting_for_its_deadline(store: Store) -> None:
     await store.create_job(job())
     # Reconciled as "outcome unknown": no provider id, so nothing to poll until the deadline.
@@ -365,6 +374,7 @@ def test_operations_run_without_a_transaction_are_one_statement() -> None:
         sql.create_job(job()), sql.mark_sending("j1", True), sql.renew("j1", "A", NOW), sql.note_repoll("j1"),
         sql.release("j1", "A", Status.QUEUED, NOW, False), sql.file_failed("j1", 0), sql.prune_events(NOW, 10),
         sql.claim_due("A", NOW, 60, 5, None), sql.claim("j1", "A", NOW, 60), sql.defer("j1", NOW, None, NOW, True),
+        sql.set_note("j1", "x", NOW),
     ]
     for op in singles:
         steps = [next(op)]

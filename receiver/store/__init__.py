@@ -308,6 +308,9 @@ class Store(Protocol):
         ...
 
     async def note_repoll(self, job_id: str) -> None: ...
+    async def set_note(self, job_id: str, note: str | None, *, now: float) -> None:
+        """Replace the job's note (why it waits: e.g. its downloads keep failing); None clears it."""
+        ...
     async def store_file(
         self, job_id: str, n: int, *, path: str, size: int, sha256: str, content_type: str
     ) -> None: ...
@@ -318,6 +321,30 @@ class Store(Protocol):
 
     async def count_events(self, job_id: str) -> int: ...
     async def counts(self) -> dict[str, int]: ...
+    async def received_events(self, job_id: str, *, limit: int = 200) -> list[Event]:
+        """The callbacks kept for a job (audit log, secrets removed), oldest first, at most `limit`."""
+        ...
+    async def jobs_since(self, since: float, *, limit: int = 10000) -> list[Job]:
+        """Jobs created at or after `since`, newest first, at most `limit` (the UI's provider panel)."""
+        ...
+
+    async def audit_events(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's received callbacks, oldest first, each a dict with its audit `id` (for
+        `fluxhook replay`), `received_at`, `headers`, `body` (bytes), `verdict`, `dedup_key`."""
+        ...
+    async def audit_event(self, event_id: int) -> dict[str, Any] | None:
+        """One received callback by its audit id (as :meth:`audit_events` shows it), or None."""
+        ...
+    async def reopen_for_retry(self, job_id: str, *, now: float, store_until: float) -> bool:
+        """The one sanctioned way out of a terminal status: a job that ended `failed`/`expired` in
+        our download path (it has a provider task and unstored result files) goes back to
+        `succeeded`, due now, its download window reaching `store_until`. No outbox event; False
+        (changing nothing) for any other job."""
+        ...
+    async def reconciliation(self, since: float | None = None) -> list[dict[str, Any]]:
+        """One row per job created at or after `since`: status, provider task, callback_at, polls,
+        error, file counts (all / stored), job.stored outbox events and kept callbacks."""
+        ...
 
     async def migrate(self, *, apply: bool = True) -> tuple[int, list[int]]:
         """Bring the schema up to date (`open` does too): (version before, versions applied); without

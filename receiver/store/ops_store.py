@@ -132,6 +132,9 @@ class OpsStore:
     async def note_repoll(self, job_id: str) -> None:
         await self._single(ops.note_repoll(job_id))
 
+    async def set_note(self, job_id: str, note: str | None, *, now: float) -> None:
+        await self._single(ops.set_note(job_id, note, now))
+
     async def store_file(
         self, job_id: str, n: int, *, path: str, size: int, sha256: str, content_type: str
     ) -> None:
@@ -148,6 +151,12 @@ class OpsStore:
 
     async def counts(self) -> dict[str, int]:
         return await self._read_op(ops.counts())
+
+    async def received_events(self, job_id: str, *, limit: int = 200) -> list[Event]:
+        return await self._read_op(ops.received_events(job_id, limit))
+
+    async def jobs_since(self, since: float, *, limit: int = 10000) -> list[Job]:
+        return await self._read_op(ops.jobs_since(since, limit))
 
     # -- the outbox and its deliveries ----------------------------------------------------
 
@@ -208,3 +217,17 @@ class OpsStore:
 
     async def prune_outbox(self, before: float, *, idempotent_before: float, limit: int = 5000) -> int:
         return await self._op(outbox.prune_outbox(before, limit, idempotent_before))
+
+    # -- the CLI's reads (fluxhook events, replay, report) and its one retry exception ------
+
+    async def audit_events(self, job_id: str) -> list[dict[str, Any]]:
+        return await self._read_op(ops.audit_events(job_id))
+
+    async def audit_event(self, event_id: int) -> dict[str, Any] | None:
+        return await self._read_op(ops.audit_event(event_id))
+
+    async def reopen_for_retry(self, job_id: str, *, now: float, store_until: float) -> bool:
+        return await self._op(ops.reopen_for_retry(job_id, now, store_until))
+
+    async def reconciliation(self, since: float | None = None) -> list[dict[str, Any]]:
+        return await self._read_op(ops.reconciliation(since))

@@ -590,6 +590,10 @@ def release(job_id: str, owner: str, expect: Status | None, next_check_at: float
     )
 
 
+def set_note(job_id: str, note: str | None, now: float) -> Op[None]:
+    yield Query("UPDATE jobs SET note = ?, updated_at = ? WHERE id = ?", (note, now, job_id))
+
+
 def note_repoll(job_id: str) -> Op[None]:
     yield Query("UPDATE jobs SET repolls = repolls + 1, polls = polls + 1 WHERE id = ?", (job_id,))
 
@@ -625,6 +629,23 @@ def count_events(job_id: str) -> Op[int]:
     return int(row[0])
 
 
+def received_events(job_id: str, limit: int) -> Op[list[Event]]:
+    """The callbacks kept for `job_id` (the audit log), oldest first."""
+    rows = yield Query(
+        "SELECT job_id, provider, dedup_key, received_at, headers, body, verdict FROM events WHERE job_id = ?"
+        " ORDER BY received_at, id LIMIT ?", (job_id, limit), "all",
+    )
+    return [Event(job_id=r[0], provider=r[1], dedup_key=r[2], received_at=r[3], headers=json.loads(r[4] or "{}"),
+                  body=bytes(r[5]), verdict=r[6]) for r in rows]
+
+
+def jobs_since(since: float, limit: int) -> Op[list[Job]]:
+    """Jobs created at or after `since`, newest first (the provider panel's window)."""
+    rows = yield Query("SELECT * FROM jobs WHERE created_at >= ? ORDER BY created_at DESC, id DESC LIMIT ?",
+                       (since, limit), "all")
+    return [row_to_job(r) for r in rows]
+
+
 def counts() -> Op[dict[str, int]]:
     rows = yield Query("SELECT status, COUNT(*) FROM jobs GROUP BY status", (), "all")
     return {r[0]: int(r[1]) for r in rows}
@@ -632,3 +653,72 @@ def counts() -> Op[dict[str, int]]:
 
 def ping() -> Op[None]:
     yield Query("SELECT 1", (), "one")
+
+
+# -- what the CLI reads and the one sanctioned way back from a terminal status ------------
+
+def audit_events(job_id: str) -> Op[list[dict[str, Any]]]:
+    """The job's received callbacks (the `events` audit table), oldest first, with their ids."""
+    rows = yield Query(
+        "SELECT id, job_id, provider, dedup_key, received_at, headers, body, verdict FROM events"
+        " WHERE job_id = ? ORDER BY received_at, id",
+        (job_id,), "all",
+    )
+    return [
+        {"id": int(r[0]), "job_id": r[1], "provider": r[2], "dedup_key": r[3], "received_at": r[4],
+         "headers": json.loads(r[5]), "body": bytes(r[6]), "verdict": r[7]}
+        for r in rows
+    ]
+
+
+def audit_event(event_id: int) -> Op[dict[str, Any] | None]:
+    row = yield Query(
+        "SELECT id, job_id, provider, dedup_key, received_at, headers, body, verdict FROM events WHERE id = ?",
+        (event_id,), "one",
+    )
+    if row is None:
+        return None
+    return {"id": int(row[0]), "job_id": row[1], "provider": row[2], "dedup_key": row[3], "received_at": row[4],
+            "headers": json.loads(row[5]), "body": bytes(row[6]), "verdict": row[7]}
+
+
+def reopen_for_retry(job_id: str, now: float, store_until: float) -> Op[bool]:
+    """Move a job that ended `failed` or `expired` in OUR download path back to `succeeded`, so the
+    download pass tries its files again (re-polling the provider for fresh URLs when they expired).
+
+    The one sanctioned exception to "a terminal status is final", and only where it cannot undo
+    anything the provider said: the job must have a provider task, result file rows (written only
+    when the provider reported a result, so the job was `succeeded` and the provider's word can no
+    longer end it) and at least one file not stored. `deadline_at` is moved so that the download
+    window (`store_by`) covers the retry: `store_until` minus the window, computed by the caller.
+    Writes nothing to the outbox (`succeeded` has no event); the job's next end writes its event
+    (a second terminal event for the job: consumers see e.g. job.failed, then job.stored)."""
+    changed = yield Query(
+        "UPDATE jobs SET status = 'succeeded', error = NULL,"
+        " note = 'reopened for a download retry (fluxhook retry)', repolls = 0, next_check_at = ?,"
+        " deadline_at = CASE WHEN deadline_at < ? THEN ? ELSE deadline_at END, updated_at = ?,"
+        " lease_owner = NULL, lease_until = NULL"
+        " WHERE id = ? AND status IN ('failed', 'expired') AND provider_job_id IS NOT NULL"
+        " AND EXISTS (SELECT 1 FROM files WHERE files.job_id = jobs.id AND files.path IS NULL)",
+        (now, store_until, store_until, now, job_id),
+    )
+    if changed == 1:
+        yield Query("UPDATE files SET attempts = 0 WHERE job_id = ? AND path IS NULL", (job_id,))
+        yield from _update_download_by(job_id)
+    return bool(changed == 1)
+
+
+def reconciliation(since: float | None) -> Op[list[dict[str, Any]]]:
+    """One row per job created since `since`: what `fluxhook report` counts."""
+    rows = yield Query(
+        "SELECT j.id, j.provider, j.status, j.provider_job_id, j.callback_at, j.polls, j.error, j.submitted_at,"
+        " (SELECT COUNT(*) FROM files f WHERE f.job_id = j.id),"
+        " (SELECT COUNT(*) FROM files f WHERE f.job_id = j.id AND f.path IS NOT NULL),"
+        " (SELECT COUNT(*) FROM outbox o WHERE o.job_id = j.id AND o.type = 'job.stored'),"
+        " (SELECT COUNT(*) FROM events e WHERE e.job_id = j.id)"
+        " FROM jobs j WHERE j.created_at >= ? ORDER BY j.created_at, j.id",
+        (since if since is not None else -1e300,), "all",
+    )
+    keys = ("id", "provider", "status", "provider_job_id", "callback_at", "polls", "error", "submitted_at",
+            "files", "stored_files", "stored_events", "callbacks")
+    return [dict(zip(keys, r, strict=True)) for r in rows]

@@ -1,0 +1,90 @@
+"""The store reads the web UI adds (received_events, jobs_since), on every backend."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from receiver.store import Event, Job, Store
+from receiver.store.postgres import PostgresStore
+from receiver.store.sqlite import SQLiteStore
+from submitter.bodies import Observation
+from submitter.status import Status
+from tests.pg import fresh_schema
+
+pytestmark = pytest.mark.anyio
+
+NOW = 1_800_000_000.0
+
+
+@contextlib.asynccontextmanager
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[Store]:
+    store = SQLiteStore(str(tmp_path / "ui.db"))
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@contextlib.asynccontextmanager
+async def postgres_store(tmp_path: Path) -> AsyncIterator[Store]:
+    async with fresh_schema() as url:
+        store = PostgresStore(url, pool_size=4)
+        await store.open()
+        try:
+            yield store
+        finally:
+            await store.close()
+
+
+BACKENDS = {"sqlite": sqlite_store, "postgres": postgres_store}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    async with BACKENDS[request.param](tmp_path) as backend:
+        yield backend
+
+
+def job(job_id: str, created_at: float = NOW, provider: str = "bfl") -> Job:
+    return Job(id=job_id, provider=provider, model="flux-dev", params={"prompt": "p"}, status=Status.QUEUED,
+               created_at=created_at, deadline_at=created_at + 1800, next_check_at=created_at)
+
+
+def event(key: str, job_id: str, at: float, verdict: str = "accepted:token") -> Event:
+    return Event(job_id=job_id, provider="bfl", dedup_key=key, received_at=at, headers={"x": "y"},
+                 body=b'{"status": "Pending"}', verdict=verdict)
+
+
+async def test_received_events_are_the_jobs_callbacks_oldest_first(store: Store) -> None:
+    await store.create_job(job("a"))
+    await store.create_job(job("b"))
+    assert await store.received_events("a") == []
+    running = Observation("p1", Status.RUNNING, "running")
+    await store.apply("a", running, now=NOW + 2, next_check_at=None, event=event("k2", "a", NOW + 2))
+    await store.apply("a", running, now=NOW + 1, next_check_at=None, event=event("k1", "a", NOW + 1, "late"))
+    await store.apply("b", Observation("p2", Status.RUNNING, "running"), now=NOW + 1, next_check_at=None,
+                      event=event("k3", "b", NOW + 1))
+    got = await store.received_events("a")
+    assert [(e.dedup_key, e.received_at, e.verdict) for e in got] == [("k1", NOW + 1, "late"), ("k2", NOW + 2,
+                                                                                                "accepted:token")]
+    assert got[0] == dataclasses.replace(event("k1", "a", NOW + 1, "late"))  # headers and body round-trip
+    assert isinstance(got[0].body, bytes)
+    assert len(await store.received_events("a", limit=1)) == 1
+    assert await store.received_events("nope") == []
+
+
+async def test_jobs_since_is_newest_first_from_the_bound(store: Store) -> None:
+    for n, at in enumerate((NOW - 7200, NOW - 60, NOW - 30, NOW)):
+        await store.create_job(job(f"j{n}", at, provider="bfl" if n % 2 else "deerapi"))
+    assert [j.id for j in await store.jobs_since(NOW - 3600)] == ["j3", "j2", "j1"]
+    assert [j.id for j in await store.jobs_since(NOW - 60)] == ["j3", "j2", "j1"]  # the bound is included
+    assert [j.id for j in await store.jobs_since(NOW - 3600, limit=2)] == ["j3", "j2"]
+    assert await store.jobs_since(NOW + 1) == []
+    (first,) = await store.jobs_since(NOW)
+    assert first.provider == "bfl" and first.params == {"prompt": "p"} and first.status == Status.QUEUED
