@@ -23,6 +23,7 @@ from .runtime import Runtime
 from .settings import Settings
 from .store import StoreUnavailable
 from .sweep import download_loop, sweep_loop
+from .ui import ui_routes
 
 __all__ = ["create_app", "create_app_from_env"]
 
@@ -87,6 +88,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None, workers: b
             Route("/v1/sweep", sweep, methods=["POST"]),
             *api_routes(),
             *ops_routes(),
+            *ui_routes(),
         ],
         exception_handlers={ReceiverError: error_response, StoreUnavailable: _unavailable},
         lifespan=lifespan,
