@@ -29,6 +29,7 @@ BENCHMARKS = {
     "cold_start": "bench.cold_start",
     "outbox": "bench.outbox",
     "metrics": "bench.metrics_cost",
+    "ui": "bench.ui_load",
 }
 RESULTS = Path(__file__).parent / "results"
 

@@ -27,7 +27,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bench._cli import main
-from receiver.api.ops import ops_routes
 from receiver.app import create_app
 from receiver.runtime import Runtime
 from receiver.settings import Settings
@@ -68,7 +67,6 @@ async def measure(scrapes: int) -> dict[str, Any]:
                 rt.prom.callback_ack.labels(provider).observe(0.004)
                 rt.prom.downloaded(provider, "stored", 0.3, 1_500_000)
             app = create_app(settings, runtime=rt, workers=False)
-            app.router.routes.extend(ops_routes())
             subject = httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://bench")
             size = len((await subject.get("/metrics")).content)
             body = b"x" * size
