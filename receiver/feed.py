@@ -54,8 +54,7 @@ class EventFeed:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.gather(self._task, return_exceptions=True)  # our own cancellation still propagates
             self._task = None
 
     def mark(self) -> asyncio.Event:

@@ -175,8 +175,9 @@ async def _leased(rt: Runtime, job_id: str) -> AsyncIterator[None]:
         yield
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        # gather, not `suppress(CancelledError)` around `await task`: a cancellation of *this* task
+        # arriving meanwhile (Ctrl-C, shutdown) must propagate, not be swallowed with the renewer's.
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def try_submit(rt: Runtime, job: Job) -> Status:

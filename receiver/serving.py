@@ -47,6 +47,5 @@ async def serve_in_background(
         yield f"http://{host}:{port}"
     finally:
         server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await asyncio.gather(task, return_exceptions=True)
         sock.close()
