@@ -163,16 +163,20 @@ async def test_one_job_s_events_go_in_order_and_a_down_endpoint_holds_back_only_
         down = Endpoint((503,) * 3)
         up = Endpoint()
         wire(h, {HOOK: down, other: up})
-        await stored_job(h)
-        assert [b["type"] for b in up.bodies()] == ["job.submitted", "job.stored"]  # BFL reports no running
-        assert [b["type"] for b in down.bodies()] == ["job.submitted"]  # stored waits behind it
+        await h.rt.relay.register()
+        job = await new_job(h.rt, "bfl", "flux-dev", {"prompt": "a fox"})
+        await h.rt.store.record_submit(job.id, "task-1", None, now=h.clock.now, next_check_at=None)
+        await h.rt.store.finish(job.id, Status.FAILED, now=h.clock.now, reason="provider error")
+        await h.rt.relay.run_once()
+        assert [b["type"] for b in up.bodies()] == ["job.submitted", "job.failed"]
+        assert [b["type"] for b in down.bodies()] == ["job.submitted"]  # failed waits behind it
         for _ in range(4):
             pending = [d for d in await h.rt.store.deliveries("pending") if d.attempts]  # the one retrying
             if not pending:
                 break
             h.clock.now = min(d.next_at for d in pending)  # type: ignore[type-var]
             await h.rt.relay.run_once()
-        assert [b["type"] for b in down.bodies()] == ["job.submitted"] * 4 + ["job.stored"]
+        assert [b["type"] for b in down.bodies()] == ["job.submitted"] * 4 + ["job.failed"]
         assert len(up.received) == 2
 
 

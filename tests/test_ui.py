@@ -214,9 +214,12 @@ async def test_job_page_shows_the_timeline(h: Harness) -> None:
     page = await h.client.get(f"/ui/jobs/{job_id}")
     assert page.status_code == 200
     timeline = page.text.split('<ol id="timeline"', 1)[1]
-    order = [w for w in ("created", "submitted", "callback received", "event job.submitted", "event job.stored")
-             if w in timeline]
-    assert order == ["created", "submitted", "callback received", "event job.submitted", "event job.stored"]
+    expected = ["created", "submitted", "callback received", "event job.submitted", "event job.stored"]
+    if not await h.rt.store.events_after(0, job_id=job_id, types=frozenset({"job.submitted"})):
+        # The simulator's callback beat the submit answer: the job went queued -> succeeded, never `submitted`.
+        expected.remove("event job.submitted")
+    order = [w for w in expected if w in timeline]
+    assert order == expected
     assert "verdict: accepted" in timeline
     assert f'src="/ui/jobs/{job_id}/files/0"' in page.text
     assert (await h.client.get("/ui/jobs/fh_nope")).status_code == 404
