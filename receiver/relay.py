@@ -183,10 +183,4 @@ async def _sink_loop(rt: Runtime, relay: Relay, sink: Sink, interval: float) -> 
             log.exception("relay pass to %s failed", sink.display)
         if rt.stopping.is_set():
             break
-        changed = asyncio.ensure_future(rt.feed.changed(interval, since))
-        stopping = asyncio.ensure_future(rt.stopping.wait())
-        try:
-            await asyncio.wait({changed, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            changed.cancel()
-            stopping.cancel()
+        await rt.idle(rt.feed.changed(interval, since), interval)

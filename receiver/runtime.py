@@ -102,6 +102,17 @@ class Runtime:
         self.log_limiter = LogLimiter(logging.getLogger("fluxhook.hooks"), self.clock,
                                       on_suppressed=self.prom.rejected_logs_suppressed.inc)
 
+    async def idle(self, wake: Awaitable[Any], within: float) -> None:
+        """Wait until `wake` completes, shutdown begins, or `within` seconds pass (what every
+        background loop does between passes)."""
+        woken = asyncio.ensure_future(wake)
+        stopping = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({woken, stopping}, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+            stopping.cancel()
+
     def wake_sweep(self) -> None:
         """A job is due now (an API create): the in-process sweep loop looks at once."""
         self.submits_due.set()

@@ -439,13 +439,7 @@ async def sweep_loop(rt: Runtime, interval: float) -> None:
         except Exception:
             log.exception("sweep pass failed")
         # Until the next pass is due, a job created for submission (the API) or shutdown wakes it.
-        woken = asyncio.ensure_future(rt.submits_due.wait())
-        stopping = asyncio.ensure_future(rt.stopping.wait())
-        try:
-            await asyncio.wait({woken, stopping}, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            woken.cancel()
-            stopping.cancel()
+        await rt.idle(rt.submits_due.wait(), interval)
 
 
 async def download_loop(rt: Runtime, interval: float) -> None:
@@ -460,10 +454,4 @@ async def download_loop(rt: Runtime, interval: float) -> None:
                 log.info("downloads: %s", report.as_dict())
         except Exception:
             log.exception("download pass failed")
-        woken = asyncio.ensure_future(rt.downloads_due.wait())
-        stopping = asyncio.ensure_future(rt.stopping.wait())
-        try:
-            await asyncio.wait({woken, stopping}, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            woken.cancel()
-            stopping.cancel()
+        await rt.idle(rt.downloads_due.wait(), interval)

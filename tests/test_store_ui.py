@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,39 +9,15 @@ from pathlib import Path
 import pytest
 
 from receiver.store import Event, Job, Store
-from receiver.store.postgres import PostgresStore
-from receiver.store.sqlite import SQLiteStore
 from submitter.bodies import Observation
 from submitter.status import Status
-from tests.pg import fresh_schema
+from tests.test_store import BACKENDS
 
 pytestmark = pytest.mark.anyio
 
 NOW = 1_800_000_000.0
 
 
-@contextlib.asynccontextmanager
-async def sqlite_store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = SQLiteStore(str(tmp_path / "ui.db"))
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-@contextlib.asynccontextmanager
-async def postgres_store(tmp_path: Path) -> AsyncIterator[Store]:
-    async with fresh_schema() as url:
-        store = PostgresStore(url, pool_size=4)
-        await store.open()
-        try:
-            yield store
-        finally:
-            await store.close()
-
-
-BACKENDS = {"sqlite": sqlite_store, "postgres": postgres_store}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
