@@ -65,16 +65,12 @@ class InputError(ValueError):
 
 
 def sniff(head: bytes) -> str | None:
-    """The image type the first bytes show (PNG, JPEG, WebP, GIF), or None."""
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if head.startswith((b"GIF87a", b"GIF89a")):
-        return "image/gif"
-    if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image/webp"
-    return None
+    """The image type the first bytes show, of those providers take as inputs (PNG, JPEG, WebP,
+    GIF), or None: the downloads' own sniffing, narrowed (it also knows AVIF results)."""
+    from .downloads import sniff_image
+
+    kind = sniff_image(head)
+    return kind if kind in _TYPES else None
 
 
 def image_fields(shape: str) -> frozenset[str]:

@@ -13,17 +13,13 @@ from typing import Any
 import httpx
 import pytest
 
-from receiver.api import api_routes
 from receiver.integrations import Integrations
-from receiver.store import Store
-from receiver.store.postgres import PostgresStore
-from receiver.store.sqlite import SQLiteStore
 from receiver.sweep import sweep_once
 from submitter.bodies import Observation
 from submitter.simulator import Faults
 from submitter.status import Status
 from tests.harness import Harness, harness
-from tests.pg import fresh_schema
+from tests.test_store import BACKENDS
 
 pytestmark = pytest.mark.anyio
 
@@ -34,39 +30,12 @@ BODY = {"provider": "bfl", "model": "flux-dev", "params": {"prompt": "a fox"}}
 
 
 @contextlib.asynccontextmanager
-async def backend_store(kind: str, tmp_path: Path) -> AsyncIterator[Store]:
-    if kind == "sqlite":
-        store: Store = SQLiteStore(str(tmp_path / "api.db"))
-        await store.open()
-        try:
-            yield store
-        finally:
-            await store.close()
-        return
-    async with fresh_schema() as url:
-        store = PostgresStore(url, pool_size=4)
-        await store.open()
-        try:
-            yield store
-        finally:
-            await store.close()
-
-
-def with_api(app: Any) -> Any:
-    """The app with the /v1 routes (app.py adds them; until then they are added here)."""
-    if not any(getattr(r, "path", None) == "/v1/jobs" for r in app.router.routes):
-        app.router.routes.extend(api_routes())
-    return app
-
-
-@contextlib.asynccontextmanager
 async def api_harness(tmp_path: Path, kind: str = "sqlite", *, keys: tuple[str, ...] = (KEY, OTHER_KEY),
                       faults: Faults | None = None, **integrations: Any) -> AsyncIterator[Harness]:
     settings_integrations = dataclasses.replace(Integrations(), api_keys=keys, **integrations)
-    async with backend_store(kind, tmp_path) as store, harness(
+    async with BACKENDS[kind](tmp_path) as store, harness(
         tmp_path, store=store, faults=faults, integrations=settings_integrations
     ) as h:
-        with_api(h.app)
         h.client.headers.update(AUTH)
         yield h
 

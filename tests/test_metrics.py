@@ -40,8 +40,6 @@ def value(found: dict, name: str, **labels: str) -> float:
 
 
 async def scrape(h: Harness, **headers: str) -> dict:
-    if not any(getattr(r, "path", None) == "/metrics" for r in h.app.router.routes):
-        h.app.router.routes.extend(ops_routes())
     response = await h.client.get("/metrics", headers=headers)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -175,7 +173,6 @@ async def test_metrics_need_a_bearer_when_keys_are_configured(tmp_path: Path, co
                     if configured != "metrics-token" else base.integrations)
     token = TOKEN if configured != "api-key" else None
     async with harness(tmp_path, integrations=integrations, metrics_token=token) as h:
-        h.app.router.routes.extend(ops_routes())
         for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": f"Basic {TOKEN}"}):
             response = await h.client.get("/metrics", headers=headers)
             assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"

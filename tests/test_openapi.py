@@ -32,7 +32,7 @@ from receiver.api.openapi import document
 from receiver.app import create_app
 from receiver.integrations import Integrations
 from tests.harness import make_settings
-from tests.test_api import AUTH, BODY, KEY, api_harness, drive, with_api
+from tests.test_api import AUTH, BODY, KEY, api_harness, drive
 
 pytestmark = pytest.mark.anyio
 
@@ -102,7 +102,7 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     app_settings = base.with_overrides(
         integrations=dataclasses.replace(Integrations(), api_keys=(KEY,), max_wait=0.1),
     )
-    app = with_api(create_app(app_settings, workers=False))
+    app = create_app(app_settings, workers=False)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, headers=AUTH)
     with asgi.get_client(app) as client:  # a real job, so the per-job operations see one too
         seeded = client.post("/v1/jobs", json=BODY, headers=AUTH)

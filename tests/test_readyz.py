@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from receiver.api.ops import ops_routes, probe_results
+from receiver.api.ops import probe_results
 from receiver.results.local import LocalResultStore
 from tests.harness import Harness, harness
 
@@ -14,7 +14,6 @@ pytestmark = pytest.mark.anyio
 
 
 async def ready(h: Harness) -> tuple[int, dict]:
-    h.app.router.routes.extend(ops_routes())
     response = await h.client.get("/readyz")
     assert response.headers["cache-control"] == "no-store"
     return response.status_code, response.json()

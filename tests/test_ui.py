@@ -12,11 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from receiver.api import api_routes
 from receiver.api.auth import SESSION_COOKIE, SESSION_MAX_AGE
 from receiver.integrations import Integrations
 from receiver.sweep import sweep_once
-from receiver.ui import ui_routes
 from receiver.ui.views import _frames, percentile
 from submitter.simulator import Faults
 from submitter.status import Status
@@ -29,20 +27,10 @@ AUTH = {"authorization": f"Bearer {KEY}"}
 EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
 
-def with_ui(app: Any) -> Any:
-    paths = {getattr(r, "path", None) for r in app.router.routes}
-    if "/v1/jobs" not in paths:
-        app.router.routes.extend(api_routes())
-    if "/ui" not in paths:
-        app.router.routes.extend(ui_routes())
-    return app
-
-
 @contextlib.asynccontextmanager
 async def ui_harness(tmp_path: Path, keys: tuple[str, ...] = (KEY,)) -> AsyncIterator[Harness]:
     integrations = dataclasses.replace(Integrations(), api_keys=keys)
     async with harness(tmp_path, integrations=integrations) as h:
-        with_ui(h.app)
         yield h
 
 

@@ -13,9 +13,10 @@ secret; neither does any error text an Attempt or a SinkError carries.
 from __future__ import annotations
 
 import hashlib
+import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from submitter.redaction import scrub
@@ -124,28 +125,28 @@ def _webhooks(settings: Settings, http: httpx.AsyncClient | None) -> list[Sink]:
     return list(webhook_sinks(integrations, http))
 
 
-def _redis(settings: Settings, http: httpx.AsyncClient | None) -> list[Sink]:
-    integrations = settings.integrations
-    if not integrations.redis_url:
-        return []
+def _optional(module: str, name: str, setting: str, extra: str) -> Any:
+    """`name` from the sink module `module`, or a SinkError naming the setting and the extra to install."""
     try:
-        from .redis_streams import RedisSink
+        return getattr(importlib.import_module(f"{__name__}.{module}"), name)
     except ImportError as exc:
-        raise SinkError("FLUXHOOK_REDIS_URL is set but the redis package is not installed:"
-                        " pip install 'fluxhook[redis]'") from exc
-    return [RedisSink(integrations.redis_url, integrations.redis_stream, integrations.redis_maxlen)]
+        raise SinkError(f"{setting} is set but its client library is not installed:"
+                        f" pip install 'fluxhook[{extra}]'") from exc
+
+
+def _redis(settings: Settings, http: httpx.AsyncClient | None) -> list[Sink]:
+    i = settings.integrations
+    if not i.redis_url:
+        return []
+    return [_optional("redis_streams", "RedisSink", "FLUXHOOK_REDIS_URL", "redis")(
+        i.redis_url, i.redis_stream, i.redis_maxlen)]
 
 
 def _nats(settings: Settings, http: httpx.AsyncClient | None) -> list[Sink]:
-    integrations = settings.integrations
-    if not integrations.nats_url:
+    i = settings.integrations
+    if not i.nats_url:
         return []
-    try:
-        from .jetstream import NatsSink
-    except ImportError as exc:
-        raise SinkError("FLUXHOOK_NATS_URL is set but the nats-py package is not installed:"
-                        " pip install 'fluxhook[nats]'") from exc
-    return [NatsSink(integrations.nats_url, integrations.nats_subject)]
+    return [_optional("jetstream", "NatsSink", "FLUXHOOK_NATS_URL", "nats")(i.nats_url, i.nats_subject)]
 
 
 #: Every kind of sink: (kind, factory). A new kind is one more row.
