@@ -10,7 +10,6 @@ Results go to bench/results/latest.json and bench/results/latest.md.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime as dt
 import importlib
@@ -20,6 +19,8 @@ import platform
 import sys
 from pathlib import Path
 from typing import Any
+
+from bench import _cli
 
 BENCHMARKS = {
     "ingest": "bench.ingest",
@@ -70,8 +71,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 async def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _cli.parser(__doc__, prog="python -m bench")
     parser.add_argument("--tiny", action="store_true", help="smoke-test sizes (seconds, not minutes)")
     parser.add_argument("--only", action="append", choices=sorted(BENCHMARKS), help="run only these (repeatable)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for latest.json and latest.md")

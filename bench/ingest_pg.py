@@ -33,6 +33,7 @@ from typing import Any
 import asyncpg
 import uvicorn
 
+from bench import _cli
 from bench.sweep_cost_pg import PG_URL, connect, with_schema
 
 #: Set on the receivers' database connections, so their backends can be told from anyone else's.
@@ -229,4 +230,6 @@ def describe(split: dict[str, float], rps: float) -> str:
 
 
 if __name__ == "__main__":
-    serve_replica(int(sys.argv[1]))
+    _parser = _cli.parser(__doc__, prog="python -m bench.ingest_pg")
+    _parser.add_argument("port", type=int, metavar="PORT", help="the loopback port every replica shares")
+    serve_replica(_parser.parse_args().port)

@@ -109,3 +109,9 @@ class RoundRobin:
                                   answer.status_code))
         kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
         return Response(answer.content, answer.status_code, headers=kept)
+
+
+if __name__ == "__main__":
+    from bench._cli import describe
+
+    describe(__doc__)

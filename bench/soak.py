@@ -88,6 +88,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from bench import _cli
 from bench._setup import MASTER, environment
 from bench.roundrobin import RoundRobin, is_forwarder_error
 from receiver.jobs import callback_url, submit
@@ -1107,9 +1108,7 @@ def describe_problems(report: Report) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = _cli.parser(__doc__, prog="python -m bench.soak")
     parser.add_argument("--jobs", type=int, default=1000, help="how many jobs to run (default 1000)")
     parser.add_argument("--seed", type=int, help="seed of the fault plan, attack targets and kill points")
     parser.add_argument("--kills", type=int, default=2, help="how often to SIGKILL a receiver (default 2)")

@@ -211,3 +211,9 @@ def verdict(plans: dict[str, list[str]], counts: dict[str, dict[str, int]]) -> t
                else f"; the store's connections used generic plans: {counts}"))
     return indexed, f"{text}: EXPLAIN ANALYZE nodes: " + "; ".join(
         f"{kind} claim: {' / '.join(nodes(plan))}" for kind, plan in plans.items())
+
+
+if __name__ == "__main__":
+    from bench._cli import describe
+
+    describe(__doc__)
