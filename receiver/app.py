@@ -14,11 +14,11 @@ from starlette.routing import Route
 
 from .api import api_routes
 from .api.ops import ops_routes
-from .api.sweep import sweep
 from .downloads import clean_partials
 from .endpoints import error_response, health, hook
 from .errors import ReceiverError
 from .relay import relay_loop
+from .routing import lazy
 from .runtime import Runtime
 from .settings import Settings
 from .store import StoreUnavailable
@@ -85,7 +85,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None, workers: b
         routes=[
             Route("/hooks/{provider}/{job_id}/{token}", hook, methods=["POST"]),
             Route("/healthz", health, methods=["GET"]),
-            Route("/v1/sweep", sweep, methods=["POST"]),
+            Route("/v1/sweep", lazy("receiver.api.sweep:sweep"), methods=["POST"]),
             *api_routes(),
             *ops_routes(),
             *ui_routes(),

@@ -1,6 +1,7 @@
 """The `fluxhook` command line: a dispatcher over the COMMANDS table.
 
-Each command is (summary, example, function); command code lives in `cli_*` modules. Exit
+Each command is (summary, example, function); command code lives in `cli_*` modules, named
+"module:function" and imported only when that command runs (and its arguments are parsed). Exit
 codes are in :mod:`receiver.cli_common` (0 ok, 1 job failed / store unavailable, 2 usage or
 configuration, 3 wait timed out, 130 Ctrl-C).
 """
@@ -9,17 +10,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
 import sys
 from collections.abc import Sequence
-from importlib import metadata
 from typing import Any
 
 from submitter.dialects import DIALECTS
 from submitter.status import TERMINAL, Status
 
-from . import cli_batch, cli_ops
 from .cli_common import (
     EXIT_CODES_HELP,
     EXIT_FAILED,
@@ -32,7 +32,6 @@ from .cli_common import (
     print_rows,
     timed,
 )
-from .cli_outbox import OUTBOX_COMMANDS, OutboxCLIError, add_arguments
 from .inputs import InputError
 from .settings import Settings, SettingsError
 from .sinks import SinkError
@@ -42,10 +41,24 @@ __all__ = ["ApiUnavailable", "CLIError", "WaitTimeout", "build_parser", "main"]
 
 
 def _version() -> str:
+    from importlib import metadata
+
     try:
         return metadata.version("fluxhook")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+class _Version(argparse.Action):
+    """`--version`, the installed version looked up only when asked (importlib.metadata is slow to import)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show program's version number and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(f"fluxhook {_version()}")
+        parser.exit()
 
 
 def _param(text: str) -> tuple[str, Any]:
@@ -316,6 +329,7 @@ async def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return await run_demo(settings, jobs=args.jobs, keep=args.keep)
 
 
+#: name: (summary, example, function or "module:function" for a command in another module).
 COMMANDS: dict[str, tuple[str, str, Any]] = {
     "serve": (
         "run the receiver, with the polling sweep and downloads in-process",
@@ -328,7 +342,12 @@ COMMANDS: dict[str, tuple[str, str, Any]] = {
         "--param input_image=@photo.png --wait",
         _cmd_submit,
     ),
-    "batch": cli_batch.COMMAND,
+    "batch": (
+        "submit every line of a JSON Lines or CSV file (resumable), with a progress display; exit 1 if any failed",
+        'fluxhook batch prompts.jsonl   # lines like {"provider": "bfl", "model": "flux-dev", "prompt": "a fox",'
+        ' "params": {"seed": 1}}',
+        "receiver.cli_batch:run",
+    ),
     "status": ("show one job (prompt, params, how its result came) and its files",
                "fluxhook status fh_0123abcd... --json", _cmd_status),
     "list": ("list recent jobs", "fluxhook list --status failed --json", _cmd_list),
@@ -337,7 +356,28 @@ COMMANDS: dict[str, tuple[str, str, Any]] = {
         "fluxhook url fh_0123abcd... 0 --expires 600",
         _cmd_url,
     ),
-    **cli_ops.OPS_COMMANDS,
+    "events": (
+        "a job's timeline: created, submitted, each callback (with its id and verdict), outbox events, deliveries",
+        "fluxhook events fh_0123abcd...   # then: fluxhook replay 42",
+        "receiver.cli_ops:events",
+    ),
+    "cancel": ("cancel a job (ours at once; the provider's task where it can)", "fluxhook cancel fh_0123abcd...",
+               "receiver.cli_ops:cancel"),
+    "retry": (
+        "download again a job whose download failed or expired after the provider delivered (re-polls fresh URLs)",
+        "fluxhook retry fh_0123abcd... --timeout 120",
+        "receiver.cli_ops:retry",
+    ),
+    "replay": (
+        "apply a kept callback again through the normal parse+apply path (harmless: the state machine decides)",
+        "fluxhook replay 42   # ids from `fluxhook events JOB`",
+        "receiver.cli_ops:replay",
+    ),
+    "report": (
+        "reconciliation per provider: submitted, stored, failed, paid but not delivered, rescued by poll...",
+        "fluxhook report --since 24h --csv > report.csv",
+        "receiver.cli_ops:report",
+    ),
     "sweep": (
         "one pass of the polling fallback, deferred submits and download retries, then exit (for cron)",
         "*/1 * * * * cd /srv/fluxhook && fluxhook sweep",
@@ -358,18 +398,48 @@ COMMANDS: dict[str, tuple[str, str, Any]] = {
         "fluxhook demo --keep ./demo-run",
         _cmd_demo,
     ),
-    **OUTBOX_COMMANDS,
+    "deliveries": (
+        "events owed to sinks, and how each delivery went",
+        "fluxhook deliveries --failed --attempts   # dead deliveries with every attempt",
+        "receiver.cli_outbox:deliveries",
+    ),
+    "redeliver": (
+        "deliver an event again to every sink that takes it, or every dead delivery",
+        "fluxhook redeliver evt_5f0c...   # or: fluxhook redeliver --failed --now",
+        "receiver.cli_outbox:redeliver",
+    ),
+    "sinks": (
+        "configured event sinks, their state, and --enable after a 410",
+        "fluxhook sinks --enable webhook:1a2b3c4d5e6f",
+        "receiver.cli_outbox:sinks",
+    ),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _module_of(command: str) -> str | None:
+    """The module holding a command's code and arguments (`add_arguments(parsers)`); None: this one."""
+    target = COMMANDS[command][2]
+    return target.partition(":")[0] if isinstance(target, str) else None
+
+
+def _function(command: str) -> Any:
+    target = COMMANDS[command][2]
+    if not isinstance(target, str):
+        return target
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with `command`, only that command's arguments besides this module's
+    own commands' (other command modules are not imported)."""
     parser = argparse.ArgumentParser(
         prog="fluxhook",
         description="Submit FLUX image jobs with per-job webhooks, receive verified callbacks, keep every result.",
         epilog=f"Settings come from FLUXHOOK_* environment variables; see README.md.\n{EXIT_CODES_HELP}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"fluxhook {_version()}")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parsers = {}
     for name, (summary, example, _) in COMMANDS.items():
@@ -417,26 +487,32 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["demo"].add_argument("--keep", metavar="DIR",
                                  help="put the demo's database and results here (default: a new temporary folder, "
                                       "kept and printed); never your FLUXHOOK_DB / FLUXHOOK_RESULTS")
-    cli_batch.add_arguments(parsers["batch"])
-    cli_ops.add_arguments(parsers)
-    add_arguments(parsers)
+    modules = {_module_of(name) for name in ([command] if command in COMMANDS else COMMANDS)} - {None}
+    for module in sorted(modules):  # type: ignore[type-var]
+        importlib.import_module(module).add_arguments(parsers)
     return parser
 
 
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The command named in `argv`: its first word that is not an option (the top-level options take no value)."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command_in(argv)).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every request at INFO (URLs are redacted, see receiver/logs.py); keep the CLI quiet.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    _, _, command = COMMANDS[args.command]
+    command = _function(args.command)
     try:
         settings = Settings.from_env()
         result = command(args, settings)
         if asyncio.iscoroutine(result):
             result = asyncio.run(result)
         return int(result)
-    except (SettingsError, CLIError, OutboxCLIError, SinkError, InputError) as exc:
+    except (SettingsError, CLIError, SinkError, InputError) as exc:
         print(f"fluxhook {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except WaitTimeout as exc:

@@ -39,7 +39,7 @@ from .cli_common import EXIT_FAILED, EXIT_USAGE, CLIError, WaitTimeout
 from .inputs import InputError, resolve_params
 from .settings import Settings, SettingsError
 
-__all__ = ["COMMAND", "BatchLine", "add_arguments", "line_key", "read_lines", "validate"]
+__all__ = ["BatchLine", "add_arguments", "line_key", "read_lines", "run", "validate"]
 
 FIELDS = ("provider", "model", "prompt", "params", "metadata", "events")
 
@@ -308,15 +308,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_FAILED if failed else 0
 
 
-COMMAND: tuple[str, str, Any] = (
-    "submit every line of a JSON Lines or CSV file (resumable), with a progress display; exit 1 if any failed",
-    'fluxhook batch prompts.jsonl   # lines like {"provider": "bfl", "model": "flux-dev", "prompt": "a fox",'
-    ' "params": {"seed": 1}}',
-    run,
-)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(parsers: dict[str, argparse.ArgumentParser]) -> None:
+    p = parsers["batch"]
     p.add_argument("file", help="JSON Lines (.jsonl, any other name) or CSV (.csv, with a header row)")
     p.add_argument("--check", action="store_true", help="validate every line and exit; submit nothing")
     p.add_argument("--timeout", type=float,

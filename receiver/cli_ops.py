@@ -18,7 +18,7 @@ from .cli_common import EXIT_FAILED, CLIError, timed
 from .settings import Settings
 from .store import iso
 
-__all__ = ["OPS_COMMANDS", "add_arguments", "reconcile"]
+__all__ = ["add_arguments", "cancel", "events", "reconcile", "replay", "report", "retry"]
 
 
 def _local(settings: Settings, command: str) -> None:
@@ -281,32 +281,6 @@ async def report(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{column:<{width}}  " + "  ".join(f"{r[column]:>10}" for r in rows))
     print("orphan callbacks: not recorded (a callback for an unknown job is answered 404 and kept nowhere)")
     return 0
-
-
-OPS_COMMANDS: dict[str, tuple[str, str, Any]] = {
-    "events": (
-        "a job's timeline: created, submitted, each callback (with its id and verdict), outbox events, deliveries",
-        "fluxhook events fh_0123abcd...   # then: fluxhook replay 42",
-        events,
-    ),
-    "cancel": ("cancel a job (ours at once; the provider's task where it can)", "fluxhook cancel fh_0123abcd...",
-               cancel),
-    "retry": (
-        "download again a job whose download failed or expired after the provider delivered (re-polls fresh URLs)",
-        "fluxhook retry fh_0123abcd... --timeout 120",
-        retry,
-    ),
-    "replay": (
-        "apply a kept callback again through the normal parse+apply path (harmless: the state machine decides)",
-        "fluxhook replay 42   # ids from `fluxhook events JOB`",
-        replay,
-    ),
-    "report": (
-        "reconciliation per provider: submitted, stored, failed, paid but not delivered, rescued by poll...",
-        "fluxhook report --since 24h --csv > report.csv",
-        report,
-    ),
-}
 
 
 def add_arguments(parsers: dict[str, argparse.ArgumentParser]) -> None:

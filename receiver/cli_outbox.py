@@ -6,14 +6,15 @@ import argparse
 import json
 from typing import Any
 
+from .cli_common import CLIError
 from .settings import Settings
 from .store import Delivery, iso
 
-__all__ = ["OUTBOX_COMMANDS", "OutboxCLIError", "add_arguments"]
+__all__ = ["OutboxCLIError", "add_arguments", "deliveries", "redeliver", "sinks"]
 
 
-class OutboxCLIError(Exception):
-    """Reported on stderr with exit status 2 (the CLI maps it like its own errors)."""
+class OutboxCLIError(CLIError):
+    """Reported on stderr with exit status 2, like the CLI's own errors."""
 
 
 def _delivery_row(d: Delivery, sinks: dict[str, str]) -> dict[str, Any]:
@@ -105,26 +106,6 @@ async def sinks(args: argparse.Namespace, settings: Settings) -> int:
               + ("" if row["configured"] else "  (not configured here)")
               + (f"\n    cannot start: {row['error']}" if row["error"] else ""))
     return 0
-
-
-#: name: (summary, example, function), merged into the CLI's own table.
-OUTBOX_COMMANDS: dict[str, tuple[str, str, Any]] = {
-    "deliveries": (
-        "events owed to sinks, and how each delivery went",
-        "fluxhook deliveries --failed --attempts   # dead deliveries with every attempt",
-        deliveries,
-    ),
-    "redeliver": (
-        "deliver an event again to every sink that takes it, or every dead delivery",
-        "fluxhook redeliver evt_5f0c...   # or: fluxhook redeliver --failed --now",
-        redeliver,
-    ),
-    "sinks": (
-        "configured event sinks, their state, and --enable after a 410",
-        "fluxhook sinks --enable webhook:1a2b3c4d5e6f",
-        sinks,
-    ),
-}
 
 
 def add_arguments(parsers: dict[str, argparse.ArgumentParser]) -> None:

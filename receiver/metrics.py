@@ -77,6 +77,9 @@ class _Ledger(Collector):
 class Metrics:
     """The process's metrics. `registry` is this instance's own (never the global default)."""
 
+    #: What :meth:`render` returns.
+    content_type = CONTENT_TYPE
+
     def __init__(self, *, multiprocess: str | None = None) -> None:
         self.multiprocess = multiprocess if multiprocess is not None else multiprocess_dir()
         if self.multiprocess:

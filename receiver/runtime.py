@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -27,7 +28,6 @@ from submitter.client import ProviderClient
 from .feed import EventFeed
 from .logformat import LogLimiter, install_log_format
 from .logs import install_redaction
-from .metrics import Metrics
 from .redaction import Redactor
 from .results import ResultStore
 from .results import from_settings as results_from_settings
@@ -37,6 +37,7 @@ from .store import Store, open_store, schema_behind
 from .store.redacting import RedactingStore
 
 if TYPE_CHECKING:
+    from .metrics import Metrics
     from .relay import Relay
 
 __all__ = ["Runtime"]
@@ -44,6 +45,26 @@ __all__ = ["Runtime"]
 
 def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class _OnFirstRequest(httpx.AsyncBaseTransport):
+    """httpx's own transport with these options, built when the first request goes out.
+
+    Building it imports httpcore and loads the CA bundle, which takes longer than the rest of
+    start-up; a process that has only answered callbacks and /healthz so far has not needed it."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._transport: httpx.AsyncHTTPTransport | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._transport is None:
+            self._transport = httpx.AsyncHTTPTransport(**self._options)
+        return await self._transport.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        if self._transport is not None:
+            await self._transport.aclose()
 
 
 @dataclass
@@ -77,8 +98,6 @@ class Runtime:
     feed: EventFeed = field(init=False)
     #: Carries outbox events to the configured sinks (webhooks out, Redis Streams, NATS).
     relay: Relay = field(init=False)
-    #: Prometheus metrics of this runtime (GET /metrics): its own registry, never the global one.
-    prom: Metrics = field(default_factory=Metrics)
     #: Rate limit on log lines a caller can provoke (refused callbacks): forged floods do not fill the disk.
     log_limiter: LogLimiter = field(init=False)
 
@@ -100,7 +119,15 @@ class Runtime:
         backend.listeners.append(self.feed.poke)
         self.relay = Relay(self, sinks_from_settings(self.settings))
         self.log_limiter = LogLimiter(logging.getLogger("fluxhook.hooks"), self.clock,
-                                      on_suppressed=self.prom.rejected_logs_suppressed.inc)
+                                      on_suppressed=lambda n: self.prom.rejected_logs_suppressed.inc(n))
+
+    @cached_property
+    def prom(self) -> Metrics:
+        """Prometheus metrics of this runtime (GET /metrics): its own registry, never the global one.
+        Made when first counted in (prometheus_client is imported then): /healthz never needs it."""
+        from .metrics import Metrics
+
+        return Metrics()
 
     async def idle(self, wake: Awaitable[Any], within: float) -> None:
         """Wait until `wake` completes, shutdown begins, or `within` seconds pass (what every
@@ -167,7 +194,7 @@ class Runtime:
                     raise Unavailable(schema_behind(settings.db_display, before, pending) + " before serving")
         timeout = httpx.Timeout(30.0, connect=10.0)
         own_api, own_cdn = api is None, cdn is None
-        api = api or httpx.AsyncClient(timeout=timeout, trust_env=False)
+        api = api or httpx.AsyncClient(timeout=timeout, trust_env=False, transport=_OnFirstRequest(trust_env=False))
         # Downloads connect to vetted IP addresses with the host name in SNI; pooled connections are
         # keyed by address only, so none are kept for reuse under another host name.
         # A read may stall at most a quarter of the lease, so the per-chunk renewal (every third of
@@ -175,7 +202,7 @@ class Runtime:
         cdn_timeout = httpx.Timeout(30.0, connect=10.0, read=min(30.0, settings.lease_seconds / 4))
         cdn = cdn or httpx.AsyncClient(
             timeout=cdn_timeout, trust_env=False, follow_redirects=False,
-            limits=httpx.Limits(max_keepalive_connections=0),
+            transport=_OnFirstRequest(trust_env=False, limits=httpx.Limits(max_keepalive_connections=0)),
         )
         try:
             rt = cls(settings=settings, store=store, api=api, cdn=cdn, **kwargs)

@@ -23,8 +23,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..metrics import CONTENT_TYPE
-
 if TYPE_CHECKING:
     from ..results import ResultStore
     from ..runtime import Runtime
@@ -59,7 +57,7 @@ async def metrics(request: Request) -> Response:
         return JSONResponse({"error": "a valid token is required: Authorization: Bearer <token>"}, status_code=401,
                             headers={"www-authenticate": "Bearer"})
     body = await rt.prom.render(rt.store)
-    return Response(body, media_type=CONTENT_TYPE, headers={"cache-control": "no-store"})
+    return Response(body, media_type=rt.prom.content_type, headers={"cache-control": "no-store"})
 
 
 async def probe_results(results: ResultStore) -> str | None:

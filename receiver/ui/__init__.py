@@ -8,13 +8,30 @@ script adds new images to the gallery live from `/ui/events` (server-sent events
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+from pathlib import Path
+
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..routing import lazy
 
 __all__ = ["ui_routes"]
 
+STATIC = Path(__file__).parent / "static"
+
 
 def ui_routes() -> list[BaseRoute]:
-    """Every /ui route: pages, login/logout, result files, the live event stream and the static files."""
-    from . import views
+    """Every /ui route: pages, login/logout, result files, the live event stream and the static files.
 
-    return views.routes()
+    The pages' module (and jinja2) is imported on the first request to one of them."""
+    return [
+        Route("/ui", lazy("receiver.ui.views:gallery"), methods=["GET"]),
+        Route("/ui/login", lazy("receiver.ui.views:login"), methods=["GET", "POST"]),
+        Route("/ui/logout", lazy("receiver.ui.views:logout"), methods=["POST"]),
+        Route("/ui/jobs", lazy("receiver.ui.views:job_table"), methods=["GET"]),
+        Route("/ui/jobs/{job_id}", lazy("receiver.ui.views:job_page"), methods=["GET"]),
+        Route("/ui/jobs/{job_id}/files/{n}", lazy("receiver.ui.views:result_file"), methods=["GET"]),
+        Route("/ui/providers", lazy("receiver.ui.views:providers_panel"), methods=["GET"]),
+        Route("/ui/events", lazy("receiver.ui.views:events"), methods=["GET"]),
+        Mount("/ui/static", StaticFiles(directory=STATIC), name="ui-static"),
+    ]

@@ -15,8 +15,6 @@ from urllib.parse import parse_qs, quote, urlencode
 import jinja2
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
-from starlette.routing import BaseRoute, Mount, Route
-from starlette.staticfiles import StaticFiles
 
 from submitter.status import Status
 
@@ -27,7 +25,8 @@ from ..files import result_response
 from ..runtime import Runtime
 from ..store import FileRecord, Job, StoreUnavailable, iso
 
-__all__ = ["routes"]
+__all__ = ["events", "gallery", "job_page", "job_table", "login", "logout", "providers_panel",
+           "result_file"]
 
 log = logging.getLogger("fluxhook.ui")
 
@@ -381,16 +380,3 @@ async def _frames(rt: Runtime, after: int) -> AsyncIterator[str]:
     except StoreUnavailable as exc:
         log.warning("ui event stream ended, store unavailable: %s", exc)
 
-
-def routes() -> list[BaseRoute]:
-    return [
-        Route("/ui", gallery, methods=["GET"]),
-        Route("/ui/login", login, methods=["GET", "POST"]),
-        Route("/ui/logout", logout, methods=["POST"]),
-        Route("/ui/jobs", job_table, methods=["GET"]),
-        Route("/ui/jobs/{job_id}", job_page, methods=["GET"]),
-        Route("/ui/jobs/{job_id}/files/{n}", result_file, methods=["GET"]),
-        Route("/ui/providers", providers_panel, methods=["GET"]),
-        Route("/ui/events", events, methods=["GET"]),
-        Mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static"),
-    ]
