@@ -427,9 +427,14 @@ async def _repoll(rt: Runtime, job: Job) -> bool | None:
 
 async def sweep_loop(rt: Runtime, interval: float) -> None:
     """Submits, polls and deadlines every `interval` seconds until `rt.stopping` is set
-    (what `serve` runs in the background; :func:`download_loop` fetches the files)."""
+    (what `serve` runs in the background; :func:`download_loop` fetches the files).
+
+    Passes start `interval` apart (the next at once after one that took longer), not `interval`
+    after the last one ended: a job that falls due waits at most one interval (or one pass, if
+    passes take longer) for the pass that polls it."""
     while not rt.stopping.is_set():
         rt.submits_due.clear()
+        started = rt.clock()
         try:
             report = SweepReport()
             await prune_events(rt, report)
@@ -439,7 +444,7 @@ async def sweep_loop(rt: Runtime, interval: float) -> None:
         except Exception:
             log.exception("sweep pass failed")
         # Until the next pass is due, a job created for submission (the API) or shutdown wakes it.
-        await rt.idle(rt.submits_due.wait(), interval)
+        await rt.idle(rt.submits_due.wait(), min(interval, max(0.0, started + interval - rt.clock())))
 
 
 async def download_loop(rt: Runtime, interval: float) -> None:
