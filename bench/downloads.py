@@ -16,6 +16,13 @@ port, run as a non-daemon child process) or, if nginx is not installed, by
 
 - Baseline: one `curl` per file, all started together, each writing its file to
   disk; MiB/s = total bytes / wall time from the first start to the last exit.
+- Baseline: bare httpx, the library the receiver downloads with, on its own: a
+  Python subprocess on the receiver's event loop (uvloop if installed) with one
+  `httpx.AsyncClient`, streaming every file at once with `aiter_bytes()` into a
+  file (a plain write per chunk: no hashing, checks, fsync or rename). It starts,
+  imports and connects nothing until told to go, so, like the receiver, it is
+  measured from the go to the last file written: its own CPU time from /proc,
+  its VmRSS sampled the same way, idle RSS 1 s after start-up.
 - Subject: a real receiver subprocess (`python -m receiver.cli serve`) with a fresh
   SQLite ledger in which every job was already `submitted` with a provider task id
   (written before the receiver starts). One signed BFL `Ready` callback per job
@@ -25,7 +32,7 @@ port, run as a non-daemon child process) or, if nginx is not installed, by
   start-up, and VmHWM is read at the end. Every stored file's sha256 (on disk and
   as recorded) must equal the source file's.
 
-Runs alternate curl and receiver, with a fresh output folder, ledger and receiver
+Runs alternate curl, bare httpx and receiver, with a fresh output folder, ledger and receiver
 process per run and `sync` before each; the figures are medians. The receiver
 also fsyncs each file and its folder (curl does not) and records each file in
 the ledger: that is part of what is measured.
@@ -368,6 +375,105 @@ async def curl_run(server: StaticServer, sources: list[Source], work: Path, with
         await asyncio.to_thread(shutil.rmtree, out, True)
 
 
+# -- baseline: bare httpx ---------------------------------------------------------------------
+
+BARE_HTTPX = r"""
+import asyncio, sys
+import httpx
+urls, out = sys.argv[1].split(","), sys.argv[2]
+loop = sys.argv[3]
+
+
+async def fetch(http, url, path):
+    async with http.stream("GET", url) as response:
+        response.raise_for_status()
+        with open(path, "wb") as f:
+            async for chunk in response.aiter_bytes():
+                f.write(chunk)
+
+
+async def main():
+    limits = httpx.Limits(max_connections=len(urls), max_keepalive_connections=0)
+    async with httpx.AsyncClient(trust_env=False, timeout=httpx.Timeout(30.0, connect=10.0), limits=limits) as http:
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        await asyncio.gather(*(fetch(http, url, f"{out}/{url.rsplit('/', 1)[1]}") for url in urls))
+        print("done", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # measured before it exits
+
+
+if loop == "uvloop":
+    import uvloop
+    uvloop.run(main())
+else:
+    asyncio.run(main())
+"""
+
+
+def event_loop() -> str:
+    """The loop the receiver runs on (uvicorn's loop=auto): uvloop if installed."""
+    return "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+
+
+def _spawn_bare(urls: list[str], out: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(  # noqa: S603 - fixed argument list
+        [sys.executable, "-c", BARE_HTTPX, ",".join(urls), str(out), event_loop()], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+    )
+
+
+async def bare_httpx_run(server: StaticServer, sources: list[Source], work: Path, within: float) -> dict[str, float]:
+    out = work / "bare-httpx"
+    out.mkdir()
+    proc = _spawn_bare([server.url(source.name) for source in sources], out)
+    assert proc.stdin is not None and proc.stdout is not None
+    sampler: RssSampler | None = None
+
+    async def line(expect: str, within: float) -> None:
+        got = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), within)  # type: ignore[union-attr]
+        if got.strip() != expect.encode():
+            raise RuntimeError(f"bare httpx said {got!r} (exit {proc.poll()}), expected {expect!r}")
+
+    try:
+        await line("ready", 30)
+        await asyncio.to_thread(os.sync)
+        await asyncio.sleep(1.0)  # idle after start-up, as the receiver
+        idle_kib = proc_kib(proc.pid, "VmRSS") or 0
+        sampler = RssSampler(proc.pid)
+        sampler.start()
+        cpu0, steal0, server0, busy0 = cpu_seconds(proc.pid), steal_seconds(), server.cpu(), busy_seconds()
+        started = time.perf_counter()
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        await line("done", within)
+        elapsed = time.perf_counter() - started
+        sampler.finish()
+        cpu = cpu_seconds(proc.pid) - cpu0
+        hwm_kib = proc_kib(proc.pid, "VmHWM") or 0
+        server_cpu, steal, busy = server.cpu() - server0, steal_seconds() - steal0, busy_seconds() - busy0
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        await asyncio.to_thread(proc.wait, 10)
+        await asyncio.to_thread(_verify_copies, out, sources)
+        total = sum(s.size for s in sources)
+        return {
+            "seconds": elapsed,
+            "mib_per_s": total / MIB / elapsed,
+            "idle_rss_mib": idle_kib / 1024,
+            "peak_rss_mib": sampler.peak_kib / 1024,
+            "vmhwm_mib": hwm_kib / 1024,
+            "cpu_s_per_gib": cpu / (total / 2**30),
+            "server_cpu_s": server_cpu,
+            "steal_s": steal,
+            "machine_busy_cores": busy / elapsed,
+        }
+    finally:
+        if sampler is not None:
+            sampler.finish()
+        stop(proc, 5)
+        await asyncio.to_thread(shutil.rmtree, out, True)
+
+
 # -- subject: the receiver --------------------------------------------------------------------
 
 
@@ -616,13 +722,15 @@ async def _measure(size: str, work: Path) -> dict[str, Any]:
     server = StaticServer(work / "static", work / "server")
     server.start()
     curl: list[dict[str, float]] = []
+    bare: list[dict[str, float]] = []
     receiver: list[dict[str, float]] = []
     s3: list[dict[str, float]] = []
     with_s3 = importlib.util.find_spec("moto") is not None and importlib.util.find_spec("obstore") is not None
     try:
         await server.wait_ready(sources[0].name)
-        for index in range(runs):  # alternate: baseline, subject, baseline, subject, ...
+        for index in range(runs):  # alternate: baselines, subject, baselines, subject, ...
             curl.append(await curl_run(server, sources, work, run_timeout))
+            bare.append(await bare_httpx_run(server, sources, work, run_timeout))
             receiver.append(await receiver_run(server, sources, work, index, run_timeout))
             if with_s3:
                 s3.append(await receiver_run(server, sources, work, index, run_timeout, s3=True))
@@ -644,26 +752,44 @@ async def _measure(size: str, work: Path) -> dict[str, Any]:
                    f" ({per_download / each_mib:.0%} of a file): read-ahead buffered per connection")
     else:
         verdict = "bounded (streaming)"
+    loop = event_loop()
+    runs_of = {"receiver": receiver, "bare httpx": bare, "curl": curl}
+
+    def listed(key: str, digits: int = 1) -> str:
+        return "; ".join(f"{name} {[round(r[key], digits) for r in found]}" for name, found in runs_of.items()
+                         if all(key in r for r in found))
+
+    speed, bare_speed, curl_speed = (_median(r, "mib_per_s") for r in (receiver, bare, curl))
+    cpu, bare_cpu, curl_cpu = (_median(r, "cpu_s_per_gib") for r in (receiver, bare, curl))
+    bare_peak = _median(bare, "peak_rss_mib")
+    receiver_does = ("hashes (sha256), checks size and type, writes through a temp file, fsyncs it and its folder,"
+                     " renames it and records it in the ledger")
     rows = [
-        _row(f"download throughput, {count} concurrent x {each_mib:.0f} MiB", _median(receiver, "mib_per_s"),
-             "MiB/s", _median(curl, "mib_per_s"),
+        _row(f"download throughput, {count} concurrent x {each_mib:.0f} MiB, vs bare httpx", speed, "MiB/s",
+             bare_speed,
              f"receiver subprocess, first callback sent to all {count} jobs stored (ledger read every 50 ms),"
-             f" FLUXHOOK_DOWNLOAD_CONCURRENCY={CONCURRENCY}; baseline: {count} curl processes started together,"
-             f" to disk; median of {runs}, alternating; runs MiB/s receiver"
-             f" {[round(r['mib_per_s'], 1) for r in receiver]}, curl {[round(r['mib_per_s'], 1) for r in curl]};"
+             f" FLUXHOOK_DOWNLOAD_CONCURRENCY={CONCURRENCY}; the receiver {receiver_does}; baseline: bare httpx"
+             f" ({loop}, one AsyncClient, {count} aiter_bytes() streams written to files, nothing else) in its own"
+             f" subprocess, go to last file written; median of {runs}, alternating; runs MiB/s {listed('mib_per_s')};"
              f" all sha256 verified;{fallback} server: {server.kind}"),
+        _row(f"download throughput, {count} concurrent x {each_mib:.0f} MiB, vs curl", speed, "MiB/s", curl_speed,
+             f"the receiver runs above; baseline: {count} curl processes started together, to disk (the machine's"
+             f" raw capacity); bare httpx against curl: {bare_speed / curl_speed:.3f}"),
+        _row("client CPU per GiB downloaded, vs curl", cpu, "CPU-s/GiB", curl_cpu,
+             "the receiver process's user+sys CPU during the run against the curl processes' total;"
+             f" runs {listed('cpu_s_per_gib', 2)}; wall s {listed('seconds', 2)};"
+             f" {nproc()} cores shared by server, client and the bench"),
+        _row("client CPU per GiB downloaded, vs bare httpx", cpu, "CPU-s/GiB", bare_cpu,
+             f"as above, against the bare httpx process's own CPU; bare httpx against curl: {bare_cpu / curl_cpu:.3f}"),
         _row("receiver peak RSS during downloads", peak, "MiB", idle,
              f"VmRSS sampled every 20 ms from the first callback to the last job stored; baseline: the same"
              f" process idle 1 s after start-up; growth {growth:.1f} MiB with {total_mib:.0f} MiB in flight:"
              f" {verdict}; VmHWM at end (lifetime peak) {[round(r['vmhwm_mib'], 1) for r in receiver]} MiB;"
              f" runs peak {[round(r['peak_rss_mib'], 1) for r in receiver]},"
              f" idle {[round(r['idle_rss_mib'], 1) for r in receiver]}"),
-        _row("client CPU per GiB downloaded", _median(receiver, "cpu_s_per_gib"), "CPU-s/GiB",
-             _median(curl, "cpu_s_per_gib"),
-             "context for the throughput ratio: the receiver process's user+sys CPU during the run against the"
-             f" curl processes' total; receiver runs {[round(r['cpu_s_per_gib'], 2) for r in receiver]};"
-             f" wall s receiver {[round(r['seconds'], 2) for r in receiver]}, curl"
-             f" {[round(r['seconds'], 2) for r in curl]}; {nproc()} cores shared by server, client and the bench"),
+        _row("receiver peak RSS during downloads, vs bare httpx", peak, "MiB", bare_peak,
+             f"baseline: the bare httpx process's VmRSS sampled the same way (idle"
+             f" {_median(bare, 'idle_rss_mib'):.1f} MiB before go); runs peak {listed('peak_rss_mib')}"),
         _row("result file size", each_mib, "MiB", None,
              f"{count} distinct valid PNGs (16x16 image + ancillary padding chunk, png_image), {sources[0].size:,}"
              f" bytes each, {total_mib:.0f} MiB per run, Content-Type image/png; the receiver streams each to a temp"
@@ -696,12 +822,13 @@ async def _measure(size: str, work: Path) -> dict[str, Any]:
             "files": count,
             "file_bytes": sources[0].size,
             "receiver": "python -m receiver.cli serve (1 uvicorn process, SQLite WAL synchronous=FULL)",
-            "receiver_event_loop": "uvloop (uvicorn loop=auto, uvloop installed)" if importlib.util.find_spec("uvloop")
-            else "asyncio",
+            "receiver_event_loop": "uvloop (uvicorn loop=auto, uvloop installed)" if loop == "uvloop" else "asyncio",
+            "bare_httpx_event_loop": loop,
             "receiver_env": {"FLUXHOOK_DOWNLOAD_CONCURRENCY": CONCURRENCY, "FLUXHOOK_DOWNLOAD_HOSTS": "127.0.0.1",
                              "FLUXHOOK_DOWNLOAD_ALLOW_PRIVATE": 1, "FLUXHOOK_DOWNLOAD_ALLOW_HTTP": 1},
             "runs_receiver": [{k: round(v, 3) for k, v in r.items()} for r in receiver],
             "runs_curl": [{k: round(v, 3) for k, v in r.items()} for r in curl],
+            "runs_bare_httpx": [{k: round(v, 3) for k, v in r.items()} for r in bare],
             "runs_receiver_s3": [{k: round(v, 3) for k, v in r.items()} for r in s3],
         },
     }

@@ -13,6 +13,7 @@ synced to disk.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import errno
 import hashlib
@@ -20,7 +21,8 @@ import ipaddress
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +48,14 @@ Resolver = Callable[[str], Awaitable[list[str]]]
 Kind = Literal["expired", "transient", "rejected"]
 
 _CHUNK = 1024 * 1024  # bytes handed to the writer thread at a time
+#: Bytes asked of a result's connection per read (httpcore asks 64 KiB). Each read costs the same
+#: fixed work (a timeout scope, a parser event, a task switch) whatever its size: at 64 KiB that
+#: fixed work, not the bytes, was most of a download's CPU.
+_READ = 256 * 1024
+#: Bytes a result's connection may hold received but not yet consumed. uvloop (libuv) reads a
+#: readable socket up to 32 times per wake-up until the protocol pauses it, so without this bound
+#: each connection pulled its socket's whole receive window (up to tcp_rmem's maximum) into memory.
+_AHEAD = 512 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _EXPIRED = frozenset({401, 403, 404, 410})
 _RETRYABLE = frozenset({408, 425, 429})
@@ -264,10 +274,54 @@ async def download(
                 target = _parse(location, base=target)
                 continue
             content_type = _check_response(response, target, policy)
+            _tune(response)
             return await _store(response, target, _sink(dest), content_type, policy, on_chunk)
         finally:
             await response.aclose()
     raise _error("rejected", f"more than {policy.max_redirects} redirects", target)
+
+
+def _tune(response: httpx.Response) -> None:
+    """Larger reads and a bounded read-ahead for this response's connection (see _READ, _AHEAD),
+    where it is httpx's own HTTP/1.1 transport over anyio; any other transport (a mock, HTTP/2, a
+    library version laid out differently) is left as it is. Neither changes what is read or checked."""
+    stream = getattr(getattr(getattr(response.stream, "_stream", None), "_httpcore_stream", None), "_stream", None)
+    connection = getattr(stream, "_connection", None)
+    if isinstance(getattr(connection, "READ_NUM_BYTES", None), int):
+        connection.READ_NUM_BYTES = max(connection.READ_NUM_BYTES, _READ)
+    network = getattr(response.extensions.get("network_stream"), "_stream", None)
+    network = getattr(network, "transport_stream", network)  # under TLS, the socket stream beneath
+    transport, protocol = getattr(network, "_transport", None), getattr(network, "_protocol", None)
+    # uvloop's transports are not asyncio.Transport subclasses: checked by what is used.
+    if (all(hasattr(transport, name) for name in ("get_protocol", "set_protocol", "pause_reading"))
+            and transport.get_protocol() is protocol and isinstance(getattr(protocol, "read_queue", None), deque)):
+        transport.set_protocol(_ReadAhead(protocol, transport))  # the stream still reads `protocol`'s queue
+
+
+class _ReadAhead(asyncio.Protocol):
+    """Passes everything to anyio's stream protocol `inner`; pauses the transport once `inner`
+    holds _AHEAD bytes unread. The stream resumes reading when its queue runs dry, as it does anyway."""
+
+    def __init__(self, inner: Any, transport: Any) -> None:
+        self.inner, self.transport = inner, transport
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+        queue = self.inner.read_queue
+        if len(queue) > 1 and sum(map(len, queue)) >= _AHEAD:
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
 
 
 def _sink(dest: Path | Sink) -> Sink:
@@ -361,7 +415,7 @@ async def _store(
         buffered = 0
         verified = False
         try:
-            async for chunk in response.aiter_bytes():  # no decoding: encodings are refused
+            async for chunk in _body(response, expected):
                 size += len(chunk)
                 if size > policy.max_bytes:
                     raise _error("rejected", f"body exceeds {policy.max_bytes} bytes", url)
@@ -371,8 +425,9 @@ async def _store(
                     _verify_type(b"".join(pending)[:_SNIFF], media, url)
                     verified = True
                 if buffered >= _CHUNK:
-                    await sink.write(b"".join(pending), digest)
-                    pending, buffered = [], 0
+                    parts, pending, buffered = pending, [], 0
+                    await sink.write(parts, digest)  # joined, hashed and written off the event loop
+                    del parts
                 if on_chunk is not None:
                     # After every chunk, however small: a slow server must not let the caller's
                     # lease lapse. The callback decides by time whether to act.
@@ -386,7 +441,7 @@ async def _store(
         if not verified:  # a body shorter than _SNIFF: all of it is in `pending`
             _verify_type(b"".join(pending), media, url)
         if pending:
-            await sink.write(b"".join(pending), digest)
+            await sink.write(pending, digest)
         stored = await sink.commit(size, digest.hexdigest())
         done = True
     except OSError as exc:
@@ -413,6 +468,62 @@ def _verify_type(head: bytes, media: str, url: httpx.URL) -> None:
 def _absorb(fp: Any, digest: Any, data: bytes) -> None:
     digest.update(data)
     fp.write(data)
+
+
+def _body(response: httpx.Response, expected: int | None) -> AsyncIterator[bytes]:
+    """The body's bytes as they arrive. A Content-Length body on httpx's own HTTP/1.1 connection
+    is read straight from the connection (see _direct); anything else through httpx."""
+    direct = _direct(response, expected)
+    return direct if direct is not None else response.aiter_bytes()  # no decoding: encodings are refused
+
+
+def _direct(response: httpx.Response, expected: int | None) -> AsyncIterator[bytes] | None:
+    """Reads of up to _READ bytes from the response's network stream (httpcore's `network_stream`
+    extension), once h11 has parsed the headers: the bytes it holds past them first, then exactly
+    the `expected` (Content-Length) bytes that remain. This skips the per-read parser event and
+    the four layers of stream wrappers, and three copies of every byte (into h11's buffer, out of
+    it, into bytes); the body's framing is the Content-Length alone, so nothing is parsed there.
+
+    None (read through httpx) unless: HTTP/1.x with a Content-Length and no Transfer-Encoding,
+    h11 waiting for exactly that body. The connection is closed afterwards, never reused: httpcore
+    closes a connection whose response it did not see end (see `_response_closed`).
+    """
+    if expected is None or "transfer-encoding" in response.headers or response.http_version not in (
+            "HTTP/1.1", "HTTP/1.0"):
+        return None
+    network = response.extensions.get("network_stream")
+    stream = getattr(getattr(getattr(response.stream, "_stream", None), "_httpcore_stream", None), "_stream", None)
+    state = getattr(getattr(stream, "_connection", None), "_h11_state", None)
+    try:
+        import h11
+        import httpcore
+    except ImportError:  # pragma: no cover - httpx's own dependencies
+        return None
+    if (not isinstance(network, httpcore.AsyncNetworkStream) or not isinstance(state, h11.Connection)
+            or state.their_state is not h11.SEND_BODY):
+        return None
+    held, _closed = state.trailing_data
+    timeout = response.request.extensions.get("timeout", {}).get("read")
+    return _read_direct(network, held[:expected], expected, timeout, httpcore)
+
+
+async def _read_direct(network: Any, held: bytes, expected: int, read_timeout: float | None, httpcore: Any
+                       ) -> AsyncIterator[bytes]:
+    remaining = expected
+    if held:
+        remaining -= len(held)
+        yield held
+    while remaining > 0:
+        try:
+            data = await network.read(min(_READ, remaining), timeout=read_timeout)
+        except httpcore.TimeoutException as exc:  # as httpx would raise them
+            raise httpx.ReadTimeout(str(exc)) from exc
+        except httpcore.NetworkError as exc:
+            raise httpx.ReadError(str(exc)) from exc
+        if not data:  # closed early: the caller reports the truncation
+            return
+        remaining -= len(data)  # never below 0: no read asks for more than remains
+        yield data
 
 
 def clean_partials(results_dir: Path, older_than: float) -> int:

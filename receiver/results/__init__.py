@@ -33,8 +33,9 @@ class Sink(Protocol):
 
     async def begin(self, media: str) -> None: ...
 
-    async def write(self, data: bytes, digest: Any) -> None:
-        """Store `data` next and update `digest` (a hashlib object) with it, off the event loop."""
+    async def write(self, data: bytes | list[bytes], digest: Any) -> None:
+        """Store `data` (bytes, or parts to store one after the other) next and update `digest`
+        (a hashlib object) with it, off the event loop."""
         ...
 
     async def commit(self, size: int, sha256: str) -> StoredFile: ...

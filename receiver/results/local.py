@@ -4,8 +4,11 @@ fsynced, then renamed to `{n}.{ext}` (and the folder fsynced), so a file appears
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import secrets
+import sys
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -39,9 +42,10 @@ class FileSink:
         self.final.parent.mkdir(parents=True, exist_ok=True)
         self._fh = await anyio.open_file(self.temp, "xb")
 
-    async def write(self, data: bytes, digest: Any) -> None:
-        # Hashing and writing both release the GIL: one thread hand-off per MiB keeps them off the loop.
-        await anyio.to_thread.run_sync(downloads._absorb, self._fh.wrapped, digest, data)
+    async def write(self, data: bytes | list[bytes], digest: Any) -> None:
+        # Joining (at a MiB or more), hashing and writing all release the GIL: one thread
+        # hand-off per MiB keeps them off the loop.
+        await anyio.to_thread.run_sync(_absorb, self._fh.wrapped, digest, data)
 
     async def commit(self, size: int, sha256: str) -> StoredFile:
         assert self.final is not None and self.temp is not None
@@ -65,6 +69,41 @@ class FileSink:
             with suppress(OSError):
                 self.temp.unlink(missing_ok=True)
             self.temp = None
+
+
+def _absorb(fp: Any, digest: Any, data: bytes | list[bytes]) -> None:
+    if not isinstance(data, bytes):
+        data = b"".join(data)
+    downloads._absorb(fp, digest, data)
+    if _write_out is not None:
+        fp.flush()
+        end = fp.tell()
+        _write_out(fp.fileno(), end - len(data), len(data))
+
+
+def _sync_file_range() -> Callable[[int, int, int], None] | None:
+    """Linux's sync_file_range(SYNC_FILE_RANGE_WRITE), which Python's os module lacks: it starts
+    writing a range of the file to disk and returns. Each write's pages are handed to the disk as
+    soon as they are written, so the disk writes while the download goes on and the fsync at
+    commit waits for the last MiB, not the whole file (32 concurrent 20 MiB results: each fsync
+    took about 0.8 s without it, about 0.02 s with it). Only a hint: fsync stays the guarantee.
+    None where it is unavailable."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    call.restype = ctypes.c_int
+
+    def write_out(fd: int, offset: int, length: int) -> None:
+        call(fd, offset, length, 2)  # SYNC_FILE_RANGE_WRITE; a failure only loses the head start
+
+    return write_out
+
+
+_write_out = _sync_file_range()
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -59,6 +59,14 @@ class _Stop:
 _STOP = _Stop()
 
 
+def _hashed(digest: Any, data: bytes | list[bytes]) -> bytes:
+    """`data` as one bytes (joined off the event loop), with `digest` updated."""
+    if not isinstance(data, bytes):
+        data = b"".join(data)
+    digest.update(data)
+    return data
+
+
 class S3Sink:
     def __init__(self, owner: S3ResultStore, job_id: str, n: int) -> None:
         self.owner, self.job_id, self.n = owner, job_id, n
@@ -97,8 +105,8 @@ class S3Sink:
         if self._task.done() and not isinstance(item, _Stop):
             raise _os_error(self._task.exception(), "upload ended early")
 
-    async def write(self, data: bytes, digest: Any) -> None:
-        await anyio.to_thread.run_sync(digest.update, data)
+    async def write(self, data: bytes | list[bytes], digest: Any) -> None:
+        data = await anyio.to_thread.run_sync(_hashed, digest, data)
         await self._hand(data)
         self.handed += len(data)
 
