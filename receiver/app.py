@@ -17,7 +17,6 @@ from .api.ops import ops_routes
 from .downloads import clean_partials
 from .endpoints import error_response, health, hook
 from .errors import ReceiverError
-from .relay import relay_loop
 from .routing import lazy
 from .runtime import Runtime
 from .settings import Settings
@@ -75,6 +74,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None, workers: b
                 tasks.append(asyncio.create_task(sweep_loop(rt, settings.sweep_interval)))
                 tasks.append(asyncio.create_task(download_loop(rt, settings.sweep_interval)))
                 if rt.relay.sinks:
+                    from .relay import relay_loop  # as Runtime does for Relay: loaded with a runtime, not on import
+
                     tasks.append(asyncio.create_task(relay_loop(rt, rt.relay, settings.sweep_interval)))
             try:
                 yield
