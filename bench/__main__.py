@@ -1,6 +1,6 @@
 """Run the benchmarks and write the results table (Markdown and JSON).
 
-    python -m bench                 # every benchmark, full size (about 15 minutes)
+    python -m bench                 # every benchmark, full size (about 20 minutes)
     python -m bench --tiny          # every benchmark at a smoke-test size (CI)
     python -m bench --only ingest --only polling
 
@@ -31,6 +31,7 @@ BENCHMARKS = {
     "outbox": "bench.outbox",
     "metrics": "bench.metrics_cost",
     "ui": "bench.ui_load",
+    "memory": "bench.memory",
 }
 RESULTS = Path(__file__).parent / "results"
 
