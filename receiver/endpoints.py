@@ -2,18 +2,26 @@
 
 The callback does only what must happen before the 2xx: authenticate, parse,
 record durably (deduplicated) and move the job. Downloads happen afterwards.
+It is the one hot path, so it is a plain ASGI app under its route: no request or
+response objects, the body read straight from `receive`, the answer sent as bytes.
+Errors are raised as :class:`~receiver.errors.ReceiverError`, which the app's one
+handler turns into responses, as for every other route.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Mapping
+from typing import Any
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
 
 from submitter.bodies import BodyError, loads_object
 from submitter.dialects import parse_observation
@@ -31,12 +39,12 @@ from .errors import (
     Unauthorized,
     Unavailable,
 )
+from .result_urls import expiries, too_many_outputs
 from .runtime import Runtime
 from .secrets import SecretUnavailable
 from .store import Event, TaskMismatch
-from .sweep import expiries, too_many_outputs
 
-__all__ = ["health", "hook", "read_body", "redact_headers"]
+__all__ = ["Hook", "health", "hook", "read_body", "receive_body", "redact_headers"]
 
 log = logging.getLogger("fluxhook.hooks")
 
@@ -47,11 +55,11 @@ HEADER_VALUE_CAP = 1024
 HEADERS_CAP = 8 * 1024
 
 
-def redact_headers(request: Request) -> dict[str, str]:
+def redact_headers(headers: Headers) -> dict[str, str]:
     """The headers as the audit log keeps them: credentials redacted, values and total size capped."""
     kept: dict[str, str] = {}
     size = 0
-    items = request.headers.items()
+    items = headers.items()
     for n, (name, value) in enumerate(items):
         if name in SECRET_HEADERS:
             value = "[redacted]"
@@ -65,9 +73,9 @@ def redact_headers(request: Request) -> dict[str, str]:
     return kept
 
 
-async def read_body(request: Request, limit: int, within: float) -> bytes:
-    """The raw body, refusing anything over `limit` without reading the rest."""
-    declared = request.headers.get("content-length")
+async def receive_body(receive: Receive, headers: Headers, limit: int, within: float) -> bytes:
+    """The raw body from ASGI `receive`, refusing anything over `limit` without reading the rest."""
+    declared = headers.get("content-length")
     if declared is not None:
         if not (declared.isascii() and declared.isdigit() and len(declared) <= 18):
             raise BadPayload("invalid Content-Length")
@@ -77,16 +85,25 @@ async def read_body(request: Request, limit: int, within: float) -> bytes:
     size = 0
     try:
         async with asyncio.timeout(within):
-            async for chunk in request.stream():
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    raise BadPayload("client went away mid-body")
+                chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit:
                     raise PayloadTooLarge(f"body over the {limit} byte limit")
                 chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
     except TimeoutError:
         raise RequestTimeout("body not received in time") from None
-    except ClientDisconnect:
-        raise BadPayload("client went away mid-body") from None
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def read_body(request: Request, limit: int, within: float) -> bytes:
+    """:func:`receive_body` for a Starlette request whose body has not been read."""
+    return await receive_body(request.receive, request.headers, limit, within)
 
 
 async def _verify(
@@ -139,6 +156,14 @@ def _runtime(request: Request) -> Runtime:
     return request.app.state.runtime  # type: ignore[no-any-return]
 
 
+async def _answer(send: Send, payload: dict[str, Any]) -> None:
+    """A 200 with `payload` as JSON (as Starlette's JSONResponse writes it)."""
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
 def _printable(text: str, cap: int = 80) -> str:
     """A caller-chosen value as a log line may quote it: printable, bounded."""
     text = "".join(c if c.isprintable() else "?" for c in text[:cap])
@@ -157,30 +182,38 @@ def _refused(rt: Runtime, provider: str, job_id: str, verdict: str, reason: str)
                               "reason": reason})
 
 
-async def hook(request: Request) -> JSONResponse:
-    rt = _runtime(request)
-    provider = request.path_params["provider"]
-    if provider not in rt.settings.providers:
-        raise NotFound(f"unknown provider {provider!r}")
-    started = time.perf_counter()
-    try:
-        return await _hook(request, rt, provider)
-    finally:
-        rt.prom.callback_ack.labels(provider).observe(time.perf_counter() - started)
+class Hook:
+    """`POST /hooks/{provider}/{job_id}/{token}`: a provider's callback, as an ASGI app (a route
+    given a class instance calls it with scope, receive and send; a function would get a Request)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rt: Runtime = scope["app"].state.runtime
+        provider = scope["path_params"]["provider"]
+        if provider not in rt.settings.providers:
+            raise NotFound(f"unknown provider {provider!r}")
+        started = time.perf_counter()
+        try:
+            await _answer(send, await _hook(scope, receive, rt, provider))
+        finally:
+            rt.prom.acked(provider, time.perf_counter() - started)
 
 
-async def _hook(request: Request, rt: Runtime, provider: str) -> JSONResponse:
-    job_id = request.path_params["job_id"]
-    token = request.path_params["token"]
+hook = Hook()
+
+
+async def _hook(scope: Scope, receive: Receive, rt: Runtime, provider: str) -> dict[str, Any]:
+    job_id = scope["path_params"]["job_id"]
+    token = scope["path_params"]["token"]
     settings = rt.settings
     if settings.secret_key is None:
         raise NotFound("this receiver accepts no callbacks (FLUXHOOK_SECRET_KEY unset)")
-    body = await read_body(request, settings.max_body, settings.body_timeout)
+    headers = Headers(scope=scope)
+    body = await receive_body(receive, headers, settings.max_body, settings.body_timeout)
     keys = derive_job_keys(settings.secret_key, provider, job_id)
     dialect = settings.provider(provider).dialect
     try:
         verify_token(keys.token, token)
-        message_id, scheme = await _verify(rt, provider, body, request.headers, keys.webhook_secret)
+        message_id, scheme = await _verify(rt, provider, body, headers, keys.webhook_secret)
     except VerificationError as exc:
         _refused(rt, provider, job_id, "rejected", str(exc))
         raise Unauthorized(str(exc)) from None
@@ -205,7 +238,7 @@ async def _hook(request: Request, rt: Runtime, provider: str) -> JSONResponse:
         provider=provider,
         dedup_key=f"{provider}/{job_id}/{key}",
         received_at=now,
-        headers=redact_headers(request),
+        headers=redact_headers(headers),
         body=body,
         verdict=f"accepted:{scheme}",
     )
@@ -226,7 +259,7 @@ async def _hook(request: Request, rt: Runtime, provider: str) -> JSONResponse:
     if outcome.duplicate:
         rt.metrics["duplicate"] += 1
         rt.prom.callback(provider, "duplicate")
-        return JSONResponse({"ok": True, "duplicate": True})
+        return {"ok": True, "duplicate": True}
     rt.metrics["accepted"] += 1
     rt.prom.callback(provider, "accepted")
     if outcome.changed:
@@ -236,7 +269,7 @@ async def _hook(request: Request, rt: Runtime, provider: str) -> JSONResponse:
     answer: dict[str, object] = {"ok": True, "status": str(outcome.status)}
     if not outcome.recorded:
         answer["recorded"] = False  # the job is finished, or its audit cap is reached
-    return JSONResponse(answer)
+    return answer
 
 
 async def health(request: Request) -> JSONResponse:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -117,10 +117,24 @@ class Metrics:
                                                 "Log lines about refused callbacks left out (rate limit)",
                                                 registry=r)
 
+        #: The callback path's labelled children, looked up once (labels() takes a lock and builds a key).
+        self._callback_children: dict[tuple[str, str], Any] = {}
+        self._ack_children: dict[str, Any] = {}
+
     # -- hooks (one line at each call site) ------------------------------------------------
 
     def callback(self, provider: str, verdict: str) -> None:
-        self.callbacks.labels(provider, verdict).inc()
+        child = self._callback_children.get((provider, verdict))
+        if child is None:  # providers and verdicts are a few fixed names: bounded
+            child = self._callback_children[(provider, verdict)] = self.callbacks.labels(provider, verdict)
+        child.inc()
+
+    def acked(self, provider: str, seconds: float) -> None:
+        """A callback answered `seconds` after it arrived."""
+        child = self._ack_children.get(provider)
+        if child is None:
+            child = self._ack_children[provider] = self.callback_ack.labels(provider)
+        child.observe(seconds)
 
     def lost(self, provider: str, reason: str) -> None:
         self.artifacts_lost.labels(provider, reason).inc()

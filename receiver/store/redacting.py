@@ -46,12 +46,12 @@ class RedactingStore:
                 logs=self._text(observation.logs, job_id, provider),
             )
         if event is not None:
-            event = dataclasses.replace(
-                event,
-                body=self.redactor.scrub_bytes(event.body, job_id=job_id, provider=provider),
-                # One pass over all of them: JSON keeps its shape (nothing redacted spans a quote).
-                headers=json.loads(self._text(json.dumps(event.headers), job_id, provider) or "{}"),
-            )
+            body = self.redactor.scrub_bytes(event.body, job_id=job_id, provider=provider)
+            # One pass over all of them: JSON keeps its shape (nothing redacted spans a quote).
+            text = json.dumps(event.headers)
+            scrubbed = self._text(text, job_id, provider) or "{}"
+            if body != event.body or scrubbed != text:  # else (nearly always) nothing to replace
+                event = dataclasses.replace(event, body=body, headers=json.loads(scrubbed))
         return await self.inner.apply(job_id, observation, now=now, next_check_at=next_check_at, event=event,
                                       expires=expires, keep_events=keep_events)
 

@@ -15,8 +15,7 @@ import json
 import re
 import uuid
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from submitter.bodies import Observation
@@ -70,9 +69,16 @@ class Dialect:
     ids_in: tuple[str, str] = ("id IN (", ")")
     #: DDL spellings that differ from SQLite's: (SQLite's, ours) pairs.
     types: tuple[tuple[str, str], ...] = ()
+    #: Statements compiled so far (a few dozen: they are this module's literals; bounded all the same).
+    _compiled: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     def compile(self, sql: str) -> str:
-        return _compile(self, sql)
+        compiled = self._compiled.get(sql)
+        if compiled is None:
+            compiled = _compile(self, sql)
+            if len(self._compiled) < 1024:
+                self._compiled[sql] = compiled
+        return compiled
 
     def ddl(self, sql: str) -> str:
         for old, new in self.types:
@@ -80,7 +86,6 @@ class Dialect:
         return sql
 
 
-@lru_cache(maxsize=512)
 def _compile(dialect: Dialect, sql: str) -> str:
     sql = sql.replace("{skip_locked}", dialect.skip_locked).replace("{for_update}", dialect.for_update)
     sql = sql.replace("{ids_in}", dialect.ids_in[0]).replace("{ids_end}", dialect.ids_in[1])
@@ -422,19 +427,19 @@ def apply(
 ) -> Op[Outcome]:
     # One round trip: the job and (for the audit cap) how many events it keeps already.
     row = yield Query(
-        "SELECT status, provider_job_id, deadline_at,"
+        "SELECT status, provider_job_id, deadline_at, callback_at,"
         " CASE WHEN ? = 1 THEN (SELECT COUNT(*) FROM events WHERE job_id = ?) ELSE 0 END"
         " FROM jobs WHERE id = ? {for_update}",
         (int(event is not None and keep_events is not None), job_id, job_id), "one",
     )
     if row is None:
         return Outcome(found=False)
-    current, deadline = Status(row[0]), row[2]
-    if row[1] and observation.provider_job_id and observation.provider_job_id != row[1]:
+    current, task, deadline, callback_at, kept = Status(row[0]), row[1], row[2], row[3], row[4]
+    if task and observation.provider_job_id and observation.provider_job_id != task:
         raise TaskMismatch(f"event names provider task {observation.provider_job_id!r}, the job has another")
     if current in TERMINAL:
         return Outcome(status=current)  # finished: nothing to change, nothing more to keep
-    if event is not None and keep_events is not None and row[3] >= keep_events:
+    if event is not None and keep_events is not None and kept >= keep_events:
         event = None  # the audit cap for this job is reached: apply, but keep no more
     recorded = event is not None
     if event is not None:
@@ -462,14 +467,20 @@ def apply(
             "UPDATE jobs SET progress = COALESCE(?, progress), updated_at = ?, next_check_at = ? WHERE id = ?",
             (observation.progress, now, _min(next_check_at, deadline), job_id),
         )
-    try:
-        yield Query(
-            "UPDATE jobs SET provider_job_id = COALESCE(provider_job_id, ?), callback_at = COALESCE(?, callback_at)"
-            " WHERE id = ?",
-            (observation.provider_job_id, now if event is not None else None, job_id),
-        )
-    except UniqueViolation:
-        raise TaskMismatch(f"provider task {observation.provider_job_id!r} belongs to another job") from None
+    # The provider's task id (if the submit answer has not brought it yet) and the first callback's
+    # time: written only when missing (the row was read under the write lock), as an UPDATE naming
+    # provider_job_id rewrites its unique index entry even when the value stays the same.
+    claim = observation.provider_job_id if not task else None
+    stamp = now if event is not None and callback_at is None else None
+    if claim or stamp:
+        try:
+            yield Query(
+                "UPDATE jobs SET provider_job_id = COALESCE(provider_job_id, ?),"
+                " callback_at = COALESCE(callback_at, ?) WHERE id = ?",
+                (claim, stamp, job_id),
+            )
+        except UniqueViolation:
+            raise TaskMismatch(f"provider task {observation.provider_job_id!r} belongs to another job") from None
     status = new if changed else current
     if (changed or new == current) and (observation.logs or observation.urls):
         # Progress as the provider reports it: the log tail and the outputs so far (no downloads yet).

@@ -64,6 +64,15 @@ def _commit_together(db: DB, batch: list[tuple[Callable[[DB], Any], Any]]) -> li
     results: list[tuple[bool, Any]] = []
     db.execute("BEGIN IMMEDIATE")
     try:
+        if len(batch) == 1:  # alone: the transaction is its savepoint
+            fn = batch[0][0]
+            try:
+                results.append((True, fn(db)))
+            except Exception as exc:
+                db.execute("ROLLBACK")
+                return [(False, exc)]
+            db.execute("COMMIT")
+            return results
         for fn, _ in batch:
             db.execute("SAVEPOINT item")
             try:
