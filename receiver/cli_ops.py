@@ -152,9 +152,9 @@ async def replay(args: argparse.Namespace, settings: Settings) -> int:
     no audit row, no dedup). Harmless by the state machine: a finished job changes nothing, a
     stale status cannot move a job back."""
     _local(settings, "replay")
+    from .result_urls import expiries, too_many_outputs
     from .runtime import Runtime
     from .store import TaskMismatch
-    from .sweep import expiries, too_many_outputs
 
     try:
         event_id = int(args.event)

@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import httpx
+from submitter.provider import Provider
 
-from submitter.client import Provider
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["SecretUnavailable", "WebhookSecrets"]
 
@@ -62,6 +64,8 @@ class WebhookSecrets:
                     f"no signing secret for {provider.name}: set REPLICATE_WEBHOOK_SECRET or {provider.dialect.key_env}"
                 )
             self._fetched_at[provider.name] = self.clock()
+            import httpx  # with the client that fetches (the callback path does not load it otherwise)
+
             try:
                 response = await self.api.get(
                     provider.base_url + path, headers=provider.dialect.auth_headers(provider.api_key)

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from submitter.client import Provider
 from submitter.dialects import DIALECTS
+from submitter.provider import Provider
 
 from .integrations import Integrations
 

@@ -24,17 +24,16 @@ from .downloads import (
     StoredFile,
     download,
     redact_url,
-    url_expiry,
 )
 from .jobs import try_submit
+from .result_urls import expiries, too_many_outputs
 from .runtime import Runtime
 from .schedule import NOT_FOUND_GRACE, next_poll, retry_later
 from .store import FileRecord, Job, Outcome, StoreUnavailable
 
 __all__ = [
-    "SweepReport", "check_pass", "download_job", "download_loop", "download_pass", "expiries", "handle", "prune_events",
-    "store_by",
-    "sweep_loop", "sweep_once", "too_many_outputs",
+    "SweepReport", "check_pass", "download_job", "download_loop", "download_pass", "handle", "prune_events",
+    "store_by", "sweep_loop", "sweep_once",
 ]
 
 log = logging.getLogger("fluxhook.sweep")
@@ -56,25 +55,8 @@ class SweepReport:
         return {"claimed": self.claimed, **self.actions}
 
 
-def expiries(rt: Runtime, provider: str, observation: Observation) -> tuple[float, ...]:
-    """When each result URL stops working: from its signature, else the provider's typical
-    lifetime counted from completion (or from now, if the provider did not say)."""
-    start = min(observation.completed_at or rt.clock(), rt.clock())
-    default = start + rt.settings.provider(provider).dialect.url_lifetime
-    return tuple(url_expiry(u) or default for u in observation.urls)
-
-
 #: Polls and submits one pass runs at once (API calls: small and quick).
 POLL_CONCURRENCY = 16
-
-
-def too_many_outputs(rt: Runtime, observation: Observation) -> str | None:
-    """Why a result listing more files than FLUXHOOK_MAX_OUTPUTS is refused (None: it is not)."""
-    cap = rt.settings.max_outputs
-    if len(observation.urls) <= cap:
-        return None
-    return (f"the provider listed {len(observation.urls)} result files; at most {cap} are accepted per job"
-            " (FLUXHOOK_MAX_OUTPUTS)")
 
 
 async def sweep_once(rt: Runtime, *, batch: int = 100, max_batches: int = 50) -> SweepReport:

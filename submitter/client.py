@@ -10,16 +10,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from .backoff import RetryPolicy, parse_retry_after
 from .bodies import BodyError, Observation, SubmitAnswer, loads_object
-from .dialects import Dialect
 from .errors import PollFailed, ProviderUnavailable, SubmitAmbiguous, SubmitRejected
 from .hosts import host_allowed, normalise_host
+from .provider import Provider
 from .redaction import scrub
 
 __all__ = ["RETRYABLE_STATUS", "Provider", "ProviderClient"]
@@ -27,22 +26,6 @@ __all__ = ["RETRYABLE_STATUS", "Provider", "ProviderClient"]
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 #: Failures that happen before any byte of the request left: always safe to retry.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
-
-
-@dataclass(frozen=True)
-class Provider:
-    """A dialect bound to a base URL and an API key."""
-
-    dialect: Dialect
-    base_url: str
-    api_key: str | None
-
-    @property
-    def name(self) -> str:
-        return self.dialect.name
-
-    def __repr__(self) -> str:
-        return f"Provider({self.name!r}, {self.base_url!r}, api_key='**********')"
 
 
 def error_message(response: httpx.Response, hide: Iterable[str | None] = ()) -> str:

@@ -15,9 +15,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 __all__ = [
     "JobKeys",
     "VerificationError",
@@ -58,6 +55,9 @@ def derive_job_keys(master: bytes, provider: str, job_id: str) -> JobKeys:
     Both depend on the provider too, so a callback sent to another provider's
     path does not authenticate.
     """
+    from cryptography.hazmat.primitives import hashes  # loaded by the first derivation, not at start-up
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     info = f"job-keys:{provider}:{job_id}".encode("utf-8", "surrogatepass")
     material = HKDF(algorithm=hashes.SHA256(), length=64, salt=b"fluxhook/v1", info=info).derive(master)
     token = base64.urlsafe_b64encode(material[:32]).rstrip(b"=")

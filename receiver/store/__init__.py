@@ -30,6 +30,7 @@ __all__ = [
     "Store",
     "StoreUnavailable",
     "TaskMismatch",
+    "is_postgres_url",
     "open_store",
     "schema_behind",
 ]
@@ -358,12 +359,18 @@ def schema_behind(where: str, before: int, pending: list[int]) -> str:
             f" ({', '.join(map(str, pending))}): run `fluxhook migrate`")
 
 
+def is_postgres_url(db: str) -> bool:
+    """Whether FLUXHOOK_DB names a PostgreSQL database (else it is a SQLite file)."""
+    return db.startswith(("postgresql://", "postgres://"))
+
+
 def open_store(db: str, *, pool_size: int = 10) -> Store:
     """The backend `db` names (not yet opened): PostgreSQL for a postgresql:// or postgres:// URL,
     else a SQLite file at that path."""
-    from .postgres import PostgresStore, is_postgres_url
+    if is_postgres_url(db):
+        from .postgres import PostgresStore
+
+        return PostgresStore(db, pool_size=pool_size)
     from .sqlite import SQLiteStore
 
-    if is_postgres_url(db):
-        return PostgresStore(db, pool_size=pool_size)
     return SQLiteStore(db)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from typing import Any, TypeVar
 
-from . import StoreUnavailable
+from . import StoreUnavailable, is_postgres_url
 from . import sql as ops
 from .ops_store import OpsStore
 from .sql import Dialect, Lock, Op, Query, UniqueViolation
@@ -45,10 +45,6 @@ POSTGRES = Dialect(
 #: resources (too many connections, disk full), operator intervention (shutdown, recovery),
 #: transaction rollback (serialization, deadlock), system errors.
 _TRANSIENT_CLASSES = frozenset({"08", "53", "57", "40", "58"})
-
-
-def is_postgres_url(db: str) -> bool:
-    return db.startswith(("postgresql://", "postgres://"))
 
 
 def display_url(url: str) -> str:
