@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -15,7 +16,7 @@ from starlette.routing import Route
 from .api import api_routes
 from .api.ops import ops_routes
 from .downloads import clean_partials
-from .endpoints import error_response, health, hook
+from .endpoints import CallbackShortcut, error_response, health, hook
 from .errors import ReceiverError
 from .routing import lazy
 from .runtime import Runtime
@@ -82,6 +83,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None, workers: b
             finally:
                 await drain(rt, tasks, settings.drain_timeout)
 
+    handlers = {ReceiverError: error_response, StoreUnavailable: _unavailable}
     app = Starlette(
         routes=[
             Route("/hooks/{provider}/{job_id}/{token}", hook, methods=["POST"]),
@@ -91,7 +93,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None, workers: b
             *ops_routes(),
             *ui_routes(),
         ],
-        exception_handlers={ReceiverError: error_response, StoreUnavailable: _unavailable},
+        exception_handlers=handlers,
+        middleware=[Middleware(CallbackShortcut, handlers=handlers)],
         lifespan=lifespan,
     )
     # A trailing slash is a different (unknown) URL, not a redirect: providers do not follow them.

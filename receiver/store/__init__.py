@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, Protocol
 
 from submitter.bodies import Observation
@@ -165,6 +166,11 @@ class Event:
     headers: dict[str, str]
     body: bytes
     verdict: str
+
+    @cached_property
+    def headers_json(self) -> str:
+        """The headers as the row keeps them (encoded once: redaction reads it, the insert writes it)."""
+        return json.dumps(self.headers)
 
 
 @dataclass(frozen=True)

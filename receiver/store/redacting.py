@@ -48,7 +48,7 @@ class RedactingStore:
         if event is not None:
             body = self.redactor.scrub_bytes(event.body, job_id=job_id, provider=provider)
             # One pass over all of them: JSON keeps its shape (nothing redacted spans a quote).
-            text = json.dumps(event.headers)
+            text = event.headers_json
             scrubbed = self._text(text, job_id, provider) or "{}"
             if body != event.body or scrubbed != text:  # else (nearly always) nothing to replace
                 event = dataclasses.replace(event, body=body, headers=json.loads(scrubbed))

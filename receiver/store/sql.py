@@ -447,7 +447,7 @@ def apply(
             "INSERT INTO events (job_id, provider, dedup_key, received_at, headers, body, verdict)"
             " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedup_key) DO NOTHING",
             (event.job_id, event.provider, event.dedup_key, event.received_at,
-             json.dumps(event.headers), event.body, event.verdict),
+             event.headers_json, event.body, event.verdict),
         )
         if not inserted:
             return Outcome(duplicate=True, status=current)
