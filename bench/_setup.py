@@ -33,3 +33,9 @@ def free_port() -> int:
     port = sock.getsockname()[1]
     sock.close()
     return port
+
+
+if __name__ == "__main__":
+    from bench._cli import describe
+
+    describe(__doc__)

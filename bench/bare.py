@@ -15,3 +15,9 @@ async def bare(request: Request) -> JSONResponse:
 
 
 app = Starlette(routes=[Route("/{path:path}", bare, methods=["POST", "GET"])])
+
+
+if __name__ == "__main__":
+    from bench._cli import describe
+
+    describe(__doc__)

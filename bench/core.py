@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from bench import polling
+from bench import _cli, polling
 from bench._setup import MASTER, environment
 from receiver.app import create_app
 from receiver.jobs import callback_url, submit
@@ -198,7 +198,7 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _cli.parser(__doc__, prog="python -m bench.core")
     parser.add_argument("--callbacks", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--jobs", type=int, default=50)

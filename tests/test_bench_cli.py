@@ -23,8 +23,6 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 FLAGS = ("--help", "-h")
-#: Modules that have no `__main__` block yet, so `--help` prints nothing (see their xfail reason).
-NO_MAIN = {"bench.bare", "bench._setup"}
 
 
 def modules() -> list[str]:
@@ -81,13 +79,7 @@ def test_every_bench_file_is_covered() -> None:
 
 
 @pytest.mark.parametrize("flag", FLAGS)
-@pytest.mark.parametrize("module", [
-    pytest.param(m, marks=pytest.mark.xfail(
-        strict=True, reason="no `if __name__ == '__main__':` block, so `-m` runs nothing and prints nothing;"
-                            " needs `from bench._cli import describe; describe(__doc__)` there"))
-    if m in NO_MAIN else m
-    for m in modules()
-])
+@pytest.mark.parametrize("module", modules())
 def test_help_prints_usage_and_starts_nothing(runs: dict[tuple[str, str], Ran], module: str, flag: str) -> None:
     ran = runs[module, flag]
     assert ran.returncode == 0, ran.stderr
@@ -103,13 +95,10 @@ def test_help_prints_usage_and_starts_nothing(runs: dict[tuple[str, str], Ran], 
     assert ran.leftovers == []
 
 
-@pytest.mark.parametrize("module", sorted(set(modules()) - NO_MAIN))
+@pytest.mark.parametrize("module", modules())
 def test_help_names_the_module(runs: dict[tuple[str, str], Ran], module: str) -> None:
     usage = runs[module, "--help"].stdout.splitlines()[0]
-    if module == "bench.core":  # its own parser, named after the file
-        assert usage.startswith("usage: core.py")
-    else:
-        assert usage.startswith(f"usage: python -m {module} ")
+    assert usage.startswith(f"usage: python -m {module} ")
 
 
 def test_sized_benchmarks_offer_their_sizes(runs: dict[tuple[str, str], Ran]) -> None:
