@@ -1,0 +1,40 @@
+"""What building the app loads: only what a provider callback or /healthz needs. The rest (the API's
+pydantic, the gallery's jinja2, Prometheus, httpx's HTTP core and command-line tool, cryptography,
+the PostgreSQL backend) loads on first use. Checked in a fresh interpreter, by module names."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+LAZY = ("pydantic", "jinja2", "prometheus_client", "httpcore", "httpx._main", "click", "cryptography",
+        "receiver.store.postgres", "receiver.api.jobs", "receiver.ui.views", "receiver.relay", "asyncpg")
+
+PROBE = """
+import json, os, sys
+from receiver.app import create_app
+from receiver.settings import Settings
+create_app(Settings.from_env())
+print(json.dumps(sorted(m for m, module in sys.modules.items()
+                         if module is not None and m.split(".")[0] in {n.split(".")[0] for n in %r})))
+"""
+
+
+def test_building_the_app_loads_nothing_the_callback_path_does_not_need(tmp_path: Path) -> None:
+    env = {"FLUXHOOK_SECRET_KEY": "k" * 40, "FLUXHOOK_DB": str(tmp_path / "l.db"),
+           "FLUXHOOK_RESULTS": str(tmp_path / "results"), "FLUXHOOK_PUBLIC_URL": "https://hooks.example",
+           "PATH": "/usr/bin:/bin"}
+    ran = subprocess.run([sys.executable, "-c", PROBE % (LAZY,)], capture_output=True, text=True, env=env,
+                         cwd=Path(__file__).resolve().parent.parent, timeout=60, check=False)
+    assert ran.returncode == 0, ran.stderr
+    loaded = set(json.loads(ran.stdout))
+    assert not loaded & set(LAZY), f"loaded when the app is built: {sorted(loaded & set(LAZY))}"
+
+
+def test_httpx_still_works_without_its_command_line_tool() -> None:
+    ran = subprocess.run([sys.executable, "-c", "import receiver, httpx; print(httpx.Client, callable(httpx.main))"],
+                         capture_output=True, text=True, timeout=60, check=False,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert ran.returncode == 0 and "True" in ran.stdout, ran.stderr
