@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 import anyio
+import anyio.abc
 import anyio.to_thread
 import httpx
 
@@ -55,7 +56,7 @@ _READ = 256 * 1024
 #: Bytes a result's connection may hold received but not yet consumed. uvloop (libuv) reads a
 #: readable socket up to 32 times per wake-up until the protocol pauses it, so without this bound
 #: each connection pulled its socket's whole receive window (up to tcp_rmem's maximum) into memory.
-_AHEAD = 512 * 1024
+_AHEAD = 256 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _EXPIRED = frozenset({401, 403, 404, 410})
 _RETRYABLE = frozenset({408, 425, 429})
@@ -504,7 +505,41 @@ def _direct(response: httpx.Response, expected: int | None) -> AsyncIterator[byt
         return None
     held, _closed = state.trailing_data
     timeout = response.request.extensions.get("timeout", {}).get("read")
+    socket_stream = getattr(network, "_stream", None)  # the anyio stream httpcore reads through
+    if isinstance(socket_stream, anyio.abc.ByteReceiveStream) and _on_asyncio():
+        return _receive_direct(socket_stream, held[:expected], expected, timeout)
     return _read_direct(network, held[:expected], expected, timeout, httpcore)
+
+
+def _on_asyncio() -> bool:
+    import sniffio  # a dependency of anyio and httpx
+
+    try:
+        return sniffio.current_async_library() == "asyncio"
+    except sniffio.AsyncLibraryNotFoundError:
+        return False
+
+
+async def _receive_direct(stream: anyio.abc.ByteReceiveStream, held: bytes, expected: int,
+                          read_timeout: float | None) -> AsyncIterator[bytes]:
+    """As _read_direct, from the anyio stream beneath httpcore's, each read bounded by an asyncio
+    timer instead of an anyio cancel scope: a tenth of the per-read cost, same errors."""
+    remaining = expected
+    if held:
+        remaining -= len(held)
+        yield held
+    while remaining > 0:
+        try:
+            async with asyncio.timeout(read_timeout):
+                data = await stream.receive(min(_READ, remaining))
+        except TimeoutError as exc:  # this read's own deadline: an outer one surfaces as CancelledError here
+            raise httpx.ReadTimeout(f"no data for {read_timeout} s") from exc
+        except anyio.EndOfStream:  # closed early: the caller reports the truncation
+            return
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
+        remaining -= len(data)  # never below 0: no read asks for more than remains
+        yield data
 
 
 async def _read_direct(network: Any, held: bytes, expected: int, read_timeout: float | None, httpcore: Any

@@ -89,6 +89,7 @@ def recording(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     def directly(response: httpx.Response, expected: int | None) -> Any:
         found = direct(response, expected)
         seen["direct"].append(found is not None)
+        seen.setdefault("via", []).append(getattr(found, "__name__", None))
         return found
 
     monkeypatch.setattr(downloads, "_direct", directly)
@@ -125,7 +126,7 @@ async def test_real_connection_reads_larger_and_bounds_read_ahead(
     assert stored.path is not None and stored.path.read_bytes() == body
     assert stored.sha256 == hashlib.sha256(body).hexdigest() and stored.size == len(body)
     assert seen["read_sizes"] == [downloads._READ] and seen["wrapped"] == 1
-    assert seen["direct"] == [True] and seen["received"] > 0
+    assert seen["direct"] == [True] and seen["via"] == ["_receive_direct"] and seen["received"] > 0
     # The bound: the protocol pauses the socket once _AHEAD bytes wait unread; one read more may land.
     assert seen["most_queued"] < downloads._AHEAD + MAX_READ
     assert chunks and chunks[-1] == len(body)  # the lease callback still runs as bytes arrive
@@ -159,9 +160,15 @@ async def test_real_connection_closed_early_is_transient_and_leaves_nothing(
     assert not any(tmp_path.iterdir())
 
 
-async def test_real_connection_read_timeout_is_transient(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The client's read timeout still bounds each read (the server never sends the rest)."""
+@pytest.mark.parametrize("through_httpcore", [False, True], ids=["anyio", "httpcore"])
+async def test_real_connection_read_timeout_is_transient(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, through_httpcore: bool
+) -> None:
+    """The client's read timeout still bounds each read (the server never sends the rest), whether
+    the body is read from the anyio stream itself or through httpcore's network stream."""
     seen = recording(monkeypatch)
+    if through_httpcore:
+        monkeypatch.setattr(downloads, "_on_asyncio", lambda: False)
     body = PNG_MAGIC + bytes(4096)
     timeout = httpx.Timeout(10.0, read=0.05)
     async with Server(body, length=len(body) * 2, stall=True) as server, \
@@ -169,7 +176,23 @@ async def test_real_connection_read_timeout_is_transient(tmp_path: Path, monkeyp
         with pytest.raises(DownloadError, match="ReadTimeout") as caught:
             await download(http, server.url, tmp_path / "out", POLICY)
     assert caught.value.kind == "transient" and seen["direct"] == [True]
+    assert seen["via"] == ["_read_direct" if through_httpcore else "_receive_direct"]
     assert not any(tmp_path.iterdir())
+
+
+async def test_real_connection_through_httpcore_stores_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = recording(monkeypatch)
+    monkeypatch.setattr(downloads, "_on_asyncio", lambda: False)
+    body = PNG_MAGIC + bytes(range(256)) * (12 * 1024)
+    async with Server(body) as server, httpx.AsyncClient(trust_env=False) as http:
+        stored = await download(http, server.url, tmp_path / "out", POLICY)
+    assert stored.path is not None and stored.path.read_bytes() == body
+    assert seen["via"] == ["_read_direct"]
+    async with Server(body, length=len(body) + 10) as server, httpx.AsyncClient(trust_env=False) as http:
+        with pytest.raises(DownloadError, match="truncated"):
+            await download(http, server.url, tmp_path / "cut", POLICY)
 
 
 async def test_real_connection_chunked_body_goes_through_httpx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

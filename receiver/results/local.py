@@ -73,7 +73,8 @@ class FileSink:
 
 def _absorb(fp: Any, digest: Any, data: bytes | list[bytes]) -> None:
     if not isinstance(data, bytes):
-        data = b"".join(data)
+        parts, data = data, b"".join(data)
+        parts.clear()  # consumed: the parts are freed now, not when the caller's write returns
     downloads._absorb(fp, digest, data)
     if _write_out is not None:
         fp.flush()
