@@ -14,7 +14,6 @@ synced to disk.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import errno
 import hashlib
 import ipaddress
@@ -27,7 +26,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
@@ -35,6 +34,8 @@ import anyio.to_thread
 import httpx
 
 from submitter.hosts import host_allowed
+
+from .result_urls import url_expiry
 
 if TYPE_CHECKING:
     from .results import Sink
@@ -133,36 +134,6 @@ def redact_url(url: str | httpx.URL) -> str:
     name = parts.path.rsplit("/", 1)[-1]
     path = f"/…/{name}" if parts.path.count("/") > 1 else parts.path
     return f"{parts.scheme}://{host}{'' if port is None else f':{port}'}{path}"
-
-
-def url_expiry(url: str) -> float | None:
-    """Epoch seconds at which a signed URL stops working, or None if unknown."""
-    try:
-        pairs = parse_qsl(urlsplit(str(url)).query, keep_blank_values=True)
-        query = {key.lower(): value for key, value in reversed(pairs)}  # first wins
-        if "se" in query:  # Azure SAS
-            return _iso_epoch(query["se"])
-        for prefix in ("x-amz-", "x-goog-"):  # S3 SigV4, GCS V4
-            if f"{prefix}date" in query and f"{prefix}expires" in query:
-                start = dt.datetime.strptime(query[f"{prefix}date"], "%Y%m%dT%H%M%SZ")
-                seconds = _seconds(query[f"{prefix}expires"])
-                return start.replace(tzinfo=dt.UTC).timestamp() + seconds
-        if "expires" in query:  # CloudFront, S3 SigV2
-            return float(_seconds(query["expires"]))
-    except (ValueError, OverflowError, TypeError):
-        return None
-    return None
-
-
-def _iso_epoch(value: str) -> float:
-    stamp = dt.datetime.fromisoformat(value.strip().replace(" ", "+"))
-    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)).timestamp()
-
-
-def _seconds(value: str) -> int:
-    if not (value.isascii() and value.isdigit()):
-        raise ValueError(value)
-    return int(value)
 
 
 def _forbidden(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
