@@ -508,7 +508,7 @@ async def _receive_direct(stream: anyio.abc.ByteReceiveStream, held: bytes, expe
             raise httpx.ReadTimeout(f"no data for {read_timeout} s") from exc
         except anyio.EndOfStream:  # closed early: the caller reports the truncation
             return
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:  # OSError: anyio 3's
             raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
         remaining -= len(data)  # never below 0: no read asks for more than remains
         yield data

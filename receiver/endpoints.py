@@ -161,7 +161,7 @@ def _runtime(request: Request) -> Runtime:
 @functools.lru_cache(maxsize=64)
 def _encoded(answer: tuple[tuple[str, object], ...]) -> bytes:
     """A callback's answer as JSON: one of a few (a status, duplicate, recorded), each encoded once."""
-    return json.dumps(dict(answer)).encode()
+    return json.dumps(dict(answer), separators=(",", ":")).encode()
 
 
 async def _answer(send: Send, payload: dict[str, Any]) -> None:

@@ -207,6 +207,10 @@ class Runtime:
         try:
             rt = cls(settings=settings, store=store, api=api, cdn=cdn, **kwargs)
             try:
+                if os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("PROMETHEUS_MULTIPROCESS_DIR"):
+                    # Workers sharing a metrics folder (metrics.multiprocess_dir): one that is missing or
+                    # unwritable stops start-up here, not every callback later (metrics are made lazily).
+                    _ = rt.prom
                 yield rt
             finally:
                 await rt.feed.close()

@@ -411,9 +411,9 @@ async def sweep_loop(rt: Runtime, interval: float) -> None:
     """Submits, polls and deadlines every `interval` seconds until `rt.stopping` is set
     (what `serve` runs in the background; :func:`download_loop` fetches the files).
 
-    Passes start `interval` apart (the next at once after one that took longer), not `interval`
-    after the last one ended: a job that falls due waits at most one interval (or one pass, if
-    passes take longer) for the pass that polls it."""
+    Passes start `interval` apart (the next a twentieth of the interval after one that took
+    longer), not `interval` after the last one ended: a job that falls due waits at most one
+    interval (or one pass, if passes take longer) for the pass that polls it."""
     while not rt.stopping.is_set():
         rt.submits_due.clear()
         started = rt.clock()
@@ -426,7 +426,9 @@ async def sweep_loop(rt: Runtime, interval: float) -> None:
         except Exception:
             log.exception("sweep pass failed")
         # Until the next pass is due, a job created for submission (the API) or shutdown wakes it.
-        await rt.idle(rt.submits_due.wait(), min(interval, max(0.0, started + interval - rt.clock())))
+        # A pass that took the whole interval (a backlog, a store slow to fail) still leaves a short
+        # pause, so the sweep never holds the database's writer back to back.
+        await rt.idle(rt.submits_due.wait(), min(interval, max(interval / 20, started + interval - rt.clock())))
 
 
 async def download_loop(rt: Runtime, interval: float) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import importlib.util
 import itertools
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +40,13 @@ class Server:
     the server sends the headers and `body`, then nothing until the client gives up."""
 
     def __init__(self, body: bytes, content_type: str = "image/png", *, length: int | str | None = "auto",
-                 stall: bool = False) -> None:
-        self.body, self.content_type, self.length, self.stall = body, content_type, length, stall
+                 stall: bool = False, tls: ssl.SSLContext | None = None) -> None:
+        self.body, self.content_type, self.length, self.stall, self.tls = body, content_type, length, stall, tls
         self.requests = 0
         self.server: asyncio.Server | None = None
 
     async def __aenter__(self) -> Server:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -56,7 +57,8 @@ class Server:
     @property
     def url(self) -> str:
         assert self.server is not None
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/result.png"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/result.png"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -99,6 +101,7 @@ def recording(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         connection = response.stream._stream._httpcore_stream._stream._connection  # type: ignore[attr-defined]
         seen["read_sizes"].append(connection.READ_NUM_BYTES)
         network = response.extensions["network_stream"]._stream
+        network = getattr(network, "transport_stream", network)  # under TLS, the socket stream beneath
         seen["wrapped"] += isinstance(network._transport.get_protocol(), downloads._ReadAhead)
 
     def data_received(self: downloads._ReadAhead, data: bytes) -> None:
@@ -269,3 +272,51 @@ async def test_read_ahead_pauses_at_the_bound_and_forwards_the_rest() -> None:
     protocol.resume_writing()
     protocol.connection_lost(None)
     assert inner.calls == ["eof", "pause_writing", "resume_writing", "lost None"]
+
+
+def self_signed(folder: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a fresh certificate for 127.0.0.1, and a client context trusting it."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(folder / "cert.pem", folder / "key.pem")
+    return server, ssl.create_default_context(cafile=str(folder / "cert.pem"))
+
+
+async def test_real_tls_connection_reads_directly_and_bounds_read_ahead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Result URLs are https in production: the direct read and the read-ahead bound must find the
+    socket beneath TLS too (else downloads quietly fall back to the slow path and unbounded read-ahead)."""
+    body = PNG_MAGIC + bytes(range(256)) * (24 * 1024)  # 6 MiB
+    seen = recording(monkeypatch)
+    server_tls, client_tls = self_signed(tmp_path)
+    policy = DownloadPolicy(allowed_hosts=("127.0.0.1",), allow_private=True, schemes=("https",))
+    async with Server(body, tls=server_tls) as server, httpx.AsyncClient(verify=client_tls, trust_env=False) as http:
+        stored = await download(http, server.url, tmp_path / "out", policy)
+        short = Server(body, length=len(body) + 1000, tls=server_tls)
+        async with short:
+            with pytest.raises(DownloadError) as truncated:
+                await download(http, short.url, tmp_path / "short", policy)
+    assert stored.path is not None and stored.path.read_bytes() == body
+    assert stored.sha256 == hashlib.sha256(body).hexdigest()
+    assert seen["wrapped"] == 2 and seen["via"] == ["_receive_direct", "_receive_direct"]
+    assert seen["most_queued"] < downloads._AHEAD + MAX_READ
+    assert truncated.value.kind == "transient" and "truncated" in str(truncated.value)

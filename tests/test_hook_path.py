@@ -77,3 +77,16 @@ async def test_what_the_shortcut_does_not_take_is_the_routers(tmp_path: Path) ->
         assert (await h.client.get(hook_path("bfl", job_id))).status_code == 405
         assert (await h.client.post("/hooks/bfl/" + job_id)).status_code == 404  # no token segment
         assert (await h.client.post(hook_path("bfl", job_id) + "/")).status_code == 404  # no slash redirect
+
+
+async def test_callback_at_is_when_the_latest_verified_callback_arrived(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        job_id = await a_job(h)
+        job = await h.rt.store.get_job(job_id)
+        assert job is not None and job.provider_job_id
+        path = hook_path("bfl", job_id)
+        for n in (1, 2, 3):
+            body = progress(job.provider_job_id, n)
+            assert (await h.client.post(path, content=body, headers=signed(job_id, body))).status_code == 200
+            assert (await h.rt.store.get_job(job_id)).callback_at == h.clock()  # type: ignore[union-attr]
+            h.clock.advance(30)

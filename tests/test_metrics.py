@@ -237,3 +237,33 @@ def test_metrics_do_not_touch_the_global_registry() -> None:
     Metrics(multiprocess="")
     Metrics(multiprocess="")
     assert set(REGISTRY._names_to_collectors) == before
+
+
+_OPEN = """
+import asyncio, sys
+from receiver.runtime import Runtime
+from receiver.settings import Settings
+
+async def main() -> None:
+    async with Runtime.open(Settings.from_env()):
+        print("opened")
+
+asyncio.run(main())
+"""
+
+
+def test_a_missing_multiprocess_dir_stops_start_up_not_each_callback(tmp_path: Path) -> None:
+    """Metrics are made on first use; with a shared folder configured they are made at start, so a
+    folder that is not there fails `serve` at once instead of every callback after its commit."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")}
+    env.update(PROMETHEUS_MULTIPROCESS_DIR=str(tmp_path / "missing"), PYTHONPATH=str(REPO),
+               FLUXHOOK_SECRET_KEY="k" * 40, FLUXHOOK_DB=str(tmp_path / "l.db"),
+               FLUXHOOK_RESULTS=str(tmp_path / "results"), FLUXHOOK_PUBLIC_URL="https://hooks.example")
+    done = subprocess.run([sys.executable, "-c", _OPEN], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode != 0 and "opened" not in done.stdout
+    assert "missing" in done.stderr
+    (tmp_path / "missing").mkdir()
+    done = subprocess.run([sys.executable, "-c", _OPEN], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0 and "opened" in done.stdout, done.stderr

@@ -118,6 +118,7 @@ async def test_sweep_passes_start_one_interval_apart(tmp_path: Path, monkeypatch
         h.rt.idle = idle  # type: ignore[method-assign]
         async with asyncio.timeout(60):  # a hang guard only
             await sweep_loop(h.rt, 1.0)
-        # The next pass is due one interval after this one started: what is left of it, at once
-        # after a pass longer than the interval, a whole interval after an instant one.
-        assert waits == [pytest.approx(0.7), 0.0, 1.0, 0.0]
+        # The next pass is due one interval after this one started: what is left of it, a twentieth
+        # of the interval after a pass that took it all (never back to back), a whole interval after
+        # an instant one.
+        assert waits == [pytest.approx(0.7), 0.05, 1.0, 0.05]

@@ -427,14 +427,14 @@ def apply(
 ) -> Op[Outcome]:
     # One round trip: the job and (for the audit cap) how many events it keeps already.
     row = yield Query(
-        "SELECT status, provider_job_id, deadline_at, callback_at,"
+        "SELECT status, provider_job_id, deadline_at,"
         " CASE WHEN ? = 1 THEN (SELECT COUNT(*) FROM events WHERE job_id = ?) ELSE 0 END"
         " FROM jobs WHERE id = ? {for_update}",
         (int(event is not None and keep_events is not None), job_id, job_id), "one",
     )
     if row is None:
         return Outcome(found=False)
-    current, task, deadline, callback_at, kept = Status(row[0]), row[1], row[2], row[3], row[4]
+    current, task, deadline, kept = Status(row[0]), row[1], row[2], row[3]
     if task and observation.provider_job_id and observation.provider_job_id != task:
         raise TaskMismatch(f"event names provider task {observation.provider_job_id!r}, the job has another")
     if current in TERMINAL:
@@ -453,32 +453,35 @@ def apply(
             return Outcome(duplicate=True, status=current)
     new = observation.status
     changed = False
+    # When a verified callback last arrived: set by whichever update below writes the row.
+    stamp = now if event is not None else None
+    stamped = stamp is None
     if new is not None and new != current:
         changed = (yield Query(
             f"UPDATE jobs SET status = ?, error = COALESCE(?, error), progress = COALESCE(?, progress),"
-            f" updated_at = ?, next_check_at = ?, slot_held = 0, sending = 0"
+            f" updated_at = ?, next_check_at = ?, slot_held = 0, sending = 0, callback_at = COALESCE(?, callback_at)"
             f" WHERE id = ? AND status IN ({_in(observed_predecessors(new))})",
             (str(new), observation.reason, observation.progress, now,
-             None if new in TERMINAL else _min(next_check_at, deadline), job_id),
+             None if new in TERMINAL else _min(next_check_at, deadline), stamp, job_id),
         )) == 1
+        stamped = stamped or changed
     elif new is not None and new not in TERMINAL and new == current != Status.SUCCEEDED:
         # Same progress again (a new callback or poll): note it and reschedule.
         yield Query(
-            "UPDATE jobs SET progress = COALESCE(?, progress), updated_at = ?, next_check_at = ? WHERE id = ?",
-            (observation.progress, now, _min(next_check_at, deadline), job_id),
+            "UPDATE jobs SET progress = COALESCE(?, progress), updated_at = ?, next_check_at = ?,"
+            " callback_at = COALESCE(?, callback_at) WHERE id = ?",
+            (observation.progress, now, _min(next_check_at, deadline), stamp, job_id),
         )
-    # The provider's task id (if the submit answer has not brought it yet) and the first callback's
-    # time: written only when missing (the row was read under the write lock), as an UPDATE naming
-    # provider_job_id rewrites its unique index entry even when the value stays the same.
-    claim = observation.provider_job_id if not task else None
-    stamp = now if event is not None and callback_at is None else None
-    if claim or stamp:
+        stamped = True
+    if not stamped:
+        yield Query("UPDATE jobs SET callback_at = ? WHERE id = ?", (stamp, job_id))
+    if observation.provider_job_id and not task:
+        # The provider's task id, if the submit answer has not brought it yet (the row was read under
+        # the write lock). Only then: an UPDATE naming provider_job_id rewrites its unique index entry
+        # even when the value stays the same.
         try:
-            yield Query(
-                "UPDATE jobs SET provider_job_id = COALESCE(provider_job_id, ?),"
-                " callback_at = COALESCE(callback_at, ?) WHERE id = ?",
-                (claim, stamp, job_id),
-            )
+            yield Query("UPDATE jobs SET provider_job_id = COALESCE(provider_job_id, ?) WHERE id = ?",
+                        (observation.provider_job_id, job_id))
         except UniqueViolation:
             raise TaskMismatch(f"provider task {observation.provider_job_id!r} belongs to another job") from None
     status = new if changed else current
