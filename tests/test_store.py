@@ -366,6 +366,32 @@ async def test_concurrent_applies_share_commits_but_fail_alone(store: Store) -> 
     assert all([await store.count_events(f"j{i}") == 1 for i in range(1, 10)])  # ...and only it
 
 
+async def test_a_call_failing_after_its_writes_undoes_only_them_in_a_shared_commit(store: Store) -> None:
+    """j0 names a provider task another job holds: its event is written, then the task claim fails.
+    Batched with nine good calls, only j0's writes go (SQLite replays a failed batch one by one)."""
+    from receiver.store import TaskMismatch
+
+    for i in range(10):
+        await store.create_job(job(f"j{i}"))
+    await store.create_job(job("owner"))
+    await store.record_submit("owner", "taken", None, now=NOW, next_check_at=NOW)
+    calls = [store.apply(f"j{i}", obs(Status.RUNNING, provider_job_id=f"p{i}"), now=NOW, next_check_at=NOW + 60,
+                         event=event(f"e{i}", f"j{i}")) for i in range(1, 10)]
+    calls.insert(4, store.apply("j0", obs(Status.RUNNING, provider_job_id="taken"), now=NOW, next_check_at=NOW,
+                                event=event("e0", "j0")))
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    failed = results.pop(4)
+    assert isinstance(failed, TaskMismatch)
+    assert all(not isinstance(r, BaseException) and r.changed for r in results)
+    assert await store.count_events("j0") == 0
+    j0 = await store.get_job("j0")
+    assert j0 is not None and j0.status == Status.QUEUED and j0.provider_job_id is None
+    for i in range(1, 10):
+        done = await store.get_job(f"j{i}")
+        assert done is not None and done.status == Status.RUNNING and done.provider_job_id == f"p{i}"
+        assert await store.count_events(f"j{i}") == 1
+
+
 def test_operations_run_without_a_transaction_are_one_statement() -> None:
     """PostgreSQL runs these in autocommit (OpsStore._single): each must be one statement to stay atomic."""
     from receiver.store import sql

@@ -60,19 +60,32 @@ def _execute(db: DB, query: Query) -> Any:
 
 
 def _commit_together(db: DB, batch: list[tuple[Callable[[DB], Any], Any]]) -> list[tuple[bool, Any]]:
-    """One transaction for many calls, each in a savepoint; (ok, result or exception) per call."""
+    """One transaction for many calls; (ok, result or exception) per call.
+
+    Optimistically, all of them in the transaction as they are. Should one raise, the transaction is
+    rolled back and the batch run again with each call in its own savepoint, so the failing one
+    undoes only itself (each call builds its operation afresh, and nothing was committed). The
+    savepoints, two statements per call, are thus paid only by a batch with a failure in it."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        try:
+            results: list[tuple[bool, Any]] = [(True, fn(db)) for fn, _ in batch]
+        except Exception as exc:
+            db.execute("ROLLBACK")
+            return [(False, exc)] if len(batch) == 1 else _one_by_one(db, batch)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return results
+
+
+def _one_by_one(db: DB, batch: list[tuple[Callable[[DB], Any], Any]]) -> list[tuple[bool, Any]]:
+    """The batch in one transaction, each call in a savepoint (a failing call undoes only itself)."""
     results: list[tuple[bool, Any]] = []
     db.execute("BEGIN IMMEDIATE")
     try:
-        if len(batch) == 1:  # alone: the transaction is its savepoint
-            fn = batch[0][0]
-            try:
-                results.append((True, fn(db)))
-            except Exception as exc:
-                db.execute("ROLLBACK")
-                return [(False, exc)]
-            db.execute("COMMIT")
-            return results
         for fn, _ in batch:
             db.execute("SAVEPOINT item")
             try:
