@@ -704,6 +704,10 @@ async def _wait_healthy(public_url: str, proc: subprocess.Popen[bytes], folder: 
 # -- the benchmark ----------------------------------------------------------------------------
 
 
+def _target(met: bool, target: str) -> str:
+    return f"{target} (target {'met' if met else 'missed'})"
+
+
 def _row(metric: str, value: float, unit: str, baseline: float | None, note: str) -> dict[str, Any]:
     return {"metric": metric, "value": round(value, 2), "unit": unit,
             "baseline": None if baseline is None else round(baseline, 2),
@@ -767,22 +771,26 @@ async def _measure(size: str, work: Path) -> dict[str, Any]:
     rows = [
         _row(f"download throughput, {count} concurrent x {each_mib:.0f} MiB, vs bare httpx", speed, "MiB/s",
              bare_speed,
-             f"receiver subprocess, first callback sent to all {count} jobs stored (ledger read every 50 ms),"
+             f"{_target(speed >= bare_speed, 'target >= 1.0')}; receiver subprocess, first callback sent to all"
+             f" {count} jobs stored (ledger read every 50 ms),"
              f" FLUXHOOK_DOWNLOAD_CONCURRENCY={CONCURRENCY}; the receiver {receiver_does}; baseline: bare httpx"
              f" ({loop}, one AsyncClient, {count} aiter_bytes() streams written to files, nothing else) in its own"
              f" subprocess, go to last file written; median of {runs}, alternating; runs MiB/s {listed('mib_per_s')};"
              f" all sha256 verified;{fallback} server: {server.kind}"),
         _row(f"download throughput, {count} concurrent x {each_mib:.0f} MiB, vs curl", speed, "MiB/s", curl_speed,
-             f"the receiver runs above; baseline: {count} curl processes started together, to disk (the machine's"
+             f"{_target(speed >= 0.5 * curl_speed, 'target >= 0.5')}; the receiver runs above; baseline:"
+             f" {count} curl processes started together, to disk (the machine's"
              f" raw capacity); bare httpx against curl: {bare_speed / curl_speed:.3f}"),
         _row("client CPU per GiB downloaded, vs curl", cpu, "CPU-s/GiB", curl_cpu,
-             "the receiver process's user+sys CPU during the run against the curl processes' total;"
+             f"{_target(cpu <= 2 * curl_cpu, 'target <= 2')}; the receiver process's user+sys CPU during the run"
+             " against the curl processes' total;"
              f" runs {listed('cpu_s_per_gib', 2)}; wall s {listed('seconds', 2)};"
              f" {nproc()} cores shared by server, client and the bench"),
         _row("client CPU per GiB downloaded, vs bare httpx", cpu, "CPU-s/GiB", bare_cpu,
              f"as above, against the bare httpx process's own CPU; bare httpx against curl: {bare_cpu / curl_cpu:.3f}"),
         _row("receiver peak RSS during downloads", peak, "MiB", idle,
-             f"VmRSS sampled every 20 ms from the first callback to the last job stored; baseline: the same"
+             f"{_target(peak < 150, 'target < 150 MiB')}; VmRSS sampled every 20 ms from the first callback to"
+             f" the last job stored; baseline: the same"
              f" process idle 1 s after start-up; growth {growth:.1f} MiB with {total_mib:.0f} MiB in flight:"
              f" {verdict}; VmHWM at end (lifetime peak) {[round(r['vmhwm_mib'], 1) for r in receiver]} MiB;"
              f" runs peak {[round(r['peak_rss_mib'], 1) for r in receiver]},"
