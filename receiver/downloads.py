@@ -466,11 +466,9 @@ def _direct(response: httpx.Response, expected: int | None) -> AsyncIterator[byt
     network = response.extensions.get("network_stream")
     stream = getattr(getattr(getattr(response.stream, "_stream", None), "_httpcore_stream", None), "_stream", None)
     state = getattr(getattr(stream, "_connection", None), "_h11_state", None)
-    try:
-        import h11
-        import httpcore
-    except ImportError:  # pragma: no cover - httpx's own dependencies
-        return None
+    import h11  # loaded with the first download, not at start-up
+    import httpcore
+
     if (not isinstance(network, httpcore.AsyncNetworkStream) or not isinstance(state, h11.Connection)
             or state.their_state is not h11.SEND_BODY):
         return None
@@ -478,8 +476,10 @@ def _direct(response: httpx.Response, expected: int | None) -> AsyncIterator[byt
     timeout = response.request.extensions.get("timeout", {}).get("read")
     socket_stream = getattr(network, "_stream", None)  # the anyio stream httpcore reads through
     if isinstance(socket_stream, anyio.abc.ByteReceiveStream) and _on_asyncio():
-        return _receive_direct(socket_stream, held[:expected], expected, timeout)
-    return _read_direct(network, held[:expected], expected, timeout, httpcore)
+        read = _anyio_reader(socket_stream, timeout)
+    else:
+        read = _httpcore_reader(network, timeout, httpcore)
+    return _exactly(held[:expected], expected, read)
 
 
 def _on_asyncio() -> bool:
@@ -491,45 +491,54 @@ def _on_asyncio() -> bool:
         return False
 
 
-async def _receive_direct(stream: anyio.abc.ByteReceiveStream, held: bytes, expected: int,
-                          read_timeout: float | None) -> AsyncIterator[bytes]:
-    """As _read_direct, from the anyio stream beneath httpcore's, each read bounded by an asyncio
-    timer rather than an anyio cancel scope (which, with its backend lookup, was the largest part of
-    the per-read cost left); the same errors as httpcore's read."""
-    remaining = expected
-    if held:
-        remaining -= len(held)
-        yield held
-    while remaining > 0:
+Read = Callable[[int], Awaitable[bytes]]
+
+
+def _anyio_reader(stream: anyio.abc.ByteReceiveStream, read_timeout: float | None) -> Read:
+    """Reads from the anyio stream beneath httpcore's, each bounded by an asyncio timer rather than an
+    anyio cancel scope (which, with its backend lookup, was the largest part of the per-read cost
+    left); b"" when the connection closed; errors as httpx raises them."""
+
+    async def read(size: int) -> bytes:
         try:
             async with asyncio.timeout(read_timeout):
-                data = await stream.receive(min(_READ, remaining))
+                return await stream.receive(size)
         except TimeoutError as exc:  # this read's own deadline: an outer one surfaces as CancelledError here
             raise httpx.ReadTimeout(f"no data for {read_timeout} s") from exc
-        except anyio.EndOfStream:  # closed early: the caller reports the truncation
-            return
+        except anyio.EndOfStream:
+            return b""
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:  # OSError: anyio 3's
             raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
-        remaining -= len(data)  # never below 0: no read asks for more than remains
-        yield data
+
+    return read
 
 
-async def _read_direct(network: Any, held: bytes, expected: int, read_timeout: float | None, httpcore: Any
-                       ) -> AsyncIterator[bytes]:
-    remaining = expected
-    if held:
-        remaining -= len(held)
-        yield held
-    while remaining > 0:
+def _httpcore_reader(network: Any, read_timeout: float | None, httpcore: Any) -> Read:
+    """Reads through httpcore's network stream (any other backend); b"" when the connection closed."""
+
+    async def read(size: int) -> bytes:
         try:
-            data = await network.read(min(_READ, remaining), timeout=read_timeout)
+            return await network.read(size, timeout=read_timeout)  # type: ignore[no-any-return]
         except httpcore.TimeoutException as exc:  # as httpx would raise them
             raise httpx.ReadTimeout(str(exc)) from exc
         except httpcore.NetworkError as exc:
             raise httpx.ReadError(str(exc)) from exc
-        if not data:  # closed early: the caller reports the truncation
+
+    return read
+
+
+async def _exactly(held: bytes, expected: int, read: Read) -> AsyncIterator[bytes]:
+    """`held`, then reads of up to _READ bytes until `expected` bytes in all, or until the connection
+    closes early (the caller reports the truncation)."""
+    remaining = expected
+    if held:
+        remaining -= len(held)
+        yield held
+    while remaining > 0:
+        data = await read(min(_READ, remaining))  # never more than remains: `remaining` stays >= 0
+        if not data:
             return
-        remaining -= len(data)  # never below 0: no read asks for more than remains
+        remaining -= len(data)
         yield data
 
 

@@ -91,10 +91,16 @@ def recording(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     def directly(response: httpx.Response, expected: int | None) -> Any:
         found = direct(response, expected)
         seen["direct"].append(found is not None)
-        seen.setdefault("via", []).append(getattr(found, "__name__", None))
         return found
 
     monkeypatch.setattr(downloads, "_direct", directly)
+    seen["via"] = []
+    for name in ("_anyio_reader", "_httpcore_reader"):
+        def reader(*args: Any, _name: str = name, _made: Any = getattr(downloads, name)) -> Any:
+            seen["via"].append(_name)
+            return _made(*args)
+
+        monkeypatch.setattr(downloads, name, reader)
 
     def tuned(response: httpx.Response) -> None:
         tune(response)
@@ -129,7 +135,7 @@ async def test_real_connection_reads_larger_and_bounds_read_ahead(
     assert stored.path is not None and stored.path.read_bytes() == body
     assert stored.sha256 == hashlib.sha256(body).hexdigest() and stored.size == len(body)
     assert seen["read_sizes"] == [downloads._READ] and seen["wrapped"] == 1
-    assert seen["direct"] == [True] and seen["via"] == ["_receive_direct"] and seen["received"] > 0
+    assert seen["direct"] == [True] and seen["via"] == ["_anyio_reader"] and seen["received"] > 0
     # The bound: the protocol pauses the socket once _AHEAD bytes wait unread; one read more may land.
     assert seen["most_queued"] < downloads._AHEAD + MAX_READ
     assert chunks and chunks[-1] == len(body)  # the lease callback still runs as bytes arrive
@@ -179,7 +185,7 @@ async def test_real_connection_read_timeout_is_transient(
         with pytest.raises(DownloadError, match="ReadTimeout") as caught:
             await download(http, server.url, tmp_path / "out", POLICY)
     assert caught.value.kind == "transient" and seen["direct"] == [True]
-    assert seen["via"] == ["_read_direct" if through_httpcore else "_receive_direct"]
+    assert seen["via"] == ["_httpcore_reader" if through_httpcore else "_anyio_reader"]
     assert not any(tmp_path.iterdir())
 
 
@@ -192,7 +198,7 @@ async def test_real_connection_through_httpcore_stores_the_same_bytes(
     async with Server(body) as server, httpx.AsyncClient(trust_env=False) as http:
         stored = await download(http, server.url, tmp_path / "out", POLICY)
     assert stored.path is not None and stored.path.read_bytes() == body
-    assert seen["via"] == ["_read_direct"]
+    assert seen["via"] == ["_httpcore_reader"]
     async with Server(body, length=len(body) + 10) as server, httpx.AsyncClient(trust_env=False) as http:
         with pytest.raises(DownloadError, match="truncated"):
             await download(http, server.url, tmp_path / "cut", POLICY)
@@ -317,6 +323,6 @@ async def test_real_tls_connection_reads_directly_and_bounds_read_ahead(
                 await download(http, short.url, tmp_path / "short", policy)
     assert stored.path is not None and stored.path.read_bytes() == body
     assert stored.sha256 == hashlib.sha256(body).hexdigest()
-    assert seen["wrapped"] == 2 and seen["via"] == ["_receive_direct", "_receive_direct"]
+    assert seen["wrapped"] == 2 and seen["via"] == ["_anyio_reader", "_anyio_reader"]
     assert seen["most_queued"] < downloads._AHEAD + MAX_READ
     assert truncated.value.kind == "transient" and "truncated" in str(truncated.value)
