@@ -1,8 +1,12 @@
-"""What the benchmarks share: the master key, a receiver's environment, a free loopback port."""
+"""What the benchmarks share: the master key, a receiver's environment, a free loopback port, a timed GET."""
 
 from __future__ import annotations
 
+import statistics
+import time
 from pathlib import Path
+
+import httpx
 
 from receiver.serving import bind
 
@@ -26,6 +30,17 @@ def environment(tmp: Path, sim_url: str, public_url: str, **extra: str) -> dict[
         "FLUXHOOK_DOWNLOAD_ALLOW_HTTP": "1",
         **extra,
     }
+
+
+async def median_get(client: httpx.AsyncClient, path: str, n: int) -> float:
+    """The median of `n` timed GETs of `path` (seconds), each answered 200."""
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        response = await client.get(path)
+        times.append(time.perf_counter() - started)
+        assert response.status_code == 200, (path, response.status_code)
+    return statistics.median(times)
 
 
 def free_port() -> int:

@@ -27,6 +27,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bench._cli import main
+from bench._setup import median_get
 from receiver.app import create_app
 from receiver.runtime import Runtime
 from receiver.settings import Settings
@@ -36,16 +37,6 @@ from submitter.status import Status
 
 JOBS = 1_000
 STATUSES = (Status.STORED, Status.STORED, Status.STORED, Status.FAILED, Status.SUBMITTED, Status.QUEUED)
-
-
-async def _median(client: httpx.AsyncClient, path: str, n: int) -> float:
-    times = []
-    for _ in range(n):
-        started = time.perf_counter()
-        response = await client.get(path)
-        times.append(time.perf_counter() - started)
-        assert response.status_code == 200
-    return statistics.median(times)
 
 
 async def measure(scrapes: int) -> dict[str, Any]:
@@ -78,11 +69,11 @@ async def measure(scrapes: int) -> dict[str, Any]:
             baseline = httpx.AsyncClient(transport=httpx.ASGITransport(bare), base_url="http://bench")
             ours: list[float] = []
             theirs: list[float] = []
-            await _median(subject, "/metrics", 5)  # warm-up
-            await _median(baseline, "/metrics", 5)
+            await median_get(subject, "/metrics", 5)  # warm-up
+            await median_get(baseline, "/metrics", 5)
             for _ in range(5):  # alternate, so drift hits both alike
-                ours.append(await _median(subject, "/metrics", max(1, scrapes // 5)))
-                theirs.append(await _median(baseline, "/metrics", max(1, scrapes // 5)))
+                ours.append(await median_get(subject, "/metrics", max(1, scrapes // 5)))
+                theirs.append(await median_get(baseline, "/metrics", max(1, scrapes // 5)))
             await subject.aclose()
             await baseline.aclose()
         await store.close()

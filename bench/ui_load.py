@@ -26,6 +26,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from bench._cli import main
+from bench._setup import median_get
 from receiver.app import create_app
 from receiver.runtime import Runtime
 from receiver.settings import Settings
@@ -38,16 +39,6 @@ from submitter.status import Status
 JOBS = 1_000
 KEY = "bench-key-0123456789abcdef"
 PAGES = ("/ui", "/ui/jobs", "/ui/jobs/fh_bench000500", "/ui/providers")
-
-
-async def _median(client: httpx.AsyncClient, path: str, n: int) -> float:
-    times = []
-    for _ in range(n):
-        started = time.perf_counter()
-        response = await client.get(path)
-        times.append(time.perf_counter() - started)
-        assert response.status_code == 200, (path, response.status_code)
-    return statistics.median(times)
 
 
 async def _ledger(store: SQLiteStore, results: Path, now: float) -> None:
@@ -94,11 +85,11 @@ async def measure(loads: int) -> dict[str, Any]:
                 baseline = httpx.AsyncClient(transport=httpx.ASGITransport(bare), base_url="http://bench")
                 ours: list[float] = []
                 theirs: list[float] = []
-                await _median(subject, page, 3)
-                await _median(baseline, page, 3)
+                await median_get(subject, page, 3)
+                await median_get(baseline, page, 3)
                 for _ in range(5):  # alternate, so drift hits both alike
-                    ours.append(await _median(subject, page, max(1, loads // 5)))
-                    theirs.append(await _median(baseline, page, max(1, loads // 5)))
+                    ours.append(await median_get(subject, page, max(1, loads // 5)))
+                    theirs.append(await median_get(baseline, page, max(1, loads // 5)))
                 await baseline.aclose()
                 a, b = statistics.median(ours) * 1e3, statistics.median(theirs) * 1e3
                 rows.append({
