@@ -11,7 +11,7 @@ import pytest
 
 from receiver.store import StoreUnavailable
 from submitter.signing import derive_job_keys, sign_bfl
-from tests.harness import MASTER, PUBLIC, harness
+from tests.harness import MASTER, PUBLIC, Harness, harness
 from tests.test_app import a_job, hook_path
 
 pytestmark = pytest.mark.anyio
@@ -25,13 +25,18 @@ def signed(job_id: str, body: bytes) -> dict[str, str]:
     return {"x-bfl-signature": sign_bfl(derive_job_keys(MASTER, "bfl", job_id).webhook_secret, body)}
 
 
+async def submitted(h: Harness) -> tuple[str, str, str]:
+    """A BFL job at the provider whose callback has not come: (job id, provider task id, hook path)."""
+    job_id = await a_job(h)
+    job = await h.rt.store.get_job(job_id)
+    assert job is not None and job.provider_job_id
+    return job_id, job.provider_job_id, hook_path("bfl", job_id)
+
+
 async def test_a_callback_under_a_root_path_goes_through_the_route_with_the_same_answers(tmp_path: Path) -> None:
     async with harness(tmp_path) as h:
-        job_id = await a_job(h)
-        job = await h.rt.store.get_job(job_id)
-        assert job is not None and job.provider_job_id
-        path = hook_path("bfl", job_id)
-        body = progress(job.provider_job_id, 10)
+        job_id, task, path = await submitted(h)
+        body = progress(task, 10)
         prefixed = httpx.AsyncClient(transport=httpx.ASGITransport(h.app, root_path="/fluxhook"), base_url=PUBLIC)
         async with prefixed:
             first = await prefixed.post("/fluxhook" + path, content=body, headers=signed(job_id, body))
@@ -47,10 +52,8 @@ async def test_a_callback_under_a_root_path_goes_through_the_route_with_the_same
 
 async def test_the_shortcut_answers_errors_with_the_apps_handlers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with harness(tmp_path) as h:
-        job_id = await a_job(h)
-        job = await h.rt.store.get_job(job_id)
-        assert job is not None and job.provider_job_id
-        path, body = hook_path("bfl", job_id), progress(job.provider_job_id, 20)
+        job_id, task, path = await submitted(h)
+        body = progress(task, 20)
         unknown = await h.client.post(path.replace("/bfl/", "/nope/"), content=body)
         assert unknown.status_code == 404 and unknown.json() == {"error": "unknown provider 'nope'"}
 
@@ -81,12 +84,9 @@ async def test_what_the_shortcut_does_not_take_is_the_routers(tmp_path: Path) ->
 
 async def test_callback_at_is_when_the_latest_verified_callback_arrived(tmp_path: Path) -> None:
     async with harness(tmp_path) as h:
-        job_id = await a_job(h)
-        job = await h.rt.store.get_job(job_id)
-        assert job is not None and job.provider_job_id
-        path = hook_path("bfl", job_id)
+        job_id, task, path = await submitted(h)
         for n in (1, 2, 3):
-            body = progress(job.provider_job_id, n)
+            body = progress(task, n)
             assert (await h.client.post(path, content=body, headers=signed(job_id, body))).status_code == 200
             assert (await h.rt.store.get_job(job_id)).callback_at == h.clock()  # type: ignore[union-attr]
             h.clock.advance(30)

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from receiver.api.ops import ops_routes
 from receiver.jobs import new_job, submit
 from receiver.metrics import Metrics
 from receiver.sweep import sweep_once
@@ -185,7 +184,6 @@ async def test_metrics_need_a_bearer_when_keys_are_configured(tmp_path: Path, co
 
 async def test_metrics_are_open_without_keys(tmp_path: Path) -> None:
     async with harness(tmp_path) as h:
-        h.app.router.routes.extend(ops_routes())
         assert (await h.client.get("/metrics")).status_code == 200
 
 

@@ -18,11 +18,11 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
 from receiver.app import create_app
+from receiver.demo import PROMPTS  # the demo's jobs: the counts below follow from them
 from receiver.jobs import submit
 from receiver.runtime import Runtime
 from receiver.serving import bind, serve_in_background
 from receiver.settings import Settings
-from receiver.ui import ui_routes
 from submitter.simulator import Faults, Simulator
 from submitter.status import Status
 from tests.e2e.support import env_for, wait_for_status
@@ -36,14 +36,6 @@ KEY = "ui-e2e-key-0123456789abcdef"
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(__file__).parent / "artifacts"
 TIMEOUT_MS = 30_000
-#: Like `fluxhook demo`'s jobs (receiver/demo.py), fixed here: the counts below depend on them.
-PROMPTS = [
-    ("bfl", "flux-dev", "a red fox in fresh snow, morning light"),
-    ("deerapi", "flux-pro-1.1", "a lighthouse at dusk, oil painting"),
-    ("cometapi", "flux-pro-1.1-ultra", "a bowl of ramen, studio photo"),
-    ("bfl", "flux-2-pro", "a paper boat on a puddle (callback lost: rescued by polling)"),
-    ("replicate", "black-forest-labs/flux-schnell", "two owls on a branch, woodcut print (two outputs)"),
-]
 
 
 @dataclass
@@ -92,7 +84,6 @@ async def ui_stack(tmp_path: Path) -> AsyncIterator[UiStack]:
                                       "FLUXHOOK_SSE_HEARTBEAT": "1"})
         settings.results.mkdir(parents=True, exist_ok=True)
         app = create_app(settings)
-        app.router.routes.extend(ui_routes())
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(serve_in_background(app, sock, settings=settings))
             rt = await stack.enter_async_context(Runtime.open(settings))
