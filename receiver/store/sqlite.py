@@ -59,6 +59,27 @@ def _execute(db: DB, query: Query) -> Any:
     return cursor.rowcount
 
 
+def _transaction(db: DB, fn: Callable[[DB], T]) -> T:
+    """`fn` in one write transaction, taken at once (BEGIN IMMEDIATE); rolled back if anything raises."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(db)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return result
+
+
+class _CallFailed(Exception):
+    """A call of a batch raised `error` (told apart from the transaction's own failures)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def _commit_together(db: DB, batch: list[tuple[Callable[[DB], Any], Any]]) -> list[tuple[bool, Any]]:
     """One transaction for many calls; (ok, result or exception) per call.
 
@@ -66,40 +87,34 @@ def _commit_together(db: DB, batch: list[tuple[Callable[[DB], Any], Any]]) -> li
     rolled back and the batch run again with each call in its own savepoint, so the failing one
     undoes only itself (each call builds its operation afresh, and nothing was committed). The
     savepoints, two statements per call, are thus paid only by a batch with a failure in it."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        try:
-            results: list[tuple[bool, Any]] = [(True, fn(db)) for fn, _ in batch]
-        except Exception as exc:
-            db.execute("ROLLBACK")
-            return [(False, exc)] if len(batch) == 1 else _one_by_one(db, batch)
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-    return results
 
-
-def _one_by_one(db: DB, batch: list[tuple[Callable[[DB], Any], Any]]) -> list[tuple[bool, Any]]:
-    """The batch in one transaction, each call in a savepoint (a failing call undoes only itself)."""
-    results: list[tuple[bool, Any]] = []
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    def all_at_once(db: DB) -> list[tuple[bool, Any]]:
+        results = []
         for fn, _ in batch:
-            db.execute("SAVEPOINT item")
             try:
                 results.append((True, fn(db)))
             except Exception as exc:
-                db.execute("ROLLBACK TO item")
-                results.append((False, exc))
-            db.execute("RELEASE item")
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-    return results
+                raise _CallFailed(exc) from exc
+        return results
+
+    try:
+        return _transaction(db, all_at_once)
+    except _CallFailed as failed:
+        if len(batch) == 1:
+            return [(False, failed.error)]
+    return _transaction(db, lambda db: [_savepointed(db, fn) for fn, _ in batch])
+
+
+def _savepointed(db: DB, fn: Callable[[DB], Any]) -> tuple[bool, Any]:
+    """`fn` in a savepoint: undone alone if it raises."""
+    db.execute("SAVEPOINT item")
+    try:
+        outcome: tuple[bool, Any] = (True, fn(db))
+    except Exception as exc:
+        db.execute("ROLLBACK TO item")
+        outcome = (False, exc)
+    db.execute("RELEASE item")
+    return outcome
 
 
 class SQLiteStore(OpsStore):
@@ -130,25 +145,14 @@ class SQLiteStore(OpsStore):
 
     async def _tx(self, fn: Callable[[DB], T]) -> T:
         """Run `fn` in one write transaction (taken at once: BEGIN IMMEDIATE)."""
-
-        def transaction(db: DB) -> T:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(db)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            return result
-
-        return await self._call(transaction)
+        return await self._call(lambda db: _transaction(db, fn))
 
     async def _grouped(self, fn: Callable[[DB], T]) -> T:
         """Run `fn` in a shared write transaction (group commit).
 
         Calls that arrive while a commit is in progress are queued and committed
-        together in the next transaction, each inside its own savepoint so one
-        failing call does not undo the others. Every caller still returns only after
+        together in the next transaction; one failing call does not undo the others
+        (see :func:`_commit_together`). Every caller still returns only after
         its own work is durable; under load, many callbacks share one fsync.
         """
         if self._conn is None or self._thread is None:
