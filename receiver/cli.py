@@ -75,7 +75,6 @@ def _param(text: str) -> tuple[str, Any]:
     return key, value
 
 
-_print = print_rows  # cli_api imports it by this name
 
 
 def _short(value: Any, limit: int = 120) -> Any:
@@ -176,11 +175,11 @@ async def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
             raise
         view = await _job_view(rt, job.id)
     if args.json:
-        _print(view, True)
+        print_rows(view, True)
     else:
         print(job.id if not args.wait else view["id"])
         if args.wait or view["status"] in TERMINAL:
-            _print(view, False)
+            print_rows(view, False)
     return EXIT_FAILED if view["status"] in TERMINAL - {Status.STORED} else 0
 
 
@@ -192,7 +191,7 @@ async def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
         return await cli_api.status(args, settings)
     async with Runtime.open(settings) as rt:
-        _print(await _job_view(rt, args.job), args.json)
+        print_rows(await _job_view(rt, args.job), args.json)
     return 0
 
 
@@ -221,7 +220,7 @@ async def _cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     async with Runtime.open(settings) as rt:
         jobs = await rt.store.list_jobs(Status(args.status) if args.status else None, args.limit)
         views = [_shown(rt, j) for j in jobs]
-    _print(views, args.json)
+    print_rows(views, args.json)
     return 0
 
 
@@ -231,7 +230,7 @@ async def _cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
 
     async with Runtime.open(settings) as rt:
         report = await sweep_once(rt)
-    _print(report.as_dict(), args.json)
+    print_rows(report.as_dict(), args.json)
     return 0
 
 

@@ -14,9 +14,9 @@ from submitter.bodies import BodyError, loads_object
 from submitter.dialects import parse_observation
 from submitter.status import TERMINAL, Status
 
-from .cli_common import EXIT_FAILED, CLIError, timed
+from .cli_common import EXIT_FAILED, CLIError, print_rows, timed
 from .settings import Settings
-from .store import iso
+from .store import Job, iso
 
 __all__ = ["add_arguments", "cancel", "events", "reconcile", "replay", "report", "retry"]
 
@@ -45,10 +45,10 @@ def _callback_status(rt: Any, provider: str, body: bytes) -> str | None:
 
 # -- events ------------------------------------------------------------------------------
 
-async def timeline(rt: Any, job_id: str) -> list[dict[str, Any]]:
-    """Everything known about a job, in time order: its creation and submit, each kept callback (with
+async def timeline(rt: Any, job: Job) -> list[dict[str, Any]]:
+    """Everything known about `job`, in time order: its creation and submit, each kept callback (with
     its audit id and verdict), each outbox event and each delivery of it."""
-    job = await _job(rt, job_id)
+    job_id = job.id
     rows: list[dict[str, Any]] = [{"at": job.created_at, "kind": "created", "detail": f"{job.provider} {job.model}"}]
     if job.submitted_at is not None:
         rows.append({"at": job.submitted_at, "kind": "submitted",
@@ -75,7 +75,7 @@ async def events(args: argparse.Namespace, settings: Settings) -> int:
 
     async with Runtime.open(settings) as rt:
         job = await _job(rt, args.job)
-        rows = await timeline(rt, args.job)
+        rows = await timeline(rt, job)
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True))
         return 0
@@ -118,7 +118,7 @@ async def retry(args: argparse.Namespace, settings: Settings) -> int:
     statuses), then the normal download pass runs; expired URLs are re-polled for fresh ones. A job
     the provider failed, moderated or that was canceled is refused: resubmit it instead."""
     _local(settings, "retry")
-    from .cli import _job_view, _print, _wait
+    from .cli import _job_view, _wait
     from .runtime import Runtime
 
     async with Runtime.open(settings) as rt:
@@ -141,7 +141,7 @@ async def retry(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         await _wait(rt, args.job, args.timeout or settings.download_window)
         view = await _job_view(rt, args.job)
-    _print(view, args.json)
+    print_rows(view, args.json)
     return EXIT_FAILED if view["status"] in TERMINAL - {Status.STORED} else 0
 
 

@@ -49,7 +49,7 @@ class JsonFormatter(logging.Formatter):
 _UVICORN = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
 
-def install_log_format(log_format: str, *, level: int | None = None) -> None:
+def install_log_format(log_format: str) -> None:
     """Give every handler of the root logger and of uvicorn's loggers the `log_format` formatter
     (`json`; `text` leaves them as configured). Adds a stderr handler if the root has none."""
     if log_format != "json":
@@ -57,8 +57,6 @@ def install_log_format(log_format: str, *, level: int | None = None) -> None:
     root = logging.getLogger()
     if not root.handlers:
         root.addHandler(logging.StreamHandler())
-        if level is not None:
-            root.setLevel(level)
     formatter = JsonFormatter()
     handlers = list(root.handlers)
     for name in _UVICORN:
