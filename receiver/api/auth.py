@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Iterable
 
 from starlette.requests import Request
 
 from .errors import ApiError
 
 __all__ = [
-    "SESSION_COOKIE", "SESSION_MAX_AGE", "authenticate", "key_scope", "match_key", "session_key", "session_token",
+    "SESSION_COOKIE", "SESSION_MAX_AGE", "authenticate", "constant_time_match", "key_scope", "match_key",
+    "session_key", "session_token",
 ]
 
 OFF = "the API is off: set FLUXHOOK_API_KEYS"
@@ -28,12 +30,7 @@ def authenticate(request: Request) -> str:
     if not keys:
         raise ApiError(404, "not_found", OFF)
     scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
-    # Bytes on both sides: compare_digest refuses non-ASCII str, and a header may carry anything.
-    offered = given.strip().encode("utf-8", "surrogateescape")
-    matched: str | None = None
-    for key in keys:
-        if hmac.compare_digest(offered, key.encode()) and matched is None:
-            matched = key
+    matched = constant_time_match(given.strip(), keys)
     if scheme.lower() != "bearer" or matched is None:
         raise ApiError(401, "unauthorized", "a valid API key is required: Authorization: Bearer <key>",
                        headers={"www-authenticate": "Bearer"})
@@ -84,11 +81,17 @@ def session_key(request: Request, *, now: float) -> str | None:
     return matched
 
 
-def match_key(request: Request, given: str) -> str | None:
-    """The configured key equal to `given` (the UI's login form), compared like Bearer; else None."""
+def constant_time_match(given: str, keys: Iterable[str]) -> str | None:
+    """The key in `keys` equal to `given`, every key compared in constant time (no early exit); else None."""
+    # Bytes on both sides: compare_digest refuses non-ASCII str, and a header may carry anything.
     offered = given.encode("utf-8", "surrogateescape")
     matched: str | None = None
-    for key in request.app.state.runtime.settings.integrations.api_keys:
+    for key in keys:
         if hmac.compare_digest(offered, key.encode()) and matched is None:
             matched = key
     return matched
+
+
+def match_key(request: Request, given: str) -> str | None:
+    """The configured key equal to `given` (the UI's login form), compared like Bearer; else None."""
+    return constant_time_match(given, request.app.state.runtime.settings.integrations.api_keys)

@@ -12,7 +12,6 @@ problem. `/healthz` stays a liveness check (the process answers), never touching
 from __future__ import annotations
 
 import asyncio
-import hmac
 import os
 import secrets
 import socket
@@ -22,6 +21,8 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from .auth import constant_time_match
 
 if TYPE_CHECKING:
     from ..results import ResultStore
@@ -44,11 +45,7 @@ def _authorized(request: Request, rt: Runtime) -> bool:
     if not allowed:
         return True
     scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
-    offered = given.strip().encode("utf-8", "surrogateescape")
-    matched = False
-    for key in allowed:  # every key compared, in constant time: no early exit
-        matched |= hmac.compare_digest(offered, key.encode())
-    return scheme.lower() == "bearer" and matched
+    return scheme.lower() == "bearer" and constant_time_match(given.strip(), allowed) is not None
 
 
 async def metrics(request: Request) -> Response:
