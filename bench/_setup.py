@@ -1,4 +1,4 @@
-"""What the benchmarks share: the master key, a receiver's environment, a free loopback port, a timed GET."""
+"""What the benchmarks share: the master key, a receiver's environment, a free port, a timed GET, a percentile."""
 
 from __future__ import annotations
 
@@ -41,6 +41,12 @@ async def median_get(client: httpx.AsyncClient, path: str, n: int) -> float:
         times.append(time.perf_counter() - started)
         assert response.status_code == 200, (path, response.status_code)
     return statistics.median(times)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The `q`th percentile (nearest rank) of `values`."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def free_port() -> int:

@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 
 from bench import _cli, polling
-from bench._setup import MASTER, environment
+from bench._setup import MASTER, environment, percentile
 from receiver.app import create_app
 from receiver.jobs import callback_url, submit
 from receiver.runtime import Runtime
@@ -38,11 +38,6 @@ from receiver.store.sqlite import SQLiteStore
 from submitter.signing import sign_bfl
 from submitter.simulator import Faults, Simulator
 from submitter.status import TERMINAL, Status
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 async def ack_latency(callbacks: int, concurrency: int) -> dict[str, float]:

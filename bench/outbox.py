@@ -54,7 +54,7 @@ from typing import Any
 import httpx
 
 from bench._cli import main
-from bench._setup import MASTER, environment, free_port
+from bench._setup import MASTER, environment, free_port, percentile
 from receiver.jobs import callback_url
 from receiver.serving import serve_in_background
 from receiver.sinks.webhook import WebhookSink
@@ -75,11 +75,6 @@ SIZES = {
 CONNECTIONS = 16
 BURST = 12
 BASELINE_POSTS = 200
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def _pinned() -> bool:

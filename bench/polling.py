@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 
 from bench._cli import main
-from bench._setup import environment
+from bench._setup import environment, percentile
 from receiver.app import create_app
 from receiver.jobs import submit
 from receiver.runtime import Runtime
@@ -49,11 +49,6 @@ INTERVAL = 0.1
 BOUND_INTERVALS = (INTERVAL, 1.0)
 #: The lost-callback target's slack beyond POLL_AFTER + one sweep interval.
 SLACK = 0.5
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def done_at(sim: Simulator, task_id: str) -> float:
