@@ -152,7 +152,8 @@ async def replay(args: argparse.Namespace, settings: Settings) -> int:
     no audit row, no dedup). Harmless by the state machine: a finished job changes nothing, a
     stale status cannot move a job back."""
     _local(settings, "replay")
-    from .result_urls import expiries, too_many_outputs
+    from .jobs import apply_report
+    from .result_urls import too_many_outputs
     from .runtime import Runtime
     from .store import TaskMismatch
 
@@ -173,11 +174,8 @@ async def replay(args: argparse.Namespace, settings: Settings) -> int:
         refusal = too_many_outputs(rt, observation)
         if refusal:
             raise CLIError(f"callback {event_id}: {refusal}")
-        now = rt.clock()
-        next_check = now if observation.status == Status.SUCCEEDED else now + settings.poll_after
         try:
-            outcome = await rt.store.apply(job.id, observation, now=now, next_check_at=next_check,
-                                           expires=expiries(rt, event["provider"], observation))
+            outcome = await apply_report(rt, event["provider"], job.id, observation, now=rt.clock())
         except TaskMismatch as exc:
             raise CLIError(f"callback {event_id}: {exc}") from None
     before, after = str(job.status), str(outcome.status)

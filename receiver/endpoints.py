@@ -41,7 +41,8 @@ from .errors import (
     Unauthorized,
     Unavailable,
 )
-from .result_urls import expiries, too_many_outputs
+from .jobs import apply_report
+from .result_urls import too_many_outputs
 from .runtime import Runtime
 from .secrets import SecretUnavailable
 from .store import Event, TaskMismatch
@@ -280,13 +281,8 @@ async def _hook(scope: Scope, receive: Receive, rt: Runtime, provider: str) -> d
         body=body,
         verdict=f"accepted:{scheme}",
     )
-    # A progress callback proves the job is alive: push the first poll back (capped at the deadline).
-    next_check = now if observation.status == Status.SUCCEEDED else now + settings.poll_after
     try:
-        outcome = await rt.store.apply(
-            job_id, observation, now=now, event=event, next_check_at=next_check,
-            expires=expiries(rt, provider, observation), keep_events=settings.max_events_per_job,
-        )
+        outcome = await apply_report(rt, provider, job_id, observation, now=now, event=event)
     except TaskMismatch:
         _refused(rt, provider, job_id, "conflict", "different provider task")
         raise Conflict("callback names a different provider task than this job's") from None

@@ -9,17 +9,20 @@ import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
+from submitter.bodies import Observation
 from submitter.dialects import Dialect
 from submitter.errors import PollFailed, ProviderUnavailable, SubmitAmbiguous, SubmitRejected
 from submitter.signing import derive_job_keys
 from submitter.status import Status
 
+from .result_urls import expiries
 from .runtime import Runtime
 from .schedule import SLOT_WAIT, first_check, retry_later
-from .store import Job
+from .store import Event, Job, Outcome
 
 __all__ = [
-    "NotCancelable", "callback_url", "cancel_job", "create_api_job", "job_view", "new_job", "submit", "try_submit",
+    "NotCancelable", "apply_report", "callback_url", "cancel_job", "create_api_job", "job_view", "new_job", "submit",
+    "try_submit",
 ]
 
 log = logging.getLogger("fluxhook.jobs")
@@ -233,3 +236,15 @@ async def try_submit(rt: Runtime, job: Job) -> Status:
         if canceled is not None:
             await _cancel_at_provider(rt, canceled)
     return outcome.status or Status.SUBMITTED
+
+
+async def apply_report(
+    rt: Runtime, provider: str, job_id: str, observation: Observation, *, now: float, event: Event | None = None,
+) -> Outcome:
+    """Apply what the provider said of a job outside a poll (a callback, or one replayed): results make
+    the job due for download at once, anything else pushes its first poll back by POLL_AFTER (the
+    store caps it at the deadline); each result URL gets its expiry. The caller has refused a
+    listing of too many outputs (:func:`~receiver.result_urls.too_many_outputs`)."""
+    next_check = now if observation.status == Status.SUCCEEDED else now + rt.settings.poll_after
+    return await rt.store.apply(job_id, observation, now=now, event=event, next_check_at=next_check,
+                                expires=expiries(rt, provider, observation), keep_events=rt.settings.max_events_per_job)
