@@ -1,8 +1,7 @@
-"""The store reads the web UI adds (received_events, jobs_since), on every backend."""
+"""The store reads the web UI uses (audit_events with a limit, jobs_since), on every backend."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -36,22 +35,23 @@ def event(key: str, job_id: str, at: float, verdict: str = "accepted:token") -> 
                  body=b'{"status": "Pending"}', verdict=verdict)
 
 
-async def test_received_events_are_the_jobs_callbacks_oldest_first(store: Store) -> None:
+async def test_audit_events_are_the_jobs_callbacks_oldest_first(store: Store) -> None:
     await store.create_job(job("a"))
     await store.create_job(job("b"))
-    assert await store.received_events("a") == []
+    assert await store.audit_events("a") == []
     running = Observation("p1", Status.RUNNING, "running")
     await store.apply("a", running, now=NOW + 2, next_check_at=None, event=event("k2", "a", NOW + 2))
     await store.apply("a", running, now=NOW + 1, next_check_at=None, event=event("k1", "a", NOW + 1, "late"))
     await store.apply("b", Observation("p2", Status.RUNNING, "running"), now=NOW + 1, next_check_at=None,
                       event=event("k3", "b", NOW + 1))
-    got = await store.received_events("a")
-    assert [(e.dedup_key, e.received_at, e.verdict) for e in got] == [("k1", NOW + 1, "late"), ("k2", NOW + 2,
-                                                                                                "accepted:token")]
-    assert got[0] == dataclasses.replace(event("k1", "a", NOW + 1, "late"))  # headers and body round-trip
-    assert isinstance(got[0].body, bytes)
-    assert len(await store.received_events("a", limit=1)) == 1
-    assert await store.received_events("nope") == []
+    got = await store.audit_events("a")
+    assert [(e["dedup_key"], e["received_at"], e["verdict"]) for e in got] == [
+        ("k1", NOW + 1, "late"), ("k2", NOW + 2, "accepted:token")]
+    kept = event("k1", "a", NOW + 1, "late")  # headers and body round-trip
+    assert (got[0]["headers"], got[0]["body"], got[0]["provider"]) == (kept.headers, kept.body, kept.provider)
+    assert isinstance(got[0]["body"], bytes)
+    assert len(await store.audit_events("a", limit=1)) == 1
+    assert await store.audit_events("nope") == []
 
 
 async def test_jobs_since_is_newest_first_from_the_bound(store: Store) -> None:

@@ -328,16 +328,13 @@ class Store(Protocol):
 
     async def count_events(self, job_id: str) -> int: ...
     async def counts(self) -> dict[str, int]: ...
-    async def received_events(self, job_id: str, *, limit: int = 200) -> list[Event]:
-        """The callbacks kept for a job (audit log, secrets removed), oldest first, at most `limit`."""
-        ...
     async def jobs_since(self, since: float, *, limit: int = 10000) -> list[Job]:
         """Jobs created at or after `since`, newest first, at most `limit` (the UI's provider panel)."""
         ...
 
-    async def audit_events(self, job_id: str) -> list[dict[str, Any]]:
-        """The job's received callbacks, oldest first, each a dict with its audit `id` (for
-        `fluxhook replay`), `received_at`, `headers`, `body` (bytes), `verdict`, `dedup_key`."""
+    async def audit_events(self, job_id: str, *, limit: int = 100_000) -> list[dict[str, Any]]:
+        """The job's received callbacks (secrets removed), oldest first, at most `limit`, each a dict with
+        its audit `id` (for `fluxhook replay`), `received_at`, `headers`, `body` (bytes), `verdict`, `dedup_key`."""
         ...
     async def audit_event(self, event_id: int) -> dict[str, Any] | None:
         """One received callback by its audit id (as :meth:`audit_events` shows it), or None."""

@@ -152,9 +152,6 @@ class OpsStore:
     async def counts(self) -> dict[str, int]:
         return await self._read_op(ops.counts())
 
-    async def received_events(self, job_id: str, *, limit: int = 200) -> list[Event]:
-        return await self._read_op(ops.received_events(job_id, limit))
-
     async def jobs_since(self, since: float, *, limit: int = 10000) -> list[Job]:
         return await self._read_op(ops.jobs_since(since, limit))
 
@@ -220,8 +217,8 @@ class OpsStore:
 
     # -- the CLI's reads (fluxhook events, replay, report) and its one retry exception ------
 
-    async def audit_events(self, job_id: str) -> list[dict[str, Any]]:
-        return await self._read_op(ops.audit_events(job_id))
+    async def audit_events(self, job_id: str, *, limit: int = 100_000) -> list[dict[str, Any]]:
+        return await self._read_op(ops.audit_events(job_id, limit))
 
     async def audit_event(self, event_id: int) -> dict[str, Any] | None:
         return await self._read_op(ops.audit_event(event_id))

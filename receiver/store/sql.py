@@ -643,16 +643,6 @@ def count_events(job_id: str) -> Op[int]:
     return int(row[0])
 
 
-def received_events(job_id: str, limit: int) -> Op[list[Event]]:
-    """The callbacks kept for `job_id` (the audit log), oldest first."""
-    rows = yield Query(
-        "SELECT job_id, provider, dedup_key, received_at, headers, body, verdict FROM events WHERE job_id = ?"
-        " ORDER BY received_at, id LIMIT ?", (job_id, limit), "all",
-    )
-    return [Event(job_id=r[0], provider=r[1], dedup_key=r[2], received_at=r[3], headers=json.loads(r[4] or "{}"),
-                  body=bytes(r[5]), verdict=r[6]) for r in rows]
-
-
 def jobs_since(since: float, limit: int) -> Op[list[Job]]:
     """Jobs created at or after `since`, newest first (the provider panel's window)."""
     rows = yield Query("SELECT * FROM jobs WHERE created_at >= ? ORDER BY created_at DESC, id DESC LIMIT ?",
@@ -671,12 +661,12 @@ def ping() -> Op[None]:
 
 # -- what the CLI reads and the one sanctioned way back from a terminal status ------------
 
-def audit_events(job_id: str) -> Op[list[dict[str, Any]]]:
+def audit_events(job_id: str, limit: int) -> Op[list[dict[str, Any]]]:
     """The job's received callbacks (the `events` audit table), oldest first, with their ids."""
     rows = yield Query(
         "SELECT id, job_id, provider, dedup_key, received_at, headers, body, verdict FROM events"
-        " WHERE job_id = ? ORDER BY received_at, id",
-        (job_id,), "all",
+        " WHERE job_id = ? ORDER BY received_at, id LIMIT ?",
+        (job_id, limit), "all",
     )
     return [
         {"id": int(r[0]), "job_id": r[1], "provider": r[2], "dedup_key": r[3], "received_at": r[4],

@@ -242,8 +242,9 @@ async def job_page(request: Request) -> Response:
     if job.submitted_at is not None:
         timeline.append({"at": job.submitted_at, "what": "submitted",
                          "detail": f"provider job {job.provider_job_id}" if job.provider_job_id else ""})
-    for event in await rt.store.received_events(job.id):  # type: ignore[attr-defined]
-        timeline.append({"at": event.received_at, "what": "callback received", "detail": f"verdict: {event.verdict}"})
+    for event in await rt.store.audit_events(job.id, limit=200):  # type: ignore[attr-defined]
+        timeline.append({"at": event["received_at"], "what": "callback received",
+                         "detail": f"verdict: {event['verdict']}"})
     for outbox in await rt.store.events_after(0, job_id=job.id):  # type: ignore[attr-defined]
         deliveries = await rt.store.deliveries(event_id=outbox.id)  # type: ignore[attr-defined]
         timeline.append({"at": outbox.created_at, "what": f"event {outbox.type}", "detail": outbox.id,
