@@ -169,6 +169,10 @@ def seconds(value: float | None) -> str:
     return f"{value:.2f} s" if value < 60 else f"{value / 60:.1f} min"
 
 
+#: The most jobs the provider panel aggregates (the page says so when it reaches them).
+PANEL_JOBS = 10_000
+
+
 async def _tiles(rt: Runtime, jobs: list[Job]) -> list[dict[str, Any]]:
     tiles = []
     for job in jobs:
@@ -264,7 +268,7 @@ async def providers_panel(request: Request) -> Response:
     rt = _rt(request)
     now = rt.clock()
     longest = max(w for _, w in WINDOWS)
-    jobs = await rt.store.jobs_since(now - longest)  # type: ignore[attr-defined]
+    jobs = await rt.store.jobs_since(now - longest, limit=PANEL_JOBS)  # type: ignore[attr-defined]
     rows = []
     for name in sorted(set(rt.settings.providers) | {j.provider for j in jobs}):
         for label, window in WINDOWS:
@@ -284,7 +288,7 @@ async def providers_panel(request: Request) -> Response:
                 "p95_submitted": seconds(percentile(from_submitted, 95)),
             })
     return render(request, "providers.html", {"title": "Providers", "rows": rows, "now": now,
-                                              "capped": len(jobs) >= 10000})
+                                              "capped": len(jobs) >= PANEL_JOBS})
 
 
 # -- login -------------------------------------------------------------------------------
