@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from receiver.serving import bind
+from receiver.serve.background import bind
 
 MASTER = "bench-master-key-0123456789abcdef0123456789"
 

@@ -10,7 +10,7 @@ our modules then compiled from source at every start: a row of its own. Beside e
 CPU time the process used (a row for the start, the note for the import): on a machine shared with
 other work, the wall time stretches with the load, the CPU time hardly does.
 
-And the AWS Lambda handler: a fresh process that imports `receiver.serverless` and answers its
+And the AWS Lambda handler: a fresh process that imports `receiver.serve.aws_lambda` and answers its
 first event (a /healthz API Gateway HTTP API v2 event), then warm events in the same process,
 against bare Starlette under Mangum doing the same. The database is migrated beforehand, as the
 deploy step (`fluxhook migrate`) would."""
@@ -88,7 +88,7 @@ def _compiled(cache: str) -> dict[str, str]:
 def _from_source() -> dict[str, str] | None:
     """The environment as given, if it keeps our modules from being cached (PYTHONDONTWRITEBYTECODE
     and no __pycache__ of ours): each start compiles them. Else None."""
-    spec = importlib.util.find_spec("receiver.app")
+    spec = importlib.util.find_spec("receiver.web.app")
     origin = spec.origin if spec is not None else None
     if not os.environ.get("PYTHONDONTWRITEBYTECODE") or origin is None:
         return None
@@ -112,7 +112,7 @@ LAMBDA_CHILD = """
 import json, statistics, sys, time
 event = json.loads(sys.argv[2])
 if sys.argv[1] == "ours":
-    from receiver.serverless import handler
+    from receiver.serve.aws_lambda import handler
 else:
     from mangum import Mangum
     from bench.bare import app
@@ -169,7 +169,7 @@ def measure(rounds: int) -> dict[str, object]:
         # Untimed: fills the bytecode cache (and the OS's file cache) for every command timed below.
         for command in (bare, ours):
             _first_2xx(command, env, port)
-        for module in ("starlette.applications", "receiver.app"):
+        for module in ("starlette.applications", "receiver.web.app"):
             _import_time(module, env)
         start_ours: Start = []
         start_bare: Start = []
@@ -183,7 +183,7 @@ def measure(rounds: int) -> dict[str, object]:
             start_bare.append(_first_2xx(bare, env, port))
             start_ours.append(_first_2xx(ours, env, port))
             imp_bare.append(_import_time("starlette.applications", env))
-            imp_ours.append(_import_time("receiver.app", env))
+            imp_ours.append(_import_time("receiver.web.app", env))
             if source is not None:
                 source_bare.append(_first_2xx(bare, {**source, **ours_env}, port))
                 source_ours.append(_first_2xx(ours, {**source, **ours_env}, port))
@@ -218,7 +218,7 @@ def measure(rounds: int) -> dict[str, object]:
          "ratio": round(a / b, 2),
          "note": "target <= 1.3; baseline: bare Starlette under uvicorn; ours opens SQLite and migrates; "
                  f"runs ms ours {runs_ms(wall_ours)}, bare {runs_ms(wall_bare)}"},
-        {"metric": "import receiver.app", "value": round(c, 1), "unit": "ms", "baseline": round(d, 1),
+        {"metric": "import receiver.web.app", "value": round(c, 1), "unit": "ms", "baseline": round(d, 1),
          "ratio": round(c / d, 2),
          "note": f"target <= 1.2; baseline: import starlette.applications; CPU ms {ms(cpus(imp_ours)):.0f} vs "
                  f"{ms(cpus(imp_bare)):.0f} ({ms(cpus(imp_ours)) / ms(cpus(imp_bare)):.2f}x); "
@@ -241,7 +241,7 @@ def measure(rounds: int) -> dict[str, object]:
     rows += [
         {"metric": "Lambda: process start to first /healthz event answered", "value": round(e, 1), "unit": "ms",
          "baseline": round(f, 1), "ratio": round(e / f, 2),
-         "note": "import receiver.serverless + handler(event); ours opens SQLite (no migration); "
+         "note": "import receiver.serve.aws_lambda + handler(event); ours opens SQLite (no migration); "
                  "baseline: bare Starlette under Mangum"},
         {"metric": "Lambda: warm /healthz event", "value": round(g, 1), "unit": "us", "baseline": round(h, 1),
          "ratio": round(g / h, 2), "note": "median of 200 in the same process; baseline: bare Starlette under Mangum"},

@@ -28,13 +28,13 @@ import httpx
 
 from bench import _cli, polling
 from bench._setup import MASTER, environment, percentile
-from receiver.app import create_app
-from receiver.jobs import callback_url, submit
-from receiver.runtime import Runtime
-from receiver.serving import bind, serve_in_background
-from receiver.settings import Settings
+from receiver.config.settings import Settings
+from receiver.engine.jobs import callback_url, submit
+from receiver.engine.runtime import Runtime
+from receiver.serve.background import bind, serve_in_background
 from receiver.store import Job
 from receiver.store.sqlite import SQLiteStore
+from receiver.web.app import create_app
 from submitter.signing import sign_bfl
 from submitter.simulator import Faults, Simulator
 from submitter.status import TERMINAL, Status

@@ -67,8 +67,8 @@ import httpx
 
 from bench._cli import main
 from bench._setup import MASTER, environment
-from receiver.jobs import callback_url
-from receiver.settings import Settings
+from receiver.config.settings import Settings
+from receiver.engine.jobs import callback_url
 from receiver.store import Job
 from receiver.store.sqlite import SQLiteStore
 from submitter.signing import sign_bfl

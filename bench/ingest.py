@@ -1,7 +1,7 @@
 """Callback ingest: verified, deduplicated, durably recorded callbacks per second through a real
 receiver, against bare Starlette on the same uvicorn settings, all in one run.
 
-The receiver is `fluxhook serve`, so it runs with its connection limits (receiver/server.py's
+The receiver is `fluxhook serve`, so it runs with its connection limits (receiver/serve/server.py's
 guarded httptools protocol). The baseline is bare Starlette under plain uvicorn, as it always was,
 so the ratio includes what the guard costs; a third server, bare Starlette under the guarded
 protocol, measures that cost alone (row "guarded protocol"). The receiver is measured on SQLite
@@ -48,7 +48,7 @@ import httpx
 from bench import ingest_pg
 from bench._cli import main
 from bench._setup import MASTER, environment, free_port
-from receiver.jobs import callback_url
+from receiver.engine.jobs import callback_url
 from receiver.store import Job, open_store
 from submitter.status import Status
 
@@ -211,7 +211,8 @@ def configurations(port: int) -> tuple[Config, ...]:
                 "--no-access-log", "--log-level", "warning")
     return (
         Config("bare", "bare Starlette", None, baseline),
-        Config("guarded", "guarded protocol", None, (*baseline, "--http", "receiver.server:GuardedHttpToolsProtocol")),
+        Config("guarded", "guarded protocol", None,
+               (*baseline, "--http", "receiver.serve.server:GuardedHttpToolsProtocol")),
         Config("sqlite", "SQLite receiver", "sqlite", subject),
         Config("pg1", "PostgreSQL, 1 receiver", "postgres", subject),
         Config("pg3", f"PostgreSQL, {REPLICAS} replicas", "postgres", cpu=None),
@@ -225,8 +226,8 @@ def _how(config: Config) -> str:
         return f"{REPLICAS} x bench/ingest_pg.py (fluxhook serve's app) on one SO_REUSEPORT port"
     if "receiver.cli" in config.command:
         return "fluxhook serve"
-    return "uvicorn bench.bare:app" + (" --http receiver.server:GuardedHttpToolsProtocol" if "--http" in config.command
-                                       else "")
+    guarded = " --http receiver.serve.server:GuardedHttpToolsProtocol"
+    return "uvicorn bench.bare:app" + (guarded if "--http" in config.command else "")
 
 
 def measure(rounds: int, seconds: float, connections: tuple[int, ...]) -> dict[str, object]:
@@ -276,7 +277,7 @@ def report(configs: tuple[Config, ...], runs: dict[tuple[str, int], list[dict[st
         _row(f"p99 to 2xx @{c} conns", med("sqlite", "p99_ms"), "ms", med("bare", "p99_ms"),
              "target < 25 ms" if c == 64 else ""),
         _row(f"guarded protocol @{c} conns", round(med("guarded", "rps")), "req/s", round(bare),
-             f"bare Starlette, receiver/server.py's protocol vs plain uvicorn; runs {each('guarded')}"),
+             f"bare Starlette, receiver/serve/server.py's protocol vs plain uvicorn; runs {each('guarded')}"),
     ]
     # PostgreSQL: the baseline is the SQLite receiver of the same run; bare Starlette in the note.
     for name in ("pg1", "pg3", "pg3cpu0"):

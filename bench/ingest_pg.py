@@ -9,7 +9,7 @@ Replicas: wrk talks to one address, so N receivers share one port with SO_REUSEP
 spreads wrk's connections over them (by a hash of each connection's addresses: uneven for a few
 connections, as it would be in a deployment that does this). `fluxhook serve` binds its own socket, so
 each replica is this module run as a program: the app, settings and limits of `fluxhook serve`
-(receiver.server.uvicorn_config), served on a socket bound with SO_REUSEPORT first.
+(receiver.serve.server.uvicorn_config), served on a socket bound with SO_REUSEPORT first.
 
     python -m bench.ingest_pg PORT     # one replica (FLUXHOOK_* environment as for fluxhook serve)
 """
@@ -86,10 +86,10 @@ READY = "ready"
 
 
 def serve_replica(port: int) -> None:
-    """`fluxhook serve` (receiver/cli.py's _cmd_serve) on a SO_REUSEPORT socket; prints READY once it accepts."""
-    from receiver.app import create_app
-    from receiver.server import uvicorn_config
-    from receiver.settings import Settings
+    """`fluxhook serve` (receiver/cli/main.py's _cmd_serve) on a SO_REUSEPORT socket; prints READY once it accepts."""
+    from receiver.config.settings import Settings
+    from receiver.serve.server import uvicorn_config
+    from receiver.web.app import create_app
 
     settings = Settings.from_env()
     settings.require_public()

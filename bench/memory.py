@@ -6,7 +6,7 @@ after the first 1,000 callbacks, in the same process. Target: within 1.2x (no gr
 
 The receiver is a real `fluxhook serve` process (one uvicorn worker) on a SQLite ledger pre-filled
 with the run's jobs, all submitted BFL jobs (the project's migrations, then a bulk insert). Every job
-gets the same number of signed callbacks on its own hook URL (receiver.jobs.callback_url): progress
+gets the same number of signed callbacks on its own hook URL (receiver.engine.jobs.callback_url): progress
 callbacks, each with a progress value of its own, so each is authenticated, recorded as a new event
 and applied; and last a `Ready` callback whose result URL points at a local file server (a small PNG,
 `submitter.simulator.png_image`): the receiver downloads it and the job ends `stored`. Jobs go a group
@@ -40,7 +40,7 @@ import httpx
 
 from bench._cli import main
 from bench._setup import MASTER, environment, free_port
-from receiver.jobs import callback_url
+from receiver.engine.jobs import callback_url
 from receiver.store.sqlite import SQLiteStore
 from submitter.signing import sign_bfl
 from submitter.simulator import png_image

@@ -28,11 +28,11 @@ from starlette.routing import Route
 
 from bench._cli import main
 from bench._setup import median_get
-from receiver.app import create_app
-from receiver.runtime import Runtime
-from receiver.settings import Settings
+from receiver.config.settings import Settings
+from receiver.engine.runtime import Runtime
 from receiver.store import Job
 from receiver.store.sqlite import SQLiteStore
+from receiver.web.app import create_app
 from submitter.status import Status
 
 JOBS = 1_000

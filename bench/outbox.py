@@ -55,8 +55,8 @@ import httpx
 
 from bench._cli import main
 from bench._setup import MASTER, environment, free_port, percentile
-from receiver.jobs import callback_url
-from receiver.serving import serve_in_background
+from receiver.engine.jobs import callback_url
+from receiver.serve.background import serve_in_background
 from receiver.sinks.webhook import WebhookSink
 from receiver.store import Job, open_store
 from submitter.signing import sign_standard

@@ -34,11 +34,11 @@ import httpx
 
 from bench._cli import main
 from bench._setup import environment, percentile
-from receiver.app import create_app
-from receiver.jobs import submit
-from receiver.runtime import Runtime
-from receiver.serving import bind, serve_in_background
-from receiver.settings import Settings
+from receiver.config.settings import Settings
+from receiver.engine.jobs import submit
+from receiver.engine.runtime import Runtime
+from receiver.serve.background import bind, serve_in_background
+from receiver.web.app import create_app
 from submitter.simulator import Faults, Simulator
 from submitter.status import TERMINAL, Status
 

@@ -91,15 +91,16 @@ from starlette.routing import Route
 from bench import _cli
 from bench._setup import MASTER, environment
 from bench.roundrobin import RoundRobin, is_forwarder_error
-from receiver.jobs import callback_url, submit
-from receiver.runtime import Runtime
-from receiver.serving import bind, serve_in_background
-from receiver.settings import Settings
+from receiver.config.settings import Settings
+from receiver.engine.jobs import callback_url, submit
+from receiver.engine.runtime import Runtime
+from receiver.serve.background import bind, serve_in_background
 from receiver.store import FileRecord, Job
-from receiver.store.postgres import display_url, is_postgres_url
+from receiver.store.postgres import is_postgres_url
 from submitter.signing import derive_job_keys, sign_bfl, sign_standard
 from submitter.simulator import Faults, Simulator, jpeg_image, png_image
 from submitter.status import TERMINAL, Status
+from submitter.urls import masked_url
 
 PROJECT = Path(__file__).resolve().parent.parent
 BFL_MODELS = ("flux-dev", "flux-pro-1.1")
@@ -613,7 +614,7 @@ class Ledger:
     @property
     def display(self) -> str:
         """As it may be printed: the password masked."""
-        return display_url(self.db)
+        return masked_url(self.db)
 
 
 def _search_path(url: str) -> str | None:
@@ -639,7 +640,7 @@ async def open_ledger(db: str | None, workdir: Path) -> Ledger:
     try:
         admin = await asyncpg.connect(db, timeout=10)
     except (OSError, asyncpg.PostgresError) as exc:
-        raise SystemExit(f"soak: cannot connect to {display_url(db)}: {type(exc).__name__}: {exc}") from None
+        raise SystemExit(f"soak: cannot connect to {masked_url(db)}: {type(exc).__name__}: {exc}") from None
     try:
         await admin.execute(f'CREATE SCHEMA "{schema}"')
     finally:
@@ -846,11 +847,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> Report:
         report = await _run(args, workdir, seed, ledger)
     except BaseException:
         if ledger.schema:
-            log(f"kept the schema {ledger.schema} in {display_url(args.db)}")
+            log(f"kept the schema {ledger.schema} in {masked_url(args.db)}")
         raise
     if ledger.schema:
         if args.workdir or report.failed:
-            log(f"kept the schema {ledger.schema} in {display_url(args.db)}")
+            log(f"kept the schema {ledger.schema} in {masked_url(args.db)}")
         else:
             await drop_ledger(ledger)
     return report

@@ -3,7 +3,7 @@
     python -m bench.sweep_cost            # 1,000,000-job ledger against a 1,000-job one, per backend
     python -m bench.sweep_cost tiny       # 10,000 against 1,000: a seconds-long smoke run
 
-Question: does one pass of `receiver.sweep.sweep_once` cost the same whether the
+Question: does one pass of `receiver.engine.sweep.sweep_once` cost the same whether the
 ledger holds a thousand jobs or a million, when none or 100 of them are due? It
 must, since `serve` runs a pass every few seconds: the claim has to find due jobs
 through the `jobs_due` index on the next-check time, never by scanning the table.
@@ -54,12 +54,12 @@ import httpx
 
 from bench import sweep_cost_pg as pg
 from bench._cli import main
-from receiver.runtime import Runtime
-from receiver.settings import Settings
+from receiver.config.settings import Settings
+from receiver.engine.runtime import Runtime
+from receiver.engine.sweep import sweep_once
 from receiver.store import open_store, sql
 from receiver.store.sql import Query
 from receiver.store.sqlite import SQLITE, SQLiteStore
-from receiver.sweep import sweep_once
 from submitter.client import Provider
 
 DUE = 100

@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .backoff import RetryPolicy, parse_retry_after
+from submitter.backoff import RetryPolicy, parse_retry_after
 
 __all__ = [
     "TERMINAL_STATUSES", "ApiError", "ApiEvent", "AsyncFluxhookClient", "FluxhookClient", "JobFile", "JobPage",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .status import Status
+from submitter.status import Status
 
 __all__ = [
     "BFL",

@@ -14,12 +14,12 @@ from typing import Any
 
 import httpx
 
-from .backoff import RetryPolicy, parse_retry_after
-from .bodies import BodyError, Observation, SubmitAnswer, loads_object
-from .errors import PollFailed, ProviderUnavailable, SubmitAmbiguous, SubmitRejected
-from .hosts import host_allowed, normalise_host
-from .provider import Provider
-from .redaction import scrub
+from submitter.backoff import RetryPolicy, parse_retry_after
+from submitter.bodies import BodyError, Observation, SubmitAnswer, loads_object
+from submitter.errors import PollFailed, ProviderUnavailable, SubmitAmbiguous, SubmitRejected
+from submitter.hosts import host_allowed, normalise_host
+from submitter.provider import Provider
+from submitter.redaction import scrub
 
 __all__ = ["RETRYABLE_STATUS", "Provider", "ProviderClient"]
 

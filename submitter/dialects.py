@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from .bodies import BFL, REPLICATE, Observation, Shape
+from submitter.bodies import BFL, REPLICATE, Observation, Shape
 
 __all__ = ["DIALECTS", "Dialect", "parse_observation"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .dialects import Dialect
+from submitter.dialects import Dialect
 
 __all__ = ["Provider"]
 

@@ -3,7 +3,7 @@
 :func:`scrub` takes the secrets the caller knows (a key, a callback URL, a webhook
 secret) and also removes whatever has the shape of a credential: the token segment
 of a callback path, URL query strings (result URL signatures), `Bearer ...`,
-`x-key: ...`. The receiver's :class:`receiver.redaction.Redactor` knows every
+`x-key: ...`. The receiver's :class:`receiver.obs.redaction.Redactor` knows every
 secret of a deployment and calls this.
 """
 

@@ -37,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .signing import sign_bfl
+from submitter.signing import sign_bfl
 
 __all__ = ["Faults", "Simulator", "jpeg_image", "png_image", "run_simulator"]
 
@@ -254,7 +254,7 @@ class Simulator:
         replicate_url_lifetime: float = 3600.0,
         replicate_data_lifetime: float = 3600.0,
     ) -> None:
-        from .simulator_replicate import Replicate, new_webhook_secret  # that module builds on this one
+        from submitter.simulator_replicate import Replicate, new_webhook_secret  # that module builds on this one
 
         self._http = http
         self._owns_http = http is None

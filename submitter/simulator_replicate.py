@@ -37,11 +37,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .signing import sign_standard
-from .simulator import _Job
+from submitter.signing import sign_standard
+from submitter.simulator import _Job
 
 if TYPE_CHECKING:
-    from .simulator import Simulator
+    from submitter.simulator import Simulator
 
 __all__ = ["DEFAULT_EVENTS", "EVENTS", "TERMINAL_STATUSES", "Replicate", "new_webhook_secret"]
 

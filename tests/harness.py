@@ -10,11 +10,11 @@ from typing import Any
 
 import httpx
 
-from receiver.app import create_app
-from receiver.runtime import Runtime
-from receiver.settings import Settings
+from receiver.config.settings import Settings
+from receiver.engine.runtime import Runtime
 from receiver.store import Store
 from receiver.store.sqlite import SQLiteStore
+from receiver.web.app import create_app
 from submitter.backoff import RetryPolicy
 from submitter.client import Provider
 from submitter.simulator import Faults, Simulator

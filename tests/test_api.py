@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from receiver.integrations import Integrations
-from receiver.sweep import sweep_once
+from receiver.config.integrations import Integrations
+from receiver.engine.sweep import sweep_once
 from submitter.bodies import Observation
 from submitter.simulator import Faults
 from submitter.status import Status

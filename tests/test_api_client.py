@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from receiver.serving import serve_in_background
-from receiver.settings import Settings
-from receiver.sweep import sweep_once
+from receiver.config.settings import Settings
+from receiver.engine.sweep import sweep_once
+from receiver.serve.background import serve_in_background
 from submitter.api_client import (
     ApiError,
     ApiEvent,

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from receiver.jobs import callback_url, submit
+from receiver.engine.jobs import callback_url, submit
 from submitter.signing import derive_job_keys, sign_bfl
 from submitter.simulator import Faults
 from submitter.status import Status
@@ -53,7 +53,7 @@ async def test_verified_callback_moves_the_job_and_is_kept_for_audit(tmp_path: P
         assert h.rt.downloads_due.is_set()
         raw = await h.rt.store._read("SELECT headers, body, verdict FROM events")  # type: ignore[attr-defined]
         (row,) = raw
-        # Kept as received, except for the result URL's signature (a secret: see receiver/redaction.py).
+        # Kept as received, except for the result URL's signature (a secret: see receiver/obs/redaction.py).
         assert row["body"] == body.replace(b"?se=2100-01-01T00%3A00%3A00Z", b"?[redacted]")
         assert row["verdict"] == "accepted:hmac-sha256"
         assert json.loads(row["headers"])["x-webhook-secret"] == "[redacted]"

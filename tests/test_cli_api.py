@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from receiver.app import create_app
-from receiver.cli import main
-from receiver.serving import bind, serve_in_background
-from receiver.settings import Settings
+from receiver.cli.main import main
+from receiver.config.settings import Settings
+from receiver.serve.background import bind, serve_in_background
+from receiver.web.app import create_app
 from submitter.simulator import Faults, Simulator
 from tests.e2e.support import env_for
 
@@ -54,7 +54,7 @@ def client_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
 @contextlib.asynccontextmanager
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
     if not _has_api():
-        pytest.skip("the /v1 routes are not in receiver/app.py yet")
+        pytest.skip("the /v1 routes are not in receiver/web/app.py yet")
     sim = Simulator(default_faults=Faults(runtime=0.05), callback_retries=(0.05, 0.1))
     sim.add_rule("hold", Faults(drop=True, runtime=3600))
     async with serve_in_background(sim.app) as sim_url:

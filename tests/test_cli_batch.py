@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from receiver.cli import main
-from receiver.cli_batch import BatchLine, line_key, read_lines, validate
-from receiver.serving import bind, serve_in_background
-from receiver.settings import Settings
+from receiver.cli.batch import BatchLine, line_key, read_lines, validate
+from receiver.cli.main import main
+from receiver.config.settings import Settings
+from receiver.serve.background import bind, serve_in_background
 from submitter.simulator import Faults, Simulator, png_image
 from tests.e2e.support import env_for
 
@@ -52,7 +52,7 @@ async def simulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, receiver
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         if receiver:
-            from receiver.app import create_app
+            from receiver.web.app import create_app
 
             settings = Settings.from_env(env)
             async with serve_in_background(create_app(settings), sock):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from receiver.cli import _cmd_submit
-from receiver.cli_ops import reconcile
-from receiver.settings import Settings
+from receiver.cli.main import _cmd_submit
+from receiver.cli.ops import reconcile
+from receiver.config.settings import Settings
 from tests.test_cli_batch import fluxhook, simulator
 
 pytestmark = pytest.mark.anyio

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from receiver.cli import main
-from receiver.settings import Settings
+from receiver.cli.main import main
+from receiver.config.settings import Settings
 from receiver.store import Job
 from receiver.store.sqlite import SQLiteStore
 from submitter.status import Status

@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 LAZY = ("pydantic", "jinja2", "prometheus_client", "httpcore", "httpx._main", "click", "cryptography",
-        "receiver.store.postgres", "receiver.api.jobs", "receiver.ui.views", "receiver.relay", "asyncpg")
+        "receiver.store.postgres", "receiver.web.api.jobs", "receiver.web.ui.views", "receiver.engine.relay", "asyncpg")
 
 PROBE = """
 import json, os, sys
-from receiver.app import create_app
-from receiver.settings import Settings
+from receiver.web.app import create_app
+from receiver.config.settings import Settings
 create_app(Settings.from_env())
 print(json.dumps(sorted(m for m, module in sys.modules.items()
                          if module is not None and m.split(".")[0] in {n.split(".")[0] for n in %r})))

@@ -45,7 +45,7 @@ def test_lambda_template_names_the_handler_the_schedule_and_the_policy() -> None
     fn = doc["Resources"]["Fluxhook"]
     assert fn["Type"] == "AWS::Serverless::Function"
     props = fn["Properties"]
-    assert props["Handler"] == "receiver.serverless.handler"
+    assert props["Handler"] == "receiver.serve.aws_lambda.handler"
     assert props["Runtime"].startswith("python3.1")
     (event,) = props["Events"].values()
     assert event["Type"] == "Schedule" and event["Properties"]["Schedule"] == "rate(1 minute)"
@@ -75,7 +75,7 @@ def test_iam_policy_is_least_privilege_on_the_results_prefix() -> None:
 
 
 def test_scheduled_event_sample_is_one_the_handler_sweeps_for() -> None:
-    from receiver.serverless import is_scheduled
+    from receiver.serve.aws_lambda import is_scheduled
 
     assert is_scheduled(json.loads((DEPLOY / "lambda" / "scheduled-event.json").read_text()))
 
@@ -98,15 +98,15 @@ def test_cloud_run_serves_on_port_and_scheduler_posts_the_sweep_with_a_bearer() 
 def test_every_handler_named_imports() -> None:
     named = set()
     for path in FILES:
-        named |= set(re.findall(r"\breceiver\.serverless[.:](\w+)", path.read_text()))
+        named |= set(re.findall(r"\breceiver\.serve\.aws_lambda[.:](\w+)", path.read_text()))
     assert named == {"handler"}
-    module = importlib.import_module("receiver.serverless")
+    module = importlib.import_module("receiver.serve.aws_lambda")
     assert callable(module.handler)
 
 
 def test_every_fluxhook_variable_named_exists_in_settings() -> None:
-    source = (ROOT / "receiver" / "settings.py").read_text()
+    source = "".join(path.read_text() for path in sorted((ROOT / "receiver" / "config").glob("*.py")))
     named = {name for path in FILES for name in re.findall(r"\bFLUXHOOK_[A-Z0-9_]*[A-Z0-9]", path.read_text())}
     assert named, "no FLUXHOOK_* variables found"
     unknown = sorted(n for n in named if f'"{n}"' not in source)
-    assert not unknown, f"not read by receiver/settings.py: {unknown}"
+    assert not unknown, f"not read by receiver/config/: {unknown}"

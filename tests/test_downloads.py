@@ -1,4 +1,4 @@
-"""Tests for receiver.downloads: no real network, no sleeps."""
+"""Tests for receiver.fetch.download: no real network, no sleeps."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import anyio
 import httpx
 import pytest
 
-from receiver import downloads
-from receiver.downloads import (
+from receiver.config.settings import Settings
+from receiver.fetch import download as downloads
+from receiver.fetch.download import (
     DownloadError,
     DownloadPolicy,
     check_address,
@@ -28,7 +29,6 @@ from receiver.downloads import (
     sniff_image,
     url_expiry,
 )
-from receiver.settings import Settings
 from submitter.dialects import BFL_DELIVERY_HOSTS
 
 pytestmark = pytest.mark.anyio

@@ -1,5 +1,5 @@
 """Result downloads over a real loopback connection: larger reads and a bounded read-ahead
-(receiver.downloads._tune), with every check of the download still made. No sleeps."""
+(receiver.fetch.download._tune), with every check of the download still made. No sleeps."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from receiver import downloads
-from receiver.downloads import DownloadError, DownloadPolicy, download
+from receiver.fetch import download as downloads
+from receiver.fetch.download import DownloadError, DownloadPolicy, download
 
 pytestmark = pytest.mark.anyio
 

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from receiver.feed import EventFeed
+from receiver.engine.feed import EventFeed
 from receiver.store import OutboxEvent
 
 pytestmark = pytest.mark.anyio

@@ -12,8 +12,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from receiver.files import served_type, stored_file_response
 from receiver.store import FileRecord
+from receiver.web.files import served_type, stored_file_response
 
 pytestmark = pytest.mark.anyio
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from receiver.jobs import submit
-from receiver.runtime import Runtime
-from receiver.sweep import sweep_once
+from receiver.engine.jobs import submit
+from receiver.engine.runtime import Runtime
+from receiver.engine.sweep import sweep_once
 from submitter.simulator import Faults
 from submitter.status import Status
 from tests.harness import Harness, files_in, harness
@@ -285,7 +285,7 @@ async def test_a_huge_retry_after_is_capped_when_deferring(tmp_path: Path) -> No
 
 
 async def test_download_lease_is_renewed_while_bytes_arrive(tmp_path: Path) -> None:
-    from receiver.sweep import _Lease
+    from receiver.engine.sweep import _Lease
 
     async with harness(tmp_path, faults=Faults(drop=True, runtime=1e6), lease_seconds=30.0) as h:
         job = await submit(h.rt, "bfl", "flux-dev", {"prompt": "p"})
@@ -330,7 +330,7 @@ async def test_a_submitter_that_died_between_refused_attempts_is_resubmitted(tmp
         other = await h.rt.store.get_job(job.id)
         assert other is not None
         # Another job whose submitter held its slot, was refused (nothing on the wire), then died.
-        from receiver.jobs import new_job
+        from receiver.engine.jobs import new_job
 
         dead = await new_job(h.rt, "bfl", "flux-dev", {"prompt": "orphan"})
         assert await h.rt.store.reserve_slot(dead.id, cap=24, model_cap=24, now=h.clock.now)
@@ -345,7 +345,7 @@ async def test_a_submitter_that_died_between_refused_attempts_is_resubmitted(tmp
 
 async def test_a_submitter_that_died_with_its_request_on_the_wire_is_never_resent(tmp_path: Path) -> None:
     async with harness(tmp_path, faults=Faults(runtime=0.0)) as h:
-        from receiver.jobs import new_job
+        from receiver.engine.jobs import new_job
 
         dead = await new_job(h.rt, "bfl", "flux-dev", {"prompt": "orphan"})
         assert await h.rt.store.reserve_slot(dead.id, cap=24, model_cap=24, now=h.clock.now)

@@ -1,4 +1,4 @@
-"""The callback's shortcut past the router (receiver/endpoints.py: CallbackShortcut): the same
+"""The callback's shortcut past the router (receiver/web/callbacks.py: CallbackShortcut): the same
 answers, the same error handlers, and the router's answers for whatever the shortcut leaves."""
 
 from __future__ import annotations

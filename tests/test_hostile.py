@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from receiver.cli import main
-from receiver.jobs import callback_url, submit
-from receiver.sweep import sweep_once
+from receiver.cli.main import main
+from receiver.engine.jobs import callback_url, submit
+from receiver.engine.sweep import sweep_once
 from submitter.signing import derive_job_keys, sign_bfl
 from submitter.simulator import Faults
 from submitter.status import Status

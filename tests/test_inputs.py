@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from receiver import inputs
-from receiver.inputs import InputError, read_image, resolve_params, sniff
+from receiver.cli import inputs
+from receiver.cli.inputs import InputError, read_image, resolve_params, sniff
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
 JPEG = b"\xff\xd8\xff\xe0" + b"\0" * 32

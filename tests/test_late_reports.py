@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from receiver.sweep import sweep_once
+from receiver.engine.sweep import sweep_once
 from submitter.simulator import png_image
 from submitter.status import TERMINAL, Status, can_follow, can_observe, observed_predecessors
 from tests.harness import harness
@@ -91,7 +91,7 @@ async def test_a_late_replicate_report_does_not_end_a_succeeded_job(tmp_path: Pa
 async def test_a_poll_in_flight_when_the_result_lands_does_not_end_the_job(tmp_path: Path, answer: str) -> None:
     """The sweep polls a running job; its Ready callback lands before the poll's answer, which then says
     `Task not found` (a lagging replica) or lists too many files: the job stays succeeded."""
-    from receiver.sweep import handle
+    from receiver.engine.sweep import handle
     from submitter.bodies import Observation
 
     async with harness(tmp_path) as h:

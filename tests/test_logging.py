@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from receiver.logformat import JsonFormatter, LogLimiter, install_log_format
-from receiver.settings import Settings, SettingsError
-from receiver.sweep import DOWNLOAD_NOTE, sweep_once
+from receiver.config.settings import Settings, SettingsError
+from receiver.engine.sweep import DOWNLOAD_NOTE, sweep_once
+from receiver.obs.log_format import JsonFormatter, LogLimiter, install_log_format
 from submitter.status import Status
 from tests.harness import Clock, harness
 from tests.test_app import a_job, hook_path
@@ -163,7 +163,7 @@ async def test_a_stuck_download_says_why_on_the_job_and_in_the_log(
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the results folder's parent should be")
     async with harness(tmp_path, results=blocker / "results") as h:
-        from receiver.jobs import submit
+        from receiver.engine.jobs import submit
 
         job = await submit(h.rt, "bfl", "flux-dev", {"prompt": "a fox"})
         await h.settle()
@@ -192,7 +192,7 @@ def test_uvicorn_log_config_makes_its_own_lines_json() -> None:
 
     from uvicorn.config import LOGGING_CONFIG
 
-    from receiver.logformat import uvicorn_log_config
+    from receiver.obs.log_format import uvicorn_log_config
 
     assert uvicorn_log_config("text") == LOGGING_CONFIG
     config = uvicorn_log_config("json")

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from receiver.jobs import new_job, submit
-from receiver.metrics import Metrics
-from receiver.sweep import sweep_once
+from receiver.engine.jobs import new_job, submit
+from receiver.engine.sweep import sweep_once
+from receiver.obs.metrics import Metrics
 from submitter.simulator import Faults
 from submitter.status import Status
 from tests.harness import Harness, harness
@@ -189,7 +189,7 @@ async def test_metrics_are_open_without_keys(tmp_path: Path) -> None:
 
 _CHILD = """
 import asyncio, sys
-from receiver.metrics import Metrics
+from receiver.obs.metrics import Metrics
 m = Metrics()
 if sys.argv[1] == "count":
     m.callback("bfl", "accepted")
@@ -239,8 +239,8 @@ def test_metrics_do_not_touch_the_global_registry() -> None:
 
 _OPEN = """
 import asyncio, sys
-from receiver.runtime import Runtime
-from receiver.settings import Settings
+from receiver.engine.runtime import Runtime
+from receiver.config.settings import Settings
 
 async def main() -> None:
     async with Runtime.open(Settings.from_env()):

@@ -27,10 +27,10 @@ from schemathesis.specs.openapi.checks import (
 )
 from starlette.routing import Route
 
-from receiver.api import api_routes
-from receiver.api.openapi import document
-from receiver.app import create_app
-from receiver.integrations import Integrations
+from receiver.config.integrations import Integrations
+from receiver.web.api import api_routes
+from receiver.web.api.openapi import document
+from receiver.web.app import create_app
 from tests.harness import make_settings
 from tests.test_api import AUTH, BODY, KEY, api_harness, drive
 

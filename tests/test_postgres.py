@@ -12,12 +12,13 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from receiver.cli import main as cli_main
-from receiver.settings import Settings
+from receiver.cli.main import main as cli_main
+from receiver.config.settings import Settings
 from receiver.store import Event, StoreUnavailable, open_store
-from receiver.store.postgres import PostgresStore, display_url
+from receiver.store.postgres import PostgresStore
 from receiver.store.sql import LATEST, MIGRATIONS
 from submitter.status import Status
+from submitter.urls import masked_url as display_url
 from tests.harness import harness
 from tests.pg import fresh_schema
 from tests.test_app import a_job, post

@@ -28,8 +28,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, assume, event, example, given, settings
 from hypothesis import strategies as st
 
-from receiver.jobs import callback_url
-from receiver.settings import Settings
+from receiver.config.settings import Settings
+from receiver.engine.jobs import callback_url
 from submitter.bodies import (
     BFL,
     BFL_NOT_FOUND,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from receiver.api.ops import probe_results
 from receiver.results.local import LocalResultStore
+from receiver.web.api.ops import probe_results
 from tests.harness import Harness, harness
 
 pytestmark = pytest.mark.anyio

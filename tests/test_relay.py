@@ -15,12 +15,12 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from receiver.jobs import new_job, submit
-from receiver.relay import Relay, next_delay
-from receiver.runtime import Runtime
+from receiver.engine.jobs import new_job, submit
+from receiver.engine.relay import Relay, next_delay
+from receiver.engine.runtime import Runtime
+from receiver.engine.sweep import sweep_once
 from receiver.sinks import sinks_from_settings
 from receiver.store import Store
-from receiver.sweep import sweep_once
 from submitter.status import Status
 from tests.harness import Harness, harness
 
@@ -237,7 +237,7 @@ class _FakeSink:
 
 
 async def test_a_hung_sink_holds_back_no_other_sink(tmp_path: Path) -> None:
-    from receiver.relay import relay_loop
+    from receiver.engine.relay import relay_loop
 
     async with harness(tmp_path) as h:
         hung, fine = _FakeSink("hung", hang=True), _FakeSink("fine")

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from receiver.jobs import callback_url, submit
-from receiver.sweep import sweep_once
+from receiver.engine.jobs import callback_url, submit
+from receiver.engine.sweep import sweep_once
 from submitter.bodies import REPLICATE, BodyError
 from submitter.dialects import DIALECTS
 from submitter.signing import sign_standard

@@ -19,7 +19,7 @@ import moto.server  # noqa: F401  (test dependencies: never skipped)
 import obstore
 import pytest
 
-from receiver.downloads import DownloadError, DownloadPolicy, download
+from receiver.fetch.download import DownloadError, DownloadPolicy, download
 from receiver.results import ResultStore
 from receiver.results.local import LocalResultStore
 
@@ -203,8 +203,8 @@ async def test_a_large_file_streams_in_parts_with_bounded_memory(results: Result
 
 
 def test_results_setting_names_a_folder_or_a_bucket() -> None:
+    from receiver.config.settings import Settings, SettingsError
     from receiver.results import from_settings
-    from receiver.settings import Settings, SettingsError
 
     local = Settings.from_env({"FLUXHOOK_RESULTS": "/srv/results"})
     assert local.results == Path("/srv/results") and local.results_url is None
@@ -219,9 +219,9 @@ def test_results_setting_names_a_folder_or_a_bucket() -> None:
 
 
 def test_s3_store_from_settings_lays_out_under_its_prefix(aws_env: None) -> None:
+    from receiver.config.settings import Settings
     from receiver.results import from_settings
     from receiver.results.s3 import S3ResultStore
-    from receiver.settings import Settings
 
     store = from_settings(Settings.from_env({"FLUXHOOK_RESULTS": "s3://bucket/a/b", "FLUXHOOK_S3_ENDPOINT":
                                              "http://127.0.0.1:9"}))
@@ -311,8 +311,8 @@ async def test_a_dead_upload_leaves_only_an_invisible_incomplete_multipart_uploa
 
 
 async def test_result_response_serves_a_file_or_redirects_to_a_presigned_url(results: ResultStore) -> None:
-    from receiver.files import result_response
     from receiver.store import FileRecord
+    from receiver.web.files import result_response
 
     async with httpx.AsyncClient(transport=image()) as http:
         stored = await download(http, URL, results.writer("fh_web", 0), POLICY, resolver=public)

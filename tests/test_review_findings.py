@@ -13,11 +13,11 @@ from typing import Any
 import httpx
 import pytest
 
-from receiver.app import create_app
-from receiver.cli import main as cli_main
-from receiver.jobs import callback_url, submit
-from receiver.redaction import Redactor
-from receiver.sweep import store_by, sweep_once
+from receiver.cli.main import main as cli_main
+from receiver.engine.jobs import callback_url, submit
+from receiver.engine.sweep import store_by, sweep_once
+from receiver.obs.redaction import Redactor
+from receiver.web.app import create_app
 from submitter.bodies import BodyError, loads_object
 from submitter.signing import derive_job_keys
 from submitter.simulator import Faults, png_image
@@ -387,7 +387,7 @@ async def test_a_download_whose_lease_was_taken_stops(tmp_path: Path) -> None:
 
 
 def test_the_database_password_is_a_known_secret() -> None:
-    from receiver.settings import Settings
+    from receiver.config.settings import Settings
 
     for db in ("postgresql://fluxhook:s3cret-db-pass@db:5432/fh", "postgresql://fluxhook@db/fh?password=s3cret-db-pass"):
         redactor = Redactor.from_settings(Settings.from_env({"FLUXHOOK_DB": db}))

@@ -1,4 +1,4 @@
-"""The Lambda handler (receiver.serverless) with real event documents, on PostgreSQL with the
+"""The Lambda handler (receiver.serve.aws_lambda) with real event documents, on PostgreSQL with the
 simulator as provider; and `POST /v1/sweep` in-process.
 
 The handler is synchronous and runs its own event loop (as on Lambda), so the async tests call it
@@ -21,11 +21,11 @@ from typing import Any
 import httpx
 import pytest
 
-from receiver import serverless
-from receiver.jobs import callback_url, submit
-from receiver.runtime import Runtime
-from receiver.serving import serve_in_background
-from receiver.settings import Settings
+from receiver.config.settings import Settings
+from receiver.engine.jobs import callback_url, submit
+from receiver.engine.runtime import Runtime
+from receiver.serve import aws_lambda as serverless
+from receiver.serve.background import serve_in_background
 from receiver.store import open_store
 from submitter.signing import sign_bfl
 from submitter.simulator import Faults, Simulator
@@ -241,8 +241,8 @@ def test_importing_the_handler_opens_nothing(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    code = ("import sys, receiver.serverless as s; assert s._instance is None;"
-            " assert 'asyncpg' not in sys.modules and 'receiver.app' not in sys.modules, sorted(sys.modules)")
+    code = ("import sys, receiver.serve.aws_lambda as s; assert s._instance is None;"
+            " assert 'asyncpg' not in sys.modules and 'receiver.web.app' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent,
                    env={"PATH": "", "FLUXHOOK_DB": str(tmp_path / "absent" / "x.db")})
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from receiver.settings import Settings, SettingsError
+from receiver.config.settings import Settings, SettingsError
 
 KEY = "k" * 32
 

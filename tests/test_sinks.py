@@ -16,8 +16,8 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from receiver.integrations import EVENT_TYPES, TERMINAL_EVENTS
-from receiver.settings import Settings
+from receiver.config.integrations import EVENT_TYPES, TERMINAL_EVENTS
+from receiver.config.settings import Settings
 from receiver.sinks import SINK_KINDS, Attempt, Sink, SinkError, sinks_from_settings
 from receiver.sinks.jetstream import NatsSink
 from receiver.sinks.redis_streams import RedisSink

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from receiver import sweep
-from receiver.jobs import submit
-from receiver.sweep import SweepReport, check_pass, download_loop, download_pass, handle, sweep_loop
+from receiver.engine import sweep
+from receiver.engine.jobs import submit
+from receiver.engine.sweep import SweepReport, check_pass, download_loop, download_pass, handle, sweep_loop
 from submitter.simulator import Faults
 from submitter.status import Status
 from tests.harness import Harness, harness

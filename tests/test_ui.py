@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from receiver.api.auth import SESSION_COOKIE, SESSION_MAX_AGE
-from receiver.integrations import Integrations
-from receiver.sweep import sweep_once
-from receiver.ui.views import _frames, percentile
+from receiver.config.integrations import Integrations
+from receiver.engine.sweep import sweep_once
+from receiver.web.api.auth import SESSION_COOKIE, SESSION_MAX_AGE
+from receiver.web.ui.views import _frames, percentile
 from submitter.simulator import Faults
 from submitter.status import Status
 from tests.harness import Harness, harness
@@ -181,7 +181,7 @@ async def test_job_table_filters_and_search(h: Harness) -> None:
 
 
 async def test_job_table_pages_by_keyset(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    import receiver.ui.views as views
+    import receiver.web.ui.views as views
 
     monkeypatch.setattr(views, "PAGE_SIZE", 2)
     made = []

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from ..downloads import StoredFile
-    from ..settings import Settings
+    from receiver.config.settings import Settings
+    from receiver.fetch.download import StoredFile
 
 __all__ = ["ResultStore", "Sink", "Stat", "from_settings", "key_for"]
 
@@ -75,9 +75,9 @@ def from_settings(settings: Settings) -> ResultStore:
     """The store FLUXHOOK_RESULTS names: ``s3://bucket[/prefix]`` or a local folder."""
     url = getattr(settings, "results_url", None)
     if url and url.startswith("s3://"):
-        from .s3 import S3ResultStore
+        from receiver.results.s3 import S3ResultStore
 
         return S3ResultStore.from_url(url, endpoint=settings.s3_endpoint)
-    from .local import LocalResultStore
+    from receiver.results.local import LocalResultStore
 
     return LocalResultStore(settings.results)

@@ -16,9 +16,9 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from .. import downloads
-from ..downloads import StoredFile, clean_partials, extension_for
-from . import Stat, key_for
+from receiver.fetch import download as downloads
+from receiver.fetch.download import StoredFile, clean_partials, extension_for
+from receiver.results import Stat, key_for
 
 __all__ = ["FileSink", "LocalResultStore"]
 
@@ -151,7 +151,7 @@ class LocalResultStore:
                     h.update(block)
             return h.hexdigest()
 
-        from ..downloads import IMAGE_TYPES
+        from receiver.fetch.download import IMAGE_TYPES
 
         ext = target.suffix.lstrip(".")
         types = {v: k for k, v in IMAGE_TYPES.items()}

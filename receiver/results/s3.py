@@ -31,8 +31,8 @@ from urllib.parse import quote, urlsplit
 import anyio.to_thread
 import httpx
 
-from ..downloads import StoredFile, extension_for
-from . import Stat, key_for
+from receiver.fetch.download import StoredFile, extension_for
+from receiver.results import Stat, key_for
 
 __all__ = ["S3ResultStore", "S3Sink"]
 

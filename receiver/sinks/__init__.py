@@ -1,6 +1,6 @@
 """Event sinks: where fluxhook pushes outbox events (at least once).
 
-The relay (:mod:`receiver.relay`) leases deliveries from the durable outbox, calls
+The relay (:mod:`receiver.engine.relay`) leases deliveries from the durable outbox, calls
 ``await sink.deliver(event)`` and records the :class:`Attempt` it gets back; retrying,
 backing off and giving up are the relay's decisions, made from the Attempt alone.
 
@@ -24,7 +24,7 @@ from submitter.redaction import scrub
 if TYPE_CHECKING:
     import httpx
 
-    from receiver.settings import Settings
+    from receiver.config.settings import Settings
     from receiver.store import OutboxEvent
 
 __all__ = ["SINK_KINDS", "Attempt", "Sink", "SinkError", "SinkFactory", "sinks_from_settings"]
@@ -120,7 +120,7 @@ def _webhooks(settings: Settings, http: httpx.AsyncClient | None) -> list[Sink]:
     integrations = settings.integrations
     if not integrations.forward_urls:
         return []
-    from .webhook import webhook_sinks
+    from receiver.sinks.webhook import webhook_sinks
 
     return list(webhook_sinks(integrations, http))
 

@@ -18,7 +18,7 @@ import nats
 from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
 
-from . import Attempt, SinkError, describe, host_port, short_hash, url_secrets
+from receiver.sinks import Attempt, SinkError, describe, host_port, short_hash, url_secrets
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -33,7 +33,7 @@ TIMEOUT = 10.0
 
 
 def _all_types() -> frozenset[str]:
-    from receiver.integrations import EVENT_TYPES
+    from receiver.config.integrations import EVENT_TYPES
 
     return frozenset(EVENT_TYPES)
 

@@ -15,7 +15,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from . import Attempt, SinkError, describe, host_port, short_hash, url_secrets
+from receiver.sinks import Attempt, SinkError, describe, host_port, short_hash, url_secrets
 
 if TYPE_CHECKING:
     from receiver.store import OutboxEvent
@@ -27,7 +27,7 @@ TIMEOUT = 10.0
 
 
 def _all_types() -> frozenset[str]:
-    from receiver.integrations import EVENT_TYPES
+    from receiver.config.integrations import EVENT_TYPES
 
     return frozenset(EVENT_TYPES)
 

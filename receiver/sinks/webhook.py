@@ -18,12 +18,11 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import httpx
 
+from receiver.sinks import Attempt, describe, short_hash, url_secrets
 from submitter.signing import sign_standard
 
-from . import Attempt, describe, short_hash, url_secrets
-
 if TYPE_CHECKING:
-    from receiver.integrations import Integrations
+    from receiver.config.integrations import Integrations
     from receiver.store import OutboxEvent
 
 __all__ = ["RETRY_AFTER_CAP", "WebhookSink", "parse_retry_after", "webhook_sinks"]

@@ -371,9 +371,9 @@ def open_store(db: str, *, pool_size: int = 10) -> Store:
     """The backend `db` names (not yet opened): PostgreSQL for a postgresql:// or postgres:// URL,
     else a SQLite file at that path."""
     if is_postgres_url(db):
-        from .postgres import PostgresStore
+        from receiver.store.postgres import PostgresStore
 
         return PostgresStore(db, pool_size=pool_size)
-    from .sqlite import SQLiteStore
+    from receiver.store.sqlite import SQLiteStore
 
     return SQLiteStore(db)

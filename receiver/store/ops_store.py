@@ -10,12 +10,11 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from receiver.store import Delivery, Event, FileRecord, Job, OutboxEvent, Outcome, SinkState, outbox
+from receiver.store import sql as ops
+from receiver.store.sql import Dialect, Op
 from submitter.bodies import Observation
 from submitter.status import Status
-
-from . import Delivery, Event, FileRecord, Job, OutboxEvent, Outcome, SinkState, outbox
-from . import sql as ops
-from .sql import Dialect, Op
 
 __all__ = ["OpsStore"]
 

@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from . import Delivery, OutboxEvent, SinkState
-from .sql import Op, Query
+from receiver.store import Delivery, OutboxEvent, SinkState
+from receiver.store.sql import Op, Query
 
 __all__ = [
     "AttemptRecord",

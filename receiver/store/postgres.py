@@ -14,15 +14,15 @@ statements cached per connection, which our short fixed statements suit.
 
 from __future__ import annotations
 
-import re
 from typing import Any, TypeVar
 
-from . import StoreUnavailable, is_postgres_url
-from . import sql as ops
-from .ops_store import OpsStore
-from .sql import Dialect, Lock, Op, Query, UniqueViolation
+from receiver.store import StoreUnavailable, is_postgres_url
+from receiver.store import sql as ops
+from receiver.store.ops_store import OpsStore
+from receiver.store.sql import Dialect, Lock, Op, Query, UniqueViolation
+from submitter.urls import masked_url
 
-__all__ = ["POSTGRES", "PostgresStore", "display_url", "is_postgres_url"]
+__all__ = ["POSTGRES", "PostgresStore", "is_postgres_url"]
 
 T = TypeVar("T")
 
@@ -45,20 +45,6 @@ POSTGRES = Dialect(
 #: resources (too many connections, disk full), operator intervention (shutdown, recovery),
 #: transaction rollback (serialization, deadlock), system errors.
 _TRANSIENT_CLASSES = frozenset({"08", "53", "57", "40", "58"})
-
-
-def display_url(url: str) -> str:
-    """The URL with its password masked (in the userinfo and in a `password=` parameter), for
-    messages and logs. Works on the text, so multi-host and IPv6 URLs keep their shape."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    authority, slash, tail = rest.partition("/")
-    userinfo, at, hosts = authority.rpartition("@")
-    if at and ":" in userinfo:
-        authority = f"{userinfo.split(':', 1)[0]}:***@{hosts}"
-    tail = re.sub(r"(?i)((?:^|[?&])password=)[^&#]*", r"\1***", tail)
-    return f"{scheme}://{authority}{slash}{tail}"
 
 
 def _unavailable(exc: BaseException) -> bool:
@@ -85,7 +71,7 @@ class PostgresStore(OpsStore):
         self._pool: Any = None
 
     def __repr__(self) -> str:
-        return f"PostgresStore({display_url(self.url)!r})"
+        return f"PostgresStore({masked_url(self.url)!r})"
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -103,11 +89,11 @@ class PostgresStore(OpsStore):
                 await self._read_op(ops.ping())  # connect now: a clear error at open, not later
         except StoreUnavailable as exc:
             await self.close()
-            raise StoreUnavailable(f"cannot open the database {display_url(self.url)}: {exc}") from None
+            raise StoreUnavailable(f"cannot open the database {masked_url(self.url)}: {exc}") from None
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             await self.close()
             raise StoreUnavailable(
-                f"cannot open the database {display_url(self.url)}: {type(exc).__name__}: {exc}"
+                f"cannot open the database {masked_url(self.url)}: {type(exc).__name__}: {exc}"
             ) from None
 
     async def close(self) -> None:

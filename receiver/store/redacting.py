@@ -1,7 +1,7 @@
 """A :class:`~receiver.store.Store` wrapper that scrubs secrets from everything written.
 
 Whatever the backend, provider texts (errors, notes, log tails) and audit events pass
-through the :class:`~receiver.redaction.Redactor` before they reach a row, so a
+through the :class:`~receiver.obs.redaction.Redactor` before they reach a row, so a
 provider that echoes an API key, a callback URL or a webhook secret cannot plant it
 in the database, and from there in `status`, `list` or `submit --json`.
 """
@@ -12,11 +12,10 @@ import dataclasses
 import json
 from typing import Any
 
+from receiver.obs.redaction import Redactor
+from receiver.store import Event, Outcome, Store
 from submitter.bodies import Observation
 from submitter.status import Status
-
-from ..redaction import Redactor
-from . import Event, Outcome, Store
 
 __all__ = ["RedactingStore"]
 

@@ -18,11 +18,10 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from receiver.config.integrations import EVENT_TYPES
+from receiver.store import Event, FileRecord, IdempotencyConflict, Job, Outcome, TaskMismatch
 from submitter.bodies import Observation
 from submitter.status import ACTIVE, TERMINAL, Status, observed_predecessors, predecessors
-
-from ..integrations import EVENT_TYPES
-from . import Event, FileRecord, IdempotencyConflict, Job, Outcome, TaskMismatch
 
 __all__ = ["MIGRATIONS", "Dialect", "Lock", "Op", "Query", "UniqueViolation"]
 

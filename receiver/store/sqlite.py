@@ -15,12 +15,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from receiver.store import Event, Job, Outcome, StoreUnavailable
+from receiver.store import sql as ops
+from receiver.store.ops_store import OpsStore
+from receiver.store.sql import MIGRATIONS, Dialect, Lock, Op, Query, UniqueViolation
 from submitter.bodies import Observation
-
-from . import Event, Job, Outcome, StoreUnavailable
-from . import sql as ops
-from .ops_store import OpsStore
-from .sql import MIGRATIONS, Dialect, Lock, Op, Query, UniqueViolation
 
 __all__ = ["MIGRATIONS", "SQLITE", "SQLiteStore"]
 

@@ -26,9 +26,9 @@ from typing import Any
 import httpx
 
 from bench._setup import free_port
-from receiver.runtime import Runtime
-from receiver.serving import serve_in_background
-from receiver.settings import Settings
+from receiver.config.settings import Settings
+from receiver.engine.runtime import Runtime
+from receiver.serve.background import serve_in_background
 from submitter.simulator import Faults, Simulator
 from tests.e2e.support import WAIT, env_for
 from tests.sinks_support import Endpoint, Request

@@ -1,4 +1,4 @@
-"""The server's own limits (receiver/server.py), end to end: a real uvicorn receiver on loopback,
+"""The server's own limits (receiver/serve/server.py), end to end: a real uvicorn receiver on loopback,
 spoken to over raw sockets.
 
 Limits are small so the tests are quick. Every wait is for an event (a response, the server's
@@ -24,12 +24,12 @@ from typing import Any
 import httpx
 import pytest
 
-from receiver.app import create_app
-from receiver.jobs import callback_url
-from receiver.runtime import Runtime
-from receiver.server import FD_RESERVE, connection_cap, raise_open_file_limit, uvicorn_config
-from receiver.serving import bind, serve_in_background
+from receiver.engine.jobs import callback_url
+from receiver.engine.runtime import Runtime
+from receiver.serve.background import bind, serve_in_background
+from receiver.serve.server import FD_RESERVE, connection_cap, raise_open_file_limit, uvicorn_config
 from receiver.store import Job
+from receiver.web.app import create_app
 from submitter.status import Status
 from tests.e2e.support import WAIT, env_for
 from tests.harness import make_settings
@@ -294,9 +294,9 @@ def test_the_connection_cap_fits_under_the_open_file_limit(tmp_path: Path, caplo
 HEALTH = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 SERVERS = {
     "fluxhook serve": ["-m", "receiver.cli", "serve", "--log-level", "warning", "--port"],
-    "uvicorn --http receiver.server:GuardedHttpToolsProtocol": [
-        "-m", "uvicorn", "--factory", "receiver.app:create_app_from_env",
-        "--http", "receiver.server:GuardedHttpToolsProtocol", "--log-level", "warning", "--port",
+    "uvicorn --http receiver.serve.server:GuardedHttpToolsProtocol": [
+        "-m", "uvicorn", "--factory", "receiver.web.app:create_app_from_env",
+        "--http", "receiver.serve.server:GuardedHttpToolsProtocol", "--log-level", "warning", "--port",
     ],
 }
 

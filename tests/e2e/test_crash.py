@@ -21,10 +21,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from receiver.jobs import submit
-from receiver.runtime import Runtime
-from receiver.serving import bind, serve_in_background
-from receiver.settings import Settings
+from receiver.config.settings import Settings
+from receiver.engine.jobs import submit
+from receiver.engine.runtime import Runtime
+from receiver.serve.background import bind, serve_in_background
 from receiver.store import Job
 from submitter.simulator import Faults, Simulator
 from submitter.status import TERMINAL, Status

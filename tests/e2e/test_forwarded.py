@@ -12,8 +12,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from receiver.serving import serve_in_background
-from receiver.settings import Settings
+from receiver.config.settings import Settings
+from receiver.serve.background import serve_in_background
 
 pytestmark = pytest.mark.anyio
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from receiver.app import create_app
-from receiver.jobs import callback_url, submit
-from receiver.runtime import Runtime
-from receiver.serving import bind, serve_in_background
-from receiver.settings import Settings
+from receiver.config.settings import Settings
+from receiver.engine.jobs import callback_url, submit
+from receiver.engine.runtime import Runtime
+from receiver.serve.background import bind, serve_in_background
 from receiver.store import Job
+from receiver.web.app import create_app
 from submitter.signing import derive_job_keys, sign_bfl
 from submitter.simulator import Faults, Simulator
 from submitter.status import TERMINAL, Status

@@ -43,10 +43,10 @@ import pytest
 from bench._setup import free_port
 from bench.roundrobin import RoundRobin
 from bench.soak import logged_errors
-from receiver.jobs import submit
-from receiver.runtime import Runtime
-from receiver.serving import serve_in_background
-from receiver.settings import Settings
+from receiver.config.settings import Settings
+from receiver.engine.jobs import submit
+from receiver.engine.runtime import Runtime
+from receiver.serve.background import serve_in_background
 from receiver.store import FileRecord, Job, Store
 from submitter.simulator import Faults, Simulator, jpeg_image, png_image
 from submitter.status import TERMINAL, Status

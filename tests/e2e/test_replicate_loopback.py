@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from receiver.jobs import submit
+from receiver.engine.jobs import submit
 from submitter.simulator import Faults
 from submitter.status import Status
 from tests.e2e.test_loopback import files_of, stack

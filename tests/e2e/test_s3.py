@@ -12,9 +12,9 @@ import anyio
 import httpx
 import pytest
 
-from receiver.cli import main
-from receiver.jobs import submit
-from receiver.sweep import sweep_once
+from receiver.cli.main import main
+from receiver.engine.jobs import submit
+from receiver.engine.sweep import sweep_once
 from submitter.status import Status
 from tests.harness import harness
 from tests.test_results import BUCKET, aws_env, s3_endpoint  # noqa: F401 (fixtures)
@@ -90,9 +90,9 @@ def test_url_for_a_local_folder_prints_the_path(tmp_path: Path, monkeypatch: pyt
 async def test_a_receiver_killed_mid_upload_leaves_no_object_and_stores_it_after_restart(
     tmp_path: Path, s3_endpoint: str, aws_env: None,  # noqa: F811
 ) -> None:
-    from receiver.runtime import Runtime
-    from receiver.serving import bind, serve_in_background
-    from receiver.settings import Settings
+    from receiver.config.settings import Settings
+    from receiver.engine.runtime import Runtime
+    from receiver.serve.background import bind, serve_in_background
     from submitter.simulator import Faults, Simulator
     from tests.e2e.support import env_for
     from tests.e2e.test_crash import Crashable

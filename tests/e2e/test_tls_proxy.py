@@ -32,10 +32,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from bench._setup import free_port
-from receiver.jobs import callback_url, submit
-from receiver.runtime import Runtime
-from receiver.serving import bind, serve_in_background
-from receiver.settings import Settings
+from receiver.config.settings import Settings
+from receiver.engine.jobs import callback_url, submit
+from receiver.engine.runtime import Runtime
+from receiver.serve.background import bind, serve_in_background
 from submitter.simulator import Faults, Simulator
 from submitter.status import Status
 from tests.e2e.support import MASTER, WAIT, env_for, wait_for_status

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
-from receiver.app import create_app
-from receiver.demo import PROMPTS  # the demo's jobs: the counts below follow from them
-from receiver.jobs import submit
-from receiver.runtime import Runtime
-from receiver.serving import bind, serve_in_background
-from receiver.settings import Settings
+from receiver.cli.demo import PROMPTS  # the demo's jobs: the counts below follow from them
+from receiver.config.settings import Settings
+from receiver.engine.jobs import submit
+from receiver.engine.runtime import Runtime
+from receiver.serve.background import bind, serve_in_background
+from receiver.web.app import create_app
 from submitter.simulator import Faults, Simulator
 from submitter.status import Status
 from tests.e2e.support import env_for, wait_for_status

@@ -1,0 +1,1 @@
+"""The `fluxhook` command line: one module per command group."""

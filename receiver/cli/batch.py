@@ -1,0 +1,317 @@
+"""`fluxhook batch FILE`: many jobs from a JSON Lines or CSV file, resumable, with a progress display.
+
+One job a line. JSON Lines: an object with `provider`, `model`, `prompt`, and optionally `params`
+(an object), `metadata` (an object) and `events` (a list, Replicate shapes). CSV: a header row
+naming those columns; `params` and `metadata` cells hold JSON objects, `events` a comma list.
+Blank lines and JSON Lines starting with `#` are skipped. `"@path"` values of image fields send a
+local image (receiver.cli.inputs); relative paths are relative to the batch file's folder.
+
+Every line is validated first; a file with any bad line submits nothing (exit 2, each bad line
+named). Then every line becomes a job under an idempotency key, sha256(file path + line number +
+line content): running the same file again (after Ctrl-C, a crash, a timeout) finds the jobs it
+already recorded and submits only the lines it never did; a line that was edited is a new job.
+Keys live FLUXHOOK_IDEMPOTENCY_TTL (default 24 h): resume within it.
+
+Jobs are recorded queued and submitted by the sweep, which reserves the provider's active-job
+slots in the ledger (settings.cap_for: BFL 24, flux-kontext-max 6...): the concurrency bound
+holds across every process sharing the database. While waiting, this command sweeps, like
+`submit --wait`, and shows queued / running / stored / failed counts, rate and ETA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import hashlib
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from receiver.cli.common import EXIT_FAILED, EXIT_USAGE, CLIError, WaitTimeout
+from receiver.cli.inputs import InputError, resolve_params
+from receiver.config.settings import Settings, SettingsError
+from submitter.status import TERMINAL, Status
+
+__all__ = ["BatchLine", "add_arguments", "line_key", "read_lines", "run", "validate"]
+
+FIELDS = ("provider", "model", "prompt", "params", "metadata", "events")
+
+
+@dataclass
+class BatchLine:
+    number: int  # 1-based line number in the file (CSV: the data row's physical line)
+    text: str  # the line as read (CSV: the row re-joined), part of its idempotency key
+    provider: str = ""
+    model: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    events: list[str] | None = None
+    job_id: str | None = None
+
+
+def _object(value: Any, name: str) -> dict[str, Any]:
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"{name} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a JSON object")
+    return value
+
+
+def _fields(number: int, text: str, data: Any) -> BatchLine | str:
+    """A parsed line, or the problem with it."""
+    if not isinstance(data, dict):
+        return "expected a JSON object"
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        return f"unknown field(s) {', '.join(unknown)} (fields: {', '.join(FIELDS)}; request fields go in params)"
+    line = BatchLine(number, text)
+    for name in ("provider", "model", "prompt"):
+        if not isinstance(data.get(name), str) or not data[name].strip():
+            return f"{name} is missing or not a non-empty string"
+    line.provider, line.model = data["provider"], data["model"]
+    try:
+        params = _object(data.get("params"), "params")
+        line.metadata = _object(data.get("metadata"), "metadata")
+    except ValueError as exc:
+        return str(exc)
+    if "prompt" in params:
+        return "prompt is given twice (column and params)"
+    line.params = {"prompt": data["prompt"], **params}
+    events = data.get("events")
+    if isinstance(events, str) and events.strip():
+        line.events = [e.strip() for e in events.split(",") if e.strip()]
+    elif isinstance(events, list) and all(isinstance(e, str) for e in events):
+        line.events = list(events)
+    elif events not in (None, ""):
+        return "events must be a list of strings (CSV: a comma list)"
+    return line
+
+
+def read_lines(path: Path) -> Iterator[BatchLine | tuple[int, str]]:
+    """Each job line of the file: a BatchLine, or (line number, problem)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CLIError(f"no such file {str(path)!r}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CLIError(f"cannot read {str(path)!r}: {exc}") from None
+    if path.suffix.lower() == ".csv":
+        yield from _csv_lines(text)
+        return
+    for number, raw in enumerate(text.splitlines(), 1):
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        try:
+            data = json.loads(stripped)
+        except ValueError as exc:
+            yield number, f"not valid JSON: {exc}"
+            continue
+        parsed = _fields(number, stripped, data)
+        yield parsed if isinstance(parsed, BatchLine) else (number, parsed)
+
+
+def _csv_lines(text: str) -> Iterator[BatchLine | tuple[int, str]]:
+    reader = csv.reader(text.splitlines(keepends=True))
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        return
+    unknown = sorted(set(header) - set(FIELDS))
+    if unknown:
+        yield 1, f"unknown column(s) {', '.join(unknown)} (columns: {', '.join(FIELDS)})"
+        return
+    while True:
+        number = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield number, f"bad CSV: {exc}"
+            continue
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            yield number, f"{len(row)} cells, the header has {len(header)}"
+            continue
+        data = {k: v for k, v in zip(header, row, strict=True) if v != ""}
+        parsed = _fields(number, json.dumps(row), data)
+        yield parsed if isinstance(parsed, BatchLine) else (number, parsed)
+
+
+def validate(settings: Settings, path: Path) -> tuple[list[BatchLine], list[str]]:
+    """Every line checked (provider, model, events, image files): (lines, problems naming the line)."""
+    from receiver.engine.jobs import submit_options
+
+    lines, problems = [], []
+    for item in read_lines(path):
+        if isinstance(item, tuple):
+            problems.append(f"{path}:{item[0]}: {item[1]}")
+            continue
+        try:
+            provider = settings.provider(item.provider)
+            submit_options(provider.dialect, item.model, item.events)
+            item.params = resolve_params(item.params, shape=provider.dialect.shape.name, base_dir=path.parent)
+        except (SettingsError, InputError, ValueError, KeyError) as exc:
+            problems.append(f"{path}:{item.number}: {str(exc).strip(chr(39))}")
+            continue
+        lines.append(item)
+    return lines, problems
+
+
+def line_key(path: Path, line: BatchLine) -> tuple[str, str]:
+    """(idempotency key, fingerprint) of a line: the file's identity, the line's number and content."""
+    identity = str(path.resolve())
+    key = hashlib.sha256(f"{identity}\n{line.number}\n{line.text}".encode()).hexdigest()
+    fingerprint = hashlib.sha256(line.text.encode()).hexdigest()
+    return f"batch:{key}", fingerprint
+
+
+def _bucket(status: Status) -> str:
+    if status == Status.QUEUED:
+        return "queued"
+    if status in (Status.SUBMITTED, Status.RUNNING, Status.SUCCEEDED):
+        return "running"
+    return "stored" if status == Status.STORED else "failed"
+
+
+class _Display:
+    """The rich progress display on stderr (a plain line per change when stderr is no terminal)."""
+
+    def __init__(self, total: int) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.console = Console(stderr=True)
+        self.started = time.monotonic()
+        self.total = total
+        self.last = ""
+        self.progress = Progress(
+            TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[counts]}"),
+            TimeElapsedColumn(), console=self.console, transient=False, disable=not self.console.is_terminal,
+        )
+        self.task = self.progress.add_task("batch", total=total, counts="")
+
+    def __enter__(self) -> _Display:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, counts: Counter[str]) -> None:
+        done = counts["stored"] + counts["failed"]
+        elapsed = time.monotonic() - self.started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = f"{(self.total - done) / rate:.0f} s" if rate > 0 and done < self.total else "-"
+        text = (f"queued {counts['queued']}  running {counts['running']}  stored {counts['stored']}  "
+                f"failed {counts['failed']}  {rate * 60:.1f}/min  ETA {eta}")
+        self.progress.update(self.task, completed=done, counts=text)
+        if not self.console.is_terminal and text.split("  ETA")[0] != self.last:
+            self.last = text.split("  ETA")[0]
+            print(f"batch: {done}/{self.total}  {text}", file=sys.stderr)
+
+
+async def _record(rt: Any, path: Path, lines: list[BatchLine]) -> int:
+    """Create each line's job once (a repeat finds the job its key names); returns how many are new."""
+    from receiver.engine.jobs import create_api_job
+    from receiver.store import IdempotencyConflict
+
+    new = 0
+    for line in lines:
+        try:
+            job, created = await create_api_job(
+                rt, line.provider, line.model, line.params, events=line.events,
+                metadata={**line.metadata, "batch_line": line.number}, idempotency=line_key(path, line),
+            )
+        except IdempotencyConflict as exc:  # cannot happen: the fingerprint is part of the key
+            raise CLIError(f"{path}:{line.number}: {exc}") from None
+        line.job_id = job.id
+        new += created
+    return new
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    from receiver.engine.runtime import Runtime
+    from receiver.engine.sweep import sweep_once
+
+    path = Path(args.file)
+    lines, problems = validate(settings, path)
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        print(f"fluxhook batch: {len(problems)} bad line(s); nothing submitted", file=sys.stderr)
+        return EXIT_USAGE
+    if not lines:
+        raise CLIError(f"{path}: no job lines")
+    if args.check:
+        print(f"{path}: {len(lines)} job line(s), all valid")
+        return 0
+    if settings.integrations.api_url:
+        raise CLIError("batch works on the database (FLUXHOOK_DB), not through FLUXHOOK_API_URL: unset it here")
+    settings.require_public()
+    async with Runtime.open(settings) as rt:
+        new = await _record(rt, path, lines)
+        print(f"{path}: {len(lines)} job(s), {new} new, {len(lines) - new} already recorded (resumed)",
+              file=sys.stderr)
+        ids = [line.job_id for line in lines if line.job_id]
+        loop = asyncio.get_running_loop()
+        end = loop.time() + (args.timeout or settings.job_deadline + settings.download_window)
+        statuses: dict[str, Status] = {}
+        try:
+            with _Display(len(ids)) as display:
+                while True:
+                    await sweep_once(rt)
+                    for job_id in ids:
+                        if statuses.get(job_id) not in TERMINAL:
+                            job = await rt.store.get_job(job_id)
+                            if job is not None:
+                                statuses[job_id] = job.status
+                    display.update(Counter(_bucket(s) for s in statuses.values()))
+                    if all(s in TERMINAL for s in statuses.values()):
+                        break
+                    if loop.time() >= end:
+                        raise WaitTimeout(f"{sum(s not in TERMINAL for s in statuses.values())} job(s) not "
+                                          f"finished; they go on: run `fluxhook batch {path}` again to follow them")
+                    await asyncio.sleep(args.interval)
+        except asyncio.CancelledError:
+            print(f"interrupted; the {len(ids)} recorded job(s) go on. `fluxhook batch {path}` again resumes "
+                  "(no line is submitted twice)", file=sys.stderr)
+            raise
+        jobs = {job_id: await rt.store.get_job(job_id) for job_id in ids}
+    failed = []
+    for line in lines:
+        job = jobs.get(line.job_id or "")
+        if job is None:
+            continue
+        if args.json:
+            print(json.dumps({"line": line.number, "id": job.id, "status": str(job.status), "error": job.error}))
+        elif job.status != Status.STORED:
+            print(f"line {line.number}: {job.id} {job.status}: {job.error or ''}")
+        if job.status != Status.STORED:
+            failed.append(line.number)
+    counts = Counter(str(j.status) for j in jobs.values() if j is not None)
+    print(f"{len(lines)} job(s): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), file=sys.stderr)
+    return EXIT_FAILED if failed else 0
+
+
+def add_arguments(parsers: dict[str, argparse.ArgumentParser]) -> None:
+    p = parsers["batch"]
+    p.add_argument("file", help="JSON Lines (.jsonl, any other name) or CSV (.csv, with a header row)")
+    p.add_argument("--check", action="store_true", help="validate every line and exit; submit nothing")
+    p.add_argument("--timeout", type=float,
+                   help="stop waiting after this many seconds (exit 3; the jobs go on, run again to follow)")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between sweeps while waiting (default 1)")
+    p.add_argument("--json", action="store_true", help="print one JSON line per job at the end")

@@ -1,0 +1,111 @@
+"""`fluxhook submit|status|list` through a fluxhook /v1 API (FLUXHOOK_API_URL) instead of the database.
+
+For hosts that cannot reach the ledger: the same commands, the same output, and
+`submit --wait` waits on the job's event stream instead of sweeping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from receiver.cli.common import ApiUnavailable, CLIError, WaitTimeout
+from receiver.cli.common import print_rows as _print
+from receiver.config.settings import Settings
+from submitter.api_client import ApiError, AsyncFluxhookClient, JobView
+from submitter.status import TERMINAL, Status
+
+__all__ = ["list_jobs", "status", "submit"]
+
+
+def _client(settings: Settings) -> AsyncFluxhookClient:
+    url, key = settings.integrations.api_url, settings.integrations.api_key
+    if url is None:
+        raise CLIError("FLUXHOOK_API_URL is not set")
+    if not key:
+        raise CLIError("FLUXHOOK_API_URL is set but FLUXHOOK_API_KEY is not: the API needs one of its keys")
+    return AsyncFluxhookClient(url, key)
+
+
+@contextlib.contextmanager
+def _answers() -> Iterator[None]:
+    """API errors as the CLI reports them: the server's words, exit 1 when it is down, else 2."""
+    try:
+        yield
+    except ApiError as exc:
+        if exc.status is None or exc.status >= 500:
+            raise ApiUnavailable(str(exc)) from None
+        raise CLIError(str(exc)) from None
+
+
+def _shown(job: JobView) -> dict[str, Any]:
+    """The keys and order of `Job.public()` (no `polls`: the API does not show it); times in ISO 8601 UTC,
+    as the API gives them and as the database path prints them."""
+    return {
+        "id": job.id, "provider": job.provider, "model": job.model, "status": job.status,
+        "provider_job_id": job.provider_job_id, "created_at": job.created_at,
+        "updated_at": job.updated_at, "error": job.error, "note": job.note,
+    }
+
+
+def _job_view(job: JobView) -> dict[str, Any]:
+    view = _shown(job)
+    view["files"] = [
+        {"n": f.n, "path": f.location, "size": f.size, "sha256": f.sha256, "content_type": f.content_type}
+        for f in job.files
+    ]
+    return view
+
+
+async def submit(args: argparse.Namespace, settings: Settings) -> int:
+    params = {"prompt": args.prompt, **dict(args.param or [])}
+    events = [e.strip() for e in args.events.split(",") if e.strip()] if args.events is not None else None
+    async with _client(settings) as client:
+        with _answers():
+            job = await client.create(args.provider, args.model, params, events=events)
+            if args.wait:
+                within = args.timeout or settings.job_deadline
+                try:
+                    job = await client.wait(job.id, within)
+                except asyncio.CancelledError:
+                    print(f"interrupted; job {job.id} goes on: `fluxhook status {job.id}`", file=sys.stderr)
+                    raise
+                except TimeoutError:
+                    raise WaitTimeout(f"job {job.id} not finished after {within:.0f} s; it goes on: "
+                                   f"`fluxhook status {job.id}`") from None
+    view = _job_view(job)
+    if args.json:
+        _print(view, True)
+    else:
+        print(view["id"])
+        if args.wait or view["status"] in TERMINAL:
+            _print(view, False)
+    return 1 if view["status"] in TERMINAL - {Status.STORED} else 0
+
+
+async def status(args: argparse.Namespace, settings: Settings) -> int:
+    async with _client(settings) as client:
+        with _answers():
+            job = await client.get(args.job)
+    _print(_job_view(job), args.json)
+    return 0
+
+
+async def list_jobs(args: argparse.Namespace, settings: Settings) -> int:
+    """`--limit` above the API's page size of 200 reads as many pages as it takes."""
+    views: list[dict[str, Any]] = []
+    if args.limit > 0:
+        async with _client(settings) as client:
+            pages = client.iter_jobs(args.status, page_size=min(args.limit, 200))
+            with _answers():
+                async with contextlib.aclosing(pages):
+                    async for job in pages:
+                        views.append(_shown(job))
+                        if len(views) >= args.limit:
+                            break
+    _print(views, args.json)
+    return 0

@@ -1,0 +1,1 @@
+"""Settings read once from the environment (the bottom of the receiver: imports nothing else of it)."""

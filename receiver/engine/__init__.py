@@ -1,0 +1,1 @@
+"""The engine: the runtime (wiring), jobs, the sweep, polling, downloads, leases, the relay, the feed."""

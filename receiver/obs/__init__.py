@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics, log format, and the filter that keeps secrets out of logs."""

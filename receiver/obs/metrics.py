@@ -1,0 +1,192 @@
+"""Prometheus metrics: one :class:`Metrics` per Runtime (so tests may build many apps), no global registry.
+
+Counters and histograms are updated where things happen (callbacks, polls, downloads, deliveries);
+the ledger's view (jobs by status, outbox lag) is read from the store at scrape time by
+:meth:`Metrics.render`, so every worker of a host reports the same, current numbers.
+
+Several workers on one host (gunicorn, `uvicorn --workers`): set PROMETHEUS_MULTIPROC_DIR (or
+PROMETHEUS_MULTIPROCESS_DIR) to an empty folder shared by them, wiped before start. Each process then
+writes its samples there and any worker's scrape sums them (prometheus_client.multiprocess).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from receiver.store import Store
+
+__all__ = ["CONTENT_TYPE", "Metrics", "multiprocess_dir"]
+
+#: The Prometheus text exposition format (0.0.4).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_JOB = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
+_DOWNLOAD = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+#: Seconds between a file being stored and its URL expiring: small is a near miss.
+_MARGIN = (0.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 21600.0, 86400.0)
+
+
+#: Provider-reported ends without files, as `fluxhook_artifacts_lost_total` reasons.
+_ENDED = {"failed": "provider_failure", "moderated": "moderated"}
+
+
+def multiprocess_dir(environ: Mapping[str, str] | None = None) -> str | None:
+    env = os.environ if environ is None else environ
+    return env.get("PROMETHEUS_MULTIPROC_DIR") or env.get("PROMETHEUS_MULTIPROCESS_DIR") or None
+
+
+def _enable_multiprocess(path: str) -> None:
+    """prometheus_client picks its value class at import from PROMETHEUS_MULTIPROC_DIR; accept the
+    other spelling too (metrics made from now on write to `path`)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") != path:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    if values.ValueClass is values.MutexValue:
+        values.ValueClass = values.MultiProcessValue()
+
+
+class _Ledger(Collector):
+    """Scrape-time gauges from numbers read just before (the store is async, collectors are not)."""
+
+    def __init__(self, counts: Mapping[str, int], last_seq: int | None, lag: Mapping[str, int]) -> None:
+        self.counts, self.last_seq, self.lag = counts, last_seq, lag
+
+    def collect(self) -> Iterable[Metric]:
+        jobs = GaugeMetricFamily("fluxhook_jobs", "Jobs in the ledger by status", labels=["status"])
+        for status, n in sorted(self.counts.items()):
+            jobs.add_metric([status], n)
+        yield jobs
+        if self.last_seq is not None:
+            yield GaugeMetricFamily("fluxhook_outbox_last_seq", "Newest outbox event sequence number",
+                                    value=self.last_seq)
+        lag = GaugeMetricFamily("fluxhook_outbox_lag_events",
+                                "Outbox events not yet fanned out to each sink (newest seq minus its position)",
+                                labels=["sink"])
+        for sink, n in sorted(self.lag.items()):
+            lag.add_metric([sink], n)
+        yield lag
+
+
+class Metrics:
+    """The process's metrics. `registry` is this instance's own (never the global default)."""
+
+    #: What :meth:`render` returns.
+    content_type = CONTENT_TYPE
+
+    def __init__(self, *, multiprocess: str | None = None) -> None:
+        self.multiprocess = multiprocess if multiprocess is not None else multiprocess_dir()
+        if self.multiprocess:
+            _enable_multiprocess(self.multiprocess)
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.callbacks = Counter("fluxhook_callbacks", "Provider callbacks received, by verdict",
+                                 ["provider", "verdict"], registry=r)
+        self.callback_ack = Histogram("fluxhook_callback_ack_seconds",
+                                      "Time from receiving a callback to answering it", ["provider"],
+                                      buckets=_LATENCY, registry=r)
+        self.polls = Counter("fluxhook_polls", "Status polls sent to providers, by outcome",
+                             ["provider", "outcome"], registry=r)
+        self.poll_rescues = Counter("fluxhook_poll_rescues",
+                                    "Jobs whose result (or failure) was learned by a poll, not a callback",
+                                    ["provider", "status"], registry=r)
+        self.submit_to_stored = Histogram("fluxhook_submit_to_stored_seconds",
+                                          "Time from submit to all of a job's files stored", ["provider"],
+                                          buckets=_JOB, registry=r)
+        self.downloads = Counter("fluxhook_downloads", "Result file downloads, by outcome",
+                                 ["provider", "outcome"], registry=r)
+        self.download_bytes = Counter("fluxhook_download_bytes", "Bytes of result files stored",
+                                      ["provider"], registry=r)
+        self.download_seconds = Histogram("fluxhook_download_seconds", "Time one result file download took",
+                                          ["provider", "outcome"], buckets=_DOWNLOAD, registry=r)
+        self.url_margin = Histogram("fluxhook_url_margin_seconds",
+                                    "Time left before a result URL expired when its file was stored",
+                                    ["provider"], buckets=_MARGIN, registry=r)
+        self.artifacts_lost = Counter("fluxhook_artifacts_lost",
+                                      "Jobs that ended without their files, by reason",
+                                      ["provider", "reason"], registry=r)
+        self.deliveries = Counter("fluxhook_deliveries", "Outbox delivery attempts to sinks, by outcome",
+                                  ["sink", "outcome"], registry=r)
+        self.rejected_logs_suppressed = Counter("fluxhook_log_lines_suppressed",
+                                                "Log lines about refused callbacks left out (rate limit)",
+                                                registry=r)
+
+        #: The callback path's labelled children, looked up once (labels() takes a lock and builds a key).
+        self._callback_children: dict[tuple[str, str], Any] = {}
+        self._ack_children: dict[str, Any] = {}
+
+    # -- hooks (one line at each call site) ------------------------------------------------
+
+    def callback(self, provider: str, verdict: str) -> None:
+        child = self._callback_children.get((provider, verdict))
+        if child is None:  # providers and verdicts are a few fixed names: bounded
+            child = self._callback_children[(provider, verdict)] = self.callbacks.labels(provider, verdict)
+        child.inc()
+
+    def acked(self, provider: str, seconds: float) -> None:
+        """A callback answered `seconds` after it arrived."""
+        child = self._ack_children.get(provider)
+        if child is None:
+            child = self._ack_children[provider] = self.callback_ack.labels(provider)
+        child.observe(seconds)
+
+    def lost(self, provider: str, reason: str) -> None:
+        self.artifacts_lost.labels(provider, reason).inc()
+
+    def ended(self, provider: str, status: object) -> None:
+        """A job the provider ended without results (its report moved the job there)."""
+        reason = _ENDED.get(str(status))
+        if reason is not None:
+            self.lost(provider, reason)
+
+    def downloaded(self, provider: str, outcome: str, seconds: float, size: int) -> None:
+        self.downloads.labels(provider, outcome).inc()
+        self.download_seconds.labels(provider, outcome).observe(seconds)
+        if size:
+            self.download_bytes.labels(provider).inc(size)
+
+    def delivery(self, sink: str, outcome: str) -> None:
+        self.deliveries.labels(sink, outcome).inc()
+
+    # -- scraping ---------------------------------------------------------------------------
+
+    async def render(self, store: Store | None) -> bytes:
+        """The exposition text: this process's (or, multi-process, every process's) samples and the
+        ledger's gauges read now. A store that does not answer leaves those gauges out
+        (`fluxhook_store_up 0`) rather than failing the scrape."""
+        counts: dict[str, int] = {}
+        last: int | None = None
+        lag: dict[str, int] = {}
+        up = 1
+        if store is not None:
+            try:
+                counts = await store.counts()
+                last = await store.last_seq()  # type: ignore[attr-defined]
+                for sink in await store.sinks():  # type: ignore[attr-defined]
+                    lag[sink.name] = max(0, last - sink.after_seq)
+            except Exception:
+                up, counts, last, lag = 0, {}, None, {}
+        registry = self.registry
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry(auto_describe=True)
+            multiprocess.MultiProcessCollector(registry, path=self.multiprocess)
+        scrape = CollectorRegistry(auto_describe=False)
+        scrape.register(_Ledger(counts, last, lag))
+        scrape.register(_Up(up))
+        return generate_latest(registry) + generate_latest(scrape)
+
+
+class _Up(Collector):
+    def __init__(self, up: int) -> None:
+        self.up = up
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily("fluxhook_store_up", "1 if the store answered this scrape", value=self.up)

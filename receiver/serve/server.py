@@ -1,0 +1,278 @@
+"""The HTTP server every way fluxhook serves: uvicorn, with limits on what one client may hold.
+
+uvicorn's httptools protocol reads a request line and headers of any size, waits for them for ever,
+and accepts connections until the process runs out of file descriptors. `GuardedHttpToolsProtocol`
+is that protocol plus, per connection:
+
+- a cap on the request line plus headers (`max_header_bytes`): the bytes are counted before they
+  reach the parser, which is never given more than the cap; beyond it, 431 and close;
+- a deadline for them (`header_timeout`), counted from when the connection opens or the first bytes
+  of a new request arrive: a head not complete by then gets 408 and close (a connection that never
+  sent a byte is just closed);
+- a cap on open connections (`max_connections`): the one over it is answered 503 with Retry-After
+  as soon as it is accepted, and closed, never read.
+
+Idle keep-alive connections are closed by uvicorn's own `timeout_keep_alive` (`idle_timeout`).
+uvicorn's `limit_concurrency` is not used: it answers 503 only once a request's headers are
+complete, so half-open connections still hold their descriptors, and it counts them against
+legitimate requests. A slow body is the app's to refuse (`body_timeout`, receiver/web/callbacks.py).
+
+`uvicorn_config` and `run` serve with these limits from Settings, and believe X-Forwarded-For and
+X-Forwarded-Proto only from the peers in `forwarded_allow_ips` (FLUXHOOK_FORWARDED_ALLOW_IPS; none by
+default). Under uvicorn's own command line, `--http receiver.serve.server:GuardedHttpToolsProtocol` takes
+the limits from the FLUXHOOK_* environment; forwarded headers there are uvicorn's `--proxy-headers`
+and `--forwarded-allow-ips` (whose default trusts loopback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from receiver.config.settings import Settings
+
+try:
+    import resource
+except ImportError:  # pragma: no cover - Windows
+    resource = None  # type: ignore[assignment]
+
+__all__ = ["GuardedHttpToolsProtocol", "Limits", "connection_cap", "raise_open_file_limit", "run", "uvicorn_config"]
+
+log = logging.getLogger("fluxhook.server")
+
+#: Descriptors never given to client connections: listener, SQLite, logs, provider API connections.
+FD_RESERVE = 64
+#: Seconds a refused client is asked to wait before it connects again.
+RETRY_AFTER = 5
+#: Under attack each kind of refusal is logged at most once per this many seconds.
+WARN_EVERY = 10.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_header_bytes: int
+    header_timeout: float
+    max_connections: int
+    idle_timeout: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        """`settings`' limits, the connection cap fitted under the open-file limit (raised first)."""
+        cap = connection_cap(settings, raise_open_file_limit())
+        return cls(settings.max_header_bytes, settings.header_timeout, cap, settings.idle_timeout)
+
+
+@functools.cache
+def limits_from_env() -> Limits:
+    """For a protocol built by uvicorn's command line, which passes no limits."""
+    return Limits.from_settings(Settings.from_env())
+
+
+def _canned(status: int, reason: str, *headers: str) -> bytes:
+    """A whole response that closes the connection, written without the app."""
+    body = reason.encode()
+    head = [f"HTTP/1.1 {status} {reason}", "content-type: text/plain; charset=utf-8",
+            f"content-length: {len(body)}", "connection: close", *headers]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+OVER_CAPACITY = _canned(503, "Service Unavailable", f"retry-after: {RETRY_AFTER}")
+HEADERS_TOO_LARGE = _canned(431, "Request Header Fields Too Large")
+HEADERS_TOO_SLOW = _canned(408, "Request Timeout")
+
+_last_warned: dict[str, float] = {}
+_unwarned: dict[str, int] = {}
+
+
+def _warn(kind: str, message: str, *args: Any) -> None:
+    """Log `message` unless a `kind` refusal was logged within WARN_EVERY seconds; count it instead."""
+    now = time.monotonic()
+    _unwarned[kind] = _unwarned.get(kind, 0) + 1
+    if now - _last_warned.get(kind, float("-inf")) >= WARN_EVERY:
+        log.warning(message + " (%d time(s) since this was last logged)", *args, _unwarned.pop(kind))
+        _last_warned[kind] = now
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a header cap, a header deadline and a connection cap."""
+
+    def __init__(self, *args: Any, limits: Limits | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = limits or limits_from_env()
+        self.timeout_keep_alive = self.limits.idle_timeout
+        #: Bytes of the request line and headers so far; None from the end of a request's headers to
+        #: the end of its body.
+        self.head_bytes: int | None = 0
+        #: Requests whose headers were completed: tells a head finished in a chunk from one still open.
+        self.heads_done = 0
+        #: When the head being read began (loop time); None when none is: its deadline is this plus
+        #: header_timeout. One timer per connection checks it, re-armed lazily, not one per request.
+        self.head_started: float | None = None
+        self.header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            self.connections.discard(self)
+            _warn("connections", "%d connections open: answered 503 to one more and closed it",
+                  self.limits.max_connections)
+            transport.write(OVER_CAPACITY)
+            transport.close()
+            return
+        self._head_begins()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_deadline()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        cap = self.limits.max_header_bytes
+        while True:
+            if self.head_bytes is None:
+                # Headers complete: body, or requests pipelined after it. A head that begins inside
+                # this chunk is counted from the next chunk on: at most one read over the cap.
+                super().data_received(data)
+                return
+            if self.head_started is None:
+                self._head_begins()  # the first bytes after a response
+            room = cap - self.head_bytes
+            if len(data) <= room:
+                self.head_bytes += len(data)
+                super().data_received(data)
+                return
+            # More than the head may still take: give the parser only that much and see.
+            done, self.head_bytes = self.heads_done, cap
+            if room:
+                super().data_received(data[:room])
+            if self.transport.is_closing():
+                return
+            if self.heads_done == done:
+                _warn("headers", "request line and headers over %d bytes: answered 431 and closed", cap)
+                self._refuse(HEADERS_TOO_LARGE)
+                return
+            data = data[room:]
+
+    # Parser callbacks
+    def on_message_begin(self) -> None:
+        if self.head_started is None:
+            self._head_begins()  # a request pipelined inside a chunk
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self.head_bytes = None
+        self.heads_done += 1
+        self.head_started = None
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self.head_bytes = 0
+        super().on_message_complete()
+
+    # The header deadline
+    def _head_begins(self) -> None:
+        self.head_started = self.loop.time()
+        if self.header_deadline is None:
+            self._arm_header_deadline(self.limits.header_timeout)
+
+    def _arm_header_deadline(self, delay: float) -> None:
+        self.header_deadline = self.loop.call_later(delay, self._header_deadline_passed)
+
+    def _cancel_header_deadline(self) -> None:
+        if self.header_deadline is not None:
+            self.header_deadline.cancel()
+            self.header_deadline = None
+
+    def _header_deadline_passed(self) -> None:
+        self.header_deadline = None
+        if self.transport.is_closing() or self.head_started is None:
+            return  # no head open: the next one arms the timer again
+        left = self.head_started + self.limits.header_timeout - self.loop.time()
+        if left > 0:
+            self._arm_header_deadline(left)  # the head open now began after this timer was armed
+            return
+        if self.flow.read_paused or self._answering():
+            # We stopped reading, or still answer an earlier request: let that finish first.
+            self._arm_header_deadline(self.limits.header_timeout)
+            return
+        _warn("timeout", "request headers not complete within %g s: closed", self.limits.header_timeout)
+        if self.head_bytes or self.cycle is not None:
+            self._refuse(HEADERS_TOO_SLOW)
+        else:
+            self.transport.close()  # never sent a byte: nothing to answer
+
+    def _answering(self) -> bool:
+        """Whether an earlier request's response is under way or queued (pipelining)."""
+        return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
+
+    def _refuse(self, response: bytes) -> None:
+        """Answer `response` unless another response is under way (it would interleave), and close."""
+        if not self._answering():
+            self.transport.write(response)
+        self.transport.close()
+
+
+def raise_open_file_limit() -> int | None:
+    """Raise this process's soft RLIMIT_NOFILE to the hard limit (best effort); the soft limit
+    after, or None if it is unknown or unlimited."""
+    if resource is None:  # pragma: no cover - Windows
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:  # e.g. macOS refuses RLIM_INFINITY
+            log.info("could not raise the open-file limit from %d to %d: %s", soft, hard, exc)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def connection_cap(settings: Settings, open_files: int | None) -> int:
+    """`max_connections`, lowered (with a warning) to leave descriptors for everything else."""
+    if open_files is None:
+        return settings.max_connections
+    room = open_files - FD_RESERVE - 2 * settings.download_concurrency  # a socket and a file each
+    if settings.max_connections <= room:
+        return settings.max_connections
+    cap = max(1, room)
+    log.warning(
+        "FLUXHOOK_MAX_CONNECTIONS=%d does not fit under the open-file limit of %d: allowing %d connections;"
+        " raise the limit (ulimit -n, systemd LimitNOFILE=) or lower FLUXHOOK_MAX_CONNECTIONS",
+        settings.max_connections, open_files, cap,
+    )
+    return cap
+
+
+def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """A uvicorn config serving `app` with `settings`' limits (the guarded httptools protocol);
+    `overrides` are further uvicorn.Config arguments (host, port, log_level...)."""
+    limits = Limits.from_settings(settings)
+    options: dict[str, Any] = {
+        "http": functools.partial(GuardedHttpToolsProtocol, limits=limits),
+        "timeout_keep_alive": limits.idle_timeout,
+        "ws": "none",  # the receiver has no WebSocket routes
+        "access_log": False,
+        # X-Forwarded-For / X-Forwarded-Proto are believed only from FLUXHOOK_FORWARDED_ALLOW_IPS.
+        # uvicorn's own default trusts loopback (or its FORWARDED_ALLOW_IPS environment variable):
+        # with none configured the middleware is off, so no peer can set the client or scheme.
+        "proxy_headers": bool(settings.forwarded_allow_ips),
+        "forwarded_allow_ips": list(settings.forwarded_allow_ips),
+        **overrides,
+    }
+    return uvicorn.Config(app, **options)
+
+
+def run(app: Any, settings: Settings, **overrides: Any) -> None:
+    """Serve `app` until a signal stops it (like uvicorn.run, with `settings`' limits)."""
+    server = uvicorn.Server(uvicorn_config(app, settings, **overrides))
+    server.run()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)

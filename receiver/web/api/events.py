@@ -1,0 +1,98 @@
+"""`GET /v1/events`: the outbox as server-sent events, resumable by sequence number.
+
+Each event is `id: <seq>`, `event: <type>`, `data: <envelope JSON on one line>`; a
+`: heartbeat` comment goes out whenever `sse_heartbeat` seconds pass without one, so
+proxies keep the connection and clients notice a dead one. A client resumes with the
+`Last-Event-ID` header (browsers send it by themselves) or `?after=SEQ`: it gets every
+event after that one, in order, none twice. Without either it gets what happens after it
+connected. The generator ends when the client goes away (Starlette cancels it on disconnect).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from receiver.config.integrations import EVENT_TYPES
+from receiver.engine.runtime import Runtime
+from receiver.store import StoreUnavailable
+from receiver.web.api.auth import authenticate
+from receiver.web.api.errors import api_endpoint, invalid
+
+__all__ = ["events", "format_event"]
+
+log = logging.getLogger("fluxhook.api")
+
+RETRY_MS = 2000
+HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+_SEQ = re.compile(r"[0-9]{1,18}")
+
+
+def format_event(seq: int, type_: str, data: bytes) -> str:
+    """One SSE frame. `data` is compact JSON, which has no raw newline, so it is one `data:` line."""
+    assert b"\n" not in data and b"\r" not in data
+    return f"id: {seq}\nevent: {type_}\ndata: {data.decode()}\n\n"
+
+
+def _resume_point(request: Request) -> int | None:
+    header = request.headers.get("last-event-id")
+    if header is not None:
+        if not _SEQ.fullmatch(header.strip()):
+            raise invalid("Last-Event-ID", "Last-Event-ID must be an event's seq (a non-negative integer)")
+        return int(header.strip())
+    after = request.query_params.get("after")
+    if after is not None:
+        if not _SEQ.fullmatch(after):
+            raise invalid("after", "after must be an event's seq (a non-negative integer)")
+        return int(after)
+    return None
+
+
+def _types(request: Request) -> frozenset[str] | None:
+    raw = request.query_params.get("types")
+    if not raw:
+        return None
+    types = [t.strip() for t in raw.split(",") if t.strip()]
+    unknown = sorted(set(types) - set(EVENT_TYPES))
+    if unknown or not types:
+        raise invalid("types", f"unknown event type(s); known: {', '.join(EVENT_TYPES)}")
+    return frozenset(types)
+
+
+@api_endpoint
+async def events(request: Request) -> Response:
+    rt: Runtime = request.app.state.runtime
+    authenticate(request)
+    job_id = request.query_params.get("job") or None
+    if job_id is not None and not (len(job_id) <= 128 and job_id.isascii() and job_id.isprintable()):
+        raise invalid("job", "job must be a job id")
+    types = _types(request)
+    after = _resume_point(request)
+    if after is None:
+        after = await rt.feed.head()
+    if request.method == "HEAD":  # the headers of the stream, without the stream (it never ends)
+        return Response(media_type="text/event-stream", headers=HEADERS)
+    heartbeat = rt.settings.integrations.sse_heartbeat
+    return StreamingResponse(_frames(rt, after, job_id, types, heartbeat), media_type="text/event-stream",
+                             headers=HEADERS)
+
+
+async def _frames(rt: Runtime, after: int, job_id: str | None, types: frozenset[str] | None,
+                  heartbeat: float) -> AsyncIterator[str]:
+    yield f"retry: {RETRY_MS}\n\n"
+    stream = rt.feed.stream(after, job_id=job_id, types=types, heartbeat=heartbeat)
+    try:
+        async with contextlib.aclosing(stream):
+            async for event in stream:
+                if event is None:
+                    yield ": heartbeat\n\n"
+                else:
+                    yield format_event(event.seq, event.type, event.body())
+    except StoreUnavailable as exc:
+        # The answer has started: end the stream; the client reconnects with Last-Event-ID.
+        log.warning("event stream ended, store unavailable: %s", exc)

@@ -1,0 +1,243 @@
+"""`/v1/jobs`: create (idempotent), read (with long-poll), list (keyset pages), cancel, result files."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import math
+import re
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from receiver import store as store_mod
+from receiver.config.integrations import TERMINAL_EVENTS
+from receiver.config.settings import SettingsError
+from receiver.engine import jobs as jobs_mod
+from receiver.engine.jobs import submit_options
+from receiver.engine.runtime import Runtime
+from receiver.store import Job
+from receiver.web.api.auth import authenticate, key_scope
+from receiver.web.api.errors import ApiError, api_endpoint, invalid, not_found
+from receiver.web.api.models import CreateJob, validation_error
+from receiver.web.callbacks import read_body
+from receiver.web.files import result_response
+from submitter.bodies import BodyError, loads_object
+from submitter.status import TERMINAL, Status
+
+__all__ = ["cancel", "create", "file", "get", "listing"]
+
+#: The contract's caps: the body of a create, and its `metadata` as compact JSON.
+BODY_CAP = 256 * 1024
+METADATA_CAP = 16 * 1024
+MAX_WAIT = 60.0
+DEFAULT_LIMIT, MAX_LIMIT = 50, 200
+_NUMBER = re.compile(r"([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]{1,3})?")
+_LIMIT = re.compile(r"[0-9]{1,4}")
+_FILE_N = re.compile(r"[0-9]{1,6}")
+
+
+def _rt(request: Request) -> Runtime:
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+def job_id_of(request: Request) -> str:
+    """The path's job id; 404 for anything no job id can be (the store never sees such text)."""
+    job_id: str = request.path_params["job_id"]
+    if not (0 < len(job_id) <= 128 and job_id.isascii() and job_id.isprintable()):
+        raise not_found("unknown job")
+    return job_id
+
+
+async def view(rt: Runtime, job: Job) -> dict[str, Any]:
+    return await jobs_mod.job_view(rt, job)
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not (1 <= len(key) <= 255 and all("!" <= c <= "~" for c in key)):
+        raise ApiError(400, "invalid", "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                       field="Idempotency-Key")
+    return key
+
+
+def fingerprint(data: dict[str, Any]) -> str:
+    """The request body's identity for idempotency: sha256 of its canonical JSON."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _check(rt: Runtime, req: CreateJob) -> None:
+    """What the models cannot say: a configured provider, its model form, the event filter, the metadata cap."""
+    target = rt.settings.providers.get(req.provider)
+    if target is None:
+        raise invalid("provider", f"unknown provider; known: {', '.join(sorted(rt.settings.providers))}")
+    try:
+        target.dialect.check_model(req.model)
+    except ValueError as exc:
+        raise invalid("model", str(exc)) from None
+    try:
+        submit_options(target.dialect, req.model, req.events)
+    except ValueError as exc:
+        raise invalid("events", str(exc)) from None
+    if req.metadata is not None:
+        size = len(json.dumps(req.metadata, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > METADATA_CAP:
+            raise invalid("metadata", f"metadata is {size} bytes as JSON; at most {METADATA_CAP}")
+
+
+@api_endpoint
+async def create(request: Request) -> Response:
+    rt = _rt(request)
+    api_key = authenticate(request)
+    idempotency_key = _idempotency_key(request)
+    body = await read_body(request, BODY_CAP, rt.settings.body_timeout)
+    try:
+        data = loads_object(body)
+    except BodyError as exc:
+        raise ApiError(400, "bad_json", str(exc)) from None
+    try:
+        req = CreateJob.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+    _check(rt, req)
+    idempotency = (f"{key_scope(api_key)}:{idempotency_key}", fingerprint(data)) if idempotency_key else None
+    try:
+        job, created = await jobs_mod.create_api_job(
+            rt, req.provider, req.model, req.params, events=req.events, metadata=req.metadata,
+            idempotency=idempotency,
+        )
+    except store_mod.IdempotencyConflict:
+        raise ApiError(409, "idempotency_conflict",
+                       "this Idempotency-Key was used with a different request body") from None
+    except SettingsError as exc:
+        if "unknown provider" in str(exc):
+            raise invalid("provider", "unknown provider") from None
+        raise ApiError(503, "unavailable", str(exc), headers={"retry-after": "60"}) from None
+    except ValueError as exc:
+        raise invalid("events" if req.events is not None and "event" in str(exc) else "model", str(exc)) from None
+    headers = {"location": f"/v1/jobs/{job.id}"}
+    if not created:
+        headers["idempotent-replayed"] = "true"
+    return JSONResponse(await view(rt, job), status_code=201 if created else 200, headers=headers)
+
+
+def _wait(request: Request) -> float:
+    raw = request.query_params.get("wait")
+    if raw is None:
+        return 0.0
+    if len(raw) > 40 or not _NUMBER.fullmatch(raw) or float(raw) > MAX_WAIT:
+        raise invalid("wait", f"wait must be a number of seconds from 0 to {MAX_WAIT:g}")
+    return float(raw)
+
+
+async def _until_finished(rt: Runtime, job: Job, seq: int, wait: float) -> None:
+    """Return when an event says `job` finished after outbox position `seq`, or after `wait` seconds."""
+    stream = rt.feed.stream(seq, job_id=job.id, heartbeat=wait)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(wait), contextlib.aclosing(stream):
+            async for event in stream:
+                if event is not None and event.type in TERMINAL_EVENTS:
+                    return
+
+
+@api_endpoint
+async def get(request: Request) -> Response:
+    rt = _rt(request)
+    authenticate(request)
+    job_id = job_id_of(request)
+    wait = min(_wait(request), rt.settings.integrations.max_wait)
+    seq = await rt.feed.head() if wait > 0 else 0
+    job = await rt.store.get_job(job_id)
+    if job is None:
+        raise not_found("unknown job")
+    if wait > 0 and job.status not in TERMINAL:
+        await _until_finished(rt, job, seq, wait)
+        job = await rt.store.get_job(job_id) or job
+    return JSONResponse(await view(rt, job))
+
+
+def encode_cursor(job: Job) -> str:
+    raw = json.dumps([job.created_at, job.id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    problem = invalid("cursor", "cursor is not one this API gave out (pass next_cursor as is)")
+    if not (0 < len(cursor) <= 400 and cursor.isascii()):
+        raise problem
+    try:
+        created_at, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, TypeError):
+        raise problem from None
+    if (not isinstance(created_at, int | float) or isinstance(created_at, bool) or not math.isfinite(created_at)
+            or not isinstance(job_id, str) or not (job_id.isascii() and job_id.isprintable())):
+        raise problem
+    return float(created_at), job_id
+
+
+@api_endpoint
+async def listing(request: Request) -> Response:
+    rt = _rt(request)
+    authenticate(request)
+    query = request.query_params
+    status: Status | None = None
+    if query.get("status"):
+        try:
+            status = Status(query["status"])
+        except ValueError:
+            raise invalid("status", f"status must be one of {', '.join(s.value for s in Status)}") from None
+    provider = query.get("provider") or None
+    if provider is not None and provider not in rt.settings.providers:
+        raise invalid("provider", f"unknown provider; known: {', '.join(sorted(rt.settings.providers))}")
+    limit = DEFAULT_LIMIT
+    if query.get("limit") is not None:
+        raw = query["limit"]
+        if not _LIMIT.fullmatch(raw) or not 1 <= int(raw) <= MAX_LIMIT:
+            raise invalid("limit", f"limit must be an integer from 1 to {MAX_LIMIT}")
+        limit = int(raw)
+    before = decode_cursor(query["cursor"]) if query.get("cursor") else None
+    jobs = await rt.store.list_jobs(status, limit + 1, provider=provider, before=before)
+    page = jobs[:limit]
+    next_cursor = encode_cursor(page[-1]) if len(jobs) > limit else None
+    return JSONResponse({"jobs": [await view(rt, job) for job in page], "next_cursor": next_cursor})
+
+
+@api_endpoint
+async def cancel(request: Request) -> Response:
+    rt = _rt(request)
+    authenticate(request)
+    job_id = job_id_of(request)
+    try:
+        job = await jobs_mod.cancel_job(rt, job_id)
+    except KeyError:
+        raise not_found("unknown job") from None
+    except jobs_mod.NotCancelable as exc:
+        raise ApiError(409, "not_cancelable", str(exc)) from None
+    return JSONResponse(await view(rt, job))
+
+
+@api_endpoint
+async def file(request: Request) -> Response:
+    rt = _rt(request)
+    authenticate(request)
+    job_id = job_id_of(request)
+    raw = request.path_params["n"]
+    missing = not_found("no such stored file")
+    if not _FILE_N.fullmatch(raw):
+        raise missing
+    n = int(raw)
+    record = next((f for f in await rt.store.files(job_id) if f.n == n and f.stored), None)
+    if record is None:
+        raise missing
+    response = await result_response(rt.results, record)
+    if response.status_code == 404:
+        raise missing
+    return response

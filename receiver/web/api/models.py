@@ -1,0 +1,112 @@
+"""The /v1 request and response shapes, as pydantic v2 models.
+
+One source for both: requests are validated with these models, and `/openapi.json` takes its
+component schemas from the same models (pydantic emits JSON Schema 2020-12, the dialect of
+OpenAPI 3.1), so what is documented is what is checked. Pydantic is chosen over hand-written
+JSON Schema + `jsonschema` because its errors carry the field's location, which the API's
+`field` needs, and its strict mode refuses the type coercions ("1" for 1) a schema would refuse.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from receiver.web.api.errors import ApiError, invalid
+from submitter.status import Status
+
+__all__ = [
+    "CreateJob", "ErrorBody", "EventEnvelope", "FileView", "JobList", "JobView", "LegacyError", "SweepReport",
+    "validation_error",
+]
+
+EventType = Literal[
+    "job.submitted", "job.running", "job.stored", "job.failed", "job.moderated", "job.expired", "job.canceled",
+]
+
+
+class CreateJob(BaseModel):
+    """The body of `POST /v1/jobs`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    provider: str = Field(description="A configured provider, e.g. bfl or replicate.")
+    model: str = Field(description="The provider's model name, e.g. flux-dev (owner/name for Replicate).")
+    params: dict[str, Any] = Field(description="The model's input, sent to the provider as is.")
+    events: list[str] | None = Field(
+        default=None, description="Replicate's webhook event filter; must include `completed`.")
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="Yours, kept with the job and shown in every view (at most 16 KiB as JSON).")
+
+
+class FileView(BaseModel):
+    n: int
+    size: int
+    sha256: str
+    content_type: str
+    location: str
+    url: str
+
+
+class JobView(BaseModel):
+    """A job as every API answer and every event shows it."""
+
+    id: str
+    provider: str
+    model: str
+    status: Status
+    error: str | None
+    note: str | None
+    metadata: dict[str, Any]
+    provider_job_id: str | None
+    created_at: str
+    updated_at: str | None
+    submitted_at: str | None
+    files: list[FileView]
+
+
+class JobList(BaseModel):
+    jobs: list[JobView]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None = Field(default=None, description="The request field at fault, where there is one.")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class EventEnvelope(BaseModel):
+    """The `data:` line of one server-sent event (the same envelope every sink sends)."""
+
+    id: str
+    seq: int
+    type: EventType
+    created_at: str
+    data: JobView = Field(description="The job as of the event.")
+
+
+class LegacyError(BaseModel):
+    """The error shape of `/v1/sweep` (it predates the /v1 API)."""
+
+    error: str
+
+
+class SweepReport(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+def validation_error(exc: ValidationError) -> ApiError:
+    """The first problem of a body, as 422 `invalid` naming its dotted field (values are never echoed)."""
+    first = exc.errors(include_url=False, include_input=False)[0]
+    field = ".".join(str(part) for part in first["loc"])[:100] or "body"
+    if first["type"] == "extra_forbidden":
+        return invalid(field, f"unknown field {field!r}")
+    if first["type"] == "missing":
+        return invalid(field, f"{field} is required")
+    return invalid(field, f"{field}: {first['msg']}")
