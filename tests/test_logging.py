@@ -12,7 +12,7 @@ import pytest
 
 from receiver.config.settings import Settings, SettingsError
 from receiver.engine.sweep import DOWNLOAD_NOTE, sweep_once
-from receiver.obs.log_format import JsonFormatter, LogLimiter, install_log_format
+from receiver.obs.logs import JsonFormatter, LogLimiter, install_log_format
 from submitter.status import Status
 from tests.harness import Clock, harness
 from tests.test_app import a_job, hook_path
@@ -192,7 +192,7 @@ def test_uvicorn_log_config_makes_its_own_lines_json() -> None:
 
     from uvicorn.config import LOGGING_CONFIG
 
-    from receiver.obs.log_format import uvicorn_log_config
+    from receiver.obs.logs import uvicorn_log_config
 
     assert uvicorn_log_config("text") == LOGGING_CONFIG
     config = uvicorn_log_config("json")

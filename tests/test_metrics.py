@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from receiver.engine.jobs import new_job, submit
 from receiver.engine.sweep import sweep_once
-from receiver.obs.metrics import Metrics
+from receiver.obs.metrics import Metrics, MetricsSetupError, multiprocess_dir
 from submitter.simulator import Faults
 from submitter.status import Status
 from tests.harness import Harness, harness
@@ -200,9 +200,9 @@ else:
 
 
 def test_several_processes_share_one_multiprocess_dir(tmp_path: Path) -> None:
-    """Workers on one host write to PROMETHEUS_MULTIPROCESS_DIR (either spelling); any one's scrape sums all."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")}
-    env["PROMETHEUS_MULTIPROCESS_DIR"] = str(tmp_path)
+    """Workers on one host write to PROMETHEUS_MULTIPROC_DIR; any one's scrape sums all."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PROMETHEUS_MULTIPROCESS_DIR", "prometheus_multiproc_dir")}
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path)
     env["PYTHONPATH"] = str(REPO)
 
     def child(mode: str) -> str:
@@ -253,15 +253,25 @@ asyncio.run(main())
 def test_a_missing_multiprocess_dir_stops_start_up_not_each_callback(tmp_path: Path) -> None:
     """Metrics are made on first use; with a shared folder configured they are made at start, so a
     folder that is not there fails `serve` at once instead of every callback after its commit."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")}
-    env.update(PROMETHEUS_MULTIPROCESS_DIR=str(tmp_path / "missing"), PYTHONPATH=str(REPO),
+    env = {k: v for k, v in os.environ.items() if k not in ("PROMETHEUS_MULTIPROCESS_DIR", "prometheus_multiproc_dir")}
+    env.update(PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "missing"), PYTHONPATH=str(REPO),
                FLUXHOOK_SECRET_KEY="k" * 40, FLUXHOOK_DB=str(tmp_path / "l.db"),
                FLUXHOOK_RESULTS=str(tmp_path / "results"), FLUXHOOK_PUBLIC_URL="https://hooks.example")
     done = subprocess.run([sys.executable, "-c", _OPEN], env=env, cwd=REPO, capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.returncode != 0 and "opened" not in done.stdout
-    assert "missing" in done.stderr
+    assert "PROMETHEUS_MULTIPROC_DIR=" in done.stderr and "missing is not a writable folder" in done.stderr
     (tmp_path / "missing").mkdir()
     done = subprocess.run([sys.executable, "-c", _OPEN], env=env, cwd=REPO, capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.returncode == 0 and "opened" in done.stdout, done.stderr
+
+
+def test_the_other_spelling_of_the_multiprocess_folder_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """prometheus_client reads PROMETHEUS_MULTIPROC_DIR only; the other spelling would silently leave each
+    worker counting alone, so it stops start-up naming the variable to set."""
+    with pytest.raises(MetricsSetupError, match="rename the variable") as caught:
+        multiprocess_dir({"PROMETHEUS_MULTIPROCESS_DIR": str(tmp_path)})
+    assert "PROMETHEUS_MULTIPROC_DIR" in str(caught.value)
+    assert multiprocess_dir({"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}) == str(tmp_path)
+    assert multiprocess_dir({}) is None

@@ -31,6 +31,7 @@ from receiver.cli.common import (
 )
 from receiver.cli.inputs import InputError
 from receiver.config.settings import Settings, SettingsError
+from receiver.obs.logs import configure_logging
 from receiver.sinks import SinkError
 from receiver.store import StoreUnavailable
 from submitter.dialects import DIALECTS
@@ -234,12 +235,11 @@ async def _cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from receiver.obs.log_format import install_log_format, uvicorn_log_config
+    from receiver.obs.logs import uvicorn_log_config
     from receiver.serve.server import run
     from receiver.web.app import create_app
 
     settings.require_public()
-    install_log_format(settings.log_format)
     run(create_app(settings), settings, host=args.host, port=args.port, log_level=args.log_level,
         log_config=uvicorn_log_config(settings.log_format))
     return 0
@@ -506,6 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = _function(args.command)
     try:
         settings = Settings.from_env()
+        configure_logging(settings)
         result = command(args, settings)
         if asyncio.iscoroutine(result):
             result = asyncio.run(result)

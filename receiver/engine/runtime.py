@@ -25,8 +25,7 @@ import httpx
 from receiver.config.settings import Settings
 from receiver.engine.feed import EventFeed
 from receiver.engine.secrets import WebhookSecrets
-from receiver.obs.log_format import LogLimiter, install_log_format
-from receiver.obs.logs import install_redaction
+from receiver.obs.logs import LogLimiter
 from receiver.obs.redaction import Redactor
 from receiver.results import ResultStore
 from receiver.results import from_settings as results_from_settings
@@ -107,7 +106,6 @@ class Runtime:
         if self.results is None:
             self.results = results_from_settings(self.settings)
         self.redactor = Redactor.from_settings(self.settings)
-        install_redaction(self.redactor)
         backend = self.store.inner if isinstance(self.store, RedactingStore) else self.store
         if not isinstance(self.store, RedactingStore):
             self.store = RedactingStore(self.store, self.redactor)
@@ -174,7 +172,6 @@ class Runtime:
 
         Without `migrate`, the store's schema must already be current (`fluxhook migrate` is a deploy
         step): else Unavailable (503) naming that command; no migration is applied."""
-        install_log_format(settings.log_format)
         own_store = store is None
         if store is None:
             store = open_store(settings.db, pool_size=settings.db_pool)

@@ -4,25 +4,46 @@ Counters and histograms are updated where things happen (callbacks, polls, downl
 the ledger's view (jobs by status, outbox lag) is read from the store at scrape time by
 :meth:`Metrics.render`, so every worker of a host reports the same, current numbers.
 
-Several workers on one host (gunicorn, `uvicorn --workers`): set PROMETHEUS_MULTIPROC_DIR (or
-PROMETHEUS_MULTIPROCESS_DIR) to an empty folder shared by them, wiped before start. Each process then
-writes its samples there and any worker's scrape sums them (prometheus_client.multiprocess).
+Several workers on one host (gunicorn, `uvicorn --workers`): set PROMETHEUS_MULTIPROC_DIR, prometheus_client's
+own variable, to an empty folder shared by them, wiped before start, in the environment the processes start
+with (prometheus_client reads it when it is imported). Each process then writes its samples there and any
+worker's scrape sums them (prometheus_client.multiprocess). Nothing here changes the environment or
+prometheus_client's state.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from receiver.store import Store
+__all__ = ["CONTENT_TYPE", "Ledger", "Metrics", "MetricsSetupError", "multiprocess_dir"]
 
-__all__ = ["CONTENT_TYPE", "Metrics", "multiprocess_dir"]
+
+class MetricsSetupError(RuntimeError):
+    """The Prometheus multi-process settings cannot work (the message names the variable and the fix)."""
+
+
+class _SinkPosition(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def after_seq(self) -> int: ...
+
+
+class Ledger(Protocol):
+    """What a scrape reads from the store (receiver.store's Store provides it)."""
+
+    async def counts(self) -> Mapping[str, int]: ...
+
+    async def last_seq(self) -> int: ...
+
+    async def sinks(self) -> Sequence[_SinkPosition]: ...
 
 #: The Prometheus text exposition format (0.0.4).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -39,17 +60,21 @@ _ENDED = {"failed": "provider_failure", "moderated": "moderated"}
 
 
 def multiprocess_dir(environ: Mapping[str, str] | None = None) -> str | None:
+    """PROMETHEUS_MULTIPROC_DIR, checked: an existing, writable folder, or None when unset.
+
+    The spelling PROMETHEUS_MULTIPROCESS_DIR, which fluxhook once accepted, is refused with the fix: it
+    worked only by rewriting the environment and prometheus_client's value class at run time."""
     env = os.environ if environ is None else environ
-    return env.get("PROMETHEUS_MULTIPROC_DIR") or env.get("PROMETHEUS_MULTIPROCESS_DIR") or None
-
-
-def _enable_multiprocess(path: str) -> None:
-    """prometheus_client picks its value class at import from PROMETHEUS_MULTIPROC_DIR; accept the
-    other spelling too (metrics made from now on write to `path`)."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") != path:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
-    if values.ValueClass is values.MutexValue:
-        values.ValueClass = values.MultiProcessValue()
+    path = env.get("PROMETHEUS_MULTIPROC_DIR") or None
+    if path is None and env.get("PROMETHEUS_MULTIPROCESS_DIR"):
+        raise MetricsSetupError(
+            "PROMETHEUS_MULTIPROCESS_DIR is set but prometheus_client reads PROMETHEUS_MULTIPROC_DIR: "
+            "rename the variable (same value)")
+    if path is not None and not (os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)):
+        raise MetricsSetupError(
+            f"PROMETHEUS_MULTIPROC_DIR={path} is not a writable folder: create it (empty, shared by the "
+            "workers of this host, wiped before they start) or unset the variable")
+    return path
 
 
 class _Ledger(Collector):
@@ -81,9 +106,8 @@ class Metrics:
     content_type = CONTENT_TYPE
 
     def __init__(self, *, multiprocess: str | None = None) -> None:
+        #: The folder every worker's samples are summed from at a scrape (None: this process only).
         self.multiprocess = multiprocess if multiprocess is not None else multiprocess_dir()
-        if self.multiprocess:
-            _enable_multiprocess(self.multiprocess)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.callbacks = Counter("fluxhook_callbacks", "Provider callbacks received, by verdict",
@@ -156,7 +180,7 @@ class Metrics:
 
     # -- scraping ---------------------------------------------------------------------------
 
-    async def render(self, store: Store | None) -> bytes:
+    async def render(self, store: Ledger | None) -> bytes:
         """The exposition text: this process's (or, multi-process, every process's) samples and the
         ledger's gauges read now. A store that does not answer leaves those gauges out
         (`fluxhook_store_up 0`) rather than failing the scrape."""
@@ -166,9 +190,9 @@ class Metrics:
         up = 1
         if store is not None:
             try:
-                counts = await store.counts()
-                last = await store.last_seq()  # type: ignore[attr-defined]
-                for sink in await store.sinks():  # type: ignore[attr-defined]
+                counts = dict(await store.counts())
+                last = await store.last_seq()
+                for sink in await store.sinks():
                     lag[sink.name] = max(0, last - sink.after_seq)
             except Exception:
                 up, counts, last, lag = 0, {}, None, {}

@@ -62,9 +62,11 @@ class _Instance:
 
         from receiver.config.settings import Settings
         from receiver.engine.runtime import Runtime
+        from receiver.obs.logs import configure_logging
         from receiver.web.app import create_app
 
         settings = Settings.from_env()
+        configure_logging(settings)
 
         async def open_runtime() -> Any:
             try:
@@ -135,9 +137,9 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
             report = instance.run(sweep_once(instance.runtime))
             log.info("scheduled sweep: %s", report.as_dict())
-            return report.as_dict()  # type: ignore[no-any-return]
+            return report.as_dict()
         asyncio.set_event_loop(instance.loop)
-        return instance.adapter(event, context)  # type: ignore[no-any-return]
+        return instance.adapter(event, context)
 
 
 def reset() -> None:

@@ -43,7 +43,7 @@ from receiver.config.settings import Settings
 try:
     import resource
 except ImportError:  # pragma: no cover - Windows
-    resource = None  # type: ignore[assignment]
+    resource = None  # type: ignore[assignment]  # the module does not exist on Windows
 
 __all__ = ["GuardedHttpToolsProtocol", "Limits", "connection_cap", "raise_open_file_limit", "run", "uvicorn_config"]
 
@@ -108,7 +108,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, limits: Limits | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limits = limits or limits_from_env()
-        self.timeout_keep_alive = self.limits.idle_timeout
+        # uvicorn annotates this int; it only passes it to loop.call_later, which takes seconds as a float.
+        self.timeout_keep_alive = self.limits.idle_timeout  # type: ignore[assignment]
         #: Bytes of the request line and headers so far; None from the end of a request's headers to
         #: the end of its body.
         self.head_bytes: int | None = 0
@@ -119,6 +120,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.head_started: float | None = None
         self.header_deadline: asyncio.TimerHandle | None = None
 
+    # asyncio.Protocol declares a BaseTransport; uvicorn's own override (and so this one) takes a Transport.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:

@@ -18,6 +18,7 @@ from receiver.engine.runtime import Runtime
 from receiver.engine.sweep import download_loop, sweep_loop
 from receiver.errors import ReceiverError
 from receiver.fetch.download import clean_partials
+from receiver.obs.logs import configure_logging
 from receiver.store import StoreUnavailable
 from receiver.web.api import api_routes
 from receiver.web.api.ops import ops_routes
@@ -107,5 +108,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None, workers: b
 
 
 def create_app_from_env() -> Starlette:
-    """For `uvicorn --factory receiver.web.app:create_app_from_env`."""
-    return create_app(Settings.from_env())
+    """For `uvicorn --factory receiver.web.app:create_app_from_env`: an entry point, so it sets up
+    logging (redaction, FLUXHOOK_LOG_FORMAT) as `fluxhook serve` does."""
+    settings = Settings.from_env()
+    configure_logging(settings)
+    return create_app(settings)
