@@ -14,8 +14,9 @@ import httpx
 import pytest
 
 from receiver.cli.main import main as cli_main
+from receiver.engine.downloading import store_by
 from receiver.engine.jobs import callback_url, submit
-from receiver.engine.sweep import store_by, sweep_once
+from receiver.engine.sweep import sweep_once
 from receiver.obs.redaction import Redactor
 from receiver.web.app import create_app
 from submitter.bodies import BodyError, loads_object
@@ -158,7 +159,7 @@ async def test_a_result_that_never_downloads_ends_expired_by_the_stated_bound(tm
         assert (await post(h, "bfl", job_id, ready_body(await provider_id(h, job_id), far))).status_code == 200
         job = await h.rt.store.get_job(job_id)
         assert job is not None
-        bound = store_by(h.rt, job)
+        bound = store_by(job, h.settings.download_window)
         assert bound == job.deadline_at + h.settings.download_window
         for _ in range(10_000):
             await sweep_once(h.rt)

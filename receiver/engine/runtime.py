@@ -153,8 +153,8 @@ class Runtime:
         if name in self.settings.failpoints:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def kick(self, job_id: str) -> None:
-        """Wake the in-process download loop: `job_id`'s files are due now (the store says so,
+    def kick(self) -> None:
+        """Wake the in-process download loop: a job's files are due now (the store says so,
         so a kick lost to a crash is found by the next sweep all the same)."""
         self.downloads_due.set()
 
