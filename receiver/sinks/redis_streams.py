@@ -15,7 +15,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from receiver.sinks import Attempt, SinkError, describe, host_port, short_hash, url_secrets
+from receiver.sinks.base import Attempt, SinkError, describe, host_port, short_hash, url_secrets
 
 if TYPE_CHECKING:
     from receiver.store import OutboxEvent
