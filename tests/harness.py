@@ -124,3 +124,10 @@ async def harness(
 def files_in(folder: Path) -> list[Path]:
     """Everything under `folder` (none if it was never created)."""
     return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+async def provider_id(h: Harness, job_id: str) -> str:
+    """The provider's task id of a submitted job."""
+    job = await h.rt.store.get_job(job_id)
+    assert job is not None and job.provider_job_id
+    return job.provider_job_id

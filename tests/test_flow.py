@@ -285,17 +285,17 @@ async def test_a_huge_retry_after_is_capped_when_deferring(tmp_path: Path) -> No
 
 
 async def test_download_lease_is_renewed_while_bytes_arrive(tmp_path: Path) -> None:
-    from receiver.engine.sweep import _Lease
+    from receiver.engine.leases import Lease
 
     async with harness(tmp_path, faults=Faults(drop=True, runtime=1e6), lease_seconds=30.0) as h:
         job = await submit(h.rt, "bfl", "flux-dev", {"prompt": "p"})
         claimed = await h.rt.store.claim(job.id, h.rt.owner, now=h.clock.now, lease=30.0)
         assert claimed is not None
-        lease = _Lease(h.rt, job.id)
-        await lease.keep(1)  # too soon to bother the store
+        lease = Lease(h.rt.store, claimed, h.rt.owner, seconds=30.0, clock=h.clock)
+        await lease.renew_when_due()  # too soon to bother the store
         assert (await h.rt.store.get_job(job.id)).lease_until == h.clock.now + 30.0  # type: ignore[union-attr]
         h.clock.advance(25)
-        await lease.keep(2)
+        await lease.renew_when_due()
         assert (await h.rt.store.get_job(job.id)).lease_until == h.clock.now + 30.0  # type: ignore[union-attr]
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from receiver.config.settings import Settings, SettingsError
-from receiver.engine.sweep import DOWNLOAD_NOTE, sweep_once
+from receiver.engine.downloading import DOWNLOAD_NOTE
+from receiver.engine.sweep import sweep_once
 from receiver.obs.logs import JsonFormatter, LogLimiter, install_log_format
 from submitter.status import Status
 from tests.harness import Clock, harness

@@ -54,7 +54,7 @@ def wire(h: Harness, endpoints: dict[str, Callable[[httpx.Request], httpx.Respon
         return endpoints[str(request.url)](request)
 
     http = httpx.AsyncClient(transport=httpx.MockTransport(route))
-    rt.relay = Relay(rt, sinks_from_settings(rt.settings, http=http))
+    rt.relay = rt.relay_to(sinks_from_settings(rt.settings, http=http))
     return rt.relay
 
 
@@ -241,9 +241,9 @@ async def test_a_hung_sink_holds_back_no_other_sink(tmp_path: Path) -> None:
 
     async with harness(tmp_path) as h:
         hung, fine = _FakeSink("hung", hang=True), _FakeSink("fine")
-        h.rt.relay = Relay(h.rt, [hung, fine])  # type: ignore[list-item]
+        h.rt.relay = h.rt.relay_to([hung, fine])  # type: ignore[list-item]
         await h.rt.relay.register()  # as serve does before it takes requests
-        loop = asyncio.create_task(relay_loop(h.rt, h.rt.relay, interval=3600))
+        loop = asyncio.create_task(relay_loop(h.rt.relay, 3600, feed=h.rt.feed, stopping=h.rt.stopping, idle=h.rt.idle))
         try:
             for n in range(3):
                 job = await new_job(h.rt, "bfl", "flux-dev", {"prompt": f"p{n}"})

@@ -2,20 +2,24 @@
 after the submit answer, the sweep's passes start one interval apart (so a due job waits at most
 one interval for its poll, however long the last pass took), and a poll that finds the result makes
 the download due at once and wakes the download loop, so the file never waits for a later pass
-(the lost-callback bound: POLL_AFTER + one sweep interval + a little). A manual clock; nothing sleeps."""
+(the lost-callback bound: POLL_AFTER + one sweep interval + a little); and polls run beside downloads, so
+a hanging download never delays a lost-callback job's poll. A manual clock; nothing sleeps but the last
+test's bounded waits for `serve`'s background loops."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from receiver.engine import sweep
 from receiver.engine.jobs import submit
 from receiver.engine.sweep import SweepReport, check_pass, download_loop, download_pass, handle, sweep_loop
+from receiver.web.app import create_app
 from submitter.simulator import Faults
 from submitter.status import Status
 from tests.harness import Harness, harness
@@ -122,3 +126,73 @@ async def test_sweep_passes_start_one_interval_apart(tmp_path: Path, monkeypatch
         # of the interval after a pass that took it all (never back to back), a whole interval after
         # an instant one.
         assert waits == [pytest.approx(0.7), 0.05, 1.0, 0.05]
+
+
+# -- one slow download never holds up another job's poll ---------------------------------------------
+
+class HeldCDN(httpx.AsyncBaseTransport):
+    """The simulator's CDN, except that files of `held` tasks fail once (503), then hang
+    until `release` is set: the hanging download is a retry, the sweep's own work."""
+
+    def __init__(self, sim_app: Any) -> None:
+        self.inner = httpx.ASGITransport(sim_app)
+        self.held: set[str] = set()
+        self.failed = asyncio.Event()
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if any(task in request.url.path for task in self.held):
+            if not self.failed.is_set():
+                self.failed.set()
+                return httpx.Response(503)
+            self.started.set()
+            await self.release.wait()
+        return await self.inner.handle_async_request(request)
+
+
+async def until(predicate: Callable[[], Awaitable[bool]], within: float = 20.0) -> None:
+    """Wait for a condition the background tasks bring about (bounded; no fixed sleeps)."""
+    async with asyncio.timeout(within):
+        while not await predicate():
+            await asyncio.sleep(0.005)
+
+
+async def test_a_hanging_download_does_not_delay_a_lost_callback_job(tmp_path: Path) -> None:
+    async with harness(tmp_path, sweep_interval=0.01) as h:
+        cdn = HeldCDN(h.sim.app)
+        h.rt.cdn = httpx.AsyncClient(transport=cdn)
+        h.sim.add_rule("lost", Faults(drop=True, runtime=0.0))
+        slow = await submit(h.rt, "bfl", "flux-dev", {"prompt": "slow file"})
+        cdn.held.add(slow.provider_job_id or "")
+        lost = await submit(h.rt, "bfl", "flux-dev", {"prompt": "lost callback"})
+        await h.settle()  # the slow job's Ready arrives; the lost job's never does
+        app = create_app(h.settings, runtime=h.rt, workers=True)  # what `serve` runs in the background
+        try:
+            async with app.router.lifespan_context(app):
+                async def retry_due() -> bool:
+                    job = await h.rt.store.get_job(slow.id)
+                    return cdn.failed.is_set() and job is not None and job.lease_owner is None
+                await until(retry_due)
+                h.clock.advance(60)  # the retry is due: the sweep takes it, and it hangs
+                async with asyncio.timeout(20):
+                    await cdn.started.wait()
+                h.clock.advance(h.settings.poll_after)  # the lost job is due for its poll now
+
+                async def lost_stored() -> bool:
+                    job = await h.rt.store.get_job(lost.id)
+                    return job is not None and job.status == Status.STORED
+
+                await until(lost_stored)
+                slow_job = await h.rt.store.get_job(slow.id)
+                assert slow_job is not None and slow_job.status == Status.SUCCEEDED  # still downloading
+                cdn.release.set()
+
+                async def slow_stored() -> bool:
+                    job = await h.rt.store.get_job(slow.id)
+                    return job is not None and job.status == Status.STORED
+
+                await until(slow_stored)
+        finally:
+            cdn.release.set()
+            await h.rt.cdn.aclose()

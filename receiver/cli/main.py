@@ -147,7 +147,7 @@ def resolve_images(settings: Settings, provider: str, params: dict[str, Any], ba
 
 
 async def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    from receiver.engine.jobs import new_job, try_submit
+    from receiver.engine.jobs import new_job, send_new
     from receiver.engine.runtime import Runtime
 
     params = resolve_images(settings, args.provider, {"prompt": args.prompt, **dict(args.param or [])})
@@ -164,8 +164,7 @@ async def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         except ValueError as exc:
             raise CLIError(str(exc)) from None
         try:
-            await try_submit(rt, job)
-            await rt.store.release(job.id, rt.owner, expect=None, next_check_at=None)
+            await send_new(rt, job)
             if args.wait:
                 await _wait(rt, job.id, args.timeout or settings.job_deadline)
         except asyncio.CancelledError:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from receiver.engine.leases import Lease, claimed
 from receiver.engine.runtime import Runtime
 from receiver.engine.schedule import SLOT_WAIT, first_check, retry_later
 from receiver.store import Event, Job, Outcome
@@ -20,8 +19,8 @@ from submitter.status import Status
 from submitter.urls import expiries
 
 __all__ = [
-    "NotCancelable", "apply_report", "callback_url", "cancel_job", "create_api_job", "job_view", "new_job", "submit",
-    "try_submit",
+    "NotCancelable", "apply_report", "callback_url", "cancel_job", "create_api_job", "job_view", "new_job",
+    "send_new", "submit", "try_submit",
 ]
 
 log = logging.getLogger("fluxhook.jobs")
@@ -155,35 +154,23 @@ async def submit(
 ) -> Job:
     """Record a job and send it; returns the job as it stands afterwards."""
     job = await new_job(rt, provider, model, params, events=events)
-    await try_submit(rt, job)
-    await rt.store.release(job.id, rt.owner, expect=None, next_check_at=None)
+    await send_new(rt, job)
     found = await rt.store.get_job(job.id)
     assert found is not None
     return found
 
 
-@contextlib.asynccontextmanager
-async def _leased(rt: Runtime, job_id: str) -> AsyncIterator[None]:
-    """Renew our lease on the job while a slow submit runs, so no sweeper takes it for an
-    interrupted one (which would leave it waiting for a callback that may never come)."""
-
-    async def renew() -> None:
-        while True:
-            await asyncio.sleep(rt.settings.lease_seconds / 3)
-            await rt.store.renew(job_id, rt.owner, until=rt.clock() + rt.settings.lease_seconds)
-
-    task = asyncio.create_task(renew())
-    try:
-        yield
-    finally:
-        task.cancel()
-        # gather, not `suppress(CancelledError)` around `await task`: a cancellation of *this* task
-        # arriving meanwhile (Ctrl-C, shutdown) must propagate, not be swallowed with the renewer's.
-        await asyncio.gather(task, return_exceptions=True)
+async def send_new(rt: Runtime, job: Job) -> Status:
+    """One submit attempt for a job :func:`new_job` just made, under the lease it was born with, handed back
+    after. Interrupted (an error, Ctrl-C), the job keeps its lease: the sweep settles it once the lease lapses."""
+    async with claimed(rt.store, job, rt.owner, seconds=rt.settings.lease_seconds, clock=rt.clock,
+                       on_cancel=None) as lease:
+        return await try_submit(rt, lease)
 
 
-async def try_submit(rt: Runtime, job: Job) -> Status:
+async def try_submit(rt: Runtime, lease: Lease) -> Status:
     """One submit attempt for a queued job whose lease we hold; returns the status it leaves."""
+    job = lease.job
     public_url, master = rt.settings.require_public()
     now = rt.clock()
     store = rt.store
@@ -198,7 +185,9 @@ async def try_submit(rt: Runtime, job: Job) -> Status:
     url, secret = callback_url(public_url, master, job.provider, job.id)
     client = rt.client(job.provider)
     try:
-        async with _leased(rt, job.id):
+        # Renewed while a slow submit runs, so no sweeper takes the job for an interrupted one
+        # (which would leave it waiting for a callback that may never come).
+        async with lease.renewing():
             answer = await client.submit(
                 job.model, job.params, url, secret, job.options.get("events", ()),
                 budget=rt.settings.lease_seconds / 2,  # retries end well inside a lease, renewed or not

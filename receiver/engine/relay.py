@@ -19,12 +19,14 @@ import contextlib
 import logging
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from receiver.engine.runtime import Runtime
+from receiver.config.integrations import Integrations
+from receiver.engine.feed import EventFeed
 from receiver.sinks import Attempt, Sink, SinkError
-from receiver.store import Delivery, OutboxEvent, StoreUnavailable
+from receiver.store import Delivery, OutboxEvent, Store, StoreUnavailable
 from receiver.store.outbox import AttemptRecord
 
 __all__ = ["BACKOFF_BASE", "BACKOFF_CAP", "Relay", "RelayReport", "next_delay", "relay_loop"]
@@ -56,8 +58,16 @@ class RelayReport:
 
 
 class Relay:
-    def __init__(self, rt: Runtime, sinks: Sequence[Sink]) -> None:
-        self.rt = rt
+    """The relay of one process: `owner` leases deliveries from `store` at `clock`'s time, under the
+    forwarding settings `integrations`; `on_delivery(sink name, outcome)` counts each attempt's outcome."""
+
+    def __init__(
+        self, sinks: Sequence[Sink], *, store: Store, owner: str, clock: Callable[[], float],
+        integrations: Integrations, on_delivery: Callable[[str, str], None],
+    ) -> None:
+        self.store, self.owner, self.clock = store, owner, clock
+        self.integrations = integrations
+        self.on_delivery = on_delivery
         self.sinks = {sink.name: sink for sink in sinks}
         self._started: set[str] = set()
         self._registered = False
@@ -67,7 +77,7 @@ class Relay:
     @property
     def lease(self) -> float:
         """Longer than any attempt can take, so a lease never lapses while its attempt runs."""
-        return self.rt.settings.integrations.forward_timeout * 2 + 30.0
+        return self.integrations.forward_timeout * 2 + 30.0
 
     def sinks_for(self) -> dict[str, frozenset[str]]:
         return {name: sink.types for name, sink in self.sinks.items()}
@@ -76,7 +86,7 @@ class Relay:
         if self._registered:
             return
         for sink in self.sinks.values():
-            await self.rt.store.register_sink(sink.name, sink.kind, sink.display, now=self.rt.clock())
+            await self.store.register_sink(sink.name, sink.kind, sink.display, now=self.clock())
         self._registered = True
 
     async def ready(self, sink: Sink) -> bool:
@@ -112,23 +122,23 @@ class Relay:
     async def run_sink(self, sink: Sink, report: RelayReport, *, limit: int = PER_SINK, max_batches: int = 50) -> None:
         """Fan out and deliver for one sink: claims of at most `limit` deliveries, all sent at once (so
         none waits behind another while its lease runs), their attempts recorded in one transaction."""
-        store = self.rt.store
-        while await store.fan_out(sink.name, sink.types, now=self.rt.clock()):
+        store = self.store
+        while await store.fan_out(sink.name, sink.types, now=self.clock()):
             pass
         if not await self.ready(sink):
             return  # its deliveries wait, untouched, until it starts (and no other sink waits for it)
         for _ in range(max_batches):
             claimed = await store.claim_deliveries(
-                self.rt.owner, sink=sink.name, now=self.rt.clock(), lease=self.lease, limit=limit
+                self.owner, sink=sink.name, now=self.clock(), lease=self.lease, limit=limit
             )
             if not claimed:
                 break
             attempts = await asyncio.gather(*(sink.deliver(event) for _, event in claimed))
             records = [self._judge(sink, d, e, a, report) for (d, e), a in zip(claimed, attempts, strict=True)]
-            await store.record_attempts(self.rt.owner, records)
+            await store.record_attempts(self.owner, records)
             if any(a.gone for a in attempts):
                 await store.disable_sink(sink.name, next(a.error for a in attempts if a.gone) or "410 Gone",
-                                         now=self.rt.clock())
+                                         now=self.clock())
                 log.warning("sink %s answered 410 Gone: disabled until `fluxhook sinks --enable %s`",
                             sink.display, sink.name)
                 break
@@ -137,7 +147,7 @@ class Relay:
     def _judge(
         self, sink: Sink, delivery: Delivery, event: OutboxEvent, attempt: Attempt, report: RelayReport
     ) -> AttemptRecord:
-        now = self.rt.clock()
+        now = self.clock()
         next_at: float | None = None
         if attempt.ok:
             state = "delivered"
@@ -146,7 +156,7 @@ class Relay:
         elif attempt.permanent:
             state = "dead"
         elif now + (delay := next_delay(delivery.attempts + 1, attempt.retry_after)) > (
-            delivery.created_at + self.rt.settings.integrations.forward_retry_for
+            delivery.created_at + self.integrations.forward_retry_for
         ):
             state = "dead"
         else:
@@ -155,23 +165,29 @@ class Relay:
             log.warning("delivery of %s (%s) to %s is dead after %d attempt(s): %s", event.id, event.type,
                         sink.display, delivery.attempts + 1, attempt.error)
         report.outcomes[state if state != "pending" else "retrying"] += 1
-        self.rt.prom.delivery(sink.name, state if state != "pending" else "retrying")
+        self.on_delivery(sink.name, state if state != "pending" else "retrying")
         return AttemptRecord(delivery.id, delivery.seq, now, attempt.code, attempt.latency_ms, attempt.error,
                              state, next_at)
 
 
-async def relay_loop(rt: Runtime, relay: Relay, interval: float) -> None:
-    """Deliver as events appear (the feed wakes it) and retries when due, until `rt.stopping`:
+#: Waits until its awaitable completes, shutdown begins, or the seconds pass (:meth:`Runtime.idle`).
+Idle = Callable[[Awaitable[Any], float], Awaitable[None]]
+
+
+async def relay_loop(relay: Relay, interval: float, *, feed: EventFeed, stopping: asyncio.Event, idle: Idle) -> None:
+    """Deliver as events appear (`feed` wakes it) and retries when due, until `stopping` is set:
     one loop per sink, so a slow or dead sink holds up none of the others."""
     if not relay.sinks:
         return
     await relay.register()
-    await asyncio.gather(*(_sink_loop(rt, relay, sink, interval) for sink in relay.sinks.values()))
+    await asyncio.gather(*(_sink_loop(relay, sink, interval, feed, stopping, idle) for sink in relay.sinks.values()))
 
 
-async def _sink_loop(rt: Runtime, relay: Relay, sink: Sink, interval: float) -> None:
-    while not rt.stopping.is_set():
-        since = rt.feed.mark()  # events committed during the pass wake the next one at once
+async def _sink_loop(
+    relay: Relay, sink: Sink, interval: float, feed: EventFeed, stopping: asyncio.Event, idle: Idle
+) -> None:
+    while not stopping.is_set():
+        since = feed.mark()  # events committed during the pass wake the next one at once
         report = RelayReport()
         try:
             await relay.run_sink(sink, report)
@@ -181,6 +197,6 @@ async def _sink_loop(rt: Runtime, relay: Relay, sink: Sink, interval: float) -> 
             log.warning("relay %s: %s", sink.display, exc)
         except Exception:
             log.exception("relay pass to %s failed", sink.display)
-        if rt.stopping.is_set():
+        if stopping.is_set():
             break
-        await rt.idle(rt.feed.changed(interval, since), interval)
+        await idle(feed.changed(interval, since), interval)

@@ -14,7 +14,7 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -37,6 +37,7 @@ from submitter.client import ProviderClient
 if TYPE_CHECKING:
     from receiver.engine.relay import Relay
     from receiver.obs.metrics import Metrics
+    from receiver.sinks import Sink
 
 __all__ = ["Runtime"]
 
@@ -100,7 +101,8 @@ class Runtime:
     log_limiter: LogLimiter = field(init=False)
 
     def __post_init__(self) -> None:
-        from receiver.engine.relay import Relay
+        # Deferred for cold start: the relay and the sinks load with a runtime, not when the app is built
+        # (tests/test_cold_imports.py).
         from receiver.sinks import sinks_from_settings
 
         if self.results is None:
@@ -114,7 +116,7 @@ class Runtime:
         backend.locate = self.results.location
         self.feed = EventFeed(self.store)
         backend.listeners.append(self.feed.poke)
-        self.relay = Relay(self, sinks_from_settings(self.settings))
+        self.relay = self.relay_to(sinks_from_settings(self.settings))
         self.log_limiter = LogLimiter(logging.getLogger("fluxhook.hooks"), self.clock,
                                       on_suppressed=lambda n: self.prom.rejected_logs_suppressed.inc(n))
 
@@ -125,6 +127,14 @@ class Runtime:
         from receiver.obs.metrics import Metrics
 
         return Metrics()
+
+    def relay_to(self, sinks: Sequence[Sink]) -> Relay:
+        """A relay of this runtime's outbox to `sinks` (the runtime's own is `relay`: the configured sinks)."""
+        from receiver.engine.relay import Relay  # deferred for cold start, as in __post_init__
+
+        return Relay(sinks, store=self.store, owner=self.owner, clock=self.clock,
+                     integrations=self.settings.integrations,
+                     on_delivery=lambda sink, outcome: self.prom.delivery(sink, outcome))
 
     async def idle(self, wake: Awaitable[Any], within: float) -> None:
         """Wait until `wake` completes, shutdown begins, or `within` seconds pass (what every
@@ -151,8 +161,8 @@ class Runtime:
         if name in self.settings.failpoints:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def kick(self, job_id: str) -> None:
-        """Wake the in-process download loop: `job_id`'s files are due now (the store says so,
+    def kick(self) -> None:
+        """Wake the in-process download loop: a job's files are due now (the store says so,
         so a kick lost to a crash is found by the next sweep all the same)."""
         self.downloads_due.set()
 

@@ -18,7 +18,7 @@ import nats
 from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
 
-from receiver.sinks import Attempt, SinkError, describe, host_port, short_hash, url_secrets
+from receiver.sinks.base import Attempt, SinkError, describe, host_port, short_hash, url_secrets
 
 if TYPE_CHECKING:
     from nats.aio.client import Client

@@ -15,9 +15,11 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from receiver.sinks import Attempt, SinkError, describe, host_port, short_hash, url_secrets
+from receiver.sinks.base import Attempt, SinkError, describe, host_port, short_hash, url_secrets
 
 if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
+
     from receiver.store import OutboxEvent
 
 __all__ = ["RedisSink"]
@@ -69,7 +71,7 @@ class RedisSink:
 
     async def deliver(self, event: OutboxEvent) -> Attempt:
         began = time.perf_counter()
-        fields: dict[str, str | bytes] = {"id": event.id, "type": event.type, "data": event.body()}
+        fields: dict[FieldT, EncodableT] = {"id": event.id, "type": event.type, "data": event.body()}
         try:
             entry = await self._connect().xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)
         except (RedisError, OSError, ValueError) as exc:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import httpx
 
-from receiver.sinks import Attempt, describe, short_hash, url_secrets
+from receiver.sinks.base import Attempt, describe, short_hash, url_secrets
 from submitter.signing import sign_standard
 
 if TYPE_CHECKING:

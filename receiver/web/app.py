@@ -80,7 +80,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None, workers: b
                         relay_loop,  # as Runtime does for Relay: loaded with a runtime, not on import
                     )
 
-                    tasks.append(asyncio.create_task(relay_loop(rt, rt.relay, settings.sweep_interval)))
+                    tasks.append(asyncio.create_task(relay_loop(rt.relay, settings.sweep_interval, feed=rt.feed,
+                                                                stopping=rt.stopping, idle=rt.idle)))
             try:
                 yield
             finally:

@@ -298,7 +298,7 @@ async def _hook(scope: Scope, receive: Receive, rt: Runtime, provider: str) -> d
     if outcome.changed:
         rt.prom.ended(provider, outcome.status)
     if outcome.status == Status.SUCCEEDED:
-        rt.kick(job_id)
+        rt.kick()
     answer: dict[str, object] = {"ok": True, "status": str(outcome.status)}
     if not outcome.recorded:
         answer["recorded"] = False  # the job is finished, or its audit cap is reached
