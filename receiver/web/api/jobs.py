@@ -25,7 +25,7 @@ from receiver.store import Job
 from receiver.web.api.auth import authenticate, key_scope
 from receiver.web.api.errors import ApiError, api_endpoint, invalid, not_found
 from receiver.web.api.models import CreateJob, validation_error
-from receiver.web.callbacks import read_body
+from receiver.web.bodies import read_body
 from receiver.web.files import result_response
 from submitter.bodies import BodyError, loads_object
 from submitter.status import TERMINAL, Status
