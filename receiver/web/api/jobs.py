@@ -43,7 +43,8 @@ _FILE_N = re.compile(r"[0-9]{1,6}")
 
 
 def _rt(request: Request) -> Runtime:
-    return request.app.state.runtime  # type: ignore[no-any-return]
+    rt: Runtime = request.app.state.runtime
+    return rt
 
 
 def job_id_of(request: Request) -> str:

@@ -80,7 +80,7 @@ async def job_page(request: Request) -> Response:
     if job.submitted_at is not None:
         timeline.append({"at": job.submitted_at, "what": "submitted",
                          "detail": f"provider job {job.provider_job_id}" if job.provider_job_id else ""})
-    for event in await rt.store.audit_events(job.id, limit=200):  # type: ignore[attr-defined]
+    for event in await rt.store.audit_events(job.id, limit=200):
         timeline.append({"at": event["received_at"], "what": "callback received",
                          "detail": f"verdict: {event['verdict']}"})
     for outbox in await rt.store.events_after(0, job_id=job.id):  # type: ignore[attr-defined]

@@ -38,7 +38,7 @@ async def providers_panel(request: Request) -> Response:
     rt = runtime(request)
     now = rt.clock()
     longest = max(w for _, w in WINDOWS)
-    jobs = await rt.store.jobs_since(now - longest, limit=PANEL_JOBS)  # type: ignore[attr-defined]
+    jobs = await rt.store.jobs_since(now - longest, limit=PANEL_JOBS)
     rows = []
     for name in sorted(set(rt.settings.providers) | {j.provider for j in jobs}):
         for label, window in WINDOWS:
