@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from receiver.cli.main import COMMANDS, build_parser, main
+from receiver.cli.commands import COMMANDS
+from receiver.cli.main import main
+from receiver.cli.parser import build_parser
 
 KEY = "c" * 40
 
@@ -101,7 +103,7 @@ def test_version_and_exit_codes_in_help(capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_simulate_help_documents_faults_and_env(capsys: pytest.CaptureFixture[str]) -> None:
-    from receiver.cli.main import simulate_env
+    from receiver.cli.simulate import simulate_env
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["simulate", "--help"])

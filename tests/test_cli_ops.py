@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from receiver.cli.main import _cmd_submit
+from receiver.cli.jobs import submit
 from receiver.cli.ops import reconcile
 from receiver.config.settings import Settings
 from tests.test_cli_batch import fluxhook, simulator
@@ -123,7 +123,7 @@ async def test_ctrl_c_during_submit_wait_names_the_job(
         settings = Settings.from_env(s.env)
         args = argparse.Namespace(provider="bfl", model="flux-dev", prompt="hold it", param=None, events=None,
                                   wait=True, timeout=60.0, json=False)
-        task = asyncio.create_task(_cmd_submit(args, settings))
+        task = asyncio.create_task(submit(args, settings))
         async with asyncio.timeout(20):
             while s.sim.stats()["totals"]["submit_requests"] == 0:
                 await asyncio.sleep(0.01)  # polling for the event, not timing

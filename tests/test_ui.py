@@ -14,8 +14,9 @@ import pytest
 
 from receiver.config.integrations import Integrations
 from receiver.engine.sweep import sweep_once
-from receiver.web.api.auth import SESSION_COOKIE, SESSION_MAX_AGE
-from receiver.web.ui.views import _frames, percentile
+from receiver.web.ui.gallery import _frames
+from receiver.web.ui.providers import percentile
+from receiver.web.ui.sessions import SESSION_COOKIE, SESSION_MAX_AGE
 from submitter.simulator import Faults
 from submitter.status import Status
 from tests.harness import Harness, harness
@@ -181,9 +182,9 @@ async def test_job_table_filters_and_search(h: Harness) -> None:
 
 
 async def test_job_table_pages_by_keyset(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    import receiver.web.ui.views as views
+    import receiver.web.ui.jobs as ui_jobs
 
-    monkeypatch.setattr(views, "PAGE_SIZE", 2)
+    monkeypatch.setattr(ui_jobs, "PAGE_SIZE", 2)
     made = []
     for _ in range(3):
         made.append(await make_job(h, until=Status.SUBMITTED, params={"prompt": "held"}))

@@ -26,7 +26,6 @@ import csv
 import hashlib
 import json
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,10 +34,15 @@ from typing import Any
 
 from receiver.cli.common import EXIT_FAILED, EXIT_USAGE, CLIError, WaitTimeout
 from receiver.cli.inputs import InputError, resolve_params
+from receiver.cli.progress import BatchProgress, bucket
 from receiver.config.settings import Settings, SettingsError
+from receiver.engine.jobs import create_api_job, submit_options
+from receiver.engine.runtime import Runtime
+from receiver.engine.sweep import sweep_once
+from receiver.store import IdempotencyConflict
 from submitter.status import TERMINAL, Status
 
-__all__ = ["BatchLine", "add_arguments", "line_key", "read_lines", "run", "validate"]
+__all__ = ["BatchLine", "line_key", "read_lines", "run", "validate"]
 
 FIELDS = ("provider", "model", "prompt", "params", "metadata", "events")
 
@@ -153,8 +157,6 @@ def _csv_lines(text: str) -> Iterator[BatchLine | tuple[int, str]]:
 
 def validate(settings: Settings, path: Path) -> tuple[list[BatchLine], list[str]]:
     """Every line checked (provider, model, events, image files): (lines, problems naming the line)."""
-    from receiver.engine.jobs import submit_options
-
     lines, problems = [], []
     for item in read_lines(path):
         if isinstance(item, tuple):
@@ -179,56 +181,8 @@ def line_key(path: Path, line: BatchLine) -> tuple[str, str]:
     return f"batch:{key}", fingerprint
 
 
-def _bucket(status: Status) -> str:
-    if status == Status.QUEUED:
-        return "queued"
-    if status in (Status.SUBMITTED, Status.RUNNING, Status.SUCCEEDED):
-        return "running"
-    return "stored" if status == Status.STORED else "failed"
-
-
-class _Display:
-    """The rich progress display on stderr (a plain line per change when stderr is no terminal)."""
-
-    def __init__(self, total: int) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.console = Console(stderr=True)
-        self.started = time.monotonic()
-        self.total = total
-        self.last = ""
-        self.progress = Progress(
-            TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[counts]}"),
-            TimeElapsedColumn(), console=self.console, transient=False, disable=not self.console.is_terminal,
-        )
-        self.task = self.progress.add_task("batch", total=total, counts="")
-
-    def __enter__(self) -> _Display:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def update(self, counts: Counter[str]) -> None:
-        done = counts["stored"] + counts["failed"]
-        elapsed = time.monotonic() - self.started
-        rate = done / elapsed if elapsed > 0 else 0.0
-        eta = f"{(self.total - done) / rate:.0f} s" if rate > 0 and done < self.total else "-"
-        text = (f"queued {counts['queued']}  running {counts['running']}  stored {counts['stored']}  "
-                f"failed {counts['failed']}  {rate * 60:.1f}/min  ETA {eta}")
-        self.progress.update(self.task, completed=done, counts=text)
-        if not self.console.is_terminal and text.split("  ETA")[0] != self.last:
-            self.last = text.split("  ETA")[0]
-            print(f"batch: {done}/{self.total}  {text}", file=sys.stderr)
-
-
-async def _record(rt: Any, path: Path, lines: list[BatchLine]) -> int:
+async def _record(rt: Runtime, path: Path, lines: list[BatchLine]) -> int:
     """Create each line's job once (a repeat finds the job its key names); returns how many are new."""
-    from receiver.engine.jobs import create_api_job
-    from receiver.store import IdempotencyConflict
-
     new = 0
     for line in lines:
         try:
@@ -244,9 +198,6 @@ async def _record(rt: Any, path: Path, lines: list[BatchLine]) -> int:
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
-    from receiver.engine.runtime import Runtime
-    from receiver.engine.sweep import sweep_once
-
     path = Path(args.file)
     lines, problems = validate(settings, path)
     if problems:
@@ -271,7 +222,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         end = loop.time() + (args.timeout or settings.job_deadline + settings.download_window)
         statuses: dict[str, Status] = {}
         try:
-            with _Display(len(ids)) as display:
+            with BatchProgress(len(ids)) as display:
                 while True:
                     await sweep_once(rt)
                     for job_id in ids:
@@ -279,7 +230,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
                             job = await rt.store.get_job(job_id)
                             if job is not None:
                                 statuses[job_id] = job.status
-                    display.update(Counter(_bucket(s) for s in statuses.values()))
+                    display.update(Counter(bucket(s) for s in statuses.values()))
                     if all(s in TERMINAL for s in statuses.values()):
                         break
                     if loop.time() >= end:
@@ -305,13 +256,3 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     counts = Counter(str(j.status) for j in jobs.values() if j is not None)
     print(f"{len(lines)} job(s): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), file=sys.stderr)
     return EXIT_FAILED if failed else 0
-
-
-def add_arguments(parsers: dict[str, argparse.ArgumentParser]) -> None:
-    p = parsers["batch"]
-    p.add_argument("file", help="JSON Lines (.jsonl, any other name) or CSV (.csv, with a header row)")
-    p.add_argument("--check", action="store_true", help="validate every line and exit; submit nothing")
-    p.add_argument("--timeout", type=float,
-                   help="stop waiting after this many seconds (exit 3; the jobs go on, run again to follow)")
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between sweeps while waiting (default 1)")
-    p.add_argument("--json", action="store_true", help="print one JSON line per job at the end")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -19,7 +20,7 @@ from submitter.client import Provider
 from submitter.simulator import Faults, Simulator
 from submitter.status import TERMINAL, Status
 
-__all__ = ["run_demo"]
+__all__ = ["demo", "run_demo"]
 
 PROMPTS = [
     ("bfl", "flux-dev", "a red fox in fresh snow, morning light"),
@@ -61,6 +62,11 @@ def demo_settings(settings: Settings, sim_url: str, public_url: str, folder: Pat
         poll_max_interval=2.0,
         sweep_interval=0.5,
     )
+
+
+async def demo(args: argparse.Namespace, settings: Settings) -> int:
+    """`fluxhook demo [--jobs N] [--keep DIR]`."""
+    return await run_demo(settings, jobs=args.jobs, keep=args.keep)
 
 
 async def run_demo(settings: Settings, *, jobs: int = 5, within: float = 60.0, keep: str | None = None) -> int:

@@ -7,33 +7,24 @@ import csv
 import io
 import json
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from receiver.cli.common import EXIT_FAILED, CLIError, print_rows, timed
+from receiver.cli.ledger import find_job, job_view, local_only, wait_for
 from receiver.config.settings import Settings
-from receiver.store import Job, iso
+from receiver.engine.jobs import NotCancelable, apply_report, cancel_job
+from receiver.engine.runtime import Runtime
+from receiver.store import Job, TaskMismatch, iso
 from submitter.bodies import BodyError, loads_object
 from submitter.dialects import parse_observation
 from submitter.status import TERMINAL, Status
+from submitter.urls import too_many_outputs
 
-__all__ = ["add_arguments", "cancel", "events", "reconcile", "replay", "report", "retry"]
-
-
-def _local(settings: Settings, command: str) -> None:
-    if settings.integrations.api_url:
-        raise CLIError(f"`fluxhook {command}` works on the database (FLUXHOOK_DB), not through FLUXHOOK_API_URL: "
-                       "unset it on a host that has the database")
+__all__ = ["cancel", "events", "reconcile", "replay", "report", "retry"]
 
 
-async def _job(rt: Any, job_id: str) -> Any:
-    job = await rt.store.get_job(job_id)
-    if job is None:
-        raise CLIError(f"no job {job_id!r} in {rt.settings.db_display}")
-    return job
-
-
-def _callback_status(rt: Any, provider: str, body: bytes) -> str | None:
+def _callback_status(rt: Runtime, provider: str, body: bytes) -> str | None:
     """What a kept callback body said, read the way the receiver reads it (None if unreadable)."""
     try:
         observation = parse_observation(rt.settings.provider(provider).dialect, loads_object(body))
@@ -44,7 +35,7 @@ def _callback_status(rt: Any, provider: str, body: bytes) -> str | None:
 
 # -- events ------------------------------------------------------------------------------
 
-async def timeline(rt: Any, job: Job) -> list[dict[str, Any]]:
+async def timeline(rt: Runtime, job: Job) -> list[dict[str, Any]]:
     """Everything known about `job`, in time order: its creation and submit, each kept callback (with
     its audit id and verdict), each outbox event and each delivery of it."""
     job_id = job.id
@@ -69,11 +60,10 @@ async def timeline(rt: Any, job: Job) -> list[dict[str, Any]]:
 
 
 async def events(args: argparse.Namespace, settings: Settings) -> int:
-    _local(settings, "events")
-    from receiver.engine.runtime import Runtime
+    local_only(settings, "events")
 
     async with Runtime.open(settings) as rt:
-        job = await _job(rt, args.job)
+        job = await find_job(rt, args.job)
         rows = await timeline(rt, job)
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True))
@@ -90,9 +80,7 @@ async def events(args: argparse.Namespace, settings: Settings) -> int:
 # -- cancel ------------------------------------------------------------------------------
 
 async def cancel(args: argparse.Namespace, settings: Settings) -> int:
-    _local(settings, "cancel")
-    from receiver.engine.jobs import NotCancelable, cancel_job
-    from receiver.engine.runtime import Runtime
+    local_only(settings, "cancel")
 
     async with Runtime.open(settings) as rt:
         try:
@@ -116,12 +104,10 @@ async def retry(args: argparse.Namespace, settings: Settings) -> int:
     store moves it back to `succeeded` (`reopen_for_retry`, the one sanctioned exception to final
     statuses), then the normal download pass runs; expired URLs are re-polled for fresh ones. A job
     the provider failed, moderated or that was canceled is refused: resubmit it instead."""
-    _local(settings, "retry")
-    from receiver.cli.main import _job_view, _wait
-    from receiver.engine.runtime import Runtime
+    local_only(settings, "retry")
 
     async with Runtime.open(settings) as rt:
-        job = await _job(rt, args.job)
+        job = await find_job(rt, args.job)
         files = await rt.store.files(args.job)
         pending = [f for f in files if not f.stored]
         if job.status not in (Status.FAILED, Status.EXPIRED) or not job.provider_job_id or not pending:
@@ -138,8 +124,8 @@ async def retry(args: argparse.Namespace, settings: Settings) -> int:
         if args.no_wait:
             print(args.job)
             return 0
-        await _wait(rt, args.job, args.timeout or settings.download_window)
-        view = await _job_view(rt, args.job)
+        await wait_for(rt, args.job, args.timeout or settings.download_window)
+        view = await job_view(rt, args.job)
     print_rows(view, args.json)
     return EXIT_FAILED if view["status"] in TERMINAL - {Status.STORED} else 0
 
@@ -150,11 +136,7 @@ async def replay(args: argparse.Namespace, settings: Settings) -> int:
     """Apply a kept callback again through the receiver's parse + apply path (not recorded again:
     no audit row, no dedup). Harmless by the state machine: a finished job changes nothing, a
     stale status cannot move a job back."""
-    _local(settings, "replay")
-    from receiver.engine.jobs import apply_report
-    from receiver.engine.runtime import Runtime
-    from receiver.store import TaskMismatch
-    from submitter.urls import too_many_outputs
+    local_only(settings, "replay")
 
     try:
         event_id = int(args.event)
@@ -164,7 +146,7 @@ async def replay(args: argparse.Namespace, settings: Settings) -> int:
         event = await rt.store.audit_event(event_id)
         if event is None:
             raise CLIError(f"no kept callback {event_id} (pruned after FLUXHOOK_EVENT_RETENTION, or never kept)")
-        job = await _job(rt, event["job_id"])
+        job = await find_job(rt, event["job_id"])
         try:
             observation = parse_observation(rt.settings.provider(event["provider"]).dialect,
                                             loads_object(event["body"]))
@@ -241,15 +223,12 @@ def _since(text: str | None) -> float | None:
     except ValueError:
         raise CLIError(f"--since takes an ISO 8601 time or a duration such as 24h or 7d, got {text!r}") from None
     if at.tzinfo is None:
-        from datetime import UTC
-
         at = at.replace(tzinfo=UTC)
     return at.timestamp()
 
 
 async def report(args: argparse.Namespace, settings: Settings) -> int:
-    _local(settings, "report")
-    from receiver.engine.runtime import Runtime
+    local_only(settings, "report")
 
     since = _since(args.since)
     async with Runtime.open(settings) as rt:
@@ -278,19 +257,3 @@ async def report(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{column:<{width}}  " + "  ".join(f"{r[column]:>10}" for r in rows))
     print("orphan callbacks: not recorded (a callback for an unknown job is answered 404 and kept nowhere)")
     return 0
-
-
-def add_arguments(parsers: dict[str, argparse.ArgumentParser]) -> None:
-    for name in ("events", "cancel", "retry"):
-        parsers[name].add_argument("job", help="our job id (fh_...)")
-    parsers["events"].add_argument("--json", action="store_true", help="print JSON")
-    p = parsers["retry"]
-    p.add_argument("--no-wait", action="store_true", help="reopen and return; a running serve or sweep downloads")
-    p.add_argument("--timeout", type=float, help="give up waiting after this many seconds (exit 3; it goes on)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    parsers["replay"].add_argument("event", help="a kept callback's id (a number, from `fluxhook events JOB`)")
-    p = parsers["report"]
-    p.add_argument("--since", help="only jobs created since: ISO 8601 (2026-01-31T00:00Z) or a duration (24h, 7d)")
-    form = p.add_mutually_exclusive_group()
-    form.add_argument("--json", action="store_true", help="print JSON")
-    form.add_argument("--csv", action="store_true", help="print CSV (one row per provider, then total)")

@@ -8,9 +8,10 @@ from typing import Any
 
 from receiver.cli.common import CLIError
 from receiver.config.settings import Settings
+from receiver.engine.runtime import Runtime
 from receiver.store import Delivery, iso
 
-__all__ = ["OutboxCLIError", "add_arguments", "deliveries", "redeliver", "sinks"]
+__all__ = ["OutboxCLIError", "deliveries", "redeliver", "sinks"]
 
 
 class OutboxCLIError(CLIError):
@@ -26,8 +27,6 @@ def _delivery_row(d: Delivery, sinks: dict[str, str]) -> dict[str, Any]:
 
 
 async def deliveries(args: argparse.Namespace, settings: Settings) -> int:
-    from receiver.engine.runtime import Runtime
-
     async with Runtime.open(settings) as rt:
         sinks = {s.name: s.display for s in await rt.store.sinks()}
         rows = await rt.store.deliveries("dead" if args.failed else args.state, limit=args.limit,
@@ -55,8 +54,6 @@ async def deliveries(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def redeliver(args: argparse.Namespace, settings: Settings) -> int:
-    from receiver.engine.runtime import Runtime
-
     if not args.event and not args.failed:
         raise OutboxCLIError("give an event id (evt_...) or --failed")
     async with Runtime.open(settings) as rt:
@@ -76,8 +73,6 @@ async def redeliver(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def sinks(args: argparse.Namespace, settings: Settings) -> int:
-    from receiver.engine.runtime import Runtime
-
     async with Runtime.open(settings) as rt:
         await rt.relay.register()
         if args.enable:
@@ -106,20 +101,3 @@ async def sinks(args: argparse.Namespace, settings: Settings) -> int:
               + ("" if row["configured"] else "  (not configured here)")
               + (f"\n    cannot start: {row['error']}" if row["error"] else ""))
     return 0
-
-
-def add_arguments(parsers: dict[str, argparse.ArgumentParser]) -> None:
-    p = parsers["deliveries"]
-    p.add_argument("--failed", action="store_true", help="only dead deliveries")
-    p.add_argument("--state", choices=("pending", "delivered", "dead"), help="only deliveries in this state")
-    p.add_argument("--event", help="only this event's deliveries (evt_...)")
-    p.add_argument("--attempts", action="store_true", help="show every attempt (time, status, latency, error)")
-    p.add_argument("--limit", type=int, default=100)
-    p.add_argument("--json", action="store_true")
-    p = parsers["redeliver"]
-    p.add_argument("event", nargs="?", help="event id (evt_...)")
-    p.add_argument("--failed", action="store_true", help="every dead delivery")
-    p.add_argument("--now", action="store_true", help="run one relay pass now instead of waiting for one")
-    p = parsers["sinks"]
-    p.add_argument("--enable", metavar="NAME", help="enable a sink disabled by a 410 Gone")
-    p.add_argument("--json", action="store_true")

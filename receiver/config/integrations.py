@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
+
+from receiver.config.env import SettingsError, positive
 
 __all__ = ["EVENT_TYPES", "TERMINAL_EVENTS", "Integrations"]
 
@@ -58,62 +60,56 @@ class Integrations:
     nats_subject: str = "fluxhook.events"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], number: Callable[..., float], error: type[Exception]) -> Integrations:
-        def positive(name: str, default: float) -> float:
-            value = float(number(env, name, default))
-            if value <= 0:
-                raise error(f"{name} must be greater than 0")
-            return value
-
+    def from_env(cls, env: Mapping[str, str]) -> Integrations:
         keys = _split(env.get("FLUXHOOK_API_KEYS", ""))
         for position, key in enumerate(keys, 1):
             if len(key) < 16:
-                raise error(f"FLUXHOOK_API_KEYS: key #{position} is shorter than 16 characters")
+                raise SettingsError(f"FLUXHOOK_API_KEYS: key #{position} is shorter than 16 characters")
         urls = _split(env.get("FLUXHOOK_FORWARD_URL", ""))
         for position, url in enumerate(urls, 1):
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise error(f"FLUXHOOK_FORWARD_URL: endpoint #{position} is not an http(s) URL")
+                raise SettingsError(f"FLUXHOOK_FORWARD_URL: endpoint #{position} is not an http(s) URL")
         secret = env.get("FLUXHOOK_FORWARD_SECRET") or None
         if urls and secret is None:
-            raise error("FLUXHOOK_FORWARD_URL is set but FLUXHOOK_FORWARD_SECRET is not: "
-                        "webhooks out are signed with a whsec_ secret")
+            raise SettingsError("FLUXHOOK_FORWARD_URL is set but FLUXHOOK_FORWARD_SECRET is not: "
+                               "webhooks out are signed with a whsec_ secret")
         if secret is not None and not _whsec_ok(secret):
-            raise error("FLUXHOOK_FORWARD_SECRET must be a whsec_<base64> secret of at least 16 bytes; generate"
-                        " one with `python -c 'import base64,os;"
-                        " print(\"whsec_\"+base64.b64encode(os.urandom(32)).decode())'`")
+            raise SettingsError("FLUXHOOK_FORWARD_SECRET must be a whsec_<base64> secret of at least 16 bytes; generate"
+                               " one with `python -c 'import base64,os;"
+                               " print(\"whsec_\"+base64.b64encode(os.urandom(32)).decode())'`")
         events = frozenset(_split(env.get("FLUXHOOK_FORWARD_EVENTS", ""))) or TERMINAL_EVENTS
         unknown = sorted(events - set(EVENT_TYPES))
         if unknown:
-            raise error(f"FLUXHOOK_FORWARD_EVENTS: unknown type(s) {', '.join(unknown)};"
-                        f" known: {', '.join(EVENT_TYPES)}")
+            raise SettingsError(f"FLUXHOOK_FORWARD_EVENTS: unknown type(s) {', '.join(unknown)};"
+                               f" known: {', '.join(EVENT_TYPES)}")
         api_url = env.get("FLUXHOOK_API_URL") or None
         if api_url is not None and (urlsplit(api_url).scheme not in ("http", "https")
                                     or not urlsplit(api_url).hostname):
-            raise error(f"FLUXHOOK_API_URL must be an http(s) URL, got {api_url!r}")
+            raise SettingsError(f"FLUXHOOK_API_URL must be an http(s) URL, got {api_url!r}")
         redis_url = env.get("FLUXHOOK_REDIS_URL") or None
         if redis_url is not None and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
-            raise error("FLUXHOOK_REDIS_URL must be a redis://, rediss:// or unix:// URL")
+            raise SettingsError("FLUXHOOK_REDIS_URL must be a redis://, rediss:// or unix:// URL")
         nats_url = env.get("FLUXHOOK_NATS_URL") or None
         if nats_url is not None and not all(
             urlsplit(u.strip()).scheme in ("nats", "tls", "ws", "wss") for u in nats_url.split(",")
         ):
-            raise error("FLUXHOOK_NATS_URL must be nats:// (or tls://, ws://, wss://) URL(s)")
+            raise SettingsError("FLUXHOOK_NATS_URL must be nats:// (or tls://, ws://, wss://) URL(s)")
         return cls(
             api_keys=keys,
-            idempotency_ttl=positive("FLUXHOOK_IDEMPOTENCY_TTL", 86400.0),
+            idempotency_ttl=positive(env, "FLUXHOOK_IDEMPOTENCY_TTL", 86400.0),
             api_url=api_url.rstrip("/") if api_url else None,
             api_key=env.get("FLUXHOOK_API_KEY") or None,
-            sse_heartbeat=positive("FLUXHOOK_SSE_HEARTBEAT", 15.0),
-            outbox_retention=positive("FLUXHOOK_OUTBOX_RETENTION", 7 * 86400.0),
+            sse_heartbeat=positive(env, "FLUXHOOK_SSE_HEARTBEAT", 15.0),
+            outbox_retention=positive(env, "FLUXHOOK_OUTBOX_RETENTION", 7 * 86400.0),
             forward_urls=urls,
             forward_secret=secret,
             forward_events=events,
-            forward_retry_for=positive("FLUXHOOK_FORWARD_RETRY_FOR", 86400.0),
-            forward_timeout=positive("FLUXHOOK_FORWARD_TIMEOUT", 15.0),
+            forward_retry_for=positive(env, "FLUXHOOK_FORWARD_RETRY_FOR", 86400.0),
+            forward_timeout=positive(env, "FLUXHOOK_FORWARD_TIMEOUT", 15.0),
             redis_url=redis_url,
             redis_stream=env.get("FLUXHOOK_REDIS_STREAM") or "fluxhook:events",
-            redis_maxlen=int(positive("FLUXHOOK_REDIS_MAXLEN", 100_000)),
+            redis_maxlen=int(positive(env, "FLUXHOOK_REDIS_MAXLEN", 100_000)),
             nats_url=nats_url,
             nats_subject=env.get("FLUXHOOK_NATS_SUBJECT") or "fluxhook.events",
         )

@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from receiver.config.env import (
+    SettingsError,
+    boolean,
+    check_public_url,
+    count,
+    endpoint,
+    failpoints,
+    log_format,
+    metrics_token,
+    networks,
+    number,
+    positive,
+    results_folder,
+    results_url,
+    standard_secret_ok,
+    sweep_token,
+    whole,
+)
 from receiver.config.integrations import Integrations
 from submitter.dialects import DIALECTS
 from submitter.provider import Provider
 from submitter.urls import masked_url
 
 __all__ = ["Settings", "SettingsError"]
-
-
-class SettingsError(Exception):
-    """A bad environment variable; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -106,10 +118,10 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        allow_http = _bool(env, "FLUXHOOK_ALLOW_HTTP", False)
+        allow_http = boolean(env, "FLUXHOOK_ALLOW_HTTP", False)
         public_url = env.get("FLUXHOOK_PUBLIC_URL") or None
         if public_url is not None:
-            public_url = _check_public_url(public_url, allow_http)
+            public_url = check_public_url(public_url, allow_http)
         secret = env.get("FLUXHOOK_SECRET_KEY") or None
         if secret is not None and "change-me" in secret.lower():
             raise SettingsError(
@@ -130,11 +142,11 @@ class Settings:
             providers[name] = Provider(dialect, base.rstrip("/"), env.get(dialect.key_env) or None)
             cap_var = f"FLUXHOOK_{name.upper().replace('-', '_')}_MAX_ACTIVE"
             if cap_var in env:
-                max_active[name] = _number(env, cap_var, 0, int)
+                max_active[name] = whole(env, cap_var, 0)
         hosts = env.get("FLUXHOOK_DOWNLOAD_HOSTS")
         secrets = tuple(x.strip() for x in (env.get("REPLICATE_WEBHOOK_SECRET") or "").split(",") if x.strip())
         for position, value in enumerate(secrets, 1):
-            if not _standard_secret_ok(value):
+            if not standard_secret_ok(value):
                 raise SettingsError(
                     f"REPLICATE_WEBHOOK_SECRET: secret #{position} is not a whsec_<base64> signing secret"
                 )
@@ -142,42 +154,42 @@ class Settings:
             public_url=public_url,
             allow_http=allow_http,
             db=env.get("FLUXHOOK_DB") or "./fluxhook.db",
-            db_pool=_count(env, "FLUXHOOK_DB_POOL", 10),
-            results=_results_folder(env.get("FLUXHOOK_RESULTS")),
-            results_url=_results_url(env.get("FLUXHOOK_RESULTS")),
+            db_pool=count(env, "FLUXHOOK_DB_POOL", 10),
+            results=results_folder(env.get("FLUXHOOK_RESULTS")),
+            results_url=results_url(env.get("FLUXHOOK_RESULTS")),
             secret_key=secret.encode() if secret else None,
             providers=providers,
             download_hosts=tuple(h.strip() for h in hosts.split(",") if h.strip()) if hosts else None,
-            download_allow_private=_bool(env, "FLUXHOOK_DOWNLOAD_ALLOW_PRIVATE", False),
-            max_download_bytes=_number(env, "FLUXHOOK_MAX_DOWNLOAD_BYTES", 50 * 1024 * 1024, int),
-            download_concurrency=_number(env, "FLUXHOOK_DOWNLOAD_CONCURRENCY", 8, int),
-            download_timeout=_number(env, "FLUXHOOK_DOWNLOAD_TIMEOUT", 300.0),
-            max_body=_number(env, "FLUXHOOK_MAX_BODY", 256 * 1024, int),
-            poll_after=_number(env, "FLUXHOOK_POLL_AFTER", 60.0),
-            poll_max_interval=_number(env, "FLUXHOOK_POLL_MAX_INTERVAL", 60.0),
-            job_deadline=_number(env, "FLUXHOOK_JOB_DEADLINE", 1800.0),
-            sweep_interval=_number(env, "FLUXHOOK_SWEEP_INTERVAL", 5.0),
-            lease_seconds=_positive(env, "FLUXHOOK_LEASE_SECONDS", 120.0),
-            body_timeout=_positive(env, "FLUXHOOK_BODY_TIMEOUT", 10.0),
-            event_retention=_positive(env, "FLUXHOOK_EVENT_RETENTION", 7 * 86400.0),
-            drain_timeout=_number(env, "FLUXHOOK_DRAIN_TIMEOUT", 20.0),
-            failpoints=_failpoints(env.get("FLUXHOOK_FAILPOINTS", "")),
+            download_allow_private=boolean(env, "FLUXHOOK_DOWNLOAD_ALLOW_PRIVATE", False),
+            max_download_bytes=whole(env, "FLUXHOOK_MAX_DOWNLOAD_BYTES", 50 * 1024 * 1024),
+            download_concurrency=whole(env, "FLUXHOOK_DOWNLOAD_CONCURRENCY", 8),
+            download_timeout=number(env, "FLUXHOOK_DOWNLOAD_TIMEOUT", 300.0),
+            max_body=whole(env, "FLUXHOOK_MAX_BODY", 256 * 1024),
+            poll_after=number(env, "FLUXHOOK_POLL_AFTER", 60.0),
+            poll_max_interval=number(env, "FLUXHOOK_POLL_MAX_INTERVAL", 60.0),
+            job_deadline=number(env, "FLUXHOOK_JOB_DEADLINE", 1800.0),
+            sweep_interval=number(env, "FLUXHOOK_SWEEP_INTERVAL", 5.0),
+            lease_seconds=positive(env, "FLUXHOOK_LEASE_SECONDS", 120.0),
+            body_timeout=positive(env, "FLUXHOOK_BODY_TIMEOUT", 10.0),
+            event_retention=positive(env, "FLUXHOOK_EVENT_RETENTION", 7 * 86400.0),
+            drain_timeout=number(env, "FLUXHOOK_DRAIN_TIMEOUT", 20.0),
+            failpoints=failpoints(env.get("FLUXHOOK_FAILPOINTS", "")),
             max_active=max_active,
             replicate_webhook_secrets=secrets,
-            max_header_bytes=_count(env, "FLUXHOOK_MAX_HEADER_BYTES", 16 * 1024),
-            header_timeout=_positive(env, "FLUXHOOK_HEADER_TIMEOUT", 10.0),
-            max_connections=_count(env, "FLUXHOOK_MAX_CONNECTIONS", 512),
-            idle_timeout=_positive(env, "FLUXHOOK_IDLE_TIMEOUT", 5.0),
-            download_allow_http=_bool(env, "FLUXHOOK_DOWNLOAD_ALLOW_HTTP", False),
-            max_outputs=_count(env, "FLUXHOOK_MAX_OUTPUTS", 16),
-            max_events_per_job=_count(env, "FLUXHOOK_MAX_EVENTS_PER_JOB", 100),
-            download_window=_positive(env, "FLUXHOOK_DOWNLOAD_WINDOW", 3600.0),
-            sweep_token=_sweep_token(env.get("FLUXHOOK_SWEEP_TOKEN") or None),
-            forwarded_allow_ips=_networks(env.get("FLUXHOOK_FORWARDED_ALLOW_IPS", "")),
-            s3_endpoint=_endpoint(env.get("FLUXHOOK_S3_ENDPOINT") or None),
-            integrations=Integrations.from_env(env, _number, SettingsError),
-            log_format=_log_format(env.get("FLUXHOOK_LOG_FORMAT") or "text"),
-            metrics_token=_metrics_token(env.get("FLUXHOOK_METRICS_TOKEN") or None),
+            max_header_bytes=count(env, "FLUXHOOK_MAX_HEADER_BYTES", 16 * 1024),
+            header_timeout=positive(env, "FLUXHOOK_HEADER_TIMEOUT", 10.0),
+            max_connections=count(env, "FLUXHOOK_MAX_CONNECTIONS", 512),
+            idle_timeout=positive(env, "FLUXHOOK_IDLE_TIMEOUT", 5.0),
+            download_allow_http=boolean(env, "FLUXHOOK_DOWNLOAD_ALLOW_HTTP", False),
+            max_outputs=count(env, "FLUXHOOK_MAX_OUTPUTS", 16),
+            max_events_per_job=count(env, "FLUXHOOK_MAX_EVENTS_PER_JOB", 100),
+            download_window=positive(env, "FLUXHOOK_DOWNLOAD_WINDOW", 3600.0),
+            sweep_token=sweep_token(env.get("FLUXHOOK_SWEEP_TOKEN") or None),
+            forwarded_allow_ips=networks(env.get("FLUXHOOK_FORWARDED_ALLOW_IPS", "")),
+            s3_endpoint=endpoint(env.get("FLUXHOOK_S3_ENDPOINT") or None),
+            integrations=Integrations.from_env(env),
+            log_format=log_format(env.get("FLUXHOOK_LOG_FORMAT") or "text"),
+            metrics_token=metrics_token(env.get("FLUXHOOK_METRICS_TOKEN") or None),
         )
 
     def with_overrides(self, **changes: object) -> Settings:
@@ -208,131 +220,3 @@ class Settings:
         if self.download_hosts is not None:
             return self.download_hosts
         return self.provider(provider).dialect.download_hosts
-
-
-def _check_public_url(url: str, allow_http: bool) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SettingsError(f"FLUXHOOK_PUBLIC_URL must be an absolute URL, got {url!r}")
-    if parts.scheme == "http" and not allow_http:
-        raise SettingsError("FLUXHOOK_PUBLIC_URL must use https (set FLUXHOOK_ALLOW_HTTP=1 for local testing)")
-    if parts.query or parts.fragment:
-        raise SettingsError("FLUXHOOK_PUBLIC_URL must not have a query or fragment")
-    return url.rstrip("/")
-
-
-def _standard_secret_ok(value: str) -> bool:
-    raw = value.removeprefix("whsec_")
-    try:
-        return len(base64.b64decode(raw, validate=True)) >= 16
-    except (binascii.Error, ValueError):
-        return False
-
-
-FAILPOINTS = frozenset({
-    "after-ledger", "before-submit-recorded", "after-callback-commit", "mid-download", "mid-sweep",
-})
-
-
-def _failpoints(value: str) -> frozenset[str]:
-    points = frozenset(p.strip() for p in value.split(",") if p.strip())
-    if points - FAILPOINTS:
-        raise SettingsError(
-            f"FLUXHOOK_FAILPOINTS: unknown point(s) {', '.join(sorted(points - FAILPOINTS))};"
-            f" known: {', '.join(sorted(FAILPOINTS))}"
-        )
-    return points
-
-
-def _positive(env: Mapping[str, str], name: str, default: float) -> float:
-    value = float(_number(env, name, default))
-    if value <= 0:
-        raise SettingsError(f"{name} must be greater than 0")
-    return value
-
-
-def _sweep_token(value: str | None) -> str | None:
-    if value is not None and len(value) < 32:
-        raise SettingsError("FLUXHOOK_SWEEP_TOKEN must be at least 32 characters")
-    return value
-
-
-def _log_format(value: str) -> str:
-    if value.strip().lower() not in ("text", "json"):
-        raise SettingsError(f"FLUXHOOK_LOG_FORMAT must be text or json, got {value!r}")
-    return value.strip().lower()
-
-
-def _metrics_token(value: str | None) -> str | None:
-    if value is not None and len(value) < 16:
-        raise SettingsError("FLUXHOOK_METRICS_TOKEN must be at least 16 characters")
-    return value
-
-
-def _networks(value: str) -> tuple[str, ...]:
-    import ipaddress
-
-    found = []
-    for item in (v.strip() for v in value.split(",")):
-        if not item:
-            continue
-        try:
-            ipaddress.ip_network(item, strict=False)
-        except ValueError:
-            raise SettingsError(
-                f"FLUXHOOK_FORWARDED_ALLOW_IPS: {item!r} is not an IP address or network"
-            ) from None
-        found.append(item)
-    return tuple(found)
-
-
-def _results_url(value: str | None) -> str | None:
-    """FLUXHOOK_RESULTS as an object-store URL (`s3://bucket[/prefix]`), or None for a local folder."""
-    if not value or "://" not in value:
-        return None
-    parts = urlsplit(value)
-    if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
-        raise SettingsError(f"FLUXHOOK_RESULTS must be a folder or s3://bucket[/prefix], got {value!r}")
-    return f"s3://{parts.netloc}{parts.path.rstrip('/')}"
-
-
-def _results_folder(value: str | None) -> Path:
-    return Path("./results") if not value or _results_url(value) else Path(value)
-
-
-def _endpoint(value: str | None) -> str | None:
-    if value is not None and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).hostname):
-        raise SettingsError(f"FLUXHOOK_S3_ENDPOINT must be an http(s) URL, got {value!r}")
-    return value.rstrip("/") if value else None
-
-
-def _count(env: Mapping[str, str], name: str, default: int) -> int:
-    value = int(_number(env, name, default, int))
-    if value < 1:
-        raise SettingsError(f"{name} must be at least 1")
-    return value
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    value = env.get(name)
-    if value is None or value == "":
-        return default
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise SettingsError(f"{name} must be 1/0/true/false, got {value!r}")
-
-
-def _number(env: Mapping[str, str], name: str, default: float, kind: type = float):  # type: ignore[no-untyped-def]
-    value = env.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        number = kind(value)
-    except ValueError:
-        raise SettingsError(f"{name} must be a {'whole ' if kind is int else ''}number, got {value!r}") from None
-    if number < 0:
-        raise SettingsError(f"{name} must not be negative, got {value!r}")
-    return number

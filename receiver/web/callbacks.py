@@ -10,7 +10,6 @@ handler turns into responses, as for every other route.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import json
@@ -32,81 +31,22 @@ from receiver.errors import (
     BadPayload,
     Conflict,
     NotFound,
-    PayloadTooLarge,
     ReceiverError,
     Refused,
-    RequestTimeout,
     Unauthorized,
     Unavailable,
 )
 from receiver.store import Event, TaskMismatch
+from receiver.web.bodies import receive_body, redact_headers
 from submitter.bodies import BodyError, loads_object
 from submitter.dialects import parse_observation
 from submitter.signing import VerificationError, derive_job_keys, verify_bfl, verify_standard, verify_token
 from submitter.status import Status
 from submitter.urls import too_many_outputs
 
-__all__ = ["CallbackShortcut", "Hook", "health", "hook", "read_body", "receive_body", "redact_headers"]
+__all__ = ["HOOK_PATH", "CallbackShortcut", "Hook", "error_response", "health", "hook"]
 
 log = logging.getLogger("fluxhook.hooks")
-
-#: Headers that carry credentials: kept in the audit log only as "[redacted]".
-SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-key", "x-webhook-secret"})
-#: What one audit event keeps of the request headers: each value, and all of them together.
-HEADER_VALUE_CAP = 1024
-HEADERS_CAP = 8 * 1024
-
-
-def redact_headers(headers: Headers) -> dict[str, str]:
-    """The headers as the audit log keeps them: credentials redacted, values and total size capped."""
-    kept: dict[str, str] = {}
-    size = 0
-    items = headers.items()
-    for n, (name, value) in enumerate(items):
-        if name in SECRET_HEADERS:
-            value = "[redacted]"
-        elif len(value) > HEADER_VALUE_CAP:
-            value = value[:HEADER_VALUE_CAP] + f"[... {len(value) - HEADER_VALUE_CAP} more characters not kept]"
-        size += len(name) + len(value)
-        if size > HEADERS_CAP:
-            kept["[truncated]"] = f"{len(items) - n} more headers not kept"
-            break
-        kept[name] = value
-    return kept
-
-
-async def receive_body(receive: Receive, headers: Headers, limit: int, within: float) -> bytes:
-    """The raw body from ASGI `receive`, refusing anything over `limit` without reading the rest."""
-    declared = headers.get("content-length")
-    if declared is not None:
-        if not (declared.isascii() and declared.isdigit() and len(declared) <= 18):
-            raise BadPayload("invalid Content-Length")
-        if int(declared) > limit:
-            raise PayloadTooLarge(f"body over the {limit} byte limit")
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async with asyncio.timeout(within):
-            while True:
-                message = await receive()
-                if message["type"] != "http.request":
-                    raise BadPayload("client went away mid-body")
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"body over the {limit} byte limit")
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-    except TimeoutError:
-        raise RequestTimeout("body not received in time") from None
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-async def read_body(request: Request, limit: int, within: float) -> bytes:
-    """:func:`receive_body` for a Starlette request whose body has not been read."""
-    return await receive_body(request.receive, request.headers, limit, within)
-
 
 async def _verify(
     rt: Runtime, provider: str, body: bytes, headers: Mapping[str, str], job_secret: str
@@ -155,7 +95,8 @@ async def _verify(
 
 
 def _runtime(request: Request) -> Runtime:
-    return request.app.state.runtime  # type: ignore[no-any-return]
+    rt: Runtime = request.app.state.runtime
+    return rt
 
 
 @functools.lru_cache(maxsize=64)

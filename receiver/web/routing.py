@@ -25,7 +25,8 @@ def lazy(target: str) -> Endpoint:
 
     @functools.cache
     def resolve() -> Endpoint:
-        return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+        found: Endpoint = getattr(importlib.import_module(module), name)
+        return found
 
     async def endpoint(request: Request) -> Response:
         return await resolve()(request)

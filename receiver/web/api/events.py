@@ -10,33 +10,24 @@ connected. The generator ends when the client goes away (Starlette cancels it on
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from receiver.config.integrations import EVENT_TYPES
 from receiver.engine.runtime import Runtime
-from receiver.store import StoreUnavailable
+from receiver.store import OutboxEvent
 from receiver.web.api.auth import authenticate
 from receiver.web.api.errors import api_endpoint, invalid
+from receiver.web.sse import HEADERS, frames
 
-__all__ = ["events", "format_event"]
+__all__ = ["events"]
 
 log = logging.getLogger("fluxhook.api")
 
-RETRY_MS = 2000
-HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _SEQ = re.compile(r"[0-9]{1,18}")
-
-
-def format_event(seq: int, type_: str, data: bytes) -> str:
-    """One SSE frame. `data` is compact JSON, which has no raw newline, so it is one `data:` line."""
-    assert b"\n" not in data and b"\r" not in data
-    return f"id: {seq}\nevent: {type_}\ndata: {data.decode()}\n\n"
 
 
 def _resume_point(request: Request) -> int | None:
@@ -78,21 +69,10 @@ async def events(request: Request) -> Response:
     if request.method == "HEAD":  # the headers of the stream, without the stream (it never ends)
         return Response(media_type="text/event-stream", headers=HEADERS)
     heartbeat = rt.settings.integrations.sse_heartbeat
-    return StreamingResponse(_frames(rt, after, job_id, types, heartbeat), media_type="text/event-stream",
+    stream = rt.feed.stream(after, job_id=job_id, types=types, heartbeat=heartbeat)
+    return StreamingResponse(frames(stream, _body, log, "event stream"), media_type="text/event-stream",
                              headers=HEADERS)
 
 
-async def _frames(rt: Runtime, after: int, job_id: str | None, types: frozenset[str] | None,
-                  heartbeat: float) -> AsyncIterator[str]:
-    yield f"retry: {RETRY_MS}\n\n"
-    stream = rt.feed.stream(after, job_id=job_id, types=types, heartbeat=heartbeat)
-    try:
-        async with contextlib.aclosing(stream):
-            async for event in stream:
-                if event is None:
-                    yield ": heartbeat\n\n"
-                else:
-                    yield format_event(event.seq, event.type, event.body())
-    except StoreUnavailable as exc:
-        # The answer has started: end the stream; the client reconnects with Last-Event-ID.
-        log.warning("event stream ended, store unavailable: %s", exc)
+async def _body(event: OutboxEvent) -> bytes:
+    return event.body()

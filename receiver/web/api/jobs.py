@@ -25,7 +25,7 @@ from receiver.store import Job
 from receiver.web.api.auth import authenticate, key_scope
 from receiver.web.api.errors import ApiError, api_endpoint, invalid, not_found
 from receiver.web.api.models import CreateJob, validation_error
-from receiver.web.callbacks import read_body
+from receiver.web.bodies import read_body
 from receiver.web.files import result_response
 from submitter.bodies import BodyError, loads_object
 from submitter.status import TERMINAL, Status
@@ -43,7 +43,8 @@ _FILE_N = re.compile(r"[0-9]{1,6}")
 
 
 def _rt(request: Request) -> Runtime:
-    return request.app.state.runtime  # type: ignore[no-any-return]
+    rt: Runtime = request.app.state.runtime
+    return rt
 
 
 def job_id_of(request: Request) -> str:

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from receiver.web.api.auth import constant_time_match
+from receiver.web.auth import constant_time_match
 
 if TYPE_CHECKING:
     from receiver.engine.runtime import Runtime

@@ -23,15 +23,15 @@ STATIC = Path(__file__).parent / "static"
 def ui_routes() -> list[BaseRoute]:
     """Every /ui route: pages, login/logout, result files, the live event stream and the static files.
 
-    The pages' module (and jinja2) is imported on the first request to one of them."""
+    Each page's module (and jinja2) is imported on the first request to it (cold start)."""
     return [
-        Route("/ui", lazy("receiver.web.ui.views:gallery"), methods=["GET"]),
-        Route("/ui/login", lazy("receiver.web.ui.views:login"), methods=["GET", "POST"]),
-        Route("/ui/logout", lazy("receiver.web.ui.views:logout"), methods=["POST"]),
-        Route("/ui/jobs", lazy("receiver.web.ui.views:job_table"), methods=["GET"]),
-        Route("/ui/jobs/{job_id}", lazy("receiver.web.ui.views:job_page"), methods=["GET"]),
-        Route("/ui/jobs/{job_id}/files/{n}", lazy("receiver.web.ui.views:result_file"), methods=["GET"]),
-        Route("/ui/providers", lazy("receiver.web.ui.views:providers_panel"), methods=["GET"]),
-        Route("/ui/events", lazy("receiver.web.ui.views:events"), methods=["GET"]),
+        Route("/ui", lazy("receiver.web.ui.gallery:gallery"), methods=["GET"]),
+        Route("/ui/login", lazy("receiver.web.ui.login:login"), methods=["GET", "POST"]),
+        Route("/ui/logout", lazy("receiver.web.ui.login:logout"), methods=["POST"]),
+        Route("/ui/jobs", lazy("receiver.web.ui.jobs:job_table"), methods=["GET"]),
+        Route("/ui/jobs/{job_id}", lazy("receiver.web.ui.jobs:job_page"), methods=["GET"]),
+        Route("/ui/jobs/{job_id}/files/{n}", lazy("receiver.web.ui.jobs:result_file"), methods=["GET"]),
+        Route("/ui/providers", lazy("receiver.web.ui.providers:providers_panel"), methods=["GET"]),
+        Route("/ui/events", lazy("receiver.web.ui.gallery:events"), methods=["GET"]),
         Mount("/ui/static", StaticFiles(directory=STATIC), name="ui-static"),
     ]

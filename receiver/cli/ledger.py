@@ -1,0 +1,87 @@
+"""What the commands working on the ledger (FLUXHOOK_DB) share: finding a job, the view of it they
+print, and waiting for it to finish by sweeping."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from receiver.cli.common import CLIError, WaitTimeout, timed
+from receiver.config.settings import Settings
+from receiver.engine.runtime import Runtime
+from receiver.engine.sweep import sweep_once
+from receiver.store import Job
+from submitter.status import TERMINAL, Status
+
+__all__ = ["find_job", "job_view", "local_only", "result_via", "shown", "wait_for"]
+
+
+def local_only(settings: Settings, command: str) -> None:
+    """CLIError when FLUXHOOK_API_URL is set: `command` works on the database only."""
+    if settings.integrations.api_url:
+        raise CLIError(f"`fluxhook {command}` works on the database (FLUXHOOK_DB), not through FLUXHOOK_API_URL: "
+                       "unset it on a host that has the database")
+
+
+async def find_job(rt: Runtime, job_id: str) -> Job:
+    """The job, or a CLIError naming the database it is not in."""
+    job = await rt.store.get_job(job_id)
+    if job is None:
+        raise CLIError(f"no job {job_id!r} in {rt.settings.db_display}")
+    return job
+
+
+def _short(value: Any, limit: int = 120) -> Any:
+    """Long strings (inline base64 images) shortened for display; everything else as is."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:40]}...({len(value)} chars)"
+    if isinstance(value, dict):
+        return {k: _short(v, limit) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_short(v, limit) for v in value]
+    return value
+
+
+def result_via(job: Job) -> str | None:
+    """How the provider's result reached us: by a verified callback, or by our polling (None if no result)."""
+    if job.status not in (Status.SUCCEEDED, Status.STORED) and not job.outputs:
+        return None
+    return "callback" if job.callback_at is not None else "poll"
+
+
+def shown(rt: Runtime, job: Job) -> dict[str, Any]:
+    """What the CLI prints of a job, scrubbed again (rows written before redaction existed); times in ISO 8601 UTC."""
+    view = job.public()
+    for key in ("error", "note"):
+        view[key] = rt.redactor.scrub(view[key], job_id=job.id, provider=job.provider)
+    view["via"] = result_via(job)
+    return timed(view)
+
+
+async def job_view(rt: Runtime, job_id: str) -> dict[str, Any]:
+    """A job as `fluxhook status` prints it: prompt, params (shortened), metadata and its files."""
+    job = await find_job(rt, job_id)
+    view = shown(rt, job)
+    params = dict(job.params)
+    view["prompt"] = params.pop("prompt", None)
+    view["params"] = _short(params) or None
+    view["metadata"] = job.metadata or None
+    view["files"] = [
+        {"n": f.n, "path": rt.results.location(f.path) if f.path else None, "size": f.size,
+         "sha256": f.sha256, "content_type": f.content_type}
+        for f in await rt.store.files(job_id)
+    ]
+    return view
+
+
+async def wait_for(rt: Runtime, job_id: str, within: float) -> None:
+    """Sweep until the job is finished; WaitTimeout after `within` seconds (the job goes on)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + within
+    while loop.time() < end:
+        await sweep_once(rt)
+        job = await rt.store.get_job(job_id)
+        if job is None or job.status in TERMINAL:
+            return
+        await asyncio.sleep(1.0)
+    raise WaitTimeout(f"job {job_id} not finished after {within:.0f} s; it goes on: `fluxhook status {job_id}`")

@@ -1,0 +1,20 @@
+"""`fluxhook serve`: the receiver under uvicorn, with the polling sweep and downloads in-process
+(logging is already set up by receiver/cli/main.py, as for every command)."""
+
+from __future__ import annotations
+
+import argparse
+
+from receiver.config.settings import Settings
+from receiver.obs.logs import uvicorn_log_config
+from receiver.serve.server import run
+from receiver.web.app import create_app
+
+__all__ = ["serve"]
+
+
+def serve(args: argparse.Namespace, settings: Settings) -> int:
+    settings.require_public()
+    run(create_app(settings), settings, host=args.host, port=args.port, log_level=args.log_level,
+        log_config=uvicorn_log_config(settings.log_format))
+    return 0

@@ -1,0 +1,109 @@
+"""The job table at `/ui/jobs` (filter, search by id, keyset pages), each job's page with its timeline,
+and the result files the pages show (`/ui/jobs/{job_id}/files/{n}`)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+from receiver.store import FileRecord
+from receiver.web.files import result_response
+from receiver.web.ui.pages import (
+    JOB_ID,
+    alt_text,
+    cursor_of,
+    file_url,
+    page,
+    parse_cursor,
+    prompt_of,
+    render,
+    resource,
+    runtime,
+)
+from submitter.status import Status
+
+__all__ = ["job_page", "job_table", "result_file"]
+
+PAGE_SIZE = 50
+_FILE_N = re.compile(r"[0-9]{1,6}")
+
+
+@page
+async def job_table(request: Request) -> Response:
+    rt = runtime(request)
+    providers = sorted(rt.settings.providers)
+    statuses = [str(s) for s in Status]
+    status_raw = request.query_params.get("status") or ""
+    provider_raw = request.query_params.get("provider") or ""
+    q = (request.query_params.get("q") or "").strip()
+    problems = []
+    status = Status(status_raw) if status_raw in statuses else None
+    if status_raw and status is None:
+        problems.append("unknown status")
+    provider = provider_raw if provider_raw in providers else None
+    if provider_raw and provider is None:
+        problems.append("unknown provider")
+    before = parse_cursor(request.query_params.get("before"))
+    older = None
+    if q:
+        found = await rt.store.get_job(q) if JOB_ID.fullmatch(q) else None
+        jobs = [found] if found is not None and (status is None or found.status == status) and (
+            provider is None or found.provider == provider) else []
+    elif problems:
+        jobs = []
+    else:
+        jobs = await rt.store.list_jobs(status, PAGE_SIZE, provider=provider, before=before)  # type: ignore[call-arg]
+        if len(jobs) == PAGE_SIZE:
+            older = "/ui/jobs?" + urlencode({k: v for k, v in (("status", status_raw), ("provider", provider_raw),
+                                                               ("before", cursor_of(jobs[-1]))) if v})
+    return render(request, "jobs.html", {
+        "title": "Jobs", "jobs": jobs, "statuses": statuses, "providers": providers, "status": status_raw,
+        "provider": provider_raw, "q": q, "problems": problems, "older": older, "prompt_of": prompt_of,
+    }, 422 if problems else 200)
+
+
+@page
+async def job_page(request: Request) -> Response:
+    rt = runtime(request)
+    job_id = request.path_params["job_id"]
+    job = await rt.store.get_job(job_id) if JOB_ID.fullmatch(job_id) else None
+    if job is None:
+        return render(request, "error.html", {"title": "Not found", "message": "no such job"}, 404)
+    timeline: list[dict[str, Any]] = [
+        {"at": job.created_at, "what": "created", "detail": f"{job.provider} {job.model}"},
+    ]
+    if job.submitted_at is not None:
+        timeline.append({"at": job.submitted_at, "what": "submitted",
+                         "detail": f"provider job {job.provider_job_id}" if job.provider_job_id else ""})
+    for event in await rt.store.audit_events(job.id, limit=200):
+        timeline.append({"at": event["received_at"], "what": "callback received",
+                         "detail": f"verdict: {event['verdict']}"})
+    for outbox in await rt.store.events_after(0, job_id=job.id):  # type: ignore[attr-defined]
+        deliveries = await rt.store.deliveries(event_id=outbox.id)  # type: ignore[attr-defined]
+        timeline.append({"at": outbox.created_at, "what": f"event {outbox.type}", "detail": outbox.id,
+                         "deliveries": deliveries})
+    timeline.sort(key=lambda item: item["at"])
+    files: list[FileRecord] = await rt.store.files(job.id)
+    images = [{"n": f.n, "src": file_url(job.id, f.n), "alt": alt_text(job, f.n), "size": f.size,
+               "content_type": f.content_type, "sha256": f.sha256} for f in files if f.stored]
+    return render(request, "job.html", {
+        "title": f"Job {job.id}", "job": job, "timeline": timeline, "images": images, "prompt": prompt_of(job),
+        "metadata": json.dumps(job.metadata, indent=2, ensure_ascii=False, sort_keys=True) if job.metadata else None,
+    })
+
+
+@resource
+async def result_file(request: Request) -> Response:
+    rt = runtime(request)
+    job_id, n = request.path_params["job_id"], request.path_params["n"]
+    if not (JOB_ID.fullmatch(job_id) and _FILE_N.fullmatch(n)):
+        return PlainTextResponse("not found", 404)
+    record = next((f for f in await rt.store.files(job_id) if f.n == int(n) and f.stored), None)
+    if record is None:
+        return PlainTextResponse("not found", 404)
+    return await result_response(rt.results, record)
