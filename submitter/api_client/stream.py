@@ -11,16 +11,19 @@ from submitter.api_client.core import RETRY_STATUS, Core, Http
 from submitter.api_client.errors import ApiError
 from submitter.api_client.models import ApiEvent, JobView, loads
 from submitter.api_client.sse import SSEDecoder
-from submitter.backoff import parse_retry_after
+from submitter.backoff import Backoff, parse_retry_after
 
 __all__ = [
-    "CONNECTED", "DEFAULT_SSE_RETRY", "SSE_MAX_FAILURES", "Connected", "SSEUnavailable", "Subscription", "job_of",
+    "CONNECTED", "DEFAULT_SSE_RETRY", "SSE_MAX_FAILURES", "SSE_MAX_RETRY", "Connected", "SSEUnavailable",
+    "Subscription", "job_of",
 ]
 
 #: The server asks for this itself (`retry: 2000`); used until it has said so.
 DEFAULT_SSE_RETRY = 2.0
 #: Consecutive failed (re)connections of an event stream before giving up.
 SSE_MAX_FAILURES = 6
+#: Reconnection waits double up to this (seconds), unless the server's `retry` asks for longer.
+SSE_MAX_RETRY = 30.0
 
 
 class Connected:
@@ -87,11 +90,12 @@ class Subscription:
             reason = type(exc).__name__ if exc is not None else "the connection keeps failing"
             raise ApiError(None, "unreachable", f"event stream at {self.core.base_url}: {reason}")
         base = self.decoder.retry if self.decoder.retry is not None else DEFAULT_SSE_RETRY
-        delay = base if self.failures == 1 else min(base * 2 ** (self.failures - 1), 30.0)
-        if self.retry_after is not None:
-            delay = max(delay, min(self.retry_after, self.core.retry.max_retry_after))
-            self.retry_after = None
-        return delay
+        # The server's `retry` doubling to SSE_MAX_RETRY (or staying at a longer `retry`); a 503's
+        # Retry-After is the least wait.
+        backoff = Backoff(base=base, cap=max(base, SSE_MAX_RETRY), jitter=False,
+                          max_retry_after=self.core.retry.max_retry_after, retry_after_replaces=False)
+        retry_after, self.retry_after = self.retry_after, None
+        return backoff.delay(self.failures - 1, retry_after)
 
 
 def job_of(item: ApiEvent | Connected, job_id: str, current: JobView) -> JobView:
