@@ -53,7 +53,9 @@ SLACK = 0.5
 
 def done_at(sim: Simulator, task_id: str) -> float:
     """When the simulator finished `task_id` (its accept time plus the runtime)."""
-    return sim._jobs[task_id].done_at  # the simulator's own record; it offers no accessor
+    job = sim.job(task_id)
+    assert job is not None, task_id
+    return job.done_at
 
 
 async def fluxhook(jobs: int, drop: bool, interval: float = INTERVAL) -> dict[str, Any]:

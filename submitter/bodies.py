@@ -132,7 +132,7 @@ def _urls(value: Any) -> tuple[str, ...]:
     return ()
 
 
-# -- BFL, DeerAPI, CometAPI (bfl.md §1.5, §2, §3.2) ------------------------------------------
+# -- BFL, DeerAPI, CometAPI (README.md, "Provider facts we rely on") -------------------------
 
 #: Case-insensitive status vocabulary of BFL and its proxies.
 BFL_STATUSES: Mapping[str, Status] = {
@@ -222,7 +222,7 @@ def _bfl_observe(data: Mapping[str, Any]) -> Observation:
 BFL = Shape("bfl", _bfl_submit_body, _bfl_submit_answer, _bfl_observe)
 
 
-# -- Replicate and Replicate-compatible proxies (replicate.md §1, §2) --------------------------
+# -- Replicate and Replicate-compatible proxies (README.md, "Provider facts we rely on") -------
 
 #: `aborted` is terminal too (a deadline hit before start); official clients forget it.
 REPLICATE_STATUSES: Mapping[str, Status] = {

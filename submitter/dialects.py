@@ -17,7 +17,7 @@ from submitter.bodies import BFL, REPLICATE, Observation, Shape
 
 __all__ = ["DIALECTS", "Dialect", "parse_observation"]
 
-#: Where BFL serves results (bfl.md §4): its regional delivery hosts change, so any
+#: Where BFL serves results (README.md, FLUXHOOK_DOWNLOAD_HOSTS): its regional delivery hosts change, so any
 #: subdomain of bfl.ai, plus the Azure storage accounts its results have been seen on.
 #: Not `*.blob.core.windows.net`: anyone can create an Azure storage account there.
 #: FLUXHOOK_DOWNLOAD_HOSTS replaces the list when BFL moves to an account not named here.
@@ -26,7 +26,7 @@ BFL_DELIVERY_HOSTS = (
     "bfldeliveryprodeu4.blob.core.windows.net",
     "bfldeliveryprod.blob.core.windows.net",
 )
-#: Where Replicate serves output files (replicate.md §4).
+#: Where Replicate serves output files (README.md, FLUXHOOK_DOWNLOAD_HOSTS).
 REPLICATE_DELIVERY_HOSTS = ("replicate.delivery", "*.replicate.delivery")
 
 _MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

@@ -81,7 +81,7 @@ def sign_bfl(secret: str, body: bytes) -> str:
 def verify_bfl(body: bytes, headers: Mapping[str, str], secret: str) -> str:
     """Check whichever BFL scheme the sender used; return the scheme's name.
 
-    BFL's signing is not documented consistently (see the fact sheet), so both
+    BFL's signing is not documented consistently (README.md, "Callback authentication"), so both
     known schemes are accepted when present and a present-but-wrong one fails.
     With neither header, the path token alone authenticates: returns "token".
     """

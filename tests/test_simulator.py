@@ -16,7 +16,7 @@ import pytest
 
 from submitter.signing import VerificationError, sign_standard, verify_bfl, verify_standard
 from submitter.simulator import Faults, Simulator, jpeg_image, png_image
-from submitter.simulator_replicate import EVENTS
+from submitter.simulator.prediction import EVENTS
 
 pytestmark = pytest.mark.anyio
 

@@ -9,7 +9,7 @@ WebP, GIF), check the provider's size limit, and encode it the way the provider 
 
 Limits, and how well each is sourced:
 
-* BFL: `input_image` "URL or base64; <=20 MB / 20 MP" (../shared/reference/bfl.md §1.2,
+* BFL: `input_image` "URL or base64; <=20 MB / 20 MP" (README.md, "Local images";
   from docs.bfl.ai FLUX.2 edit docs). We apply 20 MB to each image file. BFL documents no
   limit on the whole request body; we also refuse a body whose images add up to more
   than :data:`BFL_BODY_LIMIT` (our own guard, not a documented number).
@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 MB = 1_000_000
-#: Per image file, BFL shapes (sourced: bfl.md §1.2 "≤20 MB").
+#: Per image file, BFL shapes (sourced: BFL's docs, "≤20 MB"; README.md, "Local images").
 BFL_IMAGE_LIMIT = 20 * MB
 #: All images of one BFL request together (not sourced: our guard against absurd bodies).
 BFL_BODY_LIMIT = 40 * MB

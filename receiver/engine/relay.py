@@ -28,8 +28,9 @@ from receiver.engine.feed import EventFeed
 from receiver.sinks import Attempt, Sink, SinkError
 from receiver.store import Delivery, OutboxEvent, Store, StoreUnavailable
 from receiver.store.outbox import AttemptRecord
+from submitter.backoff import Backoff
 
-__all__ = ["BACKOFF_BASE", "BACKOFF_CAP", "Relay", "RelayReport", "next_delay", "relay_loop"]
+__all__ = ["BACKOFF", "BACKOFF_BASE", "BACKOFF_CAP", "Relay", "RelayReport", "next_delay", "relay_loop"]
 
 log = logging.getLogger("fluxhook.relay")
 
@@ -39,14 +40,13 @@ BACKOFF_CAP = 3600.0
 PER_SINK = 32
 
 
+#: Deliveries: 5 s doubling to an hour, with jitter; a sink's Retry-After is the least wait, up to the same cap.
+BACKOFF = Backoff(base=BACKOFF_BASE, cap=BACKOFF_CAP, max_retry_after=BACKOFF_CAP, retry_after_replaces=False)
+
+
 def next_delay(attempts: int, retry_after: float | None, rand: random.Random | None = None) -> float:
-    """Seconds until the next attempt after `attempts` failed ones: 5 s doubling to an hour,
-    with jitter (half to all of it); a sink's Retry-After is honoured, up to the same cap."""
-    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(attempts - 1, 0))
-    delay = (rand or random).uniform(ceiling / 2, ceiling)
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, BACKOFF_CAP))
-    return delay
+    """Seconds until the next attempt after `attempts` failed ones (:data:`BACKOFF`)."""
+    return BACKOFF.delay(attempts - 1, retry_after, rand)
 
 
 @dataclass

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from receiver.config.settings import Settings
+from submitter.backoff import Backoff
 
-__all__ = ["SLOT_WAIT", "first_check", "next_poll", "retry_later"]
+__all__ = ["RETRY_LATER", "SLOT_WAIT", "first_check", "next_poll", "retry_later"]
 
 #: How long a job waits for a free provider slot before trying again.
 SLOT_WAIT = 5.0
 #: A `Task not found` this long after submit is believed; earlier it may be replication lag.
 NOT_FOUND_GRACE = 600.0
+#: Download retries and deferred submits: 2 s doubling to a minute, no jitter (a sweep's tick spreads them).
+RETRY_LATER = Backoff(base=2.0, cap=60.0, jitter=False)
 
 
 def first_check(now: float, deadline: float, settings: Settings) -> float:
@@ -18,11 +21,11 @@ def first_check(now: float, deadline: float, settings: Settings) -> float:
 
 
 def next_poll(polls_done: int, now: float, deadline: float, settings: Settings) -> float:
-    """Backoff between polls: `poll_min_interval` doubling up to `poll_max_interval`."""
-    interval = min(settings.poll_min_interval * 2 ** min(polls_done, 16), settings.poll_max_interval)
-    return min(now + interval, deadline)
+    """Backoff between polls: `poll_min_interval` doubling up to `poll_max_interval`, no jitter."""
+    polls = Backoff(base=settings.poll_min_interval, cap=settings.poll_max_interval, jitter=False)
+    return min(now + polls.delay(polls_done), deadline)
 
 
-def retry_later(attempt: int, now: float, *, base: float = 2.0, cap: float = 60.0) -> float:
-    """Download retries and deferred submits: exponential, capped."""
-    return now + min(base * 2 ** min(attempt, 16), cap)
+def retry_later(attempt: int, now: float, policy: Backoff = RETRY_LATER) -> float:
+    """When to try again after `attempt` failures (download retries and deferred submits)."""
+    return now + policy.delay(attempt)

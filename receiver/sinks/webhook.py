@@ -7,10 +7,8 @@ Standard Webhooks library and deduplicate by id. Redirects are not followed.
 
 from __future__ import annotations
 
-import email.utils
 import time
 from collections.abc import Iterator
-from datetime import UTC
 from importlib import metadata
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
@@ -19,6 +17,7 @@ import anyio
 import httpx
 
 from receiver.sinks.base import Attempt, describe, short_hash, url_secrets
+from submitter.backoff import RETRY_AFTER_CAP, parse_retry_after
 from submitter.signing import sign_standard
 
 if TYPE_CHECKING:
@@ -27,8 +26,6 @@ if TYPE_CHECKING:
 
 __all__ = ["RETRY_AFTER_CAP", "WebhookSink", "parse_retry_after", "webhook_sinks"]
 
-#: The longest Retry-After honoured (seconds); an endpoint asking for more gets this.
-RETRY_AFTER_CAP = 3600.0
 #: At most this much of a response body is read (and then dropped).
 BODY_LIMIT = 4096
 #: Statuses worth retrying besides 5xx.
@@ -52,24 +49,6 @@ def display_url(url: str) -> str:
     parts = urlsplit(url)
     netloc = parts.netloc.rpartition("@")[2]
     return urlunsplit((parts.scheme, netloc, "/…" if parts.path not in ("", "/") else "/", "", ""))
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Retry-After as seconds from now (delta-seconds or an HTTP-date), within [0, RETRY_AFTER_CAP]."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        seconds = float(value)
-    else:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    return min(max(seconds, 0.0), RETRY_AFTER_CAP)
 
 
 #: How a transport failure reads, most specific first (a text not ending in ")" gets the scrubbed cause).

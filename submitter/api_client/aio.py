@@ -1,0 +1,182 @@
+"""The /v1 API client over an `httpx.AsyncClient`: a send loop around :mod:`submitter.api_client.core`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import httpx
+
+from submitter.api_client.core import MAX_HOPS, MAX_LONG_POLL, ClientBase, Op, Sleep, temp_beside
+from submitter.api_client.errors import bad_response
+from submitter.api_client.models import ApiEvent, JobPage, JobView
+from submitter.api_client.stream import CONNECTED, Connected, SSEUnavailable, Subscription, job_of
+
+__all__ = ["AsyncFluxhookClient"]
+
+T = TypeVar("T")
+
+
+class AsyncFluxhookClient(ClientBase):
+    """The /v1 API over an `httpx.AsyncClient` it owns (close it: `async with` or :meth:`aclose`)."""
+
+    def __init__(self, base_url: str, api_key: str, *, transport: httpx.AsyncBaseTransport | None = None,
+                 sleep: Callable[[float], Any] = asyncio.sleep, **options: Any) -> None:
+        super().__init__(base_url, api_key, **options)
+        self._http = httpx.AsyncClient(transport=transport, follow_redirects=False)
+        self._sleep = sleep
+
+    async def __aenter__(self) -> AsyncFluxhookClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _run(self, op: Op[T]) -> T:
+        reply: httpx.Response | httpx.TransportError | None = None
+        while True:
+            try:
+                step = op.throw(reply) if isinstance(reply, httpx.TransportError) else op.send(reply)
+            except StopIteration as stop:
+                return cast(T, stop.value)  # a generator's return value: typeshed says Any
+            if isinstance(step, Sleep):
+                await self._sleep(step.seconds)
+                reply = None
+                continue
+            try:
+                reply = await self._http.send(step.request)
+            except httpx.TransportError as exc:
+                reply = exc
+
+    async def create(self, provider: str, model: str, params: Mapping[str, Any], *,
+                     events: Sequence[str] | None = None, metadata: Mapping[str, Any] | None = None,
+                     idempotency_key: str | None = None) -> JobView:
+        """Submit a job; retried with one Idempotency-Key, so a lost answer never makes a second job."""
+        return await self._run(self._core.create(self._http, provider, model, params, events, metadata,
+                                                 idempotency_key))
+
+    async def get(self, job_id: str, *, wait: float | None = None) -> JobView:
+        """The job now, or with `wait` (≤ 60 s) as soon as it is terminal or the wait is over."""
+        return await self._run(self._core.get(self._http, job_id, wait))
+
+    async def list(self, status: str | None = None, provider: str | None = None, limit: int = 50,
+                   cursor: str | None = None) -> JobPage:
+        return await self._run(self._core.list(self._http, status, provider, limit, cursor))
+
+    async def iter_jobs(self, status: str | None = None, provider: str | None = None,
+                        page_size: int = 50) -> AsyncIterator[JobView]:
+        """Every job, newest first, page after page."""
+        cursor: str | None = None
+        while True:
+            jobs, cursor = await self.list(status, provider, page_size, cursor)
+            for job in jobs:
+                yield job
+            if cursor is None:
+                return
+
+    async def cancel(self, job_id: str) -> JobView:
+        return await self._run(self._core.cancel(self._http, job_id))
+
+    @contextlib.asynccontextmanager
+    async def _open_file(self, job_id: str, n: int) -> AsyncIterator[httpx.Response]:
+        request = self._core.file_request(self._http, job_id, n)
+        for _ in range(MAX_HOPS):
+            response = await self._http.send(request, stream=True)
+            try:
+                following = self._core.redirect(self._http, response)
+                if following is None:
+                    if not response.is_success:
+                        await response.aread()
+                        raise self._core.error(response)
+                    yield response
+                    return
+            finally:
+                await response.aclose()
+            request = following
+        raise bad_response("too many redirects")
+
+    async def download(self, job_id: str, n: int = 0) -> bytes:
+        async with self._open_file(job_id, n) as response:
+            return await response.aread()
+
+    async def download_to(self, job_id: str, n: int, path: str | os.PathLike[str]) -> Path:
+        """Stream file `n` into `path` (written beside it, then renamed: never a half file under that name)."""
+        target = Path(path)
+        temp = temp_beside(target)
+        out = await asyncio.to_thread(temp.open, "wb")
+        try:
+            async with self._open_file(job_id, n) as response:
+                async for chunk in response.aiter_bytes():
+                    await asyncio.to_thread(out.write, chunk)
+            await asyncio.to_thread(out.close)
+            await asyncio.to_thread(os.replace, temp, target)
+        except BaseException:
+            out.close()
+            temp.unlink(missing_ok=True)
+            raise
+        return target
+
+    async def _subscribe(self, sub: Subscription) -> AsyncGenerator[ApiEvent | Connected, None]:
+        while True:
+            failure: BaseException | None = None
+            try:
+                response = await self._http.send(sub.request(self._http), stream=True)
+                try:
+                    verdict = sub.classify(response)
+                    if verdict == "error":
+                        await response.aread()
+                        raise self._core.error(response)
+                    if verdict == "unavailable":
+                        raise SSEUnavailable(response)
+                    if verdict == "open":
+                        yield CONNECTED
+                        async for chunk in response.aiter_bytes():
+                            for event in sub.feed(chunk):
+                                yield event
+                finally:
+                    await response.aclose()
+            except httpx.TransportError as exc:
+                failure = exc
+            await self._sleep(sub.dropped(failure))
+
+    async def events(self, *, job: str | None = None, types: Sequence[str] | None = None,
+                     after: int | None = None) -> AsyncIterator[ApiEvent]:
+        """Events as they happen (after `after` if given), reconnecting with Last-Event-ID when dropped.
+        Use with `contextlib.aclosing` when breaking out early, so the connection closes at once."""
+        async with contextlib.aclosing(self._subscribe(Subscription(self._core, job, types, after))) as items:
+            async for item in items:
+                if isinstance(item, ApiEvent):
+                    yield item
+
+    async def wait(self, job_id: str, timeout: float) -> JobView:  # noqa: ASYNC109 (the same call as the sync client)
+        """The job once terminal, from its event stream; TimeoutError after `timeout` seconds."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._wait(job_id)
+        except TimeoutError:
+            raise TimeoutError(f"job {job_id} not finished after {timeout:g} s") from None
+
+    async def _wait(self, job_id: str) -> JobView:
+        view = await self.get(job_id)
+        if view.terminal:
+            return view
+        try:
+            sub = Subscription(self._core, job_id, None, None)
+            async with contextlib.aclosing(self._subscribe(sub)) as items:
+                async for item in items:
+                    # Connected (again): whatever happened before the stream started is in the job itself.
+                    view = await self.get(job_id) if item is CONNECTED else job_of(item, job_id, view)
+                    if view.terminal:
+                        return view
+        except SSEUnavailable:
+            pass
+        while not view.terminal:  # no event stream here: long-poll
+            view = await self.get(job_id, wait=MAX_LONG_POLL)
+        return view
