@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from receiver.store import OutboxEvent, Store, StoreUnavailable
 
@@ -107,7 +107,7 @@ class EventFeed:
 
     async def stream(
         self, after: int, *, job_id: str | None = None, types: frozenset[str] | None = None, heartbeat: float = 15.0,
-    ) -> AsyncIterator[OutboxEvent | None]:
+    ) -> AsyncGenerator[OutboxEvent | None, None]:
         """Every event after `after` (of `job_id`, of `types`), in order, forever; None whenever
         `heartbeat` seconds pass without yielding anything (other jobs' events do not count)."""
         self.start()
