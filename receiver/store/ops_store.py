@@ -1,4 +1,4 @@
-"""The :class:`~receiver.store.Store` interface over the shared operations, for every backend.
+"""The :class:`~receiver.store.protocol.Store` interface over the shared operations, for every backend.
 
 A backend supplies `_op` (run an operation in a write transaction) and `_read_op`
 (run it without one); every method of the interface is written here once.
@@ -10,8 +10,9 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from receiver.store import Delivery, Event, FileRecord, Job, OutboxEvent, Outcome, SinkState, outbox
+from receiver.store import outbox
 from receiver.store import sql as ops
+from receiver.store.models import Delivery, Event, FileRecord, Job, OutboxEvent, Outcome, SinkState
 from receiver.store.sql import Dialect, Op
 from submitter.bodies import Observation
 from submitter.status import Status

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from receiver.store import Delivery, OutboxEvent, SinkState
+from receiver.store.models import Delivery, OutboxEvent, SinkState
 from receiver.store.sql import Op, Query
 
 __all__ = [

@@ -5,7 +5,7 @@ dialect differs: `$n` placeholders, `FOR UPDATE SKIP LOCKED` in claims, advisory
 locks where SQLite's single writer already serialises (migrations, slot
 reservations), a few DDL types. Each operation is one transaction on a pooled
 connection. A database that is down, failing over or out of connections raises
-:class:`~receiver.store.StoreUnavailable` (503 to callbacks); the pool reconnects
+:class:`~receiver.store.models.StoreUnavailable` (503 to callbacks); the pool reconnects
 by itself when it returns.
 
 asyncpg rather than psycopg 3: it speaks the binary protocol with prepared
@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from receiver.store import StoreUnavailable, is_postgres_url
 from receiver.store import sql as ops
+from receiver.store.models import StoreUnavailable
 from receiver.store.ops_store import OpsStore
 from receiver.store.sql import Dialect, Lock, Op, Query, UniqueViolation
 from submitter.urls import masked_url
 
-__all__ = ["POSTGRES", "PostgresStore", "is_postgres_url"]
+__all__ = ["POSTGRES", "PostgresStore"]
 
 T = TypeVar("T")
 
@@ -59,7 +59,7 @@ def _unavailable(exc: BaseException) -> bool:
 
 
 class PostgresStore(OpsStore):
-    """The :class:`~receiver.store.Store` on PostgreSQL. `url`: a libpq-style URL (the password
+    """The :class:`~receiver.store.protocol.Store` on PostgreSQL. `url`: a libpq-style URL (the password
     from it or from PGPASSWORD); other query parameters are server settings, e.g. `search_path`."""
 
     dialect = POSTGRES

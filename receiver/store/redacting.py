@@ -1,4 +1,4 @@
-"""A :class:`~receiver.store.Store` wrapper that scrubs secrets from everything written.
+"""A :class:`~receiver.store.protocol.Store` wrapper that scrubs secrets from everything written.
 
 Whatever the backend, provider texts (errors, notes, log tails) and audit events pass
 through the :class:`~receiver.obs.redaction.Redactor` before they reach a row, so a
@@ -13,7 +13,8 @@ import json
 from typing import Any
 
 from receiver.obs.redaction import Redactor
-from receiver.store import Event, Outcome, Store
+from receiver.store.models import Event, Outcome
+from receiver.store.protocol import Store
 from submitter.bodies import Observation
 from submitter.status import Status
 

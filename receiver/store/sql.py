@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from receiver.config.integrations import EVENT_TYPES
-from receiver.store import Event, FileRecord, IdempotencyConflict, Job, Outcome, TaskMismatch
+from receiver.store.models import Event, FileRecord, IdempotencyConflict, Job, Outcome, TaskMismatch
 from submitter.bodies import Observation
 from submitter.status import ACTIVE, TERMINAL, Status, observed_predecessors, predecessors
 

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from receiver.store import Event, Job, Outcome, StoreUnavailable
 from receiver.store import sql as ops
+from receiver.store.models import Event, Job, Outcome, StoreUnavailable
 from receiver.store.ops_store import OpsStore
 from receiver.store.sql import MIGRATIONS, Dialect, Lock, Op, Query, UniqueViolation
 from submitter.bodies import Observation
@@ -117,7 +117,7 @@ def _savepointed(db: DB, fn: Callable[[DB], Any]) -> tuple[bool, Any]:
 
 
 class SQLiteStore(OpsStore):
-    """The :class:`~receiver.store.Store` on one SQLite file; several processes may share it."""
+    """The :class:`~receiver.store.protocol.Store` on one SQLite file; several processes may share it."""
 
     dialect = SQLITE
 
