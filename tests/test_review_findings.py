@@ -221,7 +221,7 @@ async def test_an_echoing_provider_leaks_nothing_into_rows_cli_or_logs(
         assert stored is not None and (stored.error or stored.note)  # the provider's words were kept...
         assert "Incorrect API key provided" in (stored.error or stored.note or "")
         logging.getLogger("fluxhook.sweep").warning("job %s: %s", job.id, stored.note or stored.error)
-        rows = await h.rt.store._read("SELECT * FROM jobs")  # type: ignore[attr-defined]
+        rows = await h.rt.store.inner._read("SELECT * FROM jobs")  # type: ignore[attr-defined]
     monkeypatch.setenv("FLUXHOOK_DB", h.settings.db)
     monkeypatch.setenv("FLUXHOOK_RESULTS", str(h.settings.results))
     assert await asyncio.to_thread(cli_main, ["status", job.id, "--json"]) == 0
@@ -241,7 +241,7 @@ async def test_replicate_callback_bodies_are_stored_without_our_callback_token(t
         token = derive_job_keys(MASTER, "replicate", job_id).token
         body = {**fake.finish(pid), "webhook": url, "urls": {"get": f"https://api.replicate.com/v1/predictions/{pid}"}}
         assert (await deliver(h, "replicate", job_id, body, msg_id="m1", secret=SECRET)).status_code == 200
-        (row,) = await h.rt.store._read("SELECT body, headers FROM events")  # type: ignore[attr-defined]
+        (row,) = await h.rt.store.inner._read("SELECT body, headers FROM events")  # type: ignore[attr-defined]
         assert token not in row["body"].decode() and token not in row["headers"]
         assert json.loads(row["body"])["webhook"].endswith("/hooks/replicate/" + job_id + "/[redacted]")
         await sweep_once(h.rt)
@@ -257,7 +257,7 @@ async def test_huge_headers_are_not_stored_whole(tmp_path: Path) -> None:
         many = {f"x-pad-{n}": "v" * 900 for n in range(40)}
         response = await post(h, "bfl", job_id, body, **{"x-huge": "h" * 200_000}, **many)
         assert response.status_code == 200, response.text
-        (row,) = await h.rt.store._read("SELECT headers FROM events")  # type: ignore[attr-defined]
+        (row,) = await h.rt.store.inner._read("SELECT headers FROM events")  # type: ignore[attr-defined]
         assert len(row["headers"]) < 10_000
         kept = json.loads(row["headers"])
         assert kept["x-huge"].startswith("h" * 1024) and "not kept" in kept["x-huge"]
@@ -364,7 +364,7 @@ async def test_a_download_whose_lease_was_taken_stops(tmp_path: Path) -> None:
         image = png_image("taken")
         yield image[:64]
         # Another process took the job over (our lease lapsed, say, during a long stall).
-        await h.rt.store._write("UPDATE jobs SET lease_owner = 'other', lease_until = ?",  # type: ignore[attr-defined]
+        await h.rt.store.inner._write("UPDATE jobs SET lease_owner = 'other', lease_until = ?",  # type: ignore[attr-defined]
                                 (h.clock.now + 1e6,))
         h.clock.advance(h.settings.lease_seconds)
         yield image[64:]

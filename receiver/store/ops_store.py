@@ -27,19 +27,22 @@ class OpsStore:
 
     #: The backend's SQL dialect (placeholders, locking, DDL spellings).
     dialect: Dialect
-    #: Where a stored file's path lives, as events show it (the result store's `location`).
-    locate: Callable[[str], str] | None = None
 
-    @property
-    def listeners(self) -> list[Callable[[], None]]:
-        """Called after every operation that changed a job's status (and so wrote an event)."""
-        if "_listeners" not in self.__dict__:
-            self._listeners: list[Callable[[], None]] = []
-        return self._listeners
+    def __init__(self) -> None:
+        #: Where a stored file's path lives, as events show it (the result store's `location`).
+        self._locate: Callable[[str], str] | None = None
+        #: Called after every operation that changed a job's status (and so wrote an event).
+        self._listeners: list[Callable[[], None]] = []
+
+    def set_locator(self, locate: Callable[[str], str]) -> None:
+        self._locate = locate
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
 
     def _changed(self, outcome: Outcome) -> Outcome:
         if outcome.changed:
-            for listener in self.listeners:
+            for listener in self._listeners:
                 listener()
         return outcome
 
@@ -108,7 +111,7 @@ class OpsStore:
         self, job_id: str, status: Status, *, now: float, reason: str | None = None,
         only_from: frozenset[Status] | None = None,
     ) -> Outcome:
-        return self._changed(await self._op(ops.finish(job_id, status, now, reason, only_from, self.locate)))
+        return self._changed(await self._op(ops.finish(job_id, status, now, reason, only_from, self._locate)))
 
     async def claim_due(
         self, owner: str, *, now: float, lease: float, limit: int, downloads: bool | None = None

@@ -65,6 +65,7 @@ class PostgresStore(OpsStore):
     dialect = POSTGRES
 
     def __init__(self, url: str, *, pool_size: int = 10, timeout: float = 10.0) -> None:
+        super().__init__()
         self.url = url
         self.pool_size = pool_size
         self.timeout = timeout

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from receiver.store.models import Event, FileRecord, Job, Outcome
+from receiver.store.models import Delivery, Event, FileRecord, Job, OutboxEvent, Outcome, SinkState
+from receiver.store.outbox import AttemptRecord
 from submitter.bodies import Observation
 from submitter.status import Status
 
@@ -13,6 +15,18 @@ __all__ = ["Store"]
 
 
 class Store(Protocol):
+    """Every operation callers use; :class:`~receiver.store.redacting.RedactingStore` implements each
+    one explicitly, and mypy checks both backends against it (tests/test_store.py runs each)."""
+
+    def set_locator(self, locate: Callable[[str], str]) -> None:
+        """Where a stored file's path lives, as events show it (the result store's `location`)."""
+        ...
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after every operation of this store that changed a job's status (and so wrote
+        an outbox event)."""
+        ...
+
     async def open(self, *, migrate: bool = True) -> None:
         """Connect and (with `migrate`) bring the schema up to date; StoreUnavailable if it cannot."""
         ...
@@ -22,7 +36,18 @@ class Store(Protocol):
         """Insert a new job; its lease fields are stored as given, so the creator can hold it from the start."""
         ...
     async def get_job(self, job_id: str) -> Job | None: ...
-    async def list_jobs(self, status: Status | None = None, limit: int = 100) -> list[Job]: ...
+    async def list_jobs(
+        self, status: Status | None = None, limit: int = 100, *, provider: str | None = None,
+        before: tuple[float, str] | None = None,
+    ) -> list[Job]:
+        """Newest first by (created_at, id); `before` is the last row of the previous page (keyset paging)."""
+        ...
+    async def create_job_once(
+        self, job: Job, *, key: str, fingerprint: str, now: float, ttl: float
+    ) -> tuple[Job, bool]:
+        """Create `job` under an idempotency key, or find the job the key already names: (job, created).
+        IdempotencyConflict if the key came with another request body."""
+        ...
     async def files(self, job_id: str) -> list[FileRecord]: ...
 
     async def reserve_slot(self, job_id: str, *, cap: int, model_cap: int, now: float) -> bool:
@@ -127,4 +152,51 @@ class Store(Protocol):
     async def migrate(self, *, apply: bool = True) -> tuple[int, list[int]]:
         """Bring the schema up to date (`open` does too): (version before, versions applied); without
         `apply`, only report the versions pending."""
+        ...
+
+    # -- the outbox and its deliveries (receiver/store/outbox.py) -----------------------------
+
+    async def events_after(
+        self, after: int, *, limit: int = 500, job_id: str | None = None, types: frozenset[str] | None = None
+    ) -> list[OutboxEvent]:
+        """Outbox events after position `after`, in order (of one job, of some types)."""
+        ...
+    async def event_by_id(self, event_id: str) -> OutboxEvent | None: ...
+    async def last_seq(self) -> int:
+        """The newest outbox position (0 when empty)."""
+        ...
+    async def register_sink(self, name: str, kind: str, display: str, *, now: float) -> SinkState:
+        """Make a sink known; a new one is owed the events from now on."""
+        ...
+    async def sinks(self) -> list[SinkState]: ...
+    async def disable_sink(self, name: str, reason: str, *, now: float) -> bool: ...
+    async def enable_sink(self, name: str, *, now: float) -> bool:
+        """Enable a sink again; its pending deliveries are due at once. False if it does not exist."""
+        ...
+    async def fan_out(self, name: str, types: frozenset[str], *, now: float, limit: int = 1000) -> int:
+        """Create the sink's deliveries for the events after its position; returns how many events passed."""
+        ...
+    async def claim_deliveries(
+        self, owner: str, *, sink: str, now: float, lease: float, limit: int
+    ) -> list[tuple[Delivery, OutboxEvent]]:
+        """Lease due deliveries to `sink`, at most one per job, oldest due first."""
+        ...
+    async def record_attempts(self, owner: str, records: list[AttemptRecord]) -> None:
+        """A batch of attempts, and each delivery's new state, in one transaction."""
+        ...
+    async def record_attempt(
+        self, delivery_id: int, owner: str, *, at: float, code: int | None, latency_ms: float, error: str | None,
+        state: str, next_at: float | None,
+    ) -> bool: ...
+    async def deliveries(
+        self, state: str | None = None, *, limit: int = 100, event_id: str | None = None
+    ) -> list[Delivery]: ...
+    async def delivery_attempts(self, delivery_id: int) -> list[dict[str, Any]]: ...
+    async def redeliver(
+        self, event_id: str | None, *, failed: bool = False, sinks_for: dict[str, frozenset[str]], now: float
+    ) -> int:
+        """Make deliveries due again (one event's, and/or every dead one); -1 if `event_id` is unknown."""
+        ...
+    async def prune_outbox(self, before: float, *, idempotent_before: float, limit: int = 5000) -> int:
+        """Delete old events with their deliveries and attempts, and old idempotency keys."""
         ...

@@ -122,6 +122,7 @@ class SQLiteStore(OpsStore):
     dialect = SQLITE
 
     def __init__(self, path: str, *, busy_timeout: float = 5.0) -> None:
+        super().__init__()
         self.path = path
         self.busy_timeout = busy_timeout
         self._conn: sqlite3.Connection | None = None
