@@ -409,3 +409,17 @@ def test_operations_run_without_a_transaction_are_one_statement() -> None:
                 want = steps[-1].want  # type: ignore[union-attr]
                 steps.append(op.send({"all": [], "one": None}.get(want, 1)))
         assert len(steps) == 1 and isinstance(steps[0], sql.Query), steps
+
+
+async def test_a_many_query_answers_none_on_every_backend(store: Store) -> None:
+    """`want="many"` runs its statement once per row of args and answers None, whatever the backend."""
+    from receiver.store.sql import Op, Query
+
+    def op() -> Op[tuple[object, int]]:
+        answer = yield Query("INSERT INTO idempotency (key, fingerprint, job_id, created_at) VALUES (?, ?, ?, ?)",
+                             (("a", "f", "j1", NOW), ("b", "f", "j2", NOW)), "many")
+        row = yield Query("SELECT COUNT(*) FROM idempotency", (), "one")
+        return answer, int(row[0])
+
+    # _op: the backends' own runner of a shared operation (not part of the Store interface).
+    assert await store._op(op()) == (None, 2)  # type: ignore[attr-defined]

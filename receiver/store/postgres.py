@@ -160,7 +160,7 @@ async def _execute(conn: Any, query: Query) -> Any:
     sql = POSTGRES.compile(query.sql)
     if query.want == "many":
         await conn.executemany(sql, query.args)
-        return len(query.args)
+        return None  # asyncpg reports no counts; SQLite answers the same
     if query.want == "one":
         return await conn.fetchrow(sql, *query.args)
     if query.want == "all":

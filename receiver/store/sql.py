@@ -32,7 +32,8 @@ T = TypeVar("T")
 class Query:
     sql: str
     args: tuple[Any, ...] = ()
-    #: "count": rows changed; "one": first row or None; "all": rows; "many": run once per args row.
+    #: "count": rows changed; "one": first row or None; "all": rows; "many": run once per row of `args`
+    #: (a tuple of tuples), answering None on every backend (PostgreSQL's executemany counts nothing).
     want: Literal["count", "one", "all", "many"] = "count"
 
 

@@ -49,7 +49,8 @@ def run_op(db: DB, op: Op[T]) -> T:
 def _execute(db: DB, query: Query) -> Any:
     sql = SQLITE.compile(query.sql)
     if query.want == "many":
-        return db.executemany(sql, query.args).rowcount
+        db.executemany(sql, query.args)
+        return None  # as on PostgreSQL, whose executemany reports no counts
     cursor = db.execute(sql, query.args)
     if query.want == "one":
         return cursor.fetchone()
