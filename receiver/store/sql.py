@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar
 from receiver.config.integrations import EVENT_TYPES
 from receiver.store.models import Event, FileRecord, IdempotencyConflict, Job, Outcome, TaskMismatch
 from submitter.bodies import Observation
-from submitter.status import ACTIVE, TERMINAL, Status, observed_predecessors, predecessors
+from submitter.status import ACTIVE, TERMINAL, Status, can_follow, observed_predecessors, predecessors
 
 __all__ = ["MIGRATIONS", "Dialect", "Lock", "Op", "Query", "UniqueViolation"]
 
@@ -242,6 +242,16 @@ def _in(statuses: frozenset[Status]) -> str:
     return ",".join(f"'{s}'" for s in sorted(statuses)) or "NULL"
 
 
+#: Every status name a statement spells comes from submitter.status: its sets, its transition rules.
+_QUEUED = f"'{Status.QUEUED}'"
+_SUCCEEDED = f"'{Status.SUCCEEDED}'"
+#: Where a submit answer moves a job from (queued).
+_SUBMIT_FROM = _in(predecessors(Status.SUBMITTED))
+#: What our download path may end a succeeded job in, short of storing it (failed, expired): the
+#: statuses `fluxhook retry` reopens.
+_GAVE_UP = _in(frozenset(s for s in Status if can_follow(Status.SUCCEEDED, s)) - {Status.STORED})
+
+
 def _min(a: float | None, b: float | None) -> float | None:
     """Like SQLite's two-argument MIN: None if either is None."""
     return None if a is None or b is None else min(a, b)
@@ -363,10 +373,10 @@ def _status(job_id: str) -> Op[Status | None]:
 def reserve_slot(job_id: str, cap: int, model_cap: int, now: float) -> Op[bool]:
     # One statement, and reservations serialised: the counts and the reservation cannot interleave.
     yield Lock("fluxhook-slots")
-    active = f"(o.status IN ({_ACTIVE_SQL}) OR (o.status = 'queued' AND o.slot_held = 1))"
+    active = f"(o.status IN ({_ACTIVE_SQL}) OR (o.status = {_QUEUED} AND o.slot_held = 1))"
     changed = yield Query(
         f"""UPDATE jobs SET slot_held = 1, submit_attempts = submit_attempts + 1, updated_at = ?
-        WHERE id = ? AND status = 'queued' AND slot_held = 0
+        WHERE id = ? AND status = {_QUEUED} AND slot_held = 0
           AND (SELECT COUNT(*) FROM jobs AS o WHERE o.provider = jobs.provider AND {active}) < ?
           AND (SELECT COUNT(*) FROM jobs AS o WHERE o.provider = jobs.provider
                AND o.model = jobs.model AND {active}) < ?""",
@@ -388,15 +398,15 @@ def record_submit(
         (provider_job_id, polling_url, now, note, now, job_id),
     )
     changed = (yield Query(
-        "UPDATE jobs SET status = 'submitted', next_check_at = ? WHERE id = ? AND status = 'queued'",
-        (next_check_at, job_id),
+        f"UPDATE jobs SET status = ?, next_check_at = ? WHERE id = ? AND status IN ({_SUBMIT_FROM})",
+        (str(Status.SUBMITTED), next_check_at, job_id),
     )) == 1
     if not changed and before is not None and before[0] is None and provider_job_id is not None:
         # The answer comes after the job was reconciled as "outcome unknown" (waiting for the
         # deadline): now that it can be polled, poll it on the normal schedule.
         current = before[1] if before[1] is not None else next_check_at
         yield Query(
-            "UPDATE jobs SET next_check_at = ? WHERE id = ? AND status IN ('submitted', 'running')",
+            f"UPDATE jobs SET next_check_at = ? WHERE id = ? AND status IN ({_ACTIVE_SQL})",
             (_min(current, next_check_at), job_id),
         )
     if changed:
@@ -408,7 +418,7 @@ def record_submit(
 def defer(job_id: str, next_check_at: float, note: str | None, now: float, release_slot: bool) -> Op[None]:
     yield Query(
         "UPDATE jobs SET slot_held = CASE WHEN ? = 1 THEN 0 ELSE slot_held END, sending = 0, next_check_at = ?,"
-        " note = ?, updated_at = ? WHERE id = ? AND status = 'queued'",
+        f" note = ?, updated_at = ? WHERE id = ? AND status = {_QUEUED}",
         (int(release_slot), next_check_at, note, now, job_id),
     )
 
@@ -556,7 +566,7 @@ def emit(job_id: str, status: Status, now: float, locate: Callable[[str], str] |
 # -- leases -------------------------------------------------------------------------------
 
 _CLAIM_ORDER = "download_by IS NULL, download_by, next_check_at"
-_KINDS = {None: "", True: " AND status = 'succeeded'", False: " AND status <> 'succeeded'"}
+_KINDS = {None: "", True: f" AND status = {_SUCCEEDED}", False: f" AND status <> {_SUCCEEDED}"}
 
 
 def claim_due(owner: str, now: float, lease: float, limit: int, downloads: bool | None) -> Op[list[Job]]:
@@ -585,7 +595,7 @@ def claim(job_id: str, owner: str, now: float, lease: float) -> Op[Job | None]:
 
 
 def mark_sending(job_id: str, sending: bool) -> Op[None]:
-    yield Query("UPDATE jobs SET sending = ? WHERE id = ? AND status = 'queued'", (int(sending), job_id))
+    yield Query(f"UPDATE jobs SET sending = ? WHERE id = ? AND status = {_QUEUED}", (int(sending), job_id))
 
 
 def renew(job_id: str, owner: str, until: float) -> Op[bool]:
@@ -698,13 +708,13 @@ def reopen_for_retry(job_id: str, now: float, store_until: float) -> Op[bool]:
     Writes nothing to the outbox (`succeeded` has no event); the job's next end writes its event
     (a second terminal event for the job: consumers see e.g. job.failed, then job.stored)."""
     changed = yield Query(
-        "UPDATE jobs SET status = 'succeeded', error = NULL,"
+        "UPDATE jobs SET status = ?, error = NULL,"
         " note = 'reopened for a download retry (fluxhook retry)', repolls = 0, next_check_at = ?,"
         " deadline_at = CASE WHEN deadline_at < ? THEN ? ELSE deadline_at END, updated_at = ?,"
         " lease_owner = NULL, lease_until = NULL"
-        " WHERE id = ? AND status IN ('failed', 'expired') AND provider_job_id IS NOT NULL"
+        f" WHERE id = ? AND status IN ({_GAVE_UP}) AND provider_job_id IS NOT NULL"
         " AND EXISTS (SELECT 1 FROM files WHERE files.job_id = jobs.id AND files.path IS NULL)",
-        (now, store_until, store_until, now, job_id),
+        (str(Status.SUCCEEDED), now, store_until, store_until, now, job_id),
     )
     if changed == 1:
         yield Query("UPDATE files SET attempts = 0 WHERE job_id = ? AND path IS NULL", (job_id,))
