@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 
 from receiver.engine.runtime import Runtime
 from receiver.sinks import Attempt, Sink, SinkError
-from receiver.store import Delivery, OutboxEvent, StoreUnavailable
-from receiver.store.outbox import AttemptRecord
+from receiver.store import AttemptRecord, Delivery, OutboxEvent, StoreUnavailable
 
 __all__ = ["BACKOFF_BASE", "BACKOFF_CAP", "Relay", "RelayReport", "next_delay", "relay_loop"]
 

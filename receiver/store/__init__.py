@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from receiver.store.backends import is_postgres_url, open_store, schema_behind
 from receiver.store.models import (
+    AttemptRecord,
     Delivery,
     Event,
     FileRecord,
@@ -30,6 +31,7 @@ from receiver.store.models import (
 from receiver.store.protocol import Store
 
 __all__ = [
+    "AttemptRecord",
     "Delivery",
     "Event",
     "FileRecord",

@@ -12,6 +12,7 @@ from typing import Any
 from submitter.status import Status
 
 __all__ = [
+    "AttemptRecord",
     "Delivery",
     "Event",
     "FileRecord",
@@ -225,3 +226,19 @@ class Outcome:
     status: Status | None = None  # the job's status afterwards
     found: bool = True
     recorded: bool = False  # the event was kept in the audit log (not over a cap, job not finished)
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One attempt made, and the delivery's state after it
+    (for :meth:`~receiver.store.protocol.Store.record_attempts`)."""
+
+    delivery_id: int
+    seq: int
+    at: float
+    code: int | None
+    latency_ms: float
+    error: str | None
+    #: "pending" (with `next_at`), "delivered" or "dead".
+    state: str
+    next_at: float | None = None

@@ -16,17 +16,17 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from receiver.store import sql as ops
 from receiver.store.models import StoreUnavailable
 from receiver.store.ops_store import OpsStore
-from receiver.store.sql import Dialect, Lock, Op, Query, UniqueViolation
+from receiver.store.sql import jobs
+from receiver.store.sql.plumbing import Lock, Op, Query, SqlDialect, UniqueViolation
 from submitter.urls import masked_url
 
 __all__ = ["POSTGRES", "PostgresStore"]
 
 T = TypeVar("T")
 
-POSTGRES = Dialect(
+POSTGRES = SqlDialect(
     "postgresql",
     placeholder="$n",
     skip_locked="FOR UPDATE SKIP LOCKED",
@@ -87,7 +87,7 @@ class PostgresStore(OpsStore):
             if migrate:
                 await self.migrate()
             else:
-                await self._read_op(ops.ping())  # connect now: a clear error at open, not later
+                await self._read_op(jobs.ping())  # connect now: a clear error at open, not later
         except StoreUnavailable as exc:
             await self.close()
             raise StoreUnavailable(f"cannot open the database {masked_url(self.url)}: {exc}") from None

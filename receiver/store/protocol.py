@@ -6,8 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from receiver.store.models import Delivery, Event, FileRecord, Job, OutboxEvent, Outcome, SinkState
-from receiver.store.outbox import AttemptRecord
+from receiver.store.models import AttemptRecord, Delivery, Event, FileRecord, Job, OutboxEvent, Outcome, SinkState
 from submitter.bodies import Observation
 from submitter.status import Status
 
@@ -154,7 +153,7 @@ class Store(Protocol):
         `apply`, only report the versions pending."""
         ...
 
-    # -- the outbox and its deliveries (receiver/store/outbox.py) -----------------------------
+    # -- the outbox and its deliveries (receiver/store/sql/outbox.py, sink_deliveries.py) -----------------------------
 
     async def events_after(
         self, after: int, *, limit: int = 500, job_id: str | None = None, types: frozenset[str] | None = None

@@ -14,8 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from receiver.obs.redaction import Redactor
-from receiver.store.models import Delivery, Event, FileRecord, Job, OutboxEvent, Outcome, SinkState
-from receiver.store.outbox import AttemptRecord
+from receiver.store.models import AttemptRecord, Delivery, Event, FileRecord, Job, OutboxEvent, Outcome, SinkState
 from receiver.store.protocol import Store
 from submitter.bodies import Observation
 from submitter.status import Status

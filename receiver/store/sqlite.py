@@ -15,17 +15,17 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from receiver.store import sql as ops
 from receiver.store.models import Event, Job, Outcome, StoreUnavailable
 from receiver.store.ops_store import OpsStore
-from receiver.store.sql import MIGRATIONS, Dialect, Lock, Op, Query, UniqueViolation
+from receiver.store.sql import jobs, transitions
+from receiver.store.sql.plumbing import Lock, Op, Query, SqlDialect, UniqueViolation
 from submitter.bodies import Observation
 
-__all__ = ["MIGRATIONS", "SQLITE", "SQLiteStore"]
+__all__ = ["SQLITE", "SQLiteStore"]
 
 T = TypeVar("T")
 DB = sqlite3.Connection
-SQLITE = Dialect("sqlite")
+SQLITE = SqlDialect("sqlite")
 
 
 def run_op(db: DB, op: Op[T]) -> T:
@@ -240,7 +240,7 @@ class SQLiteStore(OpsStore):
 
     async def create_job(self, job: Job) -> None:
         try:
-            await self._op(ops.create_job(job))
+            await self._op(jobs.create_job(job))
         except UniqueViolation:
             raise sqlite3.IntegrityError(f"job {job.id!r} exists") from None
 
@@ -250,5 +250,5 @@ class SQLiteStore(OpsStore):
     ) -> Outcome:
         # Group commit: concurrent callbacks share one transaction (and one fsync), each in a savepoint.
         return self._changed(await self._grouped(lambda db: run_op(
-            db, ops.apply(job_id, observation, now, next_check_at, event, expires, keep_events)
+            db, transitions.apply(job_id, observation, now, next_check_at, event, expires, keep_events)
         )))
