@@ -55,7 +55,7 @@ def _unavailable(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.InterfaceError) and "pool is closed" in str(exc):
         return True
     state = getattr(exc, "sqlstate", None)
-    return isinstance(exc, asyncpg.PostgresError) and bool(state) and state[:2] in _TRANSIENT_CLASSES
+    return isinstance(exc, asyncpg.PostgresError) and isinstance(state, str) and state[:2] in _TRANSIENT_CLASSES
 
 
 class PostgresStore(OpsStore):
@@ -153,7 +153,7 @@ async def _drive(conn: Any, op: Op[T]) -> T:
                 continue
             step = op.send(result)
     except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
+        return stop.value
 
 
 async def _execute(conn: Any, query: Query) -> Any:

@@ -43,7 +43,7 @@ def run_op(db: DB, op: Op[T]) -> T:
                 continue
             step = op.send(result)
     except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
+        return stop.value
 
 
 def _execute(db: DB, query: Query) -> Any:
@@ -162,7 +162,7 @@ class SQLiteStore(OpsStore):
         self._batch.append((fn, future))
         if not self._committing:
             self._flush()
-        return await future  # type: ignore[no-any-return]
+        return await future
 
     def _flush(self) -> None:
         batch, self._batch = self._batch, []

@@ -59,7 +59,8 @@ def list_jobs(
     status: Status | None, limit: int, provider: str | None = None, before: tuple[float, str] | None = None
 ) -> Op[list[Job]]:
     """Newest first by (created_at, id); `before` is the last row of the previous page (keyset paging)."""
-    where, args = [], []
+    where: list[str] = []
+    args: list[object] = []
     if status is not None:
         where.append("status = ?")
         args.append(str(status))

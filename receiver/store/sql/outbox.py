@@ -56,7 +56,8 @@ def row_to_event(row: Any) -> OutboxEvent:
 def events_after(
     after: int, limit: int, job_id: str | None = None, types: frozenset[str] | None = None
 ) -> Op[list[OutboxEvent]]:
-    where, args = ["seq > ?"], [after]
+    where = ["seq > ?"]
+    args: list[object] = [after]
     if job_id is not None:
         where.append("job_id = ?")
         args.append(job_id)

@@ -158,8 +158,8 @@ def apply(
         )
         yield from update_download_by(job_id)
         yield Query("UPDATE jobs SET next_check_at = ? WHERE id = ?", (now, job_id))
-    if changed:
-        yield from emit(job_id, status, now)
+    if changed and new is not None:  # (changed implies new)
+        yield from emit(job_id, new, now)
     return Outcome(changed=changed, status=status, recorded=recorded)
 
 
