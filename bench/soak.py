@@ -96,7 +96,7 @@ from receiver.engine.jobs import callback_url, submit
 from receiver.engine.runtime import Runtime
 from receiver.serve.background import bind, serve_in_background
 from receiver.store import FileRecord, Job
-from receiver.store.postgres import is_postgres_url
+from receiver.store.backends import is_postgres_url
 from submitter.signing import derive_job_keys, sign_bfl, sign_standard
 from submitter.simulator import Faults, Simulator, jpeg_image, png_image
 from submitter.status import TERMINAL, Status

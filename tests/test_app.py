@@ -51,7 +51,7 @@ async def test_verified_callback_moves_the_job_and_is_kept_for_audit(tmp_path: P
         assert response.json() == {"ok": True, "status": "succeeded"}
         assert (await h.rt.store.get_job(job_id)).status == Status.SUCCEEDED  # type: ignore[union-attr]
         assert h.rt.downloads_due.is_set()
-        raw = await h.rt.store._read("SELECT headers, body, verdict FROM events")  # type: ignore[attr-defined]
+        raw = await h.rt.store.inner._read("SELECT headers, body, verdict FROM events")  # type: ignore[attr-defined]
         (row,) = raw
         # Kept as received, except for the result URL's signature (a secret: see receiver/obs/redaction.py).
         assert row["body"] == body.replace(b"?se=2100-01-01T00%3A00%3A00Z", b"?[redacted]")
@@ -178,7 +178,7 @@ async def test_callback_claiming_another_jobs_task_is_refused(tmp_path: Path) ->
         taken = (await h.rt.store.get_job(first)).provider_job_id  # type: ignore[union-attr]
         # A job whose submit answer never came (so it has no provider task yet)...
         second = await h.rt.store.get_job(await a_job(h))
-        await h.rt.store._write("UPDATE jobs SET provider_job_id = NULL WHERE id = ?", (second.id,))  # type: ignore[attr-defined, union-attr]
+        await h.rt.store.inner._write("UPDATE jobs SET provider_job_id = NULL WHERE id = ?", (second.id,))  # type: ignore[attr-defined, union-attr]
         # ...receives a callback naming the first job's task.
         response = await post(h, "bfl", second.id, ready_body(taken or ""))  # type: ignore[union-attr]
         assert response.status_code == 422

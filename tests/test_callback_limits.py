@@ -70,7 +70,7 @@ async def test_huge_headers_are_not_stored_whole(tmp_path: Path) -> None:
         many = {f"x-pad-{n}": "v" * 900 for n in range(40)}
         response = await post(h, "bfl", job_id, body, **{"x-huge": "h" * 200_000}, **many)
         assert response.status_code == 200, response.text
-        (row,) = await h.rt.store._read("SELECT headers FROM events")  # type: ignore[attr-defined]
+        (row,) = await h.rt.store.inner._read("SELECT headers FROM events")  # type: ignore[attr-defined]
         assert len(row["headers"]) < 10_000
         kept = json.loads(row["headers"])
         assert kept["x-huge"].startswith("h" * 1024) and "not kept" in kept["x-huge"]

@@ -53,7 +53,7 @@ async def test_a_download_whose_lease_was_taken_stops(tmp_path: Path) -> None:
         image = png_image("taken")
         yield image[:64]
         # Another process took the job over (our lease lapsed, say, during a long stall).
-        await h.rt.store._write("UPDATE jobs SET lease_owner = 'other', lease_until = ?",  # type: ignore[attr-defined]
+        await h.rt.store.inner._write("UPDATE jobs SET lease_owner = 'other', lease_until = ?",  # type: ignore[attr-defined]
                                 (h.clock.now + 1e6,))
         h.clock.advance(h.settings.lease_seconds)
         yield image[64:]

@@ -66,7 +66,7 @@ async def test_rejected_requests_are_counted_not_stored(tmp_path: Path) -> None:
             forged = hook("bfl", job.id).rsplit("/", 1)[0] + "/" + "B" * 43
             assert (await h.client.post(forged, content=b"x" * 1000)).status_code == 401
         assert h.rt.metrics["rejected"] == 50
-        rows = await h.rt.store._read("SELECT COUNT(*) FROM events")  # type: ignore[attr-defined]
+        rows = await h.rt.store.inner._read("SELECT COUNT(*) FROM events")  # type: ignore[attr-defined]
         assert rows[0][0] == 0
         assert (await h.client.get("/healthz")).json()["callbacks"]["rejected"] == 50
 
@@ -109,7 +109,7 @@ async def test_no_secret_reaches_logs_errors_audit_or_cli(
             keys = derive_job_keys(MASTER, job.provider, job.id)
             secrets |= {keys.token, keys.webhook_secret}
             secrets |= {f.url.split("?", 1)[1] for f in await h.rt.store.files(job.id) if "?" in f.url}
-        audit = await h.rt.store._read("SELECT headers, body, verdict FROM events")  # type: ignore[attr-defined]
+        audit = await h.rt.store.inner._read("SELECT headers, body, verdict FROM events")  # type: ignore[attr-defined]
         echoed = [json.loads(r["headers"]) for r in audit if "x-webhook-secret" in json.loads(r["headers"])]
         assert echoed  # the callback that echoed its secret in X-Webhook-Secret was recorded...
         assert all(h["x-webhook-secret"] == "[redacted]" for h in echoed)  # ...with that header redacted

@@ -34,7 +34,7 @@ async def _to_stored(store: Store, job_id: str) -> None:
 
 
 async def test_each_status_change_writes_one_event_in_order(store: Store) -> None:
-    store.locate = lambda path: f"s3://bucket/{path}"
+    store.set_locator(lambda path: f"s3://bucket/{path}")
     await store.create_job(dataclasses.replace(job(), metadata={"user": 7}))
     assert await store.events_after(0) == []  # queued: nobody waits on it
     await _to_stored(store, "j1")

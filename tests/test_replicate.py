@@ -311,7 +311,7 @@ async def test_proxy_callbacks_are_authenticated_by_the_path_token(tmp_path: Pat
         proxy_secret = "whsec_" + base64.b64encode(b"p" * 32).decode()
         assert (await deliver(h, provider, job_id, start, msg_id="m0", secret=None)).status_code == 200
         assert (await deliver(h, provider, job_id, fake.finish(pid), msg_id="m1", secret=proxy_secret)).status_code == 200
-        verdicts = [r["verdict"] for r in await h.rt.store._read("SELECT verdict FROM events ORDER BY id")]  # type: ignore[attr-defined]
+        verdicts = [r["verdict"] for r in await h.rt.store.inner._read("SELECT verdict FROM events ORDER BY id")]  # type: ignore[attr-defined]
         assert verdicts == ["accepted:token", "accepted:token (signature not verifiable)"]
         # The token is still required.
         url, _ = callback_url(PUBLIC, MASTER, provider, job_id)

@@ -11,7 +11,8 @@ import pytest
 
 from receiver.store import Event, Job, Store, StoreUnavailable
 from receiver.store.postgres import PostgresStore
-from receiver.store.sqlite import MIGRATIONS, SQLiteStore
+from receiver.store.sql.schema import MIGRATIONS
+from receiver.store.sqlite import SQLiteStore
 from submitter.bodies import Observation
 from submitter.status import Status
 from tests.pg import fresh_schema
@@ -409,3 +410,39 @@ def test_operations_run_without_a_transaction_are_one_statement() -> None:
                 want = steps[-1].want  # type: ignore[union-attr]
                 steps.append(op.send({"all": [], "one": None}.get(want, 1)))
         assert len(steps) == 1 and isinstance(steps[0], sql.Query), steps
+
+
+async def test_a_many_query_answers_none_on_every_backend(store: Store) -> None:
+    """`want="many"` runs its statement once per row of args and answers None, whatever the backend."""
+    from receiver.store.sql import Op, Query
+
+    def op() -> Op[tuple[object, int]]:
+        answer = yield Query("INSERT INTO idempotency (key, fingerprint, job_id, created_at) VALUES (?, ?, ?, ?)",
+                             (("a", "f", "j1", NOW), ("b", "f", "j2", NOW)), "many")
+        row = yield Query("SELECT COUNT(*) FROM idempotency", (), "one")
+        return answer, int(row[0])
+
+    # _op: the backends' own runner of a shared operation (not part of the Store interface).
+    assert await store._op(op()) == (None, 2)  # type: ignore[attr-defined]
+
+
+async def test_a_question_mark_inside_a_string_literal_is_not_a_parameter(store: Store) -> None:
+    """Statements are written with `?`; PostgreSQL's `$n` numbering skips string literals, quoted names
+    and comments, so a literal `?` reaches the database as written on both backends."""
+    from receiver.store.sql import Op, Query
+
+    def op() -> Op[tuple[object, ...]]:
+        row = yield Query("SELECT CAST(? AS TEXT) AS \"a?\", '?' AS b, 'it''s ?' AS c, CAST(? AS TEXT) AS d -- ?\n",
+                          ("x", "y"), "one")
+        return tuple(row)
+
+    assert await store._op(op()) == ("x", "?", "it's ?", "y")  # type: ignore[attr-defined]  # the backends' runner
+
+
+def test_placeholders_are_numbered_outside_literals_and_comments() -> None:
+    from receiver.store.postgres import POSTGRES
+    from receiver.store.sqlite import SQLITE
+
+    sql = "UPDATE t SET a = ?, b = '?' WHERE \"c?\" = ? /* ? */ AND d = ? -- ?"
+    assert POSTGRES.compile(sql) == "UPDATE t SET a = $1, b = '?' WHERE \"c?\" = $2 /* ? */ AND d = $3 -- ?"
+    assert SQLITE.compile(sql) == sql

@@ -26,8 +26,7 @@ from typing import Any
 from receiver.config.integrations import Integrations
 from receiver.engine.feed import EventFeed
 from receiver.sinks import Attempt, Sink, SinkError
-from receiver.store import Delivery, OutboxEvent, Store, StoreUnavailable
-from receiver.store.outbox import AttemptRecord
+from receiver.store import AttemptRecord, Delivery, OutboxEvent, Store, StoreUnavailable
 from submitter.backoff import Backoff
 
 __all__ = ["BACKOFF", "BACKOFF_BASE", "BACKOFF_CAP", "Relay", "RelayReport", "next_delay", "relay_loop"]

@@ -108,14 +108,13 @@ class Runtime:
         if self.results is None:
             self.results = results_from_settings(self.settings)
         self.redactor = Redactor.from_settings(self.settings)
-        backend = self.store.inner if isinstance(self.store, RedactingStore) else self.store
         if not isinstance(self.store, RedactingStore):
             self.store = RedactingStore(self.store, self.redactor)
         self.webhook_secrets = WebhookSecrets(self.api, self.settings.replicate_webhook_secrets, self.clock)
         # Events show where files are stored; a status change made here wakes the feed at once.
-        backend.locate = self.results.location
+        self.store.set_locator(self.results.location)
         self.feed = EventFeed(self.store)
-        backend.listeners.append(self.feed.poke)
+        self.store.add_listener(self.feed.poke)
         self.relay = self.relay_to(sinks_from_settings(self.settings))
         self.log_limiter = LogLimiter(logging.getLogger("fluxhook.hooks"), self.clock,
                                       on_suppressed=lambda n: self.prom.rejected_logs_suppressed.inc(n))

@@ -5,7 +5,7 @@ dialect differs: `$n` placeholders, `FOR UPDATE SKIP LOCKED` in claims, advisory
 locks where SQLite's single writer already serialises (migrations, slot
 reservations), a few DDL types. Each operation is one transaction on a pooled
 connection. A database that is down, failing over or out of connections raises
-:class:`~receiver.store.StoreUnavailable` (503 to callbacks); the pool reconnects
+:class:`~receiver.store.models.StoreUnavailable` (503 to callbacks); the pool reconnects
 by itself when it returns.
 
 asyncpg rather than psycopg 3: it speaks the binary protocol with prepared
@@ -16,17 +16,17 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from receiver.store import StoreUnavailable, is_postgres_url
-from receiver.store import sql as ops
+from receiver.store.models import StoreUnavailable
 from receiver.store.ops_store import OpsStore
-from receiver.store.sql import Dialect, Lock, Op, Query, UniqueViolation
+from receiver.store.sql import jobs
+from receiver.store.sql.plumbing import Lock, Op, Query, SqlDialect, UniqueViolation
 from submitter.urls import masked_url
 
-__all__ = ["POSTGRES", "PostgresStore", "is_postgres_url"]
+__all__ = ["POSTGRES", "PostgresStore"]
 
 T = TypeVar("T")
 
-POSTGRES = Dialect(
+POSTGRES = SqlDialect(
     "postgresql",
     placeholder="$n",
     skip_locked="FOR UPDATE SKIP LOCKED",
@@ -55,16 +55,17 @@ def _unavailable(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.InterfaceError) and "pool is closed" in str(exc):
         return True
     state = getattr(exc, "sqlstate", None)
-    return isinstance(exc, asyncpg.PostgresError) and bool(state) and state[:2] in _TRANSIENT_CLASSES
+    return isinstance(exc, asyncpg.PostgresError) and isinstance(state, str) and state[:2] in _TRANSIENT_CLASSES
 
 
 class PostgresStore(OpsStore):
-    """The :class:`~receiver.store.Store` on PostgreSQL. `url`: a libpq-style URL (the password
+    """The :class:`~receiver.store.protocol.Store` on PostgreSQL. `url`: a libpq-style URL (the password
     from it or from PGPASSWORD); other query parameters are server settings, e.g. `search_path`."""
 
     dialect = POSTGRES
 
     def __init__(self, url: str, *, pool_size: int = 10, timeout: float = 10.0) -> None:
+        super().__init__()
         self.url = url
         self.pool_size = pool_size
         self.timeout = timeout
@@ -86,7 +87,7 @@ class PostgresStore(OpsStore):
             if migrate:
                 await self.migrate()
             else:
-                await self._read_op(ops.ping())  # connect now: a clear error at open, not later
+                await self._read_op(jobs.ping())  # connect now: a clear error at open, not later
         except StoreUnavailable as exc:
             await self.close()
             raise StoreUnavailable(f"cannot open the database {masked_url(self.url)}: {exc}") from None
@@ -152,14 +153,14 @@ async def _drive(conn: Any, op: Op[T]) -> T:
                 continue
             step = op.send(result)
     except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
+        return stop.value
 
 
 async def _execute(conn: Any, query: Query) -> Any:
     sql = POSTGRES.compile(query.sql)
     if query.want == "many":
         await conn.executemany(sql, query.args)
-        return len(query.args)
+        return None  # asyncpg reports no counts; SQLite answers the same
     if query.want == "one":
         return await conn.fetchrow(sql, *query.args)
     if query.want == "all":

@@ -15,17 +15,17 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from receiver.store import Event, Job, Outcome, StoreUnavailable
-from receiver.store import sql as ops
+from receiver.store.models import Event, Job, Outcome, StoreUnavailable
 from receiver.store.ops_store import OpsStore
-from receiver.store.sql import MIGRATIONS, Dialect, Lock, Op, Query, UniqueViolation
+from receiver.store.sql import jobs, transitions
+from receiver.store.sql.plumbing import Lock, Op, Query, SqlDialect, UniqueViolation
 from submitter.bodies import Observation
 
-__all__ = ["MIGRATIONS", "SQLITE", "SQLiteStore"]
+__all__ = ["SQLITE", "SQLiteStore"]
 
 T = TypeVar("T")
 DB = sqlite3.Connection
-SQLITE = Dialect("sqlite")
+SQLITE = SqlDialect("sqlite")
 
 
 def run_op(db: DB, op: Op[T]) -> T:
@@ -43,13 +43,14 @@ def run_op(db: DB, op: Op[T]) -> T:
                 continue
             step = op.send(result)
     except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
+        return stop.value
 
 
 def _execute(db: DB, query: Query) -> Any:
     sql = SQLITE.compile(query.sql)
     if query.want == "many":
-        return db.executemany(sql, query.args).rowcount
+        db.executemany(sql, query.args)
+        return None  # as on PostgreSQL, whose executemany reports no counts
     cursor = db.execute(sql, query.args)
     if query.want == "one":
         return cursor.fetchone()
@@ -117,11 +118,12 @@ def _savepointed(db: DB, fn: Callable[[DB], Any]) -> tuple[bool, Any]:
 
 
 class SQLiteStore(OpsStore):
-    """The :class:`~receiver.store.Store` on one SQLite file; several processes may share it."""
+    """The :class:`~receiver.store.protocol.Store` on one SQLite file; several processes may share it."""
 
     dialect = SQLITE
 
     def __init__(self, path: str, *, busy_timeout: float = 5.0) -> None:
+        super().__init__()
         self.path = path
         self.busy_timeout = busy_timeout
         self._conn: sqlite3.Connection | None = None
@@ -160,7 +162,7 @@ class SQLiteStore(OpsStore):
         self._batch.append((fn, future))
         if not self._committing:
             self._flush()
-        return await future  # type: ignore[no-any-return]
+        return await future
 
     def _flush(self) -> None:
         batch, self._batch = self._batch, []
@@ -238,7 +240,7 @@ class SQLiteStore(OpsStore):
 
     async def create_job(self, job: Job) -> None:
         try:
-            await self._op(ops.create_job(job))
+            await self._op(jobs.create_job(job))
         except UniqueViolation:
             raise sqlite3.IntegrityError(f"job {job.id!r} exists") from None
 
@@ -248,5 +250,5 @@ class SQLiteStore(OpsStore):
     ) -> Outcome:
         # Group commit: concurrent callbacks share one transaction (and one fsync), each in a savepoint.
         return self._changed(await self._grouped(lambda db: run_op(
-            db, ops.apply(job_id, observation, now, next_check_at, event, expires, keep_events)
+            db, transitions.apply(job_id, observation, now, next_check_at, event, expires, keep_events)
         )))

@@ -27,7 +27,7 @@ async def test_all_events_then_four_outputs_stored_once(tmp_path: Path) -> None:
         assert task["polls"] == 0 and task["deliveries"] == 4
         assert task["events_sent"]["start"] == 1 and task["events_sent"]["completed"] == 1
         # The signing secret was fetched from the API once, and every event verified.
-        verdicts = [r["verdict"] for r in await s.rt.store._read(  # type: ignore[attr-defined]
+        verdicts = [r["verdict"] for r in await s.rt.store.inner._read(  # type: ignore[attr-defined]
             "SELECT verdict FROM events WHERE job_id = ?", (job.id,))]
         assert verdicts and set(verdicts) == {"accepted:standard-webhooks"}
 
@@ -57,7 +57,7 @@ async def test_proxy_webhooks_signed_with_the_proxys_secret_are_accepted_by_toke
         job = await submit(s.rt, provider, "black-forest-labs/flux-1.1-pro", {"prompt": "proxied"})
         done = await s.wait(job.id)
         assert done.status == Status.STORED and done.polls == 0
-        verdicts = {r["verdict"] for r in await s.rt.store._read(  # type: ignore[attr-defined]
+        verdicts = {r["verdict"] for r in await s.rt.store.inner._read(  # type: ignore[attr-defined]
             "SELECT verdict FROM events WHERE job_id = ?", (job.id,))}
         assert verdicts == {"accepted:token (signature not verifiable)"}
 

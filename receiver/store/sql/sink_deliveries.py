@@ -1,9 +1,9 @@
-"""Reading the event outbox, and the deliveries that carry its events to sinks, for every backend.
+"""The deliveries that carry outbox events to sinks, for every backend.
 
-Events are written by the status changes themselves (:func:`receiver.store.sql.emit`). Here:
-reading them by position (SSE, long-poll, the relay), fanning each sink's share out into
-`deliveries` rows (one per event and sink, unique), leasing due deliveries the way jobs are
-leased (so several replicas never hold the same one), and recording every attempt.
+Events are written by the status changes themselves (:func:`receiver.store.sql.outbox.emit`).
+Here: fanning each sink's share out into `deliveries` rows (one per event and sink, unique),
+leasing due deliveries the way jobs are leased (so several replicas never hold the same one), and
+recording every attempt.
 
 A delivery is due when its time has come **and** no earlier delivery of the same job to the same
 sink is still pending: per job and sink, events go out in sequence order; a sink that is down
@@ -12,70 +12,17 @@ holds back only its own deliveries.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
-from receiver.store import Delivery, OutboxEvent, SinkState
-from receiver.store.sql import Op, Query
+from receiver.store.models import AttemptRecord, Delivery, OutboxEvent, SinkState
+from receiver.store.sql.outbox import row_to_event
+from receiver.store.sql.plumbing import Op, Query, marks
 
 __all__ = [
-    "AttemptRecord",
-    "claim_deliveries",
-    "deliveries",
-    "delivery_attempts",
-    "enable_sink",
-    "event_by_id",
-    "events_after",
-    "fan_out",
-    "last_seq",
-    "prune_outbox",
-    "record_attempt",
-    "record_attempts",
-    "redeliver",
-    "register_sink",
-    "set_sink_disabled",
-    "sinks",
+    "claim_deliveries", "deliveries", "delivery_attempts", "enable_sink", "fan_out", "record_attempt",
+    "record_attempts", "redeliver", "register_sink", "set_sink_disabled", "sinks",
 ]
 
-
-def _event(row: Any) -> OutboxEvent:
-    return OutboxEvent(seq=int(row["seq"]), id=row["id"], type=row["type"], job_id=row["job_id"],
-                       created_at=row["created_at"], data=json.loads(row["data"]))
-
-
-def _marks(values: Iterable[Any]) -> str:
-    return ",".join("?" for _ in values) or "NULL"
-
-
-def events_after(
-    after: int, limit: int, job_id: str | None = None, types: frozenset[str] | None = None
-) -> Op[list[OutboxEvent]]:
-    where, args = ["seq > ?"], [after]
-    if job_id is not None:
-        where.append("job_id = ?")
-        args.append(job_id)
-    if types is not None:
-        ordered = sorted(types)
-        where.append(f"type IN ({_marks(ordered)})")
-        args += ordered
-    rows = yield Query(f"SELECT * FROM outbox WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
-                       (*args, limit), "all")
-    return [_event(r) for r in rows]
-
-
-def event_by_id(event_id: str) -> Op[OutboxEvent | None]:
-    row = yield Query("SELECT * FROM outbox WHERE id = ?", (event_id,), "one")
-    return _event(row) if row is not None else None
-
-
-def last_seq() -> Op[int]:
-    row = yield Query("SELECT COALESCE(MAX(seq), 0) FROM outbox", (), "one")
-    return int(row[0])
-
-
-# -- sinks --------------------------------------------------------------------------------
 
 def _sink(row: Any) -> SinkState:
     return SinkState(name=row["name"], kind=row["kind"], display=row["display"], after_seq=int(row["after_seq"]),
@@ -137,8 +84,6 @@ def fan_out(name: str, types: frozenset[str], now: float, limit: int) -> Op[int]
     return len(events)
 
 
-# -- deliveries ---------------------------------------------------------------------------
-
 _DELIVERY = (
     "SELECT d.*, o.id AS event_id, o.type AS event_type FROM deliveries AS d LEFT JOIN outbox AS o ON o.seq = d.seq"
 )
@@ -174,11 +119,11 @@ def claim_deliveries(
     if not rows:
         return []
     ids = [int(r[0]) for r in rows]
-    found = yield Query(f"{_DELIVERY} WHERE d.id IN ({_marks(ids)}) ORDER BY d.seq", tuple(ids), "all")
+    found = yield Query(f"{_DELIVERY} WHERE d.id IN ({marks(ids)}) ORDER BY d.seq", tuple(ids), "all")
     events = yield Query(
-        f"SELECT * FROM outbox WHERE seq IN ({_marks(found)})", tuple(int(r["seq"]) for r in found), "all"
+        f"SELECT * FROM outbox WHERE seq IN ({marks(found)})", tuple(int(r["seq"]) for r in found), "all"
     )
-    by_seq = {int(e["seq"]): _event(e) for e in events}
+    by_seq = {int(e["seq"]): row_to_event(e) for e in events}
     return [(_delivery(r), by_seq[int(r["seq"])]) for r in found if int(r["seq"]) in by_seq]
 
 
@@ -203,21 +148,6 @@ def record_attempt(
         (state, next_at if state == "pending" else None, code, error, state, at, delivery_id, owner),
     )
     return bool(changed)
-
-
-@dataclass(frozen=True)
-class AttemptRecord:
-    """One attempt made, and the delivery's state after it, for :func:`record_attempts`."""
-
-    delivery_id: int
-    seq: int
-    at: float
-    code: int | None
-    latency_ms: float
-    error: str | None
-    #: "pending" (with `next_at`), "delivered" or "dead".
-    state: str
-    next_at: float | None = None
 
 
 def record_attempts(owner: str, records: tuple[AttemptRecord, ...]) -> Op[None]:
@@ -285,19 +215,3 @@ def redeliver(event_id: str | None, failed: bool, sinks_for: dict[str, frozenset
             (now, now),
         )
     return int(count)
-
-
-def prune_outbox(before: float, limit: int, idempotent_before: float) -> Op[int]:
-    """Delete up to `limit` events created before `before`, with their deliveries and attempts,
-    and idempotency keys older than `idempotent_before`; returns how many events went."""
-    row = yield Query(
-        "SELECT MAX(seq) FROM (SELECT seq FROM outbox WHERE created_at < ? ORDER BY seq LIMIT ?) AS old",
-        (before, limit), "one",
-    )
-    yield Query("DELETE FROM idempotency WHERE created_at < ?", (idempotent_before,))
-    if row is None or row[0] is None:
-        return 0
-    cutoff = int(row[0])
-    yield Query("DELETE FROM delivery_attempts WHERE seq <= ?", (cutoff,))
-    yield Query("DELETE FROM deliveries WHERE seq <= ?", (cutoff,))
-    return int((yield Query("DELETE FROM outbox WHERE seq <= ?", (cutoff,))))

@@ -1,0 +1,134 @@
+"""Jobs: creating (once per idempotency key), reading, counting, notes and their result files."""
+
+from __future__ import annotations
+
+import json
+
+from receiver.store.models import FileRecord, IdempotencyConflict, Job
+from receiver.store.sql.plumbing import Op, Query
+from receiver.store.sql.rows import row_to_file, row_to_job
+from submitter.status import Status
+
+__all__ = [
+    "counts", "create_job", "create_job_once", "file_failed", "files", "get_job", "jobs_since", "list_jobs",
+    "note_repoll", "ping", "set_note", "status_of", "store_file", "update_download_by",
+]
+
+
+def create_job(job: Job) -> Op[None]:
+    yield Query(
+        "INSERT INTO jobs (id, provider, model, params, options, metadata, status, created_at, deadline_at,"
+        " updated_at, next_check_at, lease_owner, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (job.id, job.provider, job.model, json.dumps(job.params), json.dumps(job.options), json.dumps(job.metadata),
+         str(job.status), job.created_at, job.deadline_at, job.created_at, job.next_check_at, job.lease_owner,
+         job.lease_until),
+    )
+
+
+def create_job_once(job: Job, key: str, fingerprint: str, now: float, ttl: float) -> Op[tuple[str, bool]]:
+    """Create `job` under an idempotency key, or find the job the key already names:
+    (job id, created). IdempotencyConflict if the key came with another request body."""
+    for _ in range(2):
+        row = yield Query("SELECT fingerprint, job_id, created_at FROM idempotency WHERE key = ?", (key,), "one")
+        if row is not None and row[2] < now - ttl:
+            yield Query("DELETE FROM idempotency WHERE key = ? AND created_at = ?", (key, row[2]))
+            row = None
+        if row is not None:
+            if row[0] != fingerprint:
+                raise IdempotencyConflict(row[1])
+            return row[1], False
+        # A concurrent request with the same key waits here for the other's commit (PostgreSQL),
+        # then inserts nothing and reads the winner's row on the second round.
+        inserted = yield Query(
+            "INSERT INTO idempotency (key, fingerprint, job_id, created_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (key) DO NOTHING",
+            (key, fingerprint, job.id, now),
+        )
+        if inserted:
+            yield from create_job(job)
+            return job.id, True
+    raise IdempotencyConflict(job.id)  # the key vanished and reappeared twice: let the client retry
+
+
+def get_job(job_id: str) -> Op[Job | None]:
+    row = yield Query("SELECT * FROM jobs WHERE id = ?", (job_id,), "one")
+    return row_to_job(row) if row is not None else None
+
+
+def list_jobs(
+    status: Status | None, limit: int, provider: str | None = None, before: tuple[float, str] | None = None
+) -> Op[list[Job]]:
+    """Newest first by (created_at, id); `before` is the last row of the previous page (keyset paging)."""
+    where: list[str] = []
+    args: list[object] = []
+    if status is not None:
+        where.append("status = ?")
+        args.append(str(status))
+    if provider is not None:
+        where.append("provider = ?")
+        args.append(provider)
+    if before is not None:
+        where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+        args += [before[0], before[0], before[1]]
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    rows = yield Query(f"SELECT * FROM jobs{clause} ORDER BY created_at DESC, id DESC LIMIT ?",
+                       (*args, limit), "all")
+    return [row_to_job(r) for r in rows]
+
+
+def files(job_id: str) -> Op[list[FileRecord]]:
+    rows = yield Query("SELECT * FROM files WHERE job_id = ? ORDER BY n", (job_id,), "all")
+    return [row_to_file(r) for r in rows]
+
+
+def status_of(job_id: str) -> Op[Status | None]:
+    row = yield Query("SELECT status FROM jobs WHERE id = ?", (job_id,), "one")
+    return Status(row[0]) if row is not None else None
+
+
+def jobs_since(since: float, limit: int) -> Op[list[Job]]:
+    """Jobs created at or after `since`, newest first (the provider panel's window)."""
+    rows = yield Query("SELECT * FROM jobs WHERE created_at >= ? ORDER BY created_at DESC, id DESC LIMIT ?",
+                       (since, limit), "all")
+    return [row_to_job(r) for r in rows]
+
+
+def counts() -> Op[dict[str, int]]:
+    rows = yield Query("SELECT status, COUNT(*) FROM jobs GROUP BY status", (), "all")
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def ping() -> Op[None]:
+    yield Query("SELECT 1", (), "one")
+
+
+def set_note(job_id: str, note: str | None, now: float) -> Op[None]:
+    yield Query("UPDATE jobs SET note = ?, updated_at = ? WHERE id = ?", (note, now, job_id))
+
+
+def note_repoll(job_id: str) -> Op[None]:
+    yield Query("UPDATE jobs SET repolls = repolls + 1, polls = polls + 1 WHERE id = ?", (job_id,))
+
+
+def update_download_by(job_id: str) -> Op[None]:
+    yield Query(
+        "UPDATE jobs SET download_by = (SELECT MIN(expires_at) FROM files WHERE job_id = ? AND path IS NULL)"
+        " WHERE id = ?",
+        (job_id, job_id),
+    )
+
+
+def store_file(job_id: str, n: int, path: str, size: int, sha256: str, content_type: str) -> Op[None]:
+    # Lock order is jobs row, then files rows, in every transaction that takes both (apply does):
+    # the other order deadlocks against a callback bringing URLs while a replica stores a file.
+    yield Query("UPDATE jobs SET download_by = download_by WHERE id = ?", (job_id,))
+    yield Query(
+        "UPDATE files SET path = ?, size = ?, sha256 = ?, content_type = ?, attempts = attempts + 1"
+        " WHERE job_id = ? AND n = ? AND path IS NULL",
+        (path, size, sha256, content_type, job_id, n),
+    )
+    yield from update_download_by(job_id)
+
+
+def file_failed(job_id: str, n: int) -> Op[None]:
+    yield Query("UPDATE files SET attempts = attempts + 1 WHERE job_id = ? AND n = ?", (job_id, n))
