@@ -17,7 +17,10 @@ from dataclasses import dataclass, field
 from receiver.engine.jobs import result_expiries, try_submit
 from receiver.engine.runtime import Runtime
 from receiver.engine.schedule import NOT_FOUND_GRACE, next_poll, retry_later
-from receiver.fetch.download import DownloadError, DownloadPolicy, StoredFile, download, redact_url
+from receiver.fetch.download import download
+from receiver.fetch.errors import DownloadError, redact_url
+from receiver.fetch.policy import DownloadPolicy
+from receiver.results import StoredFile
 from receiver.store import FileRecord, Job, Outcome, StoreUnavailable
 from submitter.bodies import Observation
 from submitter.errors import PollFailed
