@@ -226,8 +226,8 @@ async def test_body_must_be_the_image_type_its_header_claims(tmp_path: Path, bod
 async def test_type_is_checked_before_anything_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     writes: list[int] = []
     real_absorb = local._absorb
-    monkeypatch.setattr(local, "_absorb", lambda fp, digest, data: writes.append(len(data)) or real_absorb(
-        fp, digest, data))
+    monkeypatch.setattr(local, "_absorb", lambda fp, digest, parts: writes.append(sum(map(len, parts))) or real_absorb(
+        fp, digest, parts))
     yielded, body = counting_body(100, prefix=SVG)
     await expect("rejected", lambda r: httpx.Response(200, headers={"content-type": "image/png"}, content=body),
                  tmp_path / "0")
@@ -731,8 +731,8 @@ async def test_on_chunk_after_every_chunk_of_a_slow_download(tmp_path: Path) -> 
 async def test_writes_still_go_to_the_thread_once_per_mib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     writes: list[int] = []
     real_absorb = local._absorb
-    monkeypatch.setattr(local, "_absorb", lambda fp, digest, data: writes.append(len(data)) or real_absorb(
-        fp, digest, data))
+    monkeypatch.setattr(local, "_absorb", lambda fp, digest, parts: writes.append(sum(map(len, parts))) or real_absorb(
+        fp, digest, parts))
     sizes: list[int] = []
 
     async def on_chunk(size: int) -> None:

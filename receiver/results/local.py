@@ -73,20 +73,24 @@ class FileSink:
 
 
 def _write(fp: Any, digest: Any, data: bytes | list[bytes]) -> None:
-    """In the writer thread: join, hash and write `data`, then hand its pages to the disk."""
-    if not isinstance(data, bytes):
-        parts, data = data, b"".join(data)
-        parts.clear()  # consumed: the parts are freed now, not when the caller's write returns
-    _absorb(fp, digest, data)
+    """In the writer thread: hash and write `data`, then hand its pages to the disk."""
+    parts = [data] if isinstance(data, bytes) else data
+    size = _absorb(fp, digest, parts)
+    parts.clear()  # consumed: the parts are freed now, not when the caller's write returns
     if _write_out is not None:
         fp.flush()
         end = fp.tell()
-        _write_out(fp.fileno(), end - len(data), len(data))
+        _write_out(fp.fileno(), end - size, size)
 
 
-def _absorb(fp: Any, digest: Any, data: bytes) -> None:
-    digest.update(data)
-    fp.write(data)
+def _absorb(fp: Any, digest: Any, parts: list[bytes]) -> int:
+    """Hash and write the parts one after the other (never joined: no copy); return their size."""
+    size = 0
+    for part in parts:
+        digest.update(part)
+        fp.write(part)
+        size += len(part)
+    return size
 
 
 def _sync_file_range() -> Callable[[int, int, int], None] | None:
