@@ -1,4 +1,4 @@
-"""Tests for receiver.fetch.download: no real network, no sleeps."""
+"""Tests for receiver/fetch/ (download.py, policy.py, errors.py): no real network, no sleeps."""
 
 from __future__ import annotations
 
@@ -16,20 +16,15 @@ import httpx
 import pytest
 
 from receiver.config.settings import Settings
-from receiver.fetch import download as downloads
-from receiver.fetch.download import (
-    DownloadError,
-    DownloadPolicy,
-    check_address,
-    clean_partials,
-    download,
-    extension_for,
-    host_allowed,
-    redact_url,
-    sniff_image,
-    url_expiry,
-)
+from receiver.fetch.download import download
+from receiver.fetch.errors import DownloadError, redact_url
+from receiver.fetch.policy import DownloadPolicy, Resolver, check_address
+from receiver.results import local
+from receiver.results.local import clean_partials
 from submitter.dialects import BFL_DELIVERY_HOSTS
+from submitter.hosts import host_allowed
+from submitter.media import extension_for, sniff_image
+from submitter.urls import url_expiry
 
 pytestmark = pytest.mark.anyio
 
@@ -58,7 +53,7 @@ async def public(host: str) -> list[str]:
     return [PUBLIC_IP]
 
 
-def resolving(table: dict[str, list[str]]) -> downloads.Resolver:
+def resolving(table: dict[str, list[str]]) -> Resolver:
     async def resolve(host: str) -> list[str]:
         return table[host]
 
@@ -230,9 +225,9 @@ async def test_body_must_be_the_image_type_its_header_claims(tmp_path: Path, bod
 
 async def test_type_is_checked_before_anything_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     writes: list[int] = []
-    real_absorb = downloads._absorb
-    monkeypatch.setattr(downloads, "_absorb", lambda fp, digest, data: writes.append(len(data)) or real_absorb(
-        fp, digest, data))
+    real_absorb = local._absorb
+    monkeypatch.setattr(local, "_absorb", lambda fp, digest, parts: writes.append(sum(map(len, parts))) or real_absorb(
+        fp, digest, parts))
     yielded, body = counting_body(100, prefix=SVG)
     await expect("rejected", lambda r: httpx.Response(200, headers={"content-type": "image/png"}, content=body),
                  tmp_path / "0")
@@ -528,7 +523,7 @@ async def test_fsync_failure_is_transient_and_cleaned(tmp_path: Path, monkeypatc
     def fsync(fd: int) -> None:
         raise OSError(errno.EIO, "I/O error")
 
-    monkeypatch.setattr(downloads.os, "fsync", fsync)
+    monkeypatch.setattr(local.os, "fsync", fsync)
     await expect("transient", image(), tmp_path / "0")
     assert files(tmp_path) == []
 
@@ -735,9 +730,9 @@ async def test_on_chunk_after_every_chunk_of_a_slow_download(tmp_path: Path) -> 
 
 async def test_writes_still_go_to_the_thread_once_per_mib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     writes: list[int] = []
-    real_absorb = downloads._absorb
-    monkeypatch.setattr(downloads, "_absorb", lambda fp, digest, data: writes.append(len(data)) or real_absorb(
-        fp, digest, data))
+    real_absorb = local._absorb
+    monkeypatch.setattr(local, "_absorb", lambda fp, digest, parts: writes.append(sum(map(len, parts))) or real_absorb(
+        fp, digest, parts))
     sizes: list[int] = []
 
     async def on_chunk(size: int) -> None:

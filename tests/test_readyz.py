@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from receiver.results.local import LocalResultStore
-from receiver.web.api.ops import probe_results
 from tests.harness import Harness, harness
 
 pytestmark = pytest.mark.anyio
@@ -65,7 +64,7 @@ async def test_the_probe_of_a_read_only_folder(tmp_path: Path) -> None:
     folder.mkdir()
     folder.chmod(0o500)
     try:
-        problem = await probe_results(LocalResultStore(folder))
+        problem = await LocalResultStore(folder).probe()
         if os.geteuid() == 0:  # root writes anyway: the probe says so truthfully
             assert problem is None
         else:
@@ -88,9 +87,9 @@ async def test_the_probe_of_an_object_store(request: pytest.FixtureRequest) -> N
 
     endpoint = request.getfixturevalue("s3_endpoint")
     prefix = f"ready{os.urandom(4).hex()}"
-    assert await probe_results(S3ResultStore.from_url(f"s3://{BUCKET}/{prefix}", endpoint=endpoint)) is None
+    assert await S3ResultStore.from_url(f"s3://{BUCKET}/{prefix}", endpoint=endpoint).probe() is None
     listing = httpx.get(f"{endpoint}/{BUCKET}?list-type=2&prefix={prefix}")
     assert listing.status_code == 200 and "<Key>" not in listing.text  # written, then deleted
-    problem = await probe_results(S3ResultStore.from_url("s3://no-such-bucket-here", endpoint=endpoint))
+    problem = await S3ResultStore.from_url("s3://no-such-bucket-here", endpoint=endpoint).probe()
     assert problem is not None and problem.startswith("results: s3://no-such-bucket-here is not writable: ")
     assert "testing" not in problem  # no credential in the answer

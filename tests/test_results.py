@@ -19,7 +19,9 @@ import moto.server  # noqa: F401  (test dependencies: never skipped)
 import obstore
 import pytest
 
-from receiver.fetch.download import DownloadError, DownloadPolicy, download
+from receiver.fetch.download import download
+from receiver.fetch.errors import DownloadError
+from receiver.fetch.policy import DownloadPolicy
 from receiver.results import ResultStore
 from receiver.results.local import LocalResultStore
 
@@ -253,7 +255,7 @@ def test_sigv4_matches_botocore() -> None:
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
-    from receiver.results.s3 import sigv4
+    from receiver.results.sigv4 import sigv4
 
     url = "https://bucket.s3.eu-west-1.amazonaws.com/pre%20fix/fh_1/0.png"
     headers = {"x-amz-copy-source": "/bucket/pre%20fix/fh_1/.0.abc.part", "x-amz-metadata-directive": "REPLACE",

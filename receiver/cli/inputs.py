@@ -29,6 +29,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from submitter.media import sniff_image
+
 __all__ = [
     "BFL_BODY_LIMIT",
     "BFL_IMAGE_FIELDS",
@@ -67,8 +69,6 @@ class InputError(ValueError):
 def sniff(head: bytes) -> str | None:
     """The image type the first bytes show, of those providers take as inputs (PNG, JPEG, WebP,
     GIF), or None: the downloads' own sniffing, narrowed (it also knows AVIF results)."""
-    from receiver.fetch.download import sniff_image
-
     kind = sniff_image(head)
     return kind if kind in _TYPES else None
 

@@ -10,7 +10,10 @@ from receiver.engine.jobs import result_expiries
 from receiver.engine.leases import Lease, LeaseLost
 from receiver.engine.runtime import Runtime
 from receiver.engine.schedule import retry_later
-from receiver.fetch.download import DownloadError, DownloadPolicy, StoredFile, download, redact_url
+from receiver.fetch.download import download
+from receiver.fetch.errors import DownloadError, redact_url
+from receiver.fetch.policy import DownloadPolicy
+from receiver.results import StoredFile
 from receiver.store import FileRecord, Job
 from submitter.bodies import Observation
 from submitter.errors import PollFailed

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import hashlib
 import os
 import secrets
 import sys
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
@@ -16,11 +18,10 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from receiver.fetch import download as downloads
-from receiver.fetch.download import StoredFile, clean_partials, extension_for
-from receiver.results import Stat, key_for
+from receiver.results.contract import PROBE_BODY, Stat, StoredFile, key_for, probe_name
+from submitter.media import extension_for, type_for_extension
 
-__all__ = ["FileSink", "LocalResultStore"]
+__all__ = ["FileSink", "LocalResultStore", "clean_partials"]
 
 
 class FileSink:
@@ -45,7 +46,7 @@ class FileSink:
     async def write(self, data: bytes | list[bytes], digest: Any) -> None:
         # Joining (at a MiB or more), hashing and writing all release the GIL: one thread
         # hand-off per MiB keeps them off the loop.
-        await anyio.to_thread.run_sync(_absorb, self._fh.wrapped, digest, data)
+        await anyio.to_thread.run_sync(_write, self._fh.wrapped, digest, data)
 
     async def commit(self, size: int, sha256: str) -> StoredFile:
         assert self.final is not None and self.temp is not None
@@ -71,15 +72,25 @@ class FileSink:
             self.temp = None
 
 
-def _absorb(fp: Any, digest: Any, data: bytes | list[bytes]) -> None:
-    if not isinstance(data, bytes):
-        parts, data = data, b"".join(data)
-        parts.clear()  # consumed: the parts are freed now, not when the caller's write returns
-    downloads._absorb(fp, digest, data)
+def _write(fp: Any, digest: Any, data: bytes | list[bytes]) -> None:
+    """In the writer thread: hash and write `data`, then hand its pages to the disk."""
+    parts = [data] if isinstance(data, bytes) else data
+    size = _absorb(fp, digest, parts)
+    parts.clear()  # consumed: the parts are freed now, not when the caller's write returns
     if _write_out is not None:
         fp.flush()
         end = fp.tell()
-        _write_out(fp.fileno(), end - len(data), len(data))
+        _write_out(fp.fileno(), end - size, size)
+
+
+def _absorb(fp: Any, digest: Any, parts: list[bytes]) -> int:
+    """Hash and write the parts one after the other (never joined: no copy); return their size."""
+    size = 0
+    for part in parts:
+        digest.update(part)
+        fp.write(part)
+        size += len(part)
+    return size
 
 
 def _sync_file_range() -> Callable[[int, int, int], None] | None:
@@ -138,8 +149,6 @@ class LocalResultStore:
         return str((self.folder / path).absolute())
 
     async def stat(self, path: str) -> Stat | None:
-        import hashlib
-
         target = self.folder / path
         if not target.is_file():
             return None
@@ -151,11 +160,12 @@ class LocalResultStore:
                     h.update(block)
             return h.hexdigest()
 
-        from receiver.fetch.download import IMAGE_TYPES
+        return Stat(size=target.stat().st_size, sha256=await asyncio.to_thread(digest),
+                    content_type=type_for_extension(target.suffix.lstrip(".")))
 
-        ext = target.suffix.lstrip(".")
-        types = {v: k for k, v in IMAGE_TYPES.items()}
-        return Stat(size=target.stat().st_size, sha256=await asyncio.to_thread(digest), content_type=types.get(ext))
+    async def probe(self) -> str | None:
+        """Create the folder if need be, write and fsync a probe file in it, remove it."""
+        return await asyncio.to_thread(_probe_folder, self.folder, probe_name())
 
     async def close(self) -> None:
         return None
@@ -169,3 +179,40 @@ class _KeyedSink(FileSink):
     async def begin(self, media: str) -> None:
         self.key = key_for(self.job_id, self.n, extension_for(media))
         await super().begin(media)
+
+
+def _probe_folder(folder: Path, name: str) -> str | None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / name
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, PROBE_BODY)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        probe.unlink()
+    except OSError as exc:
+        return f"results: {folder} is not writable: {exc.strerror or type(exc).__name__}"
+    return None
+
+
+def clean_partials(results_dir: Path, older_than: float) -> int:
+    """Delete leftover `.<name>.<random>.part` files under `results_dir` last modified more
+    than `older_than` seconds ago; return the count.
+
+    Other processes may be downloading into the same folder (an overlapping `fluxhook
+    sweep`, another replica): pass an age no running download can reach, such as the
+    download timeout plus a margin, so only the temp files of dead downloads go.
+    """
+    cutoff = time.time() - older_than
+    removed = 0
+    for root, _dirs, files in os.walk(results_dir):
+        for name in files:
+            if name.startswith(".") and name.endswith(".part"):
+                path = os.path.join(root, name)
+                with suppress(FileNotFoundError):
+                    if os.lstat(path).st_mtime < cutoff:
+                        os.unlink(path)
+                        removed += 1
+    return removed

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
-import hmac
 import os
 import secrets
 import time
@@ -31,8 +29,9 @@ from urllib.parse import quote, urlsplit
 import anyio.to_thread
 import httpx
 
-from receiver.fetch.download import StoredFile, extension_for
-from receiver.results import Stat, key_for
+from receiver.results.contract import PROBE_BODY, Stat, StoredFile, key_for, probe_name
+from receiver.results.sigv4 import EMPTY_SHA256, sigv4, static_credentials
+from submitter.media import extension_for
 
 __all__ = ["S3ResultStore", "S3Sink"]
 
@@ -164,40 +163,6 @@ async def _rechunk(stream: Any) -> AsyncIterator[bytes]:
         yield bytes(chunk)
 
 
-_EMPTY = hashlib.sha256(b"").hexdigest()
-
-
-def _static_credentials() -> tuple[str, str, str | None] | None:
-    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
-    return (key, secret, os.environ.get("AWS_SESSION_TOKEN") or None) if key and secret else None
-
-
-def sigv4(method: str, url: str, headers: dict[str, str], region: str, access_key: str, secret_key: str,
-          token: str | None = None, *, now: dt.datetime | None = None, payload: str = "UNSIGNED-PAYLOAD",
-          service: str = "s3") -> dict[str, str]:
-    """`headers` plus the SigV4 `Authorization` (and date, payload hash, session token) for a
-    request without a query string."""
-    parts = urlsplit(url)
-    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%SZ")
-    out = {k.lower(): " ".join(str(v).split()) for k, v in headers.items()}
-    out |= {"host": parts.netloc, "x-amz-date": stamp, "x-amz-content-sha256": payload}
-    if token:
-        out["x-amz-security-token"] = token
-    names = sorted(out)
-    canonical = "\n".join([
-        method, parts.path or "/", parts.query, "".join(f"{k}:{out[k]}\n" for k in names), ";".join(names), payload,
-    ])
-    scope = f"{stamp[:8]}/{region}/{service}/aws4_request"
-    to_sign = "\n".join(["AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-    key = f"AWS4{secret_key}".encode()
-    for part in (stamp[:8], region, service, "aws4_request"):
-        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    out["authorization"] = (f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, SignedHeaders={';'.join(names)}, "
-                            f"Signature={signature}")
-    return out
-
-
 def _os_error(exc: BaseException | None, what: str) -> OSError:
     if isinstance(exc, OSError):
         return exc
@@ -226,7 +191,7 @@ class S3ResultStore:
         self.region, self.endpoint = region, endpoint.rstrip("/") if endpoint else None
         #: Server-side copies are signed here (SigV4) with the static AWS_* credentials; without them
         #: (instance roles, SSO...) the final object is written by streaming the staged one again.
-        self.credentials = _static_credentials()
+        self.credentials = static_credentials()
 
     def object_url(self, key: str) -> str:
         path = quote(key, safe="/~")
@@ -246,7 +211,7 @@ class S3ResultStore:
             f"x-amz-meta-{SHA_KEY}": sha256,
         }
         url = self.object_url(target)
-        signed = sigv4("PUT", url, headers, self.region, *self.credentials, payload=_EMPTY)
+        signed = sigv4("PUT", url, headers, self.region, *self.credentials, payload=EMPTY_SHA256)
         async with httpx.AsyncClient(trust_env=False, timeout=httpx.Timeout(120.0, connect=10.0)) as http:
             response = await http.put(url, headers=signed)
         # CopyObject may answer 200 with an error in the body.
@@ -296,5 +261,25 @@ class S3ResultStore:
         attrs = result.attributes
         return Stat(size=int(result.meta["size"]), sha256=attrs.get(SHA_KEY), content_type=attrs.get("Content-Type"))
 
+    async def probe(self) -> str | None:
+        """Put a small object at the prefix and delete it."""
+        ob, name = _obstore(), probe_name()
+        key = self.full(name)
+        try:
+            await ob.put_async(self.store, key, PROBE_BODY)
+        except Exception as exc:
+            return f"results: {self.url} is not writable: {_brief(exc)}"
+        try:
+            await ob.delete_async(self.store, key)
+        except Exception as exc:
+            return f"results: {self.url}: probe object {name} written but not deleted: {_brief(exc)}"
+        return None
+
     async def close(self) -> None:
         return None
+
+
+def _brief(exc: BaseException) -> str:
+    """The exception's type and first line (obstore's messages name the request, never a secret)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__

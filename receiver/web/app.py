@@ -17,8 +17,8 @@ from receiver.config.settings import Settings
 from receiver.engine.runtime import Runtime
 from receiver.engine.sweep import download_loop, sweep_loop
 from receiver.errors import ReceiverError
-from receiver.fetch.download import clean_partials
 from receiver.obs.logs import configure_logging
+from receiver.results.local import clean_partials
 from receiver.store import StoreUnavailable
 from receiver.web.api import api_routes
 from receiver.web.api.ops import ops_routes

@@ -18,8 +18,8 @@ from typing import Any
 
 from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
 
-from receiver.fetch.download import IMAGE_TYPES, media_type
 from receiver.store import FileRecord
+from submitter.media import IMAGE_TYPES, media_type
 
 __all__ = ["SECURITY_HEADERS", "result_response", "served_type", "stored_file_response"]
 

@@ -12,10 +12,6 @@ problem. `/healthz` stays a liveness check (the process answers), never touching
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
-import socket
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
@@ -26,16 +22,15 @@ from receiver.web.auth import constant_time_match
 
 if TYPE_CHECKING:
     from receiver.engine.runtime import Runtime
-    from receiver.results import ResultStore
 
-__all__ = ["PROBE_TIMEOUT", "metrics", "ops_routes", "probe_results", "readyz"]
+__all__ = ["PROBE_TIMEOUT", "metrics", "ops_routes", "readyz"]
 
 #: Seconds each readiness check may take before it counts as failed.
 PROBE_TIMEOUT = 5.0
 
 
 def _runtime(request: Request) -> Runtime:
-    return request.app.state.runtime  # type: ignore[no-any-return]
+    return request.app.state.runtime
 
 
 def _authorized(request: Request, rt: Runtime) -> bool:
@@ -57,52 +52,6 @@ async def metrics(request: Request) -> Response:
     return Response(body, media_type=rt.prom.content_type, headers={"cache-control": "no-store"})
 
 
-async def probe_results(results: ResultStore) -> str | None:
-    """Write a small probe object through the result store and delete it: None, or what is wrong."""
-    name = f".readyz-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}.probe"
-    folder = getattr(results, "folder", None)
-    if isinstance(folder, Path):
-        return await asyncio.to_thread(_probe_folder, folder, name)
-    store = getattr(results, "store", None)
-    full = getattr(results, "full", None)
-    if store is not None and callable(full):  # S3: put and delete a small object
-        from receiver.results.s3 import _obstore
-
-        ob = _obstore()
-        key = full(name)
-        try:
-            await ob.put_async(store, key, b"fluxhook readiness probe\n")
-        except Exception as exc:
-            return f"results: {results.url} is not writable: {_brief(exc)}"
-        try:
-            await ob.delete_async(store, key)
-        except Exception as exc:
-            return f"results: {results.url}: probe object {name} written but not deleted: {_brief(exc)}"
-        return None
-    return None  # an unknown store: nothing to probe without writing a result
-
-
-def _probe_folder(folder: Path, name: str) -> str | None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / name
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, b"fluxhook readiness probe\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        probe.unlink()
-    except OSError as exc:
-        return f"results: {folder} is not writable: {exc.strerror or type(exc).__name__}"
-    return None
-
-
-def _brief(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
-
-
 async def _check_store(rt: Runtime) -> str | None:
     try:
         async with asyncio.timeout(PROBE_TIMEOUT):
@@ -117,7 +66,7 @@ async def _check_store(rt: Runtime) -> str | None:
 async def _check_results(rt: Runtime) -> str | None:
     try:
         async with asyncio.timeout(PROBE_TIMEOUT):
-            return await probe_results(rt.results)
+            return await rt.results.probe()  # each store probes itself (receiver/results/contract.py)
     except TimeoutError:
         return f"results: {rt.results.url}: no answer within {PROBE_TIMEOUT:.0f} s"
 
