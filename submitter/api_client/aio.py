@@ -71,7 +71,7 @@ class AsyncFluxhookClient(ClientBase):
         return await self._run(self._core.list(self._http, status, provider, limit, cursor))
 
     async def iter_jobs(self, status: str | None = None, provider: str | None = None,
-                        page_size: int = 50) -> AsyncIterator[JobView]:
+                        page_size: int = 50) -> AsyncGenerator[JobView, None]:
         """Every job, newest first, page after page."""
         cursor: str | None = None
         while True:

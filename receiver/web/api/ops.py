@@ -55,7 +55,7 @@ async def metrics(request: Request) -> Response:
 async def _check_store(rt: Runtime) -> str | None:
     try:
         async with asyncio.timeout(PROBE_TIMEOUT):
-            await rt.store.last_seq()  # type: ignore[attr-defined]
+            await rt.store.last_seq()
     except TimeoutError:
         return f"database: no answer within {PROBE_TIMEOUT:.0f} s"
     except Exception as exc:

@@ -51,7 +51,7 @@ async def gallery(request: Request) -> Response:
     rt = runtime(request)
     before = parse_cursor(request.query_params.get("before"))
     head = await rt.feed.head()  # read first: the live stream resumes here, so nothing stored since is missed
-    jobs = await rt.store.list_jobs(Status.STORED, GALLERY_SIZE, before=before)  # type: ignore[call-arg]
+    jobs = await rt.store.list_jobs(Status.STORED, GALLERY_SIZE, before=before)
     tiles = await _tiles(rt, jobs)
     older = ("/ui?" + urlencode({"before": cursor_of(jobs[-1])})) if len(jobs) == GALLERY_SIZE else None
     return render(request, "gallery.html", {"title": "Gallery", "tiles": tiles, "older": older,

@@ -57,7 +57,7 @@ async def job_table(request: Request) -> Response:
     elif problems:
         jobs = []
     else:
-        jobs = await rt.store.list_jobs(status, PAGE_SIZE, provider=provider, before=before)  # type: ignore[call-arg]
+        jobs = await rt.store.list_jobs(status, PAGE_SIZE, provider=provider, before=before)
         if len(jobs) == PAGE_SIZE:
             older = "/ui/jobs?" + urlencode({k: v for k, v in (("status", status_raw), ("provider", provider_raw),
                                                                ("before", cursor_of(jobs[-1]))) if v})
@@ -83,8 +83,8 @@ async def job_page(request: Request) -> Response:
     for event in await rt.store.audit_events(job.id, limit=200):
         timeline.append({"at": event["received_at"], "what": "callback received",
                          "detail": f"verdict: {event['verdict']}"})
-    for outbox in await rt.store.events_after(0, job_id=job.id):  # type: ignore[attr-defined]
-        deliveries = await rt.store.deliveries(event_id=outbox.id)  # type: ignore[attr-defined]
+    for outbox in await rt.store.events_after(0, job_id=job.id):
+        deliveries = await rt.store.deliveries(event_id=outbox.id)
         timeline.append({"at": outbox.created_at, "what": f"event {outbox.type}", "detail": outbox.id,
                          "deliveries": deliveries})
     timeline.sort(key=lambda item: item["at"])
