@@ -16,7 +16,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from receiver.serve.server import GuardedHttpToolsProtocol, Limits
+from receiver.config.settings import Settings
+from receiver.serve.server import GuardedHttpToolsProtocol, Limits, RefusalLog, uvicorn_config
 
 pytestmark = pytest.mark.anyio
 
@@ -112,3 +113,24 @@ def test_uvicorn_is_pinned_below_its_next_minor_release() -> None:
     assert pin, "pyproject.toml must pin uvicorn below its next minor release (receiver/serve/server.py)"
     major, minor = (int(part) for part in importlib.metadata.version("uvicorn").split(".")[:2])
     assert (major, minor) < (int(pin.group(1)), int(pin.group(2)))
+
+
+def test_refusals_are_logged_once_per_interval_with_the_count_since(caplog: pytest.LogCaptureFixture) -> None:
+    now = [100.0]
+    refusals = RefusalLog(every=10.0, clock=lambda: now[0])
+    with caplog.at_level("WARNING", logger="fluxhook.server"):
+        assert refusals.warn("headers", "refused %s", "a")
+        assert not refusals.warn("headers", "refused %s", "b")
+        assert not refusals.warn("headers", "refused %s", "c")
+        assert refusals.warn("timeout", "slow")  # each kind has its own interval
+        now[0] += 10.0
+        assert refusals.warn("headers", "refused %s", "d")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["refused a (1 time(s) since this was last logged)", "slow (1 time(s) since this was last logged)",
+                     "refused d (3 time(s) since this was last logged)"]
+
+
+async def test_servers_built_by_uvicorn_config_do_not_share_refusal_counts() -> None:
+    settings = Settings.from_env({"FLUXHOOK_SECRET_KEY": "k" * 40, "FLUXHOOK_PUBLIC_URL": "https://hooks.example"})
+    one, two = uvicorn_config(_empty_app, settings), uvicorn_config(_empty_app, settings)
+    assert one.http.keywords["refusals"] is not two.http.keywords["refusals"]  # type: ignore[union-attr]

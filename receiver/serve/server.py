@@ -31,6 +31,7 @@ import functools
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +46,10 @@ try:
 except ImportError:  # pragma: no cover - Windows
     resource = None  # type: ignore[assignment]  # the module does not exist on Windows
 
-__all__ = ["GuardedHttpToolsProtocol", "Limits", "connection_cap", "raise_open_file_limit", "run", "uvicorn_config"]
+__all__ = [
+    "GuardedHttpToolsProtocol", "Limits", "RefusalLog", "connection_cap", "raise_open_file_limit", "run",
+    "uvicorn_config",
+]
 
 log = logging.getLogger("fluxhook.server")
 
@@ -71,10 +75,33 @@ class Limits:
         return cls(settings.max_header_bytes, settings.header_timeout, cap, settings.idle_timeout)
 
 
+class RefusalLog:
+    """Under attack each kind of refusal is logged at most once per `every` seconds, with the count of
+    those not logged since: one per server, shared by its connections."""
+
+    def __init__(self, every: float = WARN_EVERY, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every, self.clock = every, clock
+        self.last_logged: dict[str, float] = {}
+        self.unlogged: dict[str, int] = {}
+
+    def warn(self, kind: str, message: str, *args: Any) -> bool:
+        """Log `message` unless a `kind` refusal was logged within `every` seconds (then count it).
+        True if it was logged."""
+        now = self.clock()
+        self.unlogged[kind] = self.unlogged.get(kind, 0) + 1
+        if now - self.last_logged.get(kind, float("-inf")) < self.every:
+            return False
+        log.warning(message + " (%d time(s) since this was last logged)", *args, self.unlogged.pop(kind))
+        self.last_logged[kind] = now
+        return True
+
+
 @functools.cache
-def limits_from_env() -> Limits:
-    """For a protocol built by uvicorn's command line, which passes no limits."""
-    return Limits.from_settings(Settings.from_env())
+def guard_from_env() -> tuple[Limits, RefusalLog]:
+    """For a protocol built by uvicorn's own command line (`--http receiver.serve.server:GuardedHttpToolsProtocol`),
+    which passes nothing of ours: the limits read once from the FLUXHOOK_* environment, and one refusal log
+    for the process. `uvicorn_config` passes both explicitly instead."""
+    return Limits.from_settings(Settings.from_env()), RefusalLog()
 
 
 def _canned(status: int, reason: str, *headers: str) -> bytes:
@@ -89,25 +116,17 @@ OVER_CAPACITY = _canned(503, "Service Unavailable", f"retry-after: {RETRY_AFTER}
 HEADERS_TOO_LARGE = _canned(431, "Request Header Fields Too Large")
 HEADERS_TOO_SLOW = _canned(408, "Request Timeout")
 
-_last_warned: dict[str, float] = {}
-_unwarned: dict[str, int] = {}
-
-
-def _warn(kind: str, message: str, *args: Any) -> None:
-    """Log `message` unless a `kind` refusal was logged within WARN_EVERY seconds; count it instead."""
-    now = time.monotonic()
-    _unwarned[kind] = _unwarned.get(kind, 0) + 1
-    if now - _last_warned.get(kind, float("-inf")) >= WARN_EVERY:
-        log.warning(message + " (%d time(s) since this was last logged)", *args, _unwarned.pop(kind))
-        _last_warned[kind] = now
-
-
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a header cap, a header deadline and a connection cap."""
 
-    def __init__(self, *args: Any, limits: Limits | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, limits: Limits | None = None, refusals: RefusalLog | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.limits = limits or limits_from_env()
+        if limits is None or refusals is None:
+            env_limits, env_refusals = guard_from_env()
+            limits, refusals = limits or env_limits, refusals or env_refusals
+        self.limits = limits
+        self.refusals = refusals
         # uvicorn annotates this int; it only passes it to loop.call_later, which takes seconds as a float.
         self.timeout_keep_alive = self.limits.idle_timeout  # type: ignore[assignment]
         #: Bytes of the request line and headers so far; None from the end of a request's headers to
@@ -125,7 +144,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
             self.connections.discard(self)
-            _warn("connections", "%d connections open: answered 503 to one more and closed it",
+            self.refusals.warn("connections", "%d connections open: answered 503 to one more and closed it",
                   self.limits.max_connections)
             transport.write(OVER_CAPACITY)
             transport.close()
@@ -158,7 +177,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if self.transport.is_closing():
                 return
             if self.heads_done == done:
-                _warn("headers", "request line and headers over %d bytes: answered 431 and closed", cap)
+                self.refusals.warn("headers", "request line and headers over %d bytes: answered 431 and closed", cap)
                 self._refuse(HEADERS_TOO_LARGE)
                 return
             data = data[room:]
@@ -205,7 +224,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # We stopped reading, or still answer an earlier request: let that finish first.
             self._arm_header_deadline(self.limits.header_timeout)
             return
-        _warn("timeout", "request headers not complete within %g s: closed", self.limits.header_timeout)
+        self.refusals.warn("timeout", "request headers not complete within %g s: closed", self.limits.header_timeout)
         if self.head_bytes or self.cycle is not None:
             self._refuse(HEADERS_TOO_SLOW)
         else:
@@ -258,7 +277,7 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
     `overrides` are further uvicorn.Config arguments (host, port, log_level...)."""
     limits = Limits.from_settings(settings)
     options: dict[str, Any] = {
-        "http": functools.partial(GuardedHttpToolsProtocol, limits=limits),
+        "http": functools.partial(GuardedHttpToolsProtocol, limits=limits, refusals=RefusalLog()),
         "timeout_keep_alive": limits.idle_timeout,
         "ws": "none",  # the receiver has no WebSocket routes
         "access_log": False,
