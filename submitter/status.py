@@ -20,10 +20,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = [
-    "ACTIVE", "TERMINAL", "IllegalTransition", "Status", "advance", "can_follow", "can_observe",
-    "observed_predecessors", "predecessors",
-]
+__all__ = ["ACTIVE", "TERMINAL", "Status", "can_follow", "can_observe", "observed_predecessors", "predecessors"]
 
 
 class Status(StrEnum):
@@ -57,10 +54,6 @@ TERMINAL: frozenset[Status] = frozenset(
 ACTIVE: frozenset[Status] = frozenset({Status.SUBMITTED, Status.RUNNING})
 
 
-class IllegalTransition(Exception):
-    """A status change the state machine forbids."""
-
-
 def can_follow(current: Status, new: Status) -> bool:
     """True if a job in `current` may move to `new`."""
     if current in TERMINAL or new == current:
@@ -91,10 +84,3 @@ def observed_predecessors(new: Status) -> frozenset[Status]:
 def predecessors(new: Status) -> frozenset[Status]:
     """Every status from which `new` may be reached: the store's `WHERE status IN (...)`."""
     return frozenset(s for s in Status if can_follow(s, new))
-
-
-def advance(current: Status, observed: Status) -> Status:
-    """The status after observing `observed`, or raise :class:`IllegalTransition`."""
-    if not can_follow(current, observed):
-        raise IllegalTransition(f"{current} -> {observed}")
-    return observed

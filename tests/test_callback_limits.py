@@ -13,6 +13,7 @@ import pytest
 from receiver.engine.sweep import sweep_once
 from submitter.bodies import BodyError, loads_object
 from submitter.status import Status
+from tests import ledger
 from tests.harness import harness, provider_id
 from tests.test_app import a_job, post
 from tests.test_replicate import FakeReplicate, fake_harness, new_prediction, with_key
@@ -47,7 +48,7 @@ async def test_a_callback_that_is_not_utf8_is_400_and_stores_nothing(tmp_path: P
         response = await post(h, "bfl", job_id, body)
         assert response.status_code == 400, response.text
         assert "error" in response.json()
-        assert await h.rt.store.count_events(job_id) == 0
+        assert await ledger.count_events(h.rt.store, job_id) == 0
         job = await h.rt.store.get_job(job_id)
         assert job is not None and job.status == Status.SUBMITTED
 
@@ -70,7 +71,7 @@ async def test_huge_headers_are_not_stored_whole(tmp_path: Path) -> None:
         many = {f"x-pad-{n}": "v" * 900 for n in range(40)}
         response = await post(h, "bfl", job_id, body, **{"x-huge": "h" * 200_000}, **many)
         assert response.status_code == 200, response.text
-        (row,) = await h.rt.store.inner._read("SELECT headers FROM events")  # type: ignore[attr-defined]
+        (row,) = await ledger.rows(h.rt.store, "SELECT headers FROM events")
         assert len(row["headers"]) < 10_000
         kept = json.loads(row["headers"])
         assert kept["x-huge"].startswith("h" * 1024) and "not kept" in kept["x-huge"]
@@ -86,13 +87,13 @@ async def test_events_per_job_are_capped_and_finished_jobs_record_nothing(tmp_pa
             response = await post(h, "bfl", job_id, body)
             assert response.status_code == 200
             assert response.json().get("recorded", True) == (n < 3)
-        assert await h.rt.store.count_events(job_id) == 3
+        assert await ledger.count_events(h.rt.store, job_id) == 3
         job = await h.rt.store.get_job(job_id)
         assert job is not None and job.progress == 5  # still applied beyond the cap
         await h.rt.store.finish(job_id, Status.FAILED, now=h.clock.now, reason="test")
         late = await post(h, "bfl", job_id, json.dumps({"id": pid, "status": "Pending", "x": 1}).encode())
         assert late.status_code == 200 and late.json() == {"ok": True, "status": "failed", "recorded": False}
-        assert await h.rt.store.count_events(job_id) == 3
+        assert await ledger.count_events(h.rt.store, job_id) == 3
 
 
 # -- result files per job are capped -----------------------------------------------------------------
@@ -106,7 +107,7 @@ async def test_a_callback_listing_more_results_than_the_cap_is_refused(tmp_path:
         response = await post(h, "bfl", job_id, body)
         assert response.status_code == 422
         assert "7000 result files" in response.json()["error"] and "FLUXHOOK_MAX_OUTPUTS" in response.json()["error"]
-        assert await h.rt.store.files(job_id) == [] and await h.rt.store.count_events(job_id) == 0
+        assert await h.rt.store.files(job_id) == [] and await ledger.count_events(h.rt.store, job_id) == 0
         job = await h.rt.store.get_job(job_id)
         assert job is not None and job.status == Status.SUBMITTED
         within = json.dumps({"id": pid, "status": "Ready", "result": {"sample": urls[:4]}}).encode()

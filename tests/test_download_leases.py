@@ -12,6 +12,7 @@ import pytest
 from receiver.engine.sweep import sweep_once
 from submitter.simulator import png_image
 from submitter.status import Status
+from tests import ledger
 from tests.harness import Harness, files_in, harness, provider_id
 from tests.test_app import a_job, post, ready_body
 
@@ -28,7 +29,7 @@ async def test_a_trickling_download_keeps_its_lease_and_nobody_else_takes_the_jo
         step = 16
         for start in range(0, len(image), step):
             h.clock.advance(7.0)  # ~9 bytes/s: the whole file takes far longer than a lease
-            taken.append(await h.rt.store.claim(job_id, "another-replica", now=h.clock.now, lease=60))
+            taken.append(await ledger.claim(h.rt.store, job_id, "another-replica", now=h.clock.now, lease=60))
             yield image[start:start + step]
 
     def cdn(request: httpx.Request) -> httpx.Response:
@@ -53,7 +54,7 @@ async def test_a_download_whose_lease_was_taken_stops(tmp_path: Path) -> None:
         image = png_image("taken")
         yield image[:64]
         # Another process took the job over (our lease lapsed, say, during a long stall).
-        await h.rt.store.inner._write("UPDATE jobs SET lease_owner = 'other', lease_until = ?",  # type: ignore[attr-defined]
+        await ledger.write(h.rt.store, "UPDATE jobs SET lease_owner = 'other', lease_until = ?",
                                 (h.clock.now + 1e6,))
         h.clock.advance(h.settings.lease_seconds)
         yield image[64:]

@@ -14,6 +14,7 @@ from receiver.engine.runtime import Runtime
 from receiver.engine.sweep import sweep_once
 from submitter.simulator import Faults
 from submitter.status import Status
+from tests import ledger
 from tests.harness import Harness, files_in, harness
 
 pytestmark = pytest.mark.anyio
@@ -289,7 +290,7 @@ async def test_download_lease_is_renewed_while_bytes_arrive(tmp_path: Path) -> N
 
     async with harness(tmp_path, faults=Faults(drop=True, runtime=1e6), lease_seconds=30.0) as h:
         job = await submit(h.rt, "bfl", "flux-dev", {"prompt": "p"})
-        claimed = await h.rt.store.claim(job.id, h.rt.owner, now=h.clock.now, lease=30.0)
+        claimed = await ledger.claim(h.rt.store, job.id, h.rt.owner, now=h.clock.now, lease=30.0)
         assert claimed is not None
         lease = Lease(h.rt.store, claimed, h.rt.owner, seconds=30.0, clock=h.clock)
         await lease.renew_when_due()  # too soon to bother the store

@@ -18,6 +18,7 @@ from receiver.engine.sweep import sweep_once
 from submitter.signing import derive_job_keys, sign_bfl
 from submitter.simulator import Faults
 from submitter.status import Status
+from tests import ledger
 from tests.harness import MASTER, PUBLIC, harness
 
 pytestmark = pytest.mark.anyio
@@ -41,7 +42,7 @@ async def test_a_locked_store_is_503_and_the_retry_lands(tmp_path: Path) -> None
             blocker.close()
         response = await h.client.post(hook("bfl", job.id), content=body)
         assert response.status_code == 200
-        assert await h.rt.store.count_events(job.id) == 1
+        assert await ledger.count_events(h.rt.store, job.id) == 1
 
 
 async def test_a_slow_body_is_cut_off_with_408(tmp_path: Path) -> None:
@@ -56,7 +57,7 @@ async def test_a_slow_body_is_cut_off_with_408(tmp_path: Path) -> None:
         async with asyncio.timeout(10):
             response = await h.client.post(hook("bfl", job.id), content=trickle())
         assert response.status_code == 408
-        assert await h.rt.store.count_events(job.id) == 0
+        assert await ledger.count_events(h.rt.store, job.id) == 0
 
 
 async def test_rejected_requests_are_counted_not_stored(tmp_path: Path) -> None:
@@ -66,7 +67,7 @@ async def test_rejected_requests_are_counted_not_stored(tmp_path: Path) -> None:
             forged = hook("bfl", job.id).rsplit("/", 1)[0] + "/" + "B" * 43
             assert (await h.client.post(forged, content=b"x" * 1000)).status_code == 401
         assert h.rt.metrics["rejected"] == 50
-        rows = await h.rt.store.inner._read("SELECT COUNT(*) FROM events")  # type: ignore[attr-defined]
+        rows = await ledger.rows(h.rt.store, "SELECT COUNT(*) FROM events")
         assert rows[0][0] == 0
         assert (await h.client.get("/healthz")).json()["callbacks"]["rejected"] == 50
 
@@ -76,13 +77,13 @@ async def test_audit_events_are_pruned_after_the_retention(tmp_path: Path) -> No
         job = await submit(h.rt, "bfl", "flux-dev", {"prompt": "p"})
         await h.settle()
         await sweep_once(h.rt)
-        assert await h.rt.store.count_events(job.id) == 1
+        assert await ledger.count_events(h.rt.store, job.id) == 1
         h.clock.advance(3599)
         await sweep_once(h.rt)
-        assert await h.rt.store.count_events(job.id) == 1
+        assert await ledger.count_events(h.rt.store, job.id) == 1
         h.clock.advance(2)
         report = await sweep_once(h.rt)
-        assert report.actions["events-pruned"] == 1 and await h.rt.store.count_events(job.id) == 0
+        assert report.actions["events-pruned"] == 1 and await ledger.count_events(h.rt.store, job.id) == 0
         assert (await h.rt.store.get_job(job.id)).status == Status.STORED  # type: ignore[union-attr]
 
 
@@ -109,7 +110,7 @@ async def test_no_secret_reaches_logs_errors_audit_or_cli(
             keys = derive_job_keys(MASTER, job.provider, job.id)
             secrets |= {keys.token, keys.webhook_secret}
             secrets |= {f.url.split("?", 1)[1] for f in await h.rt.store.files(job.id) if "?" in f.url}
-        audit = await h.rt.store.inner._read("SELECT headers, body, verdict FROM events")  # type: ignore[attr-defined]
+        audit = await ledger.rows(h.rt.store, "SELECT headers, body, verdict FROM events")
         echoed = [json.loads(r["headers"]) for r in audit if "x-webhook-secret" in json.loads(r["headers"])]
         assert echoed  # the callback that echoed its secret in X-Webhook-Secret was recorded...
         assert all(h["x-webhook-secret"] == "[redacted]" for h in echoed)  # ...with that header redacted

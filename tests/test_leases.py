@@ -14,6 +14,7 @@ from receiver.engine.jobs import new_job
 from receiver.engine.leases import HAND_BACK, Lease, LeaseLost, Release, claimed
 from receiver.store import Job, StoreUnavailable
 from submitter.status import Status
+from tests import ledger
 from tests.harness import Harness, harness
 
 pytestmark = pytest.mark.anyio
@@ -153,7 +154,7 @@ async def test_renew_when_due_raises_once_the_lease_is_lost(h: Harness) -> None:
     job = await leased_job(h)
     lease = Lease(h.rt.store, job, h.rt.owner, seconds=h.settings.lease_seconds, clock=h.clock)
     h.clock.advance(h.settings.lease_seconds + 1)  # lapsed: another process takes the job
-    assert await h.rt.store.claim(job.id, "another-replica", now=h.clock.now, lease=60.0) is not None
+    assert await ledger.claim(h.rt.store, job.id, "another-replica", now=h.clock.now, lease=60.0) is not None
     with pytest.raises(LeaseLost):
         await lease.renew_when_due()
 

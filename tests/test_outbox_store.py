@@ -11,6 +11,7 @@ import pytest
 
 from receiver.store import IdempotencyConflict, Store, TaskMismatch
 from submitter.status import Status
+from tests import ledger
 from tests.test_store import BACKENDS, NOW, event, job, obs
 
 pytestmark = pytest.mark.anyio
@@ -49,7 +50,7 @@ async def test_each_status_change_writes_one_event_in_order(store: Store) -> Non
                                      "location": "s3://bucket/j1/0.png", "url": "/v1/jobs/j1/files/0"}]
     assert events[0].data["files"] == [] and events[0].data["provider_job_id"] == "p-j1"
     assert await store.last_seq() == stored.seq
-    assert await store.event_by_id(stored.id) == stored
+    assert await ledger.event_by_id(store, stored.id) == stored
     assert [e.type for e in await store.events_after(events[0].seq)] == ["job.running", "job.stored"]
     assert [e.type for e in await store.events_after(0, types=frozenset({"job.stored"}))] == ["job.stored"]
 
@@ -154,14 +155,14 @@ async def test_deliveries_fan_out_claim_in_job_order_and_retry(store: Store) -> 
     [(delivery, evt)] = await store.claim_deliveries("me", sink="hook:1", now=NOW, lease=30, limit=10)
     assert evt.type == "job.stored" and delivery.event_id == evt.id and delivery.attempts == 0
     assert await store.claim_deliveries("other", sink="hook:1", now=NOW, lease=30, limit=10) == []  # leased
-    assert await store.record_attempt(delivery.id, "me", at=NOW, code=503, latency_ms=2.0, error="HTTP 503",
+    assert await ledger.record_attempt(store, delivery.id, "me", at=NOW, code=503, latency_ms=2.0, error="HTTP 503",
                                       state="pending", next_at=NOW + 10)
     assert await store.claim_deliveries("me", sink="hook:1", now=NOW + 5, lease=30, limit=10) == []  # not due yet
     [(again, _)] = await store.claim_deliveries("other", sink="hook:1", now=NOW + 10, lease=30, limit=10)
     assert again.id == delivery.id and again.attempts == 1 and again.last_code == 503
-    assert not await store.record_attempt(again.id, "me", at=NOW, code=200, latency_ms=1.0, error=None,
+    assert not await ledger.record_attempt(store, again.id, "me", at=NOW, code=200, latency_ms=1.0, error=None,
                                           state="delivered", next_at=None)  # not our lease
-    assert await store.record_attempt(again.id, "other", at=NOW + 10, code=200, latency_ms=1.0, error=None,
+    assert await ledger.record_attempt(store, again.id, "other", at=NOW + 10, code=200, latency_ms=1.0, error=None,
                                       state="delivered", next_at=None)
     [done] = await store.deliveries("delivered")
     assert done.attempts == 2 and done.delivered_at == NOW + 10
@@ -180,7 +181,7 @@ async def test_one_job_s_deliveries_go_in_sequence(store: Store) -> None:
     claimed = await store.claim_deliveries("me", sink="s", now=NOW, lease=30, limit=10)
     assert [(e.job_id, e.type) for _, e in claimed] == [("a", "job.submitted"), ("b", "job.submitted")]
     first = claimed[0][0]
-    await store.record_attempt(first.id, "me", at=NOW, code=None, latency_ms=1, error="down", state="dead",
+    await ledger.record_attempt(store, first.id, "me", at=NOW, code=None, latency_ms=1, error="down", state="dead",
                                next_at=None)
     [(_, nxt)] = await store.claim_deliveries("me", sink="s", now=NOW, lease=30, limit=10)
     assert (nxt.job_id, nxt.type) == ("a", "job.canceled")  # a dead delivery holds nothing back
@@ -223,7 +224,7 @@ async def test_redeliver_one_event_or_every_dead_one(store: Store) -> None:
     await store.finish("j1", Status.CANCELED, now=NOW)
     await store.fan_out("a", TERMINAL, now=NOW)
     [(d, evt)] = await store.claim_deliveries("me", sink="a", now=NOW, lease=30, limit=10)
-    await store.record_attempt(d.id, "me", at=NOW, code=400, latency_ms=1, error="HTTP 400", state="dead",
+    await ledger.record_attempt(store, d.id, "me", at=NOW, code=400, latency_ms=1, error="HTTP 400", state="dead",
                                next_at=None)
     assert await store.redeliver(None, failed=True, sinks_for={}, now=NOW + 5) == 1
     [pending] = await store.deliveries("pending")
@@ -292,5 +293,5 @@ async def test_redelivering_a_delivery_in_flight_does_not_hand_it_to_a_second_re
     [(delivery, evt)] = await store.claim_deliveries("first", sink="s", now=NOW, lease=30, limit=10)
     assert await store.redeliver(evt.id, sinks_for={"s": TERMINAL}, now=NOW + 1) == 1
     assert await store.claim_deliveries("second", sink="s", now=NOW + 1, lease=30, limit=10) == []  # still first's
-    assert await store.record_attempt(delivery.id, "first", at=NOW + 2, code=200, latency_ms=1, error=None,
+    assert await ledger.record_attempt(store, delivery.id, "first", at=NOW + 2, code=200, latency_ms=1, error=None,
                                       state="delivered", next_at=None)

@@ -53,6 +53,7 @@ from submitter.signing import (
     verify_token,
 )
 from submitter.status import Status
+from tests import ledger
 from tests.harness import MASTER, PUBLIC, Harness, harness
 from tests.test_app import a_job
 from tests.test_replicate import SECRET, FakeReplicate, fake_harness, new_prediction, with_key
@@ -575,7 +576,7 @@ def test_replicate_callback_with_any_body_and_headers(body: bytes, headers: list
             # The signature is required and random ones never verify.
             event(f"status {response.status_code}")
             assert response.status_code == (413 if len(sent) > MAX_BODY else 401), response.text
-            assert await t.h.rt.store.count_events(t.job_id) == 0
+            assert await ledger.count_events(t.h.rt.store, t.job_id) == 0
 
     run(check)
 
@@ -641,7 +642,7 @@ def test_route_shaped_hook_paths(data: st.DataObject) -> None:
                 assert response.status_code == route_expectation(t, provider, job_id, token, body), (
                     path, response.status_code, response.text)
             if response.status_code != 200:
-                assert await t.h.rt.store.count_events(t.job_id) == 0
+                assert await ledger.count_events(t.h.rt.store, t.job_id) == 0
 
     run(check)
 
@@ -664,7 +665,7 @@ def test_free_form_hook_paths(data: st.DataObject) -> None:
             response = await t.client.post(path, content=body, headers=headers)
             event(f"status {response.status_code}")
             assert response.status_code in (401, 404), (path, response.status_code, response.text)
-            assert await t.h.rt.store.count_events(t.job_id) == 0
+            assert await ledger.count_events(t.h.rt.store, t.job_id) == 0
 
     run(check)
 
@@ -687,7 +688,7 @@ def test_signed_bfl_callback_with_random_json(body: bytes, echo: bool, form: str
             if expected == 200:
                 again = await t.client.post(t.path, content=sent, headers=headers)
                 assert again.status_code == 200 and again.json() == {"ok": True, "duplicate": True}
-                assert await t.h.rt.store.count_events(t.job_id) == 1
+                assert await ledger.count_events(t.h.rt.store, t.job_id) == 1
 
     run(check)
 
@@ -709,7 +710,7 @@ def test_signed_replicate_callback_with_random_json(body: bytes, msg_id: str, sk
             if expected == 200:
                 again = await t.client.post(t.path, content=sent, headers=headers)
                 assert again.status_code == 200 and again.json() == {"ok": True, "duplicate": True}
-                assert await t.h.rt.store.count_events(t.job_id) == 1
+                assert await ledger.count_events(t.h.rt.store, t.job_id) == 1
 
     run(check)
 
@@ -744,7 +745,7 @@ def test_callback_with_lone_surrogate_text(case: tuple[str, dict[str, Any]], sur
             response = await t.client.post(t.path, content=body, headers=signed_headers(t, body))
             assert response.status_code in (200, 400), (body, response.status_code, response.text)
             if response.status_code == 400:
-                assert await t.h.rt.store.count_events(t.job_id) == 0
+                assert await ledger.count_events(t.h.rt.store, t.job_id) == 0
 
     run(check)
 

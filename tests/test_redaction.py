@@ -18,6 +18,7 @@ from receiver.engine.sweep import sweep_once
 from receiver.obs.redaction import Redactor
 from submitter.signing import derive_job_keys
 from submitter.status import Status
+from tests import ledger
 from tests.harness import MASTER, PUBLIC, harness
 from tests.test_replicate import SECRET, FakeReplicate, deliver, fake_harness, new_prediction, with_key
 
@@ -70,7 +71,7 @@ async def test_an_echoing_provider_leaks_nothing_into_rows_cli_or_logs(
         assert stored is not None and (stored.error or stored.note)  # the provider's words were kept...
         assert "Incorrect API key provided" in (stored.error or stored.note or "")
         logging.getLogger("fluxhook.sweep").warning("job %s: %s", job.id, stored.note or stored.error)
-        rows = await h.rt.store.inner._read("SELECT * FROM jobs")  # type: ignore[attr-defined]
+        rows = await ledger.rows(h.rt.store, "SELECT * FROM jobs")
     monkeypatch.setenv("FLUXHOOK_DB", h.settings.db)
     monkeypatch.setenv("FLUXHOOK_RESULTS", str(h.settings.results))
     assert await asyncio.to_thread(cli_main, ["status", job.id, "--json"]) == 0
@@ -90,7 +91,7 @@ async def test_replicate_callback_bodies_are_stored_without_our_callback_token(t
         token = derive_job_keys(MASTER, "replicate", job_id).token
         body = {**fake.finish(pid), "webhook": url, "urls": {"get": f"https://api.replicate.com/v1/predictions/{pid}"}}
         assert (await deliver(h, "replicate", job_id, body, msg_id="m1", secret=SECRET)).status_code == 200
-        (row,) = await h.rt.store.inner._read("SELECT body, headers FROM events")  # type: ignore[attr-defined]
+        (row,) = await ledger.rows(h.rt.store, "SELECT body, headers FROM events")
         assert token not in row["body"].decode() and token not in row["headers"]
         assert json.loads(row["body"])["webhook"].endswith("/hooks/replicate/" + job_id + "/[redacted]")
         await sweep_once(h.rt)

@@ -19,6 +19,7 @@ from submitter.dialects import DIALECTS
 from submitter.signing import sign_standard
 from submitter.simulator import png_image
 from submitter.status import Status
+from tests import ledger
 from tests.harness import MASTER, PUBLIC, Harness, harness
 
 pytestmark = pytest.mark.anyio
@@ -229,7 +230,7 @@ async def test_a_repeated_webhook_id_changes_nothing(tmp_path: Path) -> None:
         h.clock.advance(20)
         again = await deliver(h, "replicate", job_id, {**snapshot("processing"), "id": pid}, msg_id="msg_1", secret=SECRET)
         assert first.json()["status"] == "succeeded" and again.json() == {"ok": True, "duplicate": True}
-        assert await h.rt.store.count_events(job_id) == 1
+        assert await ledger.count_events(h.rt.store, job_id) == 1
 
 
 @pytest.mark.parametrize("skew", [-301, 301, -3600, 10**6])
@@ -311,7 +312,7 @@ async def test_proxy_callbacks_are_authenticated_by_the_path_token(tmp_path: Pat
         proxy_secret = "whsec_" + base64.b64encode(b"p" * 32).decode()
         assert (await deliver(h, provider, job_id, start, msg_id="m0", secret=None)).status_code == 200
         assert (await deliver(h, provider, job_id, fake.finish(pid), msg_id="m1", secret=proxy_secret)).status_code == 200
-        verdicts = [r["verdict"] for r in await h.rt.store.inner._read("SELECT verdict FROM events ORDER BY id")]  # type: ignore[attr-defined]
+        verdicts = [r["verdict"] for r in await ledger.rows(h.rt.store, "SELECT verdict FROM events ORDER BY id")]
         assert verdicts == ["accepted:token", "accepted:token (signature not verifiable)"]
         # The token is still required.
         url, _ = callback_url(PUBLIC, MASTER, provider, job_id)

@@ -4,9 +4,21 @@ import itertools
 
 import pytest
 
-from submitter.status import ACTIVE, TERMINAL, IllegalTransition, Status, advance, can_follow, predecessors
+from submitter.status import ACTIVE, TERMINAL, Status, can_follow, predecessors
 
 PROGRESS = [Status.QUEUED, Status.SUBMITTED, Status.RUNNING, Status.SUCCEEDED, Status.STORED]
+
+
+class IllegalTransition(Exception):
+    """A status change the state machine forbids."""
+
+
+def advance(current: Status, observed: Status) -> Status:
+    """The status after observing `observed`, or raise :class:`IllegalTransition` (the state machine
+    applied one report at a time, as the store's conditional updates do)."""
+    if not can_follow(current, observed):
+        raise IllegalTransition(f"{current} -> {observed}")
+    return observed
 
 
 def apply_all(events: list[Status], start: Status = Status.QUEUED) -> Status:

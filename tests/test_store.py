@@ -15,6 +15,7 @@ from receiver.store.sql.schema import MIGRATIONS
 from receiver.store.sqlite import SQLiteStore
 from submitter.bodies import Observation
 from submitter.status import Status
+from tests import ledger
 from tests.pg import fresh_schema
 
 pytestmark = pytest.mark.anyio
@@ -116,7 +117,7 @@ async def test_event_dedup_is_a_unique_key(store: Store) -> None:
                               expires=(NOW + 600,), event=event("k"))
     assert first.changed and not first.duplicate
     assert again.duplicate and not again.changed and again.status == Status.RUNNING
-    assert await store.count_events("j1") == 1
+    assert await ledger.count_events(store, "j1") == 1
 
 
 async def test_concurrent_duplicates_apply_once(store: Store) -> None:
@@ -178,7 +179,7 @@ async def test_only_due_jobs_are_claimed_and_downloads_come_first(store: Store) 
     await store.create_job(job("dl-late"))
     await store.create_job(job("dl-soon"))
     await store.release("later", "x", expect=Status.QUEUED, next_check_at=NOW + 100)
-    await store.claim("later", "x", now=NOW, lease=1)
+    await ledger.claim(store, "later", "x", now=NOW, lease=1)
     await store.release("later", "x", expect=Status.QUEUED, next_check_at=NOW + 100)
     for job_id, expiry in (("dl-late", NOW + 3000), ("dl-soon", NOW + 500)):
         await store.apply(job_id, obs(Status.SUCCEEDED, ("https://r",), provider_job_id=job_id), now=NOW,
@@ -199,7 +200,7 @@ async def test_release_keeps_a_schedule_set_by_someone_else(store: Store) -> Non
     got = await store.get_job("j1")
     assert got is not None and got.next_check_at == NOW and got.lease_owner is None and got.polls == 1
     # Releasing with someone else's name does nothing.
-    await store.claim("j1", "B", now=NOW, lease=60)
+    await ledger.claim(store, "j1", "B", now=NOW, lease=60)
     await store.release("j1", "A", expect=None, next_check_at=None)
     assert (await store.get_job("j1")).lease_owner == "B"  # type: ignore[union-attr]
 
@@ -303,7 +304,7 @@ async def test_sqlite_closed_store_is_unavailable(tmp_path: Path) -> None:
 async def test_a_job_can_be_born_leased(store: Store) -> None:
     await store.create_job(job(lease_owner="creator", lease_until=NOW + 60))
     assert await store.claim_due("sweeper", now=NOW, lease=60, limit=5) == []
-    assert await store.claim("j1", "sweeper", now=NOW, lease=60) is None
+    assert await ledger.claim(store, "j1", "sweeper", now=NOW, lease=60) is None
     (taken,) = await store.claim_due("sweeper", now=NOW + 61, lease=60, limit=5)
     assert taken.lease_owner == "sweeper"
 
@@ -363,8 +364,8 @@ async def test_concurrent_applies_share_commits_but_fail_alone(store: Store) -> 
     results = await asyncio.gather(*calls, return_exceptions=True)
     assert all(not isinstance(r, BaseException) and r.changed for r in results[:9])
     assert isinstance(results[9], TaskMismatch)
-    assert await store.count_events("j0") == 0  # its event was rolled back with it...
-    assert all([await store.count_events(f"j{i}") == 1 for i in range(1, 10)])  # ...and only it
+    assert await ledger.count_events(store, "j0") == 0  # its event was rolled back with it...
+    assert all([await ledger.count_events(store, f"j{i}") == 1 for i in range(1, 10)])  # ...and only it
 
 
 async def test_a_call_failing_after_its_writes_undoes_only_them_in_a_shared_commit(store: Store) -> None:
@@ -384,13 +385,13 @@ async def test_a_call_failing_after_its_writes_undoes_only_them_in_a_shared_comm
     failed = results.pop(4)
     assert isinstance(failed, TaskMismatch)
     assert all(not isinstance(r, BaseException) and r.changed for r in results)
-    assert await store.count_events("j0") == 0
+    assert await ledger.count_events(store, "j0") == 0
     j0 = await store.get_job("j0")
     assert j0 is not None and j0.status == Status.QUEUED and j0.provider_job_id is None
     for i in range(1, 10):
         done = await store.get_job(f"j{i}")
         assert done is not None and done.status == Status.RUNNING and done.provider_job_id == f"p{i}"
-        assert await store.count_events(f"j{i}") == 1
+        assert await ledger.count_events(store, f"j{i}") == 1
 
 
 def test_operations_run_without_a_transaction_are_one_statement() -> None:
@@ -400,7 +401,7 @@ def test_operations_run_without_a_transaction_are_one_statement() -> None:
     singles = [
         sql.create_job(job()), sql.mark_sending("j1", True), sql.renew("j1", "A", NOW), sql.note_repoll("j1"),
         sql.release("j1", "A", Status.QUEUED, NOW, False), sql.file_failed("j1", 0), sql.prune_events(NOW, 10),
-        sql.claim_due("A", NOW, 60, 5, None), sql.claim("j1", "A", NOW, 60), sql.defer("j1", NOW, None, NOW, True),
+        sql.claim_due("A", NOW, 60, 5, None), sql.defer("j1", NOW, None, NOW, True),
         sql.set_note("j1", "x", NOW),
     ]
     for op in singles:

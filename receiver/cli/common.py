@@ -17,11 +17,10 @@ from typing import Any
 from receiver.store import iso
 
 __all__ = [
-    "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TIMEOUT", "EXIT_USAGE", "ApiUnavailable", "CLIError",
+    "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_TIMEOUT", "EXIT_USAGE", "ApiUnavailable", "CLIError",
     "WaitTimeout", "print_rows", "timed",
 ]
 
-EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 3

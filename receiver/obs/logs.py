@@ -28,7 +28,7 @@ from receiver.config.settings import Settings
 from receiver.obs.redaction import Redactor, scrub_patterns
 
 __all__ = [
-    "EXTRA_KEYS", "LOGGERS", "TEXT_FORMAT", "JsonFormatter", "LogLimiter", "RedactingFilter", "configure_logging",
+    "EXTRA_KEYS", "LOGGERS", "JsonFormatter", "LogLimiter", "RedactingFilter", "configure_logging",
     "install_log_format", "install_redaction", "uvicorn_log_config",
 ]
 
@@ -92,7 +92,6 @@ def configure_logging(settings: Settings) -> None:
     install_log_format(settings.log_format)
 
 
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: Context a call may pass with ``extra=``: shown as JSON keys.
 EXTRA_KEYS = ("job_id", "provider", "event", "sink", "reason", "verdict", "status")
 

@@ -118,9 +118,6 @@ class OpsStore:
     ) -> list[Job]:
         return await self._single(leases.claim_due(owner, now, lease, limit, downloads))
 
-    async def claim(self, job_id: str, owner: str, *, now: float, lease: float) -> Job | None:
-        return await self._single(leases.claim(job_id, owner, now, lease))
-
     async def mark_sending(self, job_id: str, sending: bool) -> None:
         await self._single(leases.mark_sending(job_id, sending))
 
@@ -149,9 +146,6 @@ class OpsStore:
     async def prune_events(self, before: float, *, limit: int = 5000) -> int:
         return await self._single(audit.prune_events(before, limit))
 
-    async def count_events(self, job_id: str) -> int:
-        return await self._read_op(audit.count_events(job_id))
-
     async def counts(self) -> dict[str, int]:
         return await self._read_op(jobs.counts())
 
@@ -164,9 +158,6 @@ class OpsStore:
         self, after: int, *, limit: int = 500, job_id: str | None = None, types: frozenset[str] | None = None
     ) -> list[OutboxEvent]:
         return await self._read_op(outbox.events_after(after, limit, job_id, types))
-
-    async def event_by_id(self, event_id: str) -> OutboxEvent | None:
-        return await self._read_op(outbox.event_by_id(event_id))
 
     async def last_seq(self) -> int:
         return await self._read_op(outbox.last_seq())
@@ -193,14 +184,6 @@ class OpsStore:
 
     async def record_attempts(self, owner: str, records: list[AttemptRecord]) -> None:
         await self._op(sent.record_attempts(owner, tuple(records)))
-
-    async def record_attempt(
-        self, delivery_id: int, owner: str, *, at: float, code: int | None, latency_ms: float, error: str | None,
-        state: str, next_at: float | None,
-    ) -> bool:
-        return await self._op(sent.record_attempt(
-            delivery_id, owner, at=at, code=code, latency_ms=latency_ms, error=error, state=state, next_at=next_at,
-        ))
 
     async def deliveries(
         self, state: str | None = None, *, limit: int = 100, event_id: str | None = None

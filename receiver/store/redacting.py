@@ -116,9 +116,6 @@ class RedactingStore:
     ) -> list[Job]:
         return await self.inner.claim_due(owner, now=now, lease=lease, limit=limit, downloads=downloads)
 
-    async def claim(self, job_id: str, owner: str, *, now: float, lease: float) -> Job | None:
-        return await self.inner.claim(job_id, owner, now=now, lease=lease)
-
     async def mark_sending(self, job_id: str, sending: bool) -> None:
         await self.inner.mark_sending(job_id, sending)
 
@@ -147,9 +144,6 @@ class RedactingStore:
     async def prune_events(self, before: float, *, limit: int = 5000) -> int:
         return await self.inner.prune_events(before, limit=limit)
 
-    async def count_events(self, job_id: str) -> int:
-        return await self.inner.count_events(job_id)
-
     async def counts(self) -> dict[str, int]:
         return await self.inner.counts()
 
@@ -176,9 +170,6 @@ class RedactingStore:
     ) -> list[OutboxEvent]:
         return await self.inner.events_after(after, limit=limit, job_id=job_id, types=types)
 
-    async def event_by_id(self, event_id: str) -> OutboxEvent | None:
-        return await self.inner.event_by_id(event_id)
-
     async def last_seq(self) -> int:
         return await self.inner.last_seq()
 
@@ -204,13 +195,6 @@ class RedactingStore:
 
     async def record_attempts(self, owner: str, records: list[AttemptRecord]) -> None:
         await self.inner.record_attempts(owner, records)
-
-    async def record_attempt(
-        self, delivery_id: int, owner: str, *, at: float, code: int | None, latency_ms: float, error: str | None,
-        state: str, next_at: float | None,
-    ) -> bool:
-        return await self.inner.record_attempt(delivery_id, owner, at=at, code=code, latency_ms=latency_ms, error=error,
-                                              state=state, next_at=next_at)
 
     async def deliveries(
         self, state: str | None = None, *, limit: int = 100, event_id: str | None = None

@@ -192,12 +192,6 @@ class SQLiteStore(OpsStore):
 
         running.add_done_callback(settle)
 
-    async def _write(self, sql: str, args: tuple[Any, ...] = ()) -> int:
-        return await self._tx(lambda db: db.execute(sql, args).rowcount)
-
-    async def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        return await self._call(lambda db: db.execute(sql, args).fetchall())
-
     async def open(self, *, migrate: bool = True) -> None:
         parent = os.path.dirname(os.path.abspath(self.path))
         if self.path != ":memory:" and not os.path.isdir(parent):

@@ -123,14 +123,6 @@ class Simulator:
     def replicate_data_lifetime(self) -> float:
         return self.state.replicate_data_lifetime
 
-    @property
-    def default_faults(self) -> Faults:
-        return self.state.default_faults
-
-    @default_faults.setter
-    def default_faults(self, faults: Faults) -> None:
-        self.state.default_faults = faults
-
     # -- configuration and inspection ---------------------------------------------
 
     def add_rule(self, prompt_contains: str, faults: Faults) -> None:

@@ -104,14 +104,6 @@ class SimState:
 
     # -- rules --
 
-    @property
-    def default_faults(self) -> Faults:
-        return self._default_rule.faults
-
-    @default_faults.setter
-    def default_faults(self, faults: Faults) -> None:
-        self._default_rule = Rule("", faults)
-
     def add_rule(self, prompt_contains: str, faults: Faults) -> int:
         """Give jobs whose prompt contains `prompt_contains` these faults (first match wins); the rule count."""
         self._rules.append(Rule(prompt_contains, faults))

@@ -31,6 +31,7 @@ from receiver.serve.server import FD_RESERVE, connection_cap, raise_open_file_li
 from receiver.store import Job
 from receiver.web.app import create_app
 from submitter.status import Status
+from tests import ledger
 from tests.e2e.support import WAIT, env_for
 from tests.harness import make_settings
 
@@ -229,15 +230,15 @@ async def test_a_connection_over_the_cap_gets_503_at_once(tmp_path: Path) -> Non
         async with asyncio.timeout(WAIT):  # once the server has let them go
             while await r.health() != 200:
                 await asyncio.sleep(0.05)
-        assert await r.rt.store.count_events("fh_conn0000") == 20
+        assert await ledger.count_events(r.rt.store, "fh_conn0000") == 20
 
 
 async def test_callbacks_on_one_connection_one_after_another_and_pipelined(tmp_path: Path) -> None:
     async with receiver(tmp_path) as r:
         async with connection(r.port) as (reader, writer):
             await _one_after_another_and_pipelined(r, reader, writer)
-        assert await r.rt.store.count_events("fh_conn0000") == 3
-        assert await r.rt.store.count_events("fh_conn0001") == 6
+        assert await ledger.count_events(r.rt.store, "fh_conn0000") == 3
+        assert await ledger.count_events(r.rt.store, "fh_conn0001") == 6
 
 
 async def _one_after_another_and_pipelined(r: Receiver, reader: asyncio.StreamReader,
@@ -266,7 +267,7 @@ async def test_callbacks_through_an_http_client(tmp_path: Path) -> None:
             answer = await http.post(path, json={"task_id": task, "status": "processing", "progress": progress},
                                      headers={"x-trace": "t" * 2000})
             assert answer.status_code == 200, answer.text
-        assert await r.rt.store.count_events("fh_conn0000") == 5
+        assert await ledger.count_events(r.rt.store, "fh_conn0000") == 5
 
 
 def test_every_server_gets_the_settings_limits(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from receiver.serve.background import bind, serve_in_background
 from receiver.store import Job
 from submitter.simulator import Faults, Simulator
 from submitter.status import TERMINAL, Status
+from tests import ledger
 from tests.e2e.support import WAIT, env_for, run_cli, wait_for_status
 from tests.harness import files_in
 
@@ -137,7 +138,7 @@ async def test_receiver_killed_after_committing_a_callback(tmp_path: Path) -> No
         done = await c.wait(job.id)
         await assert_stored_once(c, done)
         await c.sim.drain()
-        assert await c.rt.store.count_events(job.id) == 1
+        assert await ledger.count_events(c.rt.store, job.id) == 1
 
 
 async def test_receiver_killed_in_the_middle_of_a_download(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 from receiver.engine.jobs import submit
 from submitter.simulator import Faults
 from submitter.status import Status
+from tests import ledger
 from tests.e2e.test_loopback import files_of, stack
 
 pytestmark = pytest.mark.anyio
@@ -27,7 +28,7 @@ async def test_all_events_then_four_outputs_stored_once(tmp_path: Path) -> None:
         assert task["polls"] == 0 and task["deliveries"] == 4
         assert task["events_sent"]["start"] == 1 and task["events_sent"]["completed"] == 1
         # The signing secret was fetched from the API once, and every event verified.
-        verdicts = [r["verdict"] for r in await s.rt.store.inner._read(  # type: ignore[attr-defined]
+        verdicts = [r["verdict"] for r in await ledger.rows(s.rt.store,
             "SELECT verdict FROM events WHERE job_id = ?", (job.id,))]
         assert verdicts and set(verdicts) == {"accepted:standard-webhooks"}
 
@@ -48,7 +49,7 @@ async def test_forged_replicate_webhooks_are_refused_and_the_poll_still_saves_th
         done = await s.wait(job.id)
         assert done.status == Status.STORED and done.callback_at is None and done.polls >= 1
         assert (await s.health()).get("rejected", 0) >= 1
-        assert await s.rt.store.count_events(job.id) == 0
+        assert await ledger.count_events(s.rt.store, job.id) == 0
 
 
 @pytest.mark.parametrize("provider", ["deerapi-replicate", "cometapi-replicate"])
@@ -57,7 +58,7 @@ async def test_proxy_webhooks_signed_with_the_proxys_secret_are_accepted_by_toke
         job = await submit(s.rt, provider, "black-forest-labs/flux-1.1-pro", {"prompt": "proxied"})
         done = await s.wait(job.id)
         assert done.status == Status.STORED and done.polls == 0
-        verdicts = {r["verdict"] for r in await s.rt.store.inner._read(  # type: ignore[attr-defined]
+        verdicts = {r["verdict"] for r in await ledger.rows(s.rt.store,
             "SELECT verdict FROM events WHERE job_id = ?", (job.id,))}
         assert verdicts == {"accepted:token (signature not verifiable)"}
 

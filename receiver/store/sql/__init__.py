@@ -17,7 +17,7 @@ other, never this package; its names are re-exported here for callers (the CLI, 
 
 from __future__ import annotations
 
-from receiver.store.sql.audit import audit_event, audit_events, count_events, prune_events, reconciliation
+from receiver.store.sql.audit import audit_event, audit_events, prune_events, reconciliation
 from receiver.store.sql.jobs import (
     counts,
     create_job,
@@ -32,8 +32,8 @@ from receiver.store.sql.jobs import (
     set_note,
     store_file,
 )
-from receiver.store.sql.leases import claim, claim_due, mark_sending, release, renew
-from receiver.store.sql.outbox import EVENT_OF, emit, event_by_id, events_after, last_seq, new_event_id, prune_outbox
+from receiver.store.sql.leases import claim_due, mark_sending, release, renew
+from receiver.store.sql.outbox import EVENT_OF, emit, events_after, last_seq, new_event_id, prune_outbox
 from receiver.store.sql.plumbing import Lock, Op, Query, SqlDialect, Step, UniqueViolation
 from receiver.store.sql.rows import row_to_file, row_to_job
 from receiver.store.sql.schema import LATEST, MIGRATIONS, migrate
@@ -43,7 +43,6 @@ from receiver.store.sql.sink_deliveries import (
     delivery_attempts,
     enable_sink,
     fan_out,
-    record_attempt,
     record_attempts,
     redeliver,
     register_sink,
@@ -54,11 +53,11 @@ from receiver.store.sql.transitions import apply, defer, finish, record_submit, 
 
 __all__ = [
     "EVENT_OF", "LATEST", "MIGRATIONS", "Lock", "Op", "Query", "SqlDialect", "Step", "UniqueViolation",
-    "apply", "audit_event", "audit_events", "claim", "claim_deliveries", "claim_due", "count_events", "counts",
+    "apply", "audit_event", "audit_events", "claim_deliveries", "claim_due", "counts",
     "create_job", "create_job_once", "defer", "deliveries", "delivery_attempts", "emit", "enable_sink",
-    "event_by_id", "events_after", "fan_out", "file_failed", "files", "finish", "get_job", "jobs_since",
+    "events_after", "fan_out", "file_failed", "files", "finish", "get_job", "jobs_since",
     "last_seq", "list_jobs", "mark_sending", "migrate", "new_event_id", "note_repoll", "ping", "prune_events",
-    "prune_outbox", "reconciliation", "record_attempt", "record_attempts", "record_submit", "redeliver",
+    "prune_outbox", "reconciliation", "record_attempts", "record_submit", "redeliver",
     "register_sink", "release", "renew", "reopen_for_retry", "reserve_slot", "row_to_file", "row_to_job",
     "set_note", "set_sink_disabled", "sinks", "store_file",
 ]

@@ -8,7 +8,7 @@ from typing import Any
 
 from receiver.store.sql.plumbing import Op, Query
 
-__all__ = ["audit_event", "audit_events", "count_events", "prune_events", "reconciliation"]
+__all__ = ["audit_event", "audit_events", "prune_events", "reconciliation"]
 
 
 def prune_events(before: float, limit: int) -> Op[int]:
@@ -17,11 +17,6 @@ def prune_events(before: float, limit: int) -> Op[int]:
         (before, limit),
     )
     return int(count)
-
-
-def count_events(job_id: str) -> Op[int]:
-    row = yield Query("SELECT COUNT(*) FROM events WHERE job_id = ?", (job_id,), "one")
-    return int(row[0])
 
 
 def audit_events(job_id: str, limit: int) -> Op[list[dict[str, Any]]]:

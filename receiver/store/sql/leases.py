@@ -7,7 +7,7 @@ from receiver.store.sql.plumbing import Op, Query
 from receiver.store.sql.rows import QUEUED_SQL, SUCCEEDED_SQL, TERMINAL_SQL, row_to_job
 from submitter.status import Status
 
-__all__ = ["claim", "claim_due", "mark_sending", "release", "renew"]
+__all__ = ["claim_due", "mark_sending", "release", "renew"]
 
 
 _CLAIM_ORDER = "download_by IS NULL, download_by, next_check_at"
@@ -30,15 +30,6 @@ def claim_due(owner: str, now: float, lease: float, limit: int, downloads: bool 
     jobs = [row_to_job(r) for r in rows]
     # RETURNING has no defined order: restore the claim order.
     return sorted(jobs, key=lambda j: (j.download_by is None, j.download_by or 0, j.next_check_at or 0))
-
-
-def claim(job_id: str, owner: str, now: float, lease: float) -> Op[Job | None]:
-    row = yield Query(
-        "UPDATE jobs SET lease_owner = ?, lease_until = ? WHERE id = ?"
-        " AND (lease_until IS NULL OR lease_until < ?) RETURNING *",
-        (owner, now + lease, job_id, now), "one",
-    )
-    return row_to_job(row) if row is not None else None
 
 
 def mark_sending(job_id: str, sending: bool) -> Op[None]:

@@ -16,7 +16,7 @@ from receiver.store.sql.rows import row_to_job
 from submitter.status import Status
 
 __all__ = [
-    "EVENT_OF", "emit", "event_by_id", "events_after", "last_seq", "new_event_id", "prune_outbox", "row_to_event",
+    "EVENT_OF", "emit", "events_after", "last_seq", "new_event_id", "prune_outbox", "row_to_event",
 ]
 
 
@@ -68,11 +68,6 @@ def events_after(
     rows = yield Query(f"SELECT * FROM outbox WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
                        (*args, limit), "all")
     return [row_to_event(r) for r in rows]
-
-
-def event_by_id(event_id: str) -> Op[OutboxEvent | None]:
-    row = yield Query("SELECT * FROM outbox WHERE id = ?", (event_id,), "one")
-    return row_to_event(row) if row is not None else None
 
 
 def last_seq() -> Op[int]:

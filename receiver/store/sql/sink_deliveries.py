@@ -19,7 +19,7 @@ from receiver.store.sql.outbox import row_to_event
 from receiver.store.sql.plumbing import Op, Query, marks
 
 __all__ = [
-    "claim_deliveries", "deliveries", "delivery_attempts", "enable_sink", "fan_out", "record_attempt",
+    "claim_deliveries", "deliveries", "delivery_attempts", "enable_sink", "fan_out",
     "record_attempts", "redeliver", "register_sink", "set_sink_disabled", "sinks",
 ]
 
@@ -125,29 +125,6 @@ def claim_deliveries(
     )
     by_seq = {int(e["seq"]): row_to_event(e) for e in events}
     return [(_delivery(r), by_seq[int(r["seq"])]) for r in found if int(r["seq"]) in by_seq]
-
-
-def record_attempt(
-    delivery_id: int, owner: str, *, at: float, code: int | None, latency_ms: float, error: str | None,
-    state: str, next_at: float | None,
-) -> Op[bool]:
-    """Record one attempt and the delivery's new state (pending with its next time, delivered, or
-    dead); False if our lease was lost meanwhile (the attempt is recorded all the same)."""
-    row = yield Query("SELECT seq FROM deliveries WHERE id = ?", (delivery_id,), "one")
-    if row is None:
-        return False
-    yield Query(
-        "INSERT INTO delivery_attempts (delivery_id, seq, at, code, latency_ms, error) VALUES (?, ?, ?, ?, ?, ?)",
-        (delivery_id, row[0], at, code, latency_ms, error),
-    )
-    changed = yield Query(
-        "UPDATE deliveries SET attempts = attempts + 1, state = ?, next_at = ?, last_code = ?, last_error = ?,"
-        " delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END,"
-        " lease_owner = NULL, lease_until = NULL"
-        " WHERE id = ? AND lease_owner = ? AND state = 'pending'",
-        (state, next_at if state == "pending" else None, code, error, state, at, delivery_id, owner),
-    )
-    return bool(changed)
 
 
 def record_attempts(owner: str, records: tuple[AttemptRecord, ...]) -> Op[None]:
