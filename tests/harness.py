@@ -12,6 +12,7 @@ import httpx
 
 from receiver.config.settings import Settings
 from receiver.engine.runtime import Runtime
+from receiver.obs.logs import install_redaction
 from receiver.store import Store
 from receiver.store.sqlite import SQLiteStore
 from receiver.web.app import create_app
@@ -108,6 +109,8 @@ async def harness(
         settings=settings, store=store, api=api, cdn=cdn, clock=clock, sleep=no_sleep,
         retry=RetryPolicy(attempts=4), resolver=loopback_resolver,
     )
+    # What an entry point does (receiver/obs/logs.py configure_logging): this runtime's secrets leave every log line.
+    install_redaction(rt.redactor)
     app = create_app(settings, runtime=rt, workers=False)
     receiver_box["app"] = app
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url=PUBLIC)

@@ -14,6 +14,7 @@ from receiver.config.integrations import Integrations
 from receiver.config.settings import Settings
 from receiver.engine.jobs import submit
 from receiver.engine.runtime import Runtime
+from receiver.obs.logs import configure_logging
 from receiver.serve.background import bind, serve_in_background
 from receiver.web.app import create_app
 from submitter.client import Provider
@@ -78,6 +79,7 @@ async def run_demo(settings: Settings, *, jobs: int = 5, within: float = 60.0, k
         public_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         folder = demo_folder(keep)
         settings = demo_settings(settings, sim_url, public_url, folder)
+        configure_logging(settings)  # the demo's own settings (its own key): their secrets leave the logs too
         for label, value in (("folder", folder), ("simulator", sim_url), ("receiver", public_url),
                              ("database", settings.db_display), ("results", settings.results)):
             print(f"{label:<10} {value}")
