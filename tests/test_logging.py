@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -213,3 +215,36 @@ def test_uvicorn_log_config_makes_its_own_lines_json() -> None:
         for name, (handlers, propagate, level) in saved.items():
             lg = logging.getLogger(name)
             lg.handlers, lg.propagate, lg.level = handlers, propagate, level
+
+
+_BUILD_ONLY = """
+import asyncio, json, logging
+from receiver.config.settings import Settings
+from receiver.engine.runtime import Runtime
+from receiver.web.app import create_app
+
+def state():
+    names = ("", "httpx", "uvicorn", "fluxhook", "fluxhook.hooks")
+    return {n: [len(logging.getLogger(n).filters), len(logging.getLogger(n).handlers)] for n in names}
+
+async def main():
+    before = state()
+    settings = Settings.from_env()
+    async with Runtime.open(settings) as rt:
+        create_app(settings, runtime=rt, workers=False)
+        print(json.dumps([before, state()]))
+
+asyncio.run(main())
+"""
+
+
+def test_building_a_runtime_and_an_app_leaves_the_process_logging_alone(tmp_path: Path) -> None:
+    """Constructors change nothing process-wide: logging is the entry points' (configure_logging)."""
+    env = {"FLUXHOOK_SECRET_KEY": "k" * 40, "FLUXHOOK_DB": str(tmp_path / "l.db"), "FLUXHOOK_LOG_FORMAT": "json",
+           "FLUXHOOK_RESULTS": str(tmp_path / "results"), "FLUXHOOK_PUBLIC_URL": "https://hooks.example",
+           "PATH": "/usr/bin:/bin"}
+    ran = subprocess.run([sys.executable, "-c", _BUILD_ONLY], capture_output=True, text=True, env=env,
+                         cwd=Path(__file__).resolve().parent.parent, timeout=60, check=False)
+    assert ran.returncode == 0, ran.stderr
+    before, after = json.loads(ran.stdout)
+    assert before == after
