@@ -86,7 +86,7 @@ READY = "ready"
 
 
 def serve_replica(port: int) -> None:
-    """`fluxhook serve` (receiver/cli/main.py's _cmd_serve) on a SO_REUSEPORT socket; prints READY once it accepts."""
+    """`fluxhook serve` (receiver/cli/serve.py's serve) on a SO_REUSEPORT socket; prints READY once it accepts."""
     from receiver.config.settings import Settings
     from receiver.serve.server import uvicorn_config
     from receiver.web.app import create_app

@@ -25,7 +25,7 @@ pass the 100 jobs are reset (`submitted`, no lease, next check past or future).
 One untimed warm-up pass per ledger runs first: a running receiver's steady state.
 
 The plans are those of the statements the store runs, taken from
-receiver/store/sql.py (`claim_due` as the sweep calls it: the checks claim and the
+receiver/store/sql/leases.py (`claim_due` as the sweep calls it: the checks claim and the
 downloads claim): SQLite's EXPLAIN QUERY PLAN; PostgreSQL's EXPLAIN (ANALYZE,
 BUFFERS), rolled back, with the generic plan the plan cache could switch to and
 how the store's own connections did plan them. As a control the same statements
@@ -89,7 +89,7 @@ def due_ids() -> list[str]:
 
 
 def claim_queries(now: float) -> dict[str, Query]:
-    """The claim statements the store runs, with their arguments: receiver/store/sql.py's `claim_due`
+    """The claim statements the store runs, with their arguments: receiver/store/sql/leases.py's `claim_due`
     called as the sweep calls it (checks in batches of 100, downloads up to download_concurrency)."""
     settings = Settings.from_env({})
     limits = {"checks": 100, "downloads": settings.download_concurrency}

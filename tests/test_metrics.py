@@ -275,3 +275,14 @@ def test_the_other_spelling_of_the_multiprocess_folder_is_refused_with_the_fix(t
     assert "PROMETHEUS_MULTIPROC_DIR" in str(caught.value)
     assert multiprocess_dir({"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}) == str(tmp_path)
     assert multiprocess_dir({}) is None
+
+
+def test_the_cli_refuses_the_other_spelling_with_a_message_and_exit_2(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.lower().startswith("prometheus_multiproc")}
+    env.update(PROMETHEUS_MULTIPROCESS_DIR=str(tmp_path), PYTHONPATH=str(REPO), FLUXHOOK_SECRET_KEY="k" * 40,
+               FLUXHOOK_DB=str(tmp_path / "l.db"), FLUXHOOK_RESULTS=str(tmp_path / "results"))
+    done = subprocess.run([sys.executable, "-m", "receiver.cli", "sweep"], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "fluxhook sweep: error: PROMETHEUS_MULTIPROCESS_DIR is set" in done.stderr
+    assert "Traceback" not in done.stderr

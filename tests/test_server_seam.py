@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from receiver.config.settings import Settings
-from receiver.serve.server import GuardedHttpToolsProtocol, Limits, RefusalLog, uvicorn_config
+from receiver.serve.server import WARN_EVERY, GuardedHttpToolsProtocol, Limits, refusal_log, uvicorn_config
 
 pytestmark = pytest.mark.anyio
 
@@ -115,19 +116,19 @@ def test_uvicorn_is_pinned_below_its_next_minor_release() -> None:
     assert (major, minor) < (int(pin.group(1)), int(pin.group(2)))
 
 
-def test_refusals_are_logged_once_per_interval_with_the_count_since(caplog: pytest.LogCaptureFixture) -> None:
+def test_refusals_are_logged_once_per_interval_then_how_many_more(caplog: pytest.LogCaptureFixture) -> None:
+    refusals = refusal_log()
     now = [100.0]
-    refusals = RefusalLog(every=10.0, clock=lambda: now[0])
+    refusals.clock = lambda: now[0]
     with caplog.at_level("WARNING", logger="fluxhook.server"):
-        assert refusals.warn("headers", "refused %s", "a")
-        assert not refusals.warn("headers", "refused %s", "b")
-        assert not refusals.warn("headers", "refused %s", "c")
-        assert refusals.warn("timeout", "slow")  # each kind has its own interval
-        now[0] += 10.0
-        assert refusals.warn("headers", "refused %s", "d")
+        assert refusals.log(logging.WARNING, "headers", "refused %s", "a")
+        assert not refusals.log(logging.WARNING, "headers", "refused %s", "b")
+        assert not refusals.log(logging.WARNING, "headers", "refused %s", "c")
+        assert refusals.log(logging.WARNING, "timeout", "slow")  # each kind has its own interval
+        now[0] += WARN_EVERY
+        assert refusals.log(logging.WARNING, "headers", "refused %s", "d")
     lines = [r.getMessage() for r in caplog.records]
-    assert lines == ["refused a (1 time(s) since this was last logged)", "slow (1 time(s) since this was last logged)",
-                     "refused d (3 time(s) since this was last logged)"]
+    assert lines == ["refused a", "slow", "suppressed 2 more line(s) like 'headers' in 10 s", "refused d"]
 
 
 async def test_servers_built_by_uvicorn_config_do_not_share_refusal_counts() -> None:

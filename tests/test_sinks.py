@@ -21,7 +21,8 @@ from receiver.config.settings import Settings
 from receiver.sinks import SINK_KINDS, Attempt, Sink, SinkError, sinks_from_settings
 from receiver.sinks.jetstream import NatsSink
 from receiver.sinks.redis_streams import RedisSink
-from receiver.sinks.webhook import RETRY_AFTER_CAP, WebhookSink, parse_retry_after
+from receiver.sinks.webhook import WebhookSink
+from submitter.backoff import RETRY_AFTER_CAP, parse_retry_after
 from tests.sinks_support import NATS_URL, REDIS_URL, Endpoint, Reply, event, free_port, require_nats, require_redis
 
 pytestmark = pytest.mark.anyio

@@ -193,6 +193,7 @@ class Settings:
         )
 
     def with_overrides(self, **changes: object) -> Settings:
+        # dataclasses.replace is typed field by field; these keywords are checked when it runs.
         return replace(self, **changes)  # type: ignore[arg-type]
 
     def require_public(self) -> tuple[str, bytes]:

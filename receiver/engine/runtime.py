@@ -25,6 +25,7 @@ import httpx
 from receiver.config.settings import Settings
 from receiver.engine.feed import EventFeed
 from receiver.engine.secrets import WebhookSecrets
+from receiver.errors import Unavailable
 from receiver.obs.logs import LogLimiter
 from receiver.obs.redaction import Redactor
 from receiver.results import ResultStore
@@ -193,8 +194,6 @@ class Runtime:
                     await store.close()
                     raise
                 if pending:
-                    from receiver.errors import Unavailable
-
                     await store.close()
                     raise Unavailable(schema_behind(settings.db_display, before, pending) + " before serving")
         timeout = httpx.Timeout(30.0, connect=10.0)

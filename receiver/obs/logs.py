@@ -97,12 +97,13 @@ EXTRA_KEYS = ("job_id", "provider", "event", "sink", "reason", "verdict", "statu
 
 
 class JsonFormatter(logging.Formatter):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.redaction = _installed() or RedactingFilter()
+    #: Scrubs by the secrets' shapes until configure_logging installs a filter that knows them.
+    _fallback = RedactingFilter()
 
     def format(self, record: logging.LogRecord) -> str:
-        self.redaction.filter(record)  # idempotent: already-scrubbed records pass untouched
+        # The filter installed now (one built before configure_logging ran still finds it).
+        redaction = _installed() or self._fallback
+        redaction.filter(record)  # idempotent: already-scrubbed records pass untouched
         line: dict[str, object] = {
             "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds")
             .replace("+00:00", "Z"),
@@ -117,7 +118,7 @@ class JsonFormatter(logging.Formatter):
         if record.exc_text:
             line["exc"] = record.exc_text
         elif record.exc_info:
-            line["exc"] = self.redaction.scrub(self.formatException(record.exc_info))
+            line["exc"] = redaction.scrub(self.formatException(record.exc_info))
         return json.dumps(line, ensure_ascii=False, default=str)
 
 

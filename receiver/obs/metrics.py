@@ -21,11 +21,14 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from receiver.config.env import SettingsError
+
 __all__ = ["CONTENT_TYPE", "Ledger", "Metrics", "MetricsSetupError", "multiprocess_dir"]
 
 
-class MetricsSetupError(RuntimeError):
-    """The Prometheus multi-process settings cannot work (the message names the variable and the fix)."""
+class MetricsSetupError(SettingsError):
+    """The Prometheus multi-process settings cannot work (the message names the variable and the fix): a
+    settings error, so `fluxhook` prints it and exits 2 like any other."""
 
 
 class _SinkPosition(Protocol):

@@ -21,7 +21,7 @@ __all__ = ["ResultStore", "Sink", "Stat", "StoredFile", "from_settings", "key_fo
 
 def from_settings(settings: Settings) -> ResultStore:
     """The store FLUXHOOK_RESULTS names: ``s3://bucket[/prefix]`` or a local folder."""
-    url = getattr(settings, "results_url", None)
+    url = settings.results_url
     if url and url.startswith("s3://"):
         return S3ResultStore.from_url(url, endpoint=settings.s3_endpoint)
     return LocalResultStore(settings.results)

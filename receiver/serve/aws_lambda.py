@@ -58,6 +58,7 @@ class _Instance:
         """Open the Runtime and build the app, unless already done; leaves nothing behind on failure."""
         if self.adapter is not None:
             return
+        # Loaded by the first event, not by importing this module (see the docstring).
         from mangum import Mangum
 
         from receiver.config.settings import Settings
@@ -110,6 +111,7 @@ def _unavailable(event: Any, context: Any, detail: str) -> dict[str, Any]:
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """The Lambda handler: an HTTP event's response, or a scheduled event's sweep report."""
     global _instance
+    # Imported here, not at the top: importing this module (Lambda's init) loads none of the app.
     from receiver.errors import ReceiverError
     from receiver.store import StoreUnavailable
 
@@ -133,7 +135,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             instance.close()
             raise
         if is_scheduled(event):
-            from receiver.engine.sweep import sweep_once
+            from receiver.engine.sweep import sweep_once  # already loaded by the app: a name lookup
 
             report = instance.run(sweep_once(instance.runtime))
             log.info("scheduled sweep: %s", report.as_dict())

@@ -31,7 +31,6 @@ import functools
 import logging
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +39,7 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from receiver.config.settings import Settings
+from receiver.obs.logs import LogLimiter
 
 try:
     import resource
@@ -47,7 +47,12 @@ except ImportError:  # pragma: no cover - Windows
     resource = None  # type: ignore[assignment]  # the module does not exist on Windows
 
 __all__ = [
-    "GuardedHttpToolsProtocol", "Limits", "RefusalLog", "connection_cap", "raise_open_file_limit", "run",
+    "GuardedHttpToolsProtocol",
+    "Limits",
+    "connection_cap",
+    "raise_open_file_limit",
+    "refusal_log",
+    "run",
     "uvicorn_config",
 ]
 
@@ -75,33 +80,18 @@ class Limits:
         return cls(settings.max_header_bytes, settings.header_timeout, cap, settings.idle_timeout)
 
 
-class RefusalLog:
-    """Under attack each kind of refusal is logged at most once per `every` seconds, with the count of
-    those not logged since: one per server, shared by its connections."""
-
-    def __init__(self, every: float = WARN_EVERY, clock: Callable[[], float] = time.monotonic) -> None:
-        self.every, self.clock = every, clock
-        self.last_logged: dict[str, float] = {}
-        self.unlogged: dict[str, int] = {}
-
-    def warn(self, kind: str, message: str, *args: Any) -> bool:
-        """Log `message` unless a `kind` refusal was logged within `every` seconds (then count it).
-        True if it was logged."""
-        now = self.clock()
-        self.unlogged[kind] = self.unlogged.get(kind, 0) + 1
-        if now - self.last_logged.get(kind, float("-inf")) < self.every:
-            return False
-        log.warning(message + " (%d time(s) since this was last logged)", *args, self.unlogged.pop(kind))
-        self.last_logged[kind] = now
-        return True
+def refusal_log() -> LogLimiter:
+    """One per server, shared by its connections: under attack each kind of refusal is logged once per
+    WARN_EVERY seconds, then how many more there were."""
+    return LogLimiter(log, time.monotonic, limit=1, window=WARN_EVERY)
 
 
 @functools.cache
-def guard_from_env() -> tuple[Limits, RefusalLog]:
+def guard_from_env() -> tuple[Limits, LogLimiter]:
     """For a protocol built by uvicorn's own command line (`--http receiver.serve.server:GuardedHttpToolsProtocol`),
     which passes nothing of ours: the limits read once from the FLUXHOOK_* environment, and one refusal log
     for the process. `uvicorn_config` passes both explicitly instead."""
-    return Limits.from_settings(Settings.from_env()), RefusalLog()
+    return Limits.from_settings(Settings.from_env()), refusal_log()
 
 
 def _canned(status: int, reason: str, *headers: str) -> bytes:
@@ -119,7 +109,7 @@ HEADERS_TOO_SLOW = _canned(408, "Request Timeout")
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a header cap, a header deadline and a connection cap."""
 
-    def __init__(self, *args: Any, limits: Limits | None = None, refusals: RefusalLog | None = None,
+    def __init__(self, *args: Any, limits: Limits | None = None, refusals: LogLimiter | None = None,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if limits is None or refusals is None:
@@ -144,8 +134,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
             self.connections.discard(self)
-            self.refusals.warn("connections", "%d connections open: answered 503 to one more and closed it",
-                  self.limits.max_connections)
+            self.refusals.log(logging.WARNING, "connections",
+                              "%d connections open: answered 503 to one more and closed it",
+                              self.limits.max_connections)
             transport.write(OVER_CAPACITY)
             transport.close()
             return
@@ -177,7 +168,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if self.transport.is_closing():
                 return
             if self.heads_done == done:
-                self.refusals.warn("headers", "request line and headers over %d bytes: answered 431 and closed", cap)
+                self.refusals.log(logging.WARNING, "headers",
+                                  "request line and headers over %d bytes: answered 431 and closed", cap)
                 self._refuse(HEADERS_TOO_LARGE)
                 return
             data = data[room:]
@@ -224,7 +216,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # We stopped reading, or still answer an earlier request: let that finish first.
             self._arm_header_deadline(self.limits.header_timeout)
             return
-        self.refusals.warn("timeout", "request headers not complete within %g s: closed", self.limits.header_timeout)
+        self.refusals.log(logging.WARNING, "timeout", "request headers not complete within %g s: closed",
+                          self.limits.header_timeout)
         if self.head_bytes or self.cycle is not None:
             self._refuse(HEADERS_TOO_SLOW)
         else:
@@ -277,7 +270,7 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
     `overrides` are further uvicorn.Config arguments (host, port, log_level...)."""
     limits = Limits.from_settings(settings)
     options: dict[str, Any] = {
-        "http": functools.partial(GuardedHttpToolsProtocol, limits=limits, refusals=RefusalLog()),
+        "http": functools.partial(GuardedHttpToolsProtocol, limits=limits, refusals=refusal_log()),
         "timeout_keep_alive": limits.idle_timeout,
         "ws": "none",  # the receiver has no WebSocket routes
         "access_log": False,

@@ -18,6 +18,7 @@ import nats
 from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
 
+from receiver.config.integrations import EVENT_TYPES
 from receiver.sinks.base import Attempt, SinkError, describe, host_port, short_hash, url_secrets
 
 if TYPE_CHECKING:
@@ -32,11 +33,6 @@ __all__ = ["NatsSink"]
 TIMEOUT = 10.0
 
 
-def _all_types() -> frozenset[str]:
-    from receiver.config.integrations import EVENT_TYPES
-
-    return frozenset(EVENT_TYPES)
-
 
 class NatsSink:
     kind = "nats"
@@ -47,7 +43,7 @@ class NatsSink:
         self.name = "nats:" + short_hash(url, subject)
         where = ", ".join(host_port(u, 4222) for u in self._servers)
         self.display = f"nats subject {subject} at {where}"
-        self.types = _all_types()
+        self.types = frozenset(EVENT_TYPES)
         self._timeout = timeout
         self._secrets = sorted({s for u in self._servers for s in url_secrets(u)} | {url}, key=len, reverse=True)
         self._nc: Client | None = None

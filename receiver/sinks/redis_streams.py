@@ -15,6 +15,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from receiver.config.integrations import EVENT_TYPES
 from receiver.sinks.base import Attempt, SinkError, describe, host_port, short_hash, url_secrets
 
 if TYPE_CHECKING:
@@ -28,11 +29,6 @@ __all__ = ["RedisSink"]
 TIMEOUT = 10.0
 
 
-def _all_types() -> frozenset[str]:
-    from receiver.config.integrations import EVENT_TYPES
-
-    return frozenset(EVENT_TYPES)
-
 
 class RedisSink:
     kind = "redis"
@@ -43,7 +39,7 @@ class RedisSink:
         self.maxlen = maxlen
         self.name = "redis:" + short_hash(url, stream)
         self.display = f"redis stream {stream} at {host_port(url, 6379)}"
-        self.types = _all_types()
+        self.types = frozenset(EVENT_TYPES)
         self._timeout = timeout
         self._secrets = url_secrets(url)
         self._client: aioredis.Redis | None = None

@@ -17,14 +17,14 @@ import anyio
 import httpx
 
 from receiver.sinks.base import Attempt, describe, short_hash, url_secrets
-from submitter.backoff import RETRY_AFTER_CAP, parse_retry_after
+from submitter.backoff import parse_retry_after
 from submitter.signing import sign_standard
 
 if TYPE_CHECKING:
     from receiver.config.integrations import Integrations
     from receiver.store import OutboxEvent
 
-__all__ = ["RETRY_AFTER_CAP", "WebhookSink", "parse_retry_after", "webhook_sinks"]
+__all__ = ["WebhookSink", "webhook_sinks"]
 
 #: At most this much of a response body is read (and then dropped).
 BODY_LIMIT = 4096

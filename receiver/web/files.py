@@ -18,6 +18,7 @@ from typing import Any
 
 from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
 
+from receiver.results.local import LocalResultStore
 from receiver.store import FileRecord
 from submitter.media import IMAGE_TYPES, media_type
 
@@ -57,8 +58,6 @@ async def result_response(results: Any, record: FileRecord, *, max_age: int = 36
     """`record`'s file from the configured result store: a local folder serves the file itself
     (:func:`stored_file_response`); an object store answers 307 to a presigned GET valid for
     `max_age` seconds (the bucket serves it, with the Content-Type stored at upload)."""
-    from receiver.results.local import LocalResultStore
-
     if isinstance(results, LocalResultStore):
         return stored_file_response(results.folder, record, max_age=max_age)
     if not record.path or PurePath(record.path).is_absolute() or ".." in PurePath(record.path).parts:

@@ -13,7 +13,7 @@ from urllib.parse import quote
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from submitter.simulator.faults import IMAGE_TYPES
+from submitter.simulator.faults import IMAGE_FORMATS
 from submitter.simulator.images import jpeg_image, png_image
 from submitter.simulator.state import Job, SimState
 
@@ -74,7 +74,7 @@ class Delivery:
         self.state.count("deliveries")
         make = png_image if job.faults.image_format == "png" else jpeg_image
         data = make(seed, job.faults.image_size)
-        media_type = IMAGE_TYPES[job.faults.image_format]
+        media_type = IMAGE_FORMATS[job.faults.image_format]
         rate = job.faults.slow_download
         if not rate:
             return Response(data, media_type=media_type)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["IMAGE_TYPES", "OUTCOMES", "SIGNATURES", "Faults"]
+__all__ = ["IMAGE_FORMATS", "OUTCOMES", "SIGNATURES", "Faults"]
 
 OUTCOMES = {
     "ready": "Ready",
@@ -17,7 +17,7 @@ OUTCOMES = {
     "aborted": "Error",
 }
 SIGNATURES = ("hmac", "echo", "none")
-IMAGE_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
+IMAGE_FORMATS = {"png": "image/png", "jpeg": "image/jpeg"}
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,8 @@ class Faults:
             raise ValueError(f"outcome must be one of {sorted(OUTCOMES)}")
         if self.signature not in SIGNATURES:
             raise ValueError(f"signature must be one of {SIGNATURES}")
-        if self.image_format not in IMAGE_TYPES:
-            raise ValueError(f"image_format must be one of {sorted(IMAGE_TYPES)}")
+        if self.image_format not in IMAGE_FORMATS:
+            raise ValueError(f"image_format must be one of {sorted(IMAGE_FORMATS)}")
         if min(self.duplicate, self.outputs) < 1:
             raise ValueError("duplicate and outputs must be >= 1")
         if min(self.runtime, self.delay, self.slow_download, self.image_size) < 0:

@@ -44,9 +44,9 @@ async def providers_panel(request: Request) -> Response:
         for label, window in WINDOWS:
             mine = [j for j in jobs if j.provider == name and j.created_at >= now - window]
             stored = [j for j in mine if j.status == Status.STORED and j.updated_at is not None]
-            from_created = [j.updated_at - j.created_at for j in stored]  # type: ignore[operator]
-            from_submitted = [j.updated_at - j.submitted_at for j in stored  # type: ignore[operator]
-                              if j.submitted_at is not None]
+            from_created = [j.updated_at - j.created_at for j in stored if j.updated_at is not None]
+            from_submitted = [j.updated_at - j.submitted_at for j in stored
+                              if j.updated_at is not None and j.submitted_at is not None]
             rows.append({
                 "provider": name, "window": label, "jobs": len(mine),
                 "callbacks": sum(1 for j in mine if j.callback_at is not None),
