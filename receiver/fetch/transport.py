@@ -27,7 +27,7 @@ from typing import Any, cast
 import h11
 import httpx
 
-__all__ = ["BUFFER", "FetchTransport", "ResponseBody"]
+__all__ = ["BUFFER", "FetchTransport"]
 
 #: Bytes a connection may hold, received and not yet read by the download, before its socket is paused.
 BUFFER = 256 * 1024
@@ -37,8 +37,9 @@ _PORTS = {"http": 80, "https": 443}
 class _Socket(asyncio.Protocol):
     """One connection's bytes as they arrive: reading pauses once `limit` are held, resumes once read."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, live: set[_Socket]) -> None:
         self.limit = limit
+        self._live = live  # the transport's open connections: this one until it is lost
         self.transport: asyncio.Transport | None = None
         #: Bytes received and not yet read (at most `limit` plus one read of the socket).
         self.buffered = 0
@@ -52,6 +53,7 @@ class _Socket(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self._live.add(self)
 
     def data_received(self, data: bytes) -> None:
         self._chunks.append(data)
@@ -68,6 +70,7 @@ class _Socket(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof, self._lost = True, exc
+        self._live.discard(self)
         self._wake()
         self.resume_writing()
 
@@ -120,22 +123,12 @@ class _Socket(asyncio.Protocol):
                 self.transport.abort()
 
 
-class ResponseBody(httpx.AsyncByteStream):
+class _Body(httpx.AsyncByteStream):
     """A response's body read off its connection; closing it closes the connection."""
 
     def __init__(self, parser: h11.Connection, sock: _Socket, request: httpx.Request) -> None:
         self._parser, self._sock, self._request = parser, sock, request
         self._complete = False
-
-    @property
-    def buffered(self) -> int:
-        """Bytes this connection holds in the process, received but not yet read (bounded)."""
-        return self._sock.buffered
-
-    @property
-    def paused(self) -> bool:
-        """Whether the socket is paused until the body is read further."""
-        return self._sock.paused
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
@@ -166,6 +159,23 @@ class FetchTransport(httpx.AsyncBaseTransport):
     def __init__(self, *, verify: ssl.SSLContext | None = None, buffer: int = BUFFER) -> None:
         self._tls = verify
         self._buffer = buffer
+        self._live: set[_Socket] = set()
+
+    @property
+    def connections(self) -> int:
+        """Connections open now (each is closed with its response)."""
+        return len(self._live)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet read, over the open connections: at most `buffer` plus one
+        read of the socket each."""
+        return sum(sock.buffered for sock in self._live)
+
+    @property
+    def paused(self) -> int:
+        """Open connections whose socket is paused until their response is read further."""
+        return sum(sock.paused for sock in self._live)
 
     def _context(self) -> ssl.SSLContext:
         if self._tls is None:
@@ -181,7 +191,7 @@ class FetchTransport(httpx.AsyncBaseTransport):
         host = url.raw_host.decode("ascii")  # IDNA-encoded, as on the wire
         sni = request.extensions.get("sni_hostname") or host
         body = await request.aread()  # a GET has none; anything else is small
-        sock = _Socket(self._buffer)
+        sock = _Socket(self._buffer, self._live)
         try:
             try:
                 async with asyncio.timeout(timeouts.get("connect")):
@@ -205,7 +215,7 @@ class FetchTransport(httpx.AsyncBaseTransport):
             sock.close(clean=False)
             raise
         return httpx.Response(
-            event.status_code, headers=list(event.headers), stream=ResponseBody(parser, sock, request),
+            event.status_code, headers=list(event.headers), stream=_Body(parser, sock, request),
             extensions={"http_version": b"HTTP/" + event.http_version, "reason_phrase": event.reason},
         )
 
