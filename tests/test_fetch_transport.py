@@ -257,6 +257,22 @@ async def test_closing_a_response_unread_closes_the_socket() -> None:
             await peer.closed.wait()
 
 
+async def test_closing_the_client_closes_open_connections() -> None:
+    peer: Peer = Peer(respond(lambda: peer, PNG + bytes(MIB), length=4 * MIB, then_stall=True))
+    transport = FetchTransport()
+    async with peer:
+        http = httpx.AsyncClient(transport=transport)
+        response = await http.send(http.build_request("GET", peer.url()), stream=True)
+        assert transport.connections == 1
+        await http.aclose()
+        async with asyncio.timeout(30):
+            await peer.closed.wait()
+        await _lost(transport)
+        with pytest.raises(httpx.ReadError):
+            await response.aread()
+        await response.aclose()
+
+
 def _reset(writer: asyncio.StreamWriter) -> None:
     sock = writer.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

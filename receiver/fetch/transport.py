@@ -69,7 +69,7 @@ class _Socket(asyncio.Protocol):
         return False  # the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._eof, self._lost = True, exc
+        self._eof, self._lost = True, self._lost or exc
         self._live.discard(self)
         self._wake()
         self.resume_writing()
@@ -116,6 +116,11 @@ class _Socket(asyncio.Protocol):
     def close(self, *, clean: bool) -> None:
         """Close the socket: politely after a complete response (asyncio bounds a TLS close_notify
         exchange by itself), at once otherwise. Never waits, so it holds under cancellation."""
+        if not clean:  # whoever reads next learns the connection is gone
+            self._eof, self._lost = True, self._lost or ConnectionAbortedError("connection closed by the client")
+            self._chunks.clear()
+            self.buffered = 0
+            self._wake()
         if self.transport is not None and not self.transport.is_closing():
             if clean:
                 self.transport.close()
@@ -176,6 +181,11 @@ class FetchTransport(httpx.AsyncBaseTransport):
     def paused(self) -> int:
         """Open connections whose socket is paused until their response is read further."""
         return sum(sock.paused for sock in self._live)
+
+    async def aclose(self) -> None:
+        """Close every connection still open (a response not closed yet fails its next read)."""
+        for sock in list(self._live):
+            sock.close(clean=False)
 
     def _context(self) -> ssl.SSLContext:
         if self._tls is None:
