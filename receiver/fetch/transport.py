@@ -22,10 +22,12 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import h11
 import httpx
+
+if TYPE_CHECKING:
+    import h11
 
 __all__ = ["BUFFER", "FetchTransport"]
 
@@ -136,6 +138,8 @@ class _Body(httpx.AsyncByteStream):
         self._complete = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        import h11  # deferred for cold start (see handle_async_request)
+
         try:
             while True:
                 event = await _next_event(self._parser, self._sock, self._request)
@@ -201,6 +205,9 @@ class FetchTransport(httpx.AsyncBaseTransport):
         host = url.raw_host.decode("ascii")  # IDNA-encoded, as on the wire
         sni = request.extensions.get("sni_hostname") or host
         body = await request.aread()  # a GET has none; anything else is small
+        # h11 is imported with the first request, not with the app: serving callbacks needs no client.
+        import h11
+
         sock = _Socket(self._buffer, self._live)
         try:
             try:
@@ -231,6 +238,8 @@ class FetchTransport(httpx.AsyncBaseTransport):
 
 
 async def _send(parser: h11.Connection, sock: _Socket, request: httpx.Request, body: bytes) -> None:
+    import h11  # deferred for cold start (see FetchTransport.handle_async_request)
+
     headers = list(request.headers.raw)
     if "connection" not in request.headers:
         headers.append((b"connection", b"close"))  # one request per connection
@@ -252,6 +261,8 @@ async def _send(parser: h11.Connection, sock: _Socket, request: httpx.Request, b
 
 async def _next_event(parser: h11.Connection, sock: _Socket, request: httpx.Request) -> Any:
     """h11's next event, reading the socket as it needs (each read bounded by the read timeout)."""
+    import h11  # deferred for cold start (see FetchTransport.handle_async_request)
+
     timeout: float | None = request.extensions.get("timeout", {}).get("read")
     while True:
         try:
