@@ -1,5 +1,5 @@
 """Result downloads over real loopback connections (plain and TLS), through httpx's public
-streaming API: every check of the download still made, truncation and stalls reported as
+streaming API on the download client's transport (receiver/fetch/transport.py): every check of the download still made, truncation and stalls reported as
 transient, chunked bodies, the hand-off of written pages to the disk. No sleeps."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pytest
 from receiver.fetch.download import download
 from receiver.fetch.errors import DownloadError
 from receiver.fetch.policy import DownloadPolicy
+from receiver.fetch.transport import FetchTransport
 from receiver.results import local
 
 pytestmark = pytest.mark.anyio
@@ -85,6 +86,11 @@ class Server:
             writer.close()
 
 
+def cdn(*, verify: ssl.SSLContext | None = None, **kwargs: Any) -> httpx.AsyncClient:
+    """A client like Runtime.open's download client: on receiver/fetch/transport.py."""
+    return httpx.AsyncClient(trust_env=False, follow_redirects=False, transport=FetchTransport(verify=verify), **kwargs)
+
+
 def sends(monkeypatch: pytest.MonkeyPatch) -> list[httpx.Request]:
     """Record each request the download sends (through httpx's public AsyncClient.send)."""
     sent: list[httpx.Request] = []
@@ -108,7 +114,7 @@ async def test_real_connection_stores_the_body_and_renews_as_bytes_arrive(
     async def on_chunk(size: int) -> None:
         chunks.append(size)
 
-    async with Server(body) as server, httpx.AsyncClient(trust_env=False) as http:
+    async with Server(body) as server, cdn() as http:
         stored = await download(http, server.url, tmp_path / "out", POLICY, on_chunk=on_chunk)
     assert stored.path is not None and stored.path.read_bytes() == body
     assert stored.sha256 == hashlib.sha256(body).hexdigest() and stored.size == len(body)
@@ -122,19 +128,19 @@ async def test_real_connection_stores_the_body_and_renews_as_bytes_arrive(
 async def test_real_connection_still_checks_size_and_type(tmp_path: Path) -> None:
     big = PNG_MAGIC + bytes(3 * 1024 * 1024)
     policy = DownloadPolicy(allowed_hosts=("127.0.0.1",), allow_private=True, schemes=("http",), max_bytes=1 << 20)
-    async with Server(big) as server, httpx.AsyncClient(trust_env=False) as http:
+    async with Server(big) as server, cdn() as http:
         with pytest.raises(DownloadError, match="exceeds") as caught:
             await download(http, server.url, tmp_path / "big", policy)
     assert caught.value.kind == "rejected"
     # Without a Content-Length, the cap stops the body as it streams.
-    async with Server(big, length=None) as server, httpx.AsyncClient(trust_env=False) as http:
+    async with Server(big, length=None) as server, cdn() as http:
         with pytest.raises(DownloadError, match=f"body exceeds {1 << 20} bytes") as caught:
             await download(http, server.url, tmp_path / "big", policy)
     assert caught.value.kind == "rejected"
-    async with Server(b"GIF89a" + bytes(4096)) as server, httpx.AsyncClient(trust_env=False) as http:
+    async with Server(b"GIF89a" + bytes(4096)) as server, cdn() as http:
         with pytest.raises(DownloadError, match="Content-Type says image/png"):
             await download(http, server.url, tmp_path / "gif", POLICY)
-    async with Server(PNG_MAGIC + bytes(4096), "image/svg+xml") as server, httpx.AsyncClient(trust_env=False) as http:
+    async with Server(PNG_MAGIC + bytes(4096), "image/svg+xml") as server, cdn() as http:
         with pytest.raises(DownloadError, match="not a PNG"):
             await download(http, server.url, tmp_path / "svg", POLICY)
     assert not any(tmp_path.iterdir())
@@ -142,7 +148,7 @@ async def test_real_connection_still_checks_size_and_type(tmp_path: Path) -> Non
 
 async def test_real_connection_closed_early_is_transient_and_leaves_nothing(tmp_path: Path) -> None:
     body = PNG_MAGIC + bytes(2 * 1024 * 1024)
-    async with Server(body, length=len(body) + 1000) as server, httpx.AsyncClient(trust_env=False) as http:
+    async with Server(body, length=len(body) + 1000) as server, cdn() as http:
         with pytest.raises(DownloadError, match=f"truncated at {len(body)} of {len(body) + 1000}") as caught:
             await download(http, server.url, tmp_path / "out", POLICY)
     assert caught.value.kind == "transient"
@@ -154,7 +160,7 @@ async def test_real_connection_read_timeout_is_transient(tmp_path: Path) -> None
     body = PNG_MAGIC + bytes(4096)
     timeout = httpx.Timeout(10.0, read=0.05)
     async with Server(body, length=len(body) * 2, stall=True) as server, \
-            httpx.AsyncClient(trust_env=False, timeout=timeout) as http:
+            cdn(timeout=timeout) as http:
         with pytest.raises(DownloadError, match="ReadTimeout") as caught:
             await download(http, server.url, tmp_path / "out", POLICY)
     assert caught.value.kind == "transient"
@@ -165,7 +171,7 @@ async def test_real_connection_stalled_chunked_body_times_out(tmp_path: Path) ->
     body = PNG_MAGIC + bytes(4096)
     timeout = httpx.Timeout(10.0, read=0.05)
     async with Server(body, length=None, stall=True, end_chunks=False) as server, \
-            httpx.AsyncClient(trust_env=False, timeout=timeout) as http:
+            cdn(timeout=timeout) as http:
         with pytest.raises(DownloadError, match="ReadTimeout") as caught:
             await download(http, server.url, tmp_path / "out", POLICY)
     assert caught.value.kind == "transient"
@@ -174,7 +180,7 @@ async def test_real_connection_stalled_chunked_body_times_out(tmp_path: Path) ->
 
 async def test_real_connection_chunked_body(tmp_path: Path) -> None:
     body = PNG_MAGIC + bytes(range(256)) * 9000
-    async with Server(body, length=None) as server, httpx.AsyncClient(trust_env=False) as http:
+    async with Server(body, length=None) as server, cdn() as http:
         stored = await download(http, server.url, tmp_path / "out", POLICY)
     assert stored.path is not None and stored.path.read_bytes() == body
     assert stored.sha256 == hashlib.sha256(body).hexdigest()
@@ -182,7 +188,7 @@ async def test_real_connection_chunked_body(tmp_path: Path) -> None:
 
 async def test_real_connection_chunked_body_cut_short_is_transient(tmp_path: Path) -> None:
     body = PNG_MAGIC + bytes(range(256)) * 9000
-    async with Server(body, length=None, end_chunks=False) as server, httpx.AsyncClient(trust_env=False) as http:
+    async with Server(body, length=None, end_chunks=False) as server, cdn() as http:
         with pytest.raises(DownloadError) as caught:
             await download(http, server.url, tmp_path / "out", POLICY)
     assert caught.value.kind == "transient" and "RemoteProtocolError" in str(caught.value)
@@ -194,7 +200,7 @@ async def test_each_mib_written_is_handed_to_the_disk(tmp_path: Path, monkeypatc
     monkeypatch.setattr(local, "_write_out", lambda fd, offset, length: ranges.append((offset, length)))
     mib = 1024 * 1024
     body = PNG_MAGIC + bytes(int(2.5 * mib) - len(PNG_MAGIC))
-    async with Server(body) as server, httpx.AsyncClient(trust_env=False) as http:
+    async with Server(body) as server, cdn() as http:
         stored = await download(http, server.url, tmp_path / "out", POLICY)
     assert stored.path is not None and stored.path.read_bytes() == body
     # Contiguous ranges covering the file in order (each write is a MiB or more, the last the rest).
@@ -233,7 +239,7 @@ async def test_real_tls_connection(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     body = PNG_MAGIC + bytes(range(256)) * (24 * 1024)  # 6 MiB
     server_tls, client_tls = self_signed(tmp_path)
     policy = DownloadPolicy(allowed_hosts=("127.0.0.1",), allow_private=True, schemes=("https",))
-    async with Server(body, tls=server_tls) as server, httpx.AsyncClient(verify=client_tls, trust_env=False) as http:
+    async with Server(body, tls=server_tls) as server, cdn(verify=client_tls) as http:
         stored = await download(http, server.url, tmp_path / "out", policy)
         short = Server(body, length=len(body) + 1000, tls=server_tls)
         async with short:

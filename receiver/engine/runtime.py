@@ -26,6 +26,7 @@ from receiver.config.settings import Settings
 from receiver.engine.feed import EventFeed
 from receiver.engine.secrets import WebhookSecrets
 from receiver.errors import Unavailable
+from receiver.fetch.transport import FetchTransport
 from receiver.obs.logs import LogLimiter
 from receiver.obs.redaction import Redactor
 from receiver.results import ResultStore
@@ -199,14 +200,13 @@ class Runtime:
         timeout = httpx.Timeout(30.0, connect=10.0)
         own_api, own_cdn = api is None, cdn is None
         api = api or httpx.AsyncClient(timeout=timeout, trust_env=False, transport=_OnFirstRequest(trust_env=False))
-        # Downloads connect to vetted IP addresses with the host name in SNI; pooled connections are
-        # keyed by address only, so none are kept for reuse under another host name.
-        # A read may stall at most a quarter of the lease, so the per-chunk renewal (every third of
-        # the lease) always comes before the lease lapses.
+        # Downloads connect to vetted IP addresses with the host name in SNI, one request per
+        # connection (never reused under another host name), each holding a bounded read-ahead
+        # (receiver/fetch/transport.py). A read may stall at most a quarter of the lease, so the
+        # per-chunk renewal (every third of the lease) always comes before the lease lapses.
         cdn_timeout = httpx.Timeout(30.0, connect=10.0, read=min(30.0, settings.lease_seconds / 4))
         cdn = cdn or httpx.AsyncClient(
-            timeout=cdn_timeout, trust_env=False, follow_redirects=False,
-            transport=_OnFirstRequest(trust_env=False, limits=httpx.Limits(max_keepalive_connections=0)),
+            timeout=cdn_timeout, trust_env=False, follow_redirects=False, transport=FetchTransport(),
         )
         try:
             rt = cls(settings=settings, store=store, api=api, cdn=cdn, **kwargs)
