@@ -1,4 +1,4 @@
-"""Helpers for tests/test_sinks.py: a real HTTP endpoint on loopback, events, free ports, service checks."""
+"""Helpers for tests/receiver/sinks/test_sinks.py: a real HTTP endpoint on loopback, events, free ports, service checks."""
 
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ async def require_redis() -> Any:
         await client.ping()
     except Exception as exc:
         await client.aclose()
-        pytest.fail(f"Redis does not answer on 127.0.0.1:6379 ({exc}); tests/test_sinks.py needs it (see .ci/run)")
+        pytest.fail(f"Redis does not answer on 127.0.0.1:6379 ({exc}); tests/receiver/sinks/test_sinks.py needs it (see .ci/run)")
     return client
 
 
@@ -135,5 +135,5 @@ async def require_nats() -> Any:
         if nc is not None:
             await nc.close()
         pytest.fail(f"NATS with JetStream does not answer on 127.0.0.1:4222 ({type(exc).__name__}: {exc});"
-                    " tests/test_sinks.py needs it (see .ci/run)")
+                    " tests/receiver/sinks/test_sinks.py needs it (see .ci/run)")
     return nc

@@ -1,7 +1,7 @@
 """The ledger: jobs, received events and result files.
 
 :class:`Store` is the interface every backend implements; the contract tests
-in ``tests/test_store.py`` run against each one. Status changes are
+in ``tests/receiver/store/test_store.py`` run against each one. Status changes are
 conditional updates derived from :mod:`submitter.status`, deduplication is a
 unique key, and work is claimed with leases, so several processes can share
 one database without doing anything twice.

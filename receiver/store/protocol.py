@@ -1,5 +1,5 @@
 """The :class:`Store` interface every backend implements; the contract tests in
-``tests/test_store.py`` run against each one."""
+``tests/receiver/store/test_store.py`` run against each one."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ __all__ = ["Store"]
 
 class Store(Protocol):
     """Every operation callers use; :class:`~receiver.store.redacting.RedactingStore` implements each
-    one explicitly, and mypy checks both backends against it (tests/test_store.py runs each)."""
+    one explicitly, and mypy checks both backends against it (tests/receiver/store/test_store.py runs each)."""
 
     def set_locator(self, locate: Callable[[str], str]) -> None:
         """Where a stored file's path lives, as events show it (the result store's `location`)."""

@@ -17,7 +17,7 @@ from receiver.engine.jobs import submit
 from receiver.engine.sweep import sweep_once
 from submitter.status import Status
 from tests.harness import harness
-from tests.test_results import BUCKET, aws_env, s3_endpoint  # noqa: F401 (fixtures)
+from tests.receiver.results.test_results import BUCKET, aws_env, s3_endpoint  # noqa: F401 (fixtures)
 
 
 def test_a_result_lands_in_the_bucket_and_the_cli_finds_it(

@@ -168,7 +168,7 @@ async def test_the_ui_in_a_browser(tmp_path: Path) -> None:
         await page.wait_for_url(f"**/ui/jobs/{live}")
         s.loads["job"] = await page.evaluate("() => performance.getEntriesByType('navigation')[0].duration")
         timeline = await page.locator("#timeline").inner_text()
-        # (job.submitted is absent when the callback beat the submit answer; tests/test_ui.py checks the order.)
+        # (job.submitted is absent when the callback beat the submit answer; tests/receiver/web/test_ui.py checks the order.)
         for step in ("created", "submitted", "callback received", "event job.stored"):
             assert step in timeline, step
         assert all(w > 0 for w in await images_loaded(page, "main img"))

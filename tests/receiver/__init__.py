@@ -1,0 +1,1 @@
+"""The receiver, one folder per layer (README "Layout")."""
