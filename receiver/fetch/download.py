@@ -4,7 +4,7 @@ Every hop is vetted first (receiver/fetch/policy.py: scheme, host, address) and 
 goes to the address that was checked, TLS and Host still naming the host; only a bare GET is
 sent (no client headers, cookies or credentials); redirects are followed by hand so each is
 vetted again. The body is read through httpx's public streaming API, checked (size cap, type
-by its first bytes), hashed on the way and written through a result store's sink
+by its first bytes), hashed on the way and written through a result store's writer
 (receiver/results/), so a file appears at its final name, with the extension of its verified
 type, only once it is complete and synced.
 """
@@ -22,23 +22,23 @@ import httpx
 
 from receiver.fetch.errors import DownloadError, error, redact_url, transport_error
 from receiver.fetch.policy import DownloadPolicy, Resolver, check_response, content_length, verify_type, vet
-from receiver.results.contract import Sink, StoredFile
-from receiver.results.local import FileSink
+from receiver.results.contract import FileWriter, StoredFile
+from receiver.results.local import LocalFileWriter
 from submitter.media import SNIFF_BYTES
 
 __all__ = ["download"]
 
-#: Bytes gathered before they are handed to the sink (its thread) at once: one hand-off per MiB.
+#: Bytes gathered before they are handed to the writer (its thread) at once: one hand-off per MiB.
 _CHUNK = 1024 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 async def download(
-    http: httpx.AsyncClient, url: str, dest: Path | Sink, policy: DownloadPolicy, *, resolver: Resolver | None = None,
-    on_chunk: Callable[[int], Awaitable[None]] | None = None,
+    http: httpx.AsyncClient, url: str, dest: Path | FileWriter, policy: DownloadPolicy, *,
+    resolver: Resolver | None = None, on_chunk: Callable[[int], Awaitable[None]] | None = None,
 ) -> StoredFile:
     """Fetch `url` into `dest` + "." + extension (from the content type), or into a result store's
-    sink (see receiver/results/contract.py): the body streams through, hashed on the way, never
+    writer (see receiver/results/contract.py): the body streams through, hashed on the way, never
     held whole. `on_chunk(bytes so far)` is awaited after every piece of the body that arrives.
 
     Redirects are followed by hand so every hop is vetted. Raises DownloadError.
@@ -58,14 +58,14 @@ async def download(
                 target = _parse(location, base=target)
                 continue
             content_type = check_response(response, target, policy)
-            return await _store(response, target, _sink(dest), content_type, policy, on_chunk)
+            return await _store(response, target, _writer_for(dest), content_type, policy, on_chunk)
         finally:
             await response.aclose()
     raise error("rejected", f"more than {policy.max_redirects} redirects", target)
 
 
-def _sink(dest: Path | Sink) -> Sink:
-    return FileSink(Path(dest)) if isinstance(dest, (str, os.PathLike)) else dest
+def _writer_for(dest: Path | FileWriter) -> FileWriter:
+    return LocalFileWriter(Path(dest)) if isinstance(dest, (str, os.PathLike)) else dest
 
 
 def _parse(url: str, base: httpx.URL | None = None) -> httpx.URL:
@@ -89,14 +89,14 @@ def _pinned_request(url: httpx.URL, address: str | None, http: httpx.AsyncClient
 
 
 async def _store(
-    response: httpx.Response, url: httpx.URL, sink: Sink, media: str, policy: DownloadPolicy,
+    response: httpx.Response, url: httpx.URL, writer: FileWriter, media: str, policy: DownloadPolicy,
     on_chunk: Callable[[int], Awaitable[None]] | None,
 ) -> StoredFile:
     expected, size, digest, done = content_length(response), 0, hashlib.sha256(), False
     name = "result file"
     try:
-        await sink.begin(media)
-        name = getattr(getattr(sink, "final", None), "name", name)
+        await writer.begin(media)
+        name = writer.name
         pending: list[bytes] = []
         buffered = 0
         verified = False
@@ -112,7 +112,7 @@ async def _store(
                     verified = True
                 if buffered >= _CHUNK:
                     parts, pending, buffered = pending, [], 0
-                    await sink.write(parts, digest)  # joined, hashed and written off the event loop
+                    await writer.write(parts, digest)  # joined, hashed and written off the event loop
                     del parts
                 if on_chunk is not None:
                     # After every chunk, however small: a slow server must not let the caller's
@@ -131,8 +131,8 @@ async def _store(
         if not verified:  # a body shorter than SNIFF_BYTES: all of it is in `pending`
             verify_type(b"".join(pending), media, url)
         if pending:
-            await sink.write(pending, digest)
-        stored = await sink.commit(size, digest.hexdigest())
+            await writer.write(pending, digest)
+        stored = await writer.commit(size, digest.hexdigest())
         done = True
     except OSError as exc:
         reason = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
@@ -140,7 +140,7 @@ async def _store(
     finally:
         if not done:
             with suppress(OSError):
-                await sink.abort()
+                await writer.abort()
     return stored
 
 

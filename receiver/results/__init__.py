@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from receiver.results.contract import ResultStore, Sink, Stat, StoredFile, key_for
+from receiver.results.contract import FileWriter, ResultStore, Stat, StoredFile, key_for
 from receiver.results.local import LocalResultStore
 from receiver.results.s3 import S3ResultStore
 
 if TYPE_CHECKING:
     from receiver.config.settings import Settings
 
-__all__ = ["ResultStore", "Sink", "Stat", "StoredFile", "from_settings", "key_for"]
+__all__ = ["FileWriter", "ResultStore", "Stat", "StoredFile", "from_settings", "key_for"]
 
 
 def from_settings(settings: Settings) -> ResultStore:

@@ -1,9 +1,9 @@
 """What every result store offers (:class:`ResultStore`), how a file is written into one
-(:class:`Sink`), and what a stored file is (:class:`StoredFile`, :class:`Stat`).
+(:class:`FileWriter`), and what a stored file is (:class:`StoredFile`, :class:`Stat`).
 
 Both stores lay files out as ``{root}/{job_id}/{n}.{ext}`` and record that relative path
-(``{job_id}/{n}.{ext}``) in the ledger. A download writes through a :class:`Sink`: nothing is
-visible at the final name until :meth:`Sink.commit`; :meth:`Sink.abort` leaves nothing behind.
+(``{job_id}/{n}.{ext}``) in the ledger. A download writes through a :class:`FileWriter`: nothing is
+visible at the final name until :meth:`FileWriter.commit`; :meth:`FileWriter.abort` leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["PROBE_BODY", "ResultStore", "Sink", "Stat", "StoredFile", "key_for", "probe_name"]
+__all__ = ["PROBE_BODY", "FileWriter", "ResultStore", "Stat", "StoredFile", "key_for", "probe_name"]
 
 #: What a readiness probe writes (and removes at once).
 PROBE_BODY = b"fluxhook readiness probe\n"
@@ -42,10 +42,15 @@ class StoredFile:
     key: str = ""
 
 
-class Sink(Protocol):
+class FileWriter(Protocol):
     """One file being written: `begin` once (the verified media type), `write` the body in
     order, then exactly one of `commit` (the file appears, complete) or `abort` (nothing stays).
     Failures to store raise OSError."""
+
+    @property
+    def name(self) -> str:
+        """What messages call the file (its final name once `begin` chose it)."""
+        ...
 
     async def begin(self, media: str) -> None: ...
 
@@ -63,7 +68,7 @@ class ResultStore(Protocol):
     #: `s3://bucket/prefix` or the local folder, as configured.
     url: str
 
-    def writer(self, job_id: str, n: int) -> Sink: ...
+    def writer(self, job_id: str, n: int) -> FileWriter: ...
 
     async def clean_partials(self, job_id: str | None, older_than: float) -> int:
         """Remove the leftovers of dead uploads (of one job, or all) older than `older_than` seconds."""

@@ -21,10 +21,10 @@ import anyio.to_thread
 from receiver.results.contract import PROBE_BODY, Stat, StoredFile, key_for, probe_name
 from submitter.media import extension_for, type_for_extension
 
-__all__ = ["FileSink", "LocalResultStore", "clean_partials"]
+__all__ = ["LocalFileWriter", "LocalResultStore", "clean_partials"]
 
 
-class FileSink:
+class LocalFileWriter:
     """Writes `dest` + "." + extension through a temp file beside it."""
 
     def __init__(self, dest: Path, key: str | None = None) -> None:
@@ -34,6 +34,10 @@ class FileSink:
         self.temp: Path | None = None
         self.media = ""
         self._fh: Any = None
+
+    @property
+    def name(self) -> str:
+        return self.final.name if self.final is not None else "result file"
 
     async def begin(self, media: str) -> None:
         self.media = media
@@ -133,8 +137,8 @@ class LocalResultStore:
         self.folder = Path(folder)
         self.url = str(self.folder)
 
-    def writer(self, job_id: str, n: int) -> FileSink:
-        return _KeyedSink(self.folder / job_id / str(n), job_id, n)
+    def writer(self, job_id: str, n: int) -> LocalFileWriter:
+        return _KeyedFileWriter(self.folder / job_id / str(n), job_id, n)
 
     async def clean_partials(self, job_id: str | None, older_than: float) -> int:
         folder = self.folder / job_id if job_id else self.folder
@@ -171,7 +175,7 @@ class LocalResultStore:
         return None
 
 
-class _KeyedSink(FileSink):
+class _KeyedFileWriter(LocalFileWriter):
     def __init__(self, dest: Path, job_id: str, n: int) -> None:
         super().__init__(dest)
         self.job_id, self.n = job_id, n

@@ -33,7 +33,7 @@ from receiver.results.contract import PROBE_BODY, Stat, StoredFile, key_for, pro
 from receiver.results.sigv4 import EMPTY_SHA256, sigv4, static_credentials
 from submitter.media import extension_for
 
-__all__ = ["S3ResultStore", "S3Sink"]
+__all__ = ["S3FileWriter", "S3ResultStore"]
 
 #: Multipart part size (S3's minimum is 5 MiB) and parts in flight: bounds memory per upload.
 PART = 5 * 1024 * 1024
@@ -66,7 +66,7 @@ def _hashed(digest: Any, data: bytes | list[bytes]) -> bytes:
     return data
 
 
-class S3Sink:
+class S3FileWriter:
     def __init__(self, owner: S3ResultStore, job_id: str, n: int) -> None:
         self.owner, self.job_id, self.n = owner, job_id, n
         self.staging = owner.full(f"{job_id}/.{n}.{secrets.token_hex(8)}.part")
@@ -85,6 +85,10 @@ class S3Sink:
             if isinstance(item, BaseException):
                 raise item
             yield item
+
+    @property
+    def name(self) -> str:
+        return "result file"
 
     async def begin(self, media: str) -> None:
         self.media = media
@@ -229,8 +233,8 @@ class S3ResultStore:
     def full(self, path: str) -> str:
         return f"{self.prefix}/{path}" if self.prefix else path
 
-    def writer(self, job_id: str, n: int) -> S3Sink:
-        return S3Sink(self, job_id, n)
+    def writer(self, job_id: str, n: int) -> S3FileWriter:
+        return S3FileWriter(self, job_id, n)
 
     async def clean_partials(self, job_id: str | None, older_than: float) -> int:
         ob = _obstore()
