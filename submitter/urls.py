@@ -1,19 +1,25 @@
-"""What a provider's list of result URLs tells before anything is downloaded: when each URL
-stops working, and whether there are more of them than a job may have.
+"""URLs: what a provider's list of result URLs tells before anything is downloaded (when each URL
+stops working, whether there are more of them than a job may have), and how each kind of URL may be
+shown, logged or stored without its secret:
 
-Pure functions, kept apart from the downloader (and its HTTP client), because the callback
-path needs them too.
+- a result URL (:func:`redact_url`): scheme, host, port and the file's name only (the query is its
+  signature; some hosts grant access by the path itself);
+- a webhook endpoint (:func:`display_url`): scheme, host and port only (paths carry secrets);
+- a database URL (:func:`masked_url`): its password masked, the rest kept (it names the database).
+
+Pure functions, kept apart from the downloader (and its HTTP client), because the callback path needs
+them too.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from submitter.bodies import Observation
 
-__all__ = ["expiries", "masked_url", "too_many_outputs", "url_expiry"]
+__all__ = ["display_url", "expiries", "masked_url", "redact_url", "too_many_outputs", "url_expiry"]
 
 
 def url_expiry(url: str) -> float | None:
@@ -74,3 +80,28 @@ def masked_url(url: str) -> str:
         authority = f"{userinfo.split(':', 1)[0]}:***@{hosts}"
     tail = re.sub(r"(?i)((?:^|[?&])password=)[^&#]*", r"\1***", tail)
     return f"{scheme}://{authority}{slash}{tail}"
+
+
+def redact_url(url: object) -> str:
+    """`scheme://host[:port]/…/name`: no userinfo, query (signature) or fragment, and only the
+    last path segment (some hosts, e.g. replicate.delivery, grant access by the path itself)."""
+    try:
+        parts = urlsplit(str(url))
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return "<invalid URL>"
+    if not parts.scheme:
+        return "<invalid URL>"
+    host = f"[{host}]" if ":" in host else host
+    name = parts.path.rsplit("/", 1)[-1]
+    path = f"/…/{name}" if parts.path.count("/") > 1 else parts.path
+    return f"{parts.scheme}://{host}{'' if port is None else f':{port}'}{path}"
+
+
+def display_url(url: str) -> str:
+    """The endpoint as it may be shown and stored: scheme, host and port only. Paths of webhook URLs
+    often carry their secret (Slack, Discord, Zapier...), in any shape; the sink's name tells endpoints
+    on one host apart."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, netloc, "/…" if parts.path not in ("", "/") else "/", "", ""))

@@ -11,14 +11,14 @@ from receiver.engine.leases import Lease, LeaseLost
 from receiver.engine.runtime import Runtime
 from receiver.engine.schedule import retry_later
 from receiver.fetch.download import download
-from receiver.fetch.errors import DownloadError, redact_url
+from receiver.fetch.errors import DownloadError
 from receiver.fetch.policy import DownloadPolicy
 from receiver.results import StoredFile
 from receiver.store import FileRecord, Job
 from submitter.bodies import Observation
 from submitter.errors import PollFailed
 from submitter.status import Status
-from submitter.urls import too_many_outputs
+from submitter.urls import redact_url, too_many_outputs
 
 __all__ = ["DOWNLOAD_NOTE", "REPOLL_ATTEMPTS", "download_job", "store_by"]
 

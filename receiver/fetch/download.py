@@ -20,11 +20,12 @@ from pathlib import Path
 
 import httpx
 
-from receiver.fetch.errors import DownloadError, error, redact_url, transport_error
+from receiver.fetch.errors import DownloadError, error, transport_error
 from receiver.fetch.policy import DownloadPolicy, Resolver, check_response, content_length, verify_type, vet
 from receiver.results.contract import FileWriter, StoredFile
 from receiver.results.local import LocalFileWriter
 from submitter.media import SNIFF_BYTES
+from submitter.urls import redact_url
 
 __all__ = ["download"]
 

@@ -1,14 +1,15 @@
 """Why a result file could not be stored (:class:`DownloadError`), and result URLs as they may
-appear in messages and logs (:func:`redact_url`: never the signature)."""
+appear in messages and logs (:func:`submitter.urls.redact_url`: never the signature)."""
 
 from __future__ import annotations
 
 from typing import Literal
-from urllib.parse import urlsplit
 
 import httpx
 
-__all__ = ["DownloadError", "Kind", "error", "redact_url", "transport_error"]
+from submitter.urls import redact_url
+
+__all__ = ["DownloadError", "Kind", "error", "transport_error"]
 
 Kind = Literal["expired", "transient", "rejected"]
 
@@ -24,22 +25,6 @@ class DownloadError(Exception):
     def __init__(self, kind: Kind, message: str) -> None:
         super().__init__(message)
         self.kind: Kind = kind
-
-
-def redact_url(url: str | httpx.URL) -> str:
-    """`scheme://host[:port]/…/name`: no userinfo, query (signature) or fragment, and only the
-    last path segment (some hosts, e.g. replicate.delivery, grant access by the path itself)."""
-    try:
-        parts = urlsplit(str(url))
-        host, port = parts.hostname or "", parts.port
-    except ValueError:
-        return "<invalid URL>"
-    if not parts.scheme:
-        return "<invalid URL>"
-    host = f"[{host}]" if ":" in host else host
-    name = parts.path.rsplit("/", 1)[-1]
-    path = f"/…/{name}" if parts.path.count("/") > 1 else parts.path
-    return f"{parts.scheme}://{host}{'' if port is None else f':{port}'}{path}"
 
 
 def error(kind: Kind, problem: str, url: httpx.URL | str) -> DownloadError:

@@ -11,7 +11,6 @@ import time
 from collections.abc import Iterator
 from importlib import metadata
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import httpx
@@ -19,6 +18,7 @@ import httpx
 from receiver.sinks.base import Attempt, describe, short_hash, url_secrets
 from submitter.backoff import parse_retry_after
 from submitter.signing import sign_standard
+from submitter.urls import display_url
 
 if TYPE_CHECKING:
     from receiver.config.integrations import Integrations
@@ -40,15 +40,6 @@ def _version() -> str:
 
 
 USER_AGENT = f"fluxhook/{_version()}"
-
-
-def display_url(url: str) -> str:
-    """The endpoint as it may be shown and stored: scheme, host and port only. Paths of webhook URLs
-    often carry their secret (Slack, Discord, Zapier...), in any shape; the sink's name tells endpoints
-    on one host apart."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, netloc, "/…" if parts.path not in ("", "/") else "/", "", ""))
 
 
 #: How a transport failure reads, most specific first (a text not ending in ")" gets the scrubbed cause).

@@ -17,14 +17,14 @@ import pytest
 
 from receiver.config.settings import Settings
 from receiver.fetch.download import download
-from receiver.fetch.errors import DownloadError, redact_url
+from receiver.fetch.errors import DownloadError
 from receiver.fetch.policy import DownloadPolicy, Resolver, check_address
 from receiver.results import local
 from receiver.results.local import clean_partials
 from submitter.dialects import BFL_DELIVERY_HOSTS
 from submitter.hosts import host_allowed
 from submitter.media import extension_for, sniff_image
-from submitter.urls import url_expiry
+from submitter.urls import redact_url, url_expiry
 
 pytestmark = pytest.mark.anyio
 

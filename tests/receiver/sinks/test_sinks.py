@@ -407,7 +407,7 @@ def test_no_sinks_configured_is_an_empty_list_and_kinds_are_data() -> None:
 
 
 def test_no_part_of_a_webhook_path_is_shown() -> None:
-    from receiver.sinks.webhook import display_url
+    from submitter.urls import display_url
 
     for url in ("https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX9",
                 "https://hooks.zapier.com/hooks/catch/123456/abcdefg/", "https://example.com/in/s3cr3t-t0ken",

@@ -18,7 +18,7 @@ from receiver.store import Event, StoreUnavailable, open_store
 from receiver.store.postgres import PostgresStore
 from receiver.store.sql import LATEST, MIGRATIONS
 from submitter.status import Status
-from submitter.urls import masked_url as display_url
+from submitter.urls import masked_url
 from tests import ledger
 from tests.harness import harness
 from tests.pg import fresh_schema
@@ -205,11 +205,11 @@ def test_database_urls_select_the_backend_and_hide_the_password() -> None:
     assert isinstance(open_store("postgresql://u@h/db"), PostgresStore)
     assert isinstance(open_store("postgres://u@h/db"), PostgresStore)
     assert not isinstance(open_store("./fluxhook.db"), PostgresStore)
-    assert display_url("postgresql://u:pw@h:5433/db?search_path=x") == "postgresql://u:***@h:5433/db?search_path=x"
-    assert display_url("postgresql://u@h/db") == "postgresql://u@h/db"
-    assert display_url("postgresql://u@h/db?password=hunter2&x=1") == "postgresql://u@h/db?password=***&x=1"
-    assert display_url("postgresql://u:pw@h1:5432,h2:5433/db") == "postgresql://u:***@h1:5432,h2:5433/db"
-    assert display_url("postgresql://u:p@ss@[::1]:5432/db") == "postgresql://u:***@[::1]:5432/db"
+    assert masked_url("postgresql://u:pw@h:5433/db?search_path=x") == "postgresql://u:***@h:5433/db?search_path=x"
+    assert masked_url("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert masked_url("postgresql://u@h/db?password=hunter2&x=1") == "postgresql://u@h/db?password=***&x=1"
+    assert masked_url("postgresql://u:pw@h1:5432,h2:5433/db") == "postgresql://u:***@h1:5432,h2:5433/db"
+    assert masked_url("postgresql://u:p@ss@[::1]:5432/db") == "postgresql://u:***@[::1]:5432/db"
     settings = Settings.from_env({"FLUXHOOK_DB": "postgresql://u:pw@h/db", "FLUXHOOK_DB_POOL": "3"})
     assert settings.db_pool == 3 and "pw" not in repr(settings) and settings.db_display == "postgresql://u:***@h/db"
 
