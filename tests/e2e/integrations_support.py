@@ -53,17 +53,20 @@ async def wait_until(check: Callable[[], Awaitable[bool] | bool], within: float,
 
 
 #: The peer (client) port of the connection a handler task serves.
-_PEER: contextvars.ContextVar[int] = contextvars.ContextVar("peer", default=0)
+#: (the sender's port, our port) of the connection being handled.
+_PEER: contextvars.ContextVar[tuple[int, int]] = contextvars.ContextVar("peer", default=(0, 0))
 
 
-def socket_owners(port: int, pids: list[int]) -> list[int]:
-    """Which of `pids` holds the loopback TCP socket bound to local `port` (from /proc)."""
+def socket_owners(port: int, pids: list[int], remote_port: int) -> list[int]:
+    """Which of `pids` holds the loopback TCP socket bound to local `port` and connected to `remote_port`
+    (from /proc). The remote port counts: Linux gives one ephemeral port to several outgoing connections
+    when their destinations differ, so another process's connection to, say, PostgreSQL may share it."""
     inodes: set[str] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError), open(table) as f:
             for line in f.read().splitlines()[1:]:
                 cols = line.split()
-                if int(cols[1].rsplit(":", 1)[1], 16) == port:
+                if int(cols[1].rsplit(":", 1)[1], 16) == port and int(cols[2].rsplit(":", 1)[1], 16) == remote_port:
                     inodes.add(f"socket:[{cols[9]}]")
     owners = []
     for pid in pids:
@@ -81,7 +84,8 @@ class _Requests(list[Request]):
 
     def append(self, item: Request) -> None:
         # Called in the connection's handler task, while the sender's socket is open: who sent it.
-        self.endpoint.senders.append(socket_owners(_PEER.get(), self.endpoint.pids()))
+        sender, ours = _PEER.get()
+        self.endpoint.senders.append(socket_owners(sender, self.endpoint.pids(), ours))
         super().append(item)
 
 
@@ -97,7 +101,8 @@ class WhoEndpoint(Endpoint):
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        _PEER.set(peer[1] if peer else 0)
+        ours = writer.get_extra_info("sockname")
+        _PEER.set((peer[1] if peer else 0, ours[1] if ours else 0))
         await super()._handle(reader, writer)
 
 
