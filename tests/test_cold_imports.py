@@ -12,8 +12,8 @@ from pathlib import Path
 
 LAZY = ("pydantic", "jinja2", "prometheus_client", "httpcore", "cryptography",
         "receiver.store.postgres", "receiver.web.api.jobs", "receiver.web.ui.pages", "receiver.web.ui.gallery",
-        "receiver.web.ui.jobs", "receiver.web.ui.providers", "receiver.web.ui.login", "receiver.engine.relay",
-        "receiver.sinks", "h11", "asyncpg")
+        "receiver.web.ui.jobs", "receiver.web.ui.providers", "receiver.web.ui.login",
+        "h11", "asyncpg")
 
 PROBE = """
 import json, os, sys

@@ -18,28 +18,26 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
 from receiver.config.settings import Settings
 from receiver.engine.feed import EventFeed
+from receiver.engine.relay import Relay
 from receiver.engine.secrets import WebhookSecrets
 from receiver.errors import Unavailable
 from receiver.fetch.transport import FetchTransport
 from receiver.obs.logs import LogLimiter
+from receiver.obs.metrics import Metrics
 from receiver.obs.redaction import Redactor
 from receiver.results import ResultStore
 from receiver.results import from_settings as results_from_settings
+from receiver.sinks import Sink, sinks_from_settings
 from receiver.store import Store, open_store, schema_behind
 from receiver.store.redacting import RedactingStore
 from submitter.backoff import RetryPolicy
 from submitter.client import ProviderClient
-
-if TYPE_CHECKING:
-    from receiver.engine.relay import Relay
-    from receiver.obs.metrics import Metrics
-    from receiver.sinks import Sink
 
 __all__ = ["Runtime"]
 
@@ -103,10 +101,6 @@ class Runtime:
     log_limiter: LogLimiter = field(init=False)
 
     def __post_init__(self) -> None:
-        # Deferred for cold start: the relay and the sinks load with a runtime, not when the app is built
-        # (tests/test_cold_imports.py).
-        from receiver.sinks import sinks_from_settings
-
         if self.results is None:
             self.results = results_from_settings(self.settings)
         self.redactor = Redactor.from_settings(self.settings)
@@ -125,14 +119,10 @@ class Runtime:
     def prom(self) -> Metrics:
         """Prometheus metrics of this runtime (GET /metrics): its own registry, never the global one.
         Made when first counted in (prometheus_client is imported then): /healthz never needs it."""
-        from receiver.obs.metrics import Metrics
-
         return Metrics()
 
     def relay_to(self, sinks: Sequence[Sink]) -> Relay:
         """A relay of this runtime's outbox to `sinks` (the runtime's own is `relay`: the configured sinks)."""
-        from receiver.engine.relay import Relay  # deferred for cold start, as in __post_init__
-
         return Relay(sinks, store=self.store, owner=self.owner, clock=self.clock,
                      integrations=self.settings.integrations,
                      on_delivery=lambda sink, outcome: self.prom.delivery(sink, outcome))

@@ -9,19 +9,22 @@ own variable, to an empty folder shared by them, wiped before start, in the envi
 with (prometheus_client reads it when it is imported). Each process then writes its samples there and any
 worker's scrape sums them (prometheus_client.multiprocess). Nothing here changes the environment or
 prometheus_client's state.
+
+prometheus_client itself (tens of milliseconds to import) is imported where metrics are first made or
+rendered, not with this module: a runtime imports this module, and a process that has answered only
+callbacks and /healthz so far never pays for it (tests/test_cold_imports.py).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
-
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING, Any, Protocol
 
 from receiver.config.env import SettingsError
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 __all__ = ["CONTENT_TYPE", "Ledger", "Metrics", "MetricsSetupError", "multiprocess_dir"]
 
@@ -80,13 +83,16 @@ def multiprocess_dir(environ: Mapping[str, str] | None = None) -> str | None:
     return path
 
 
-class _Ledger(Collector):
-    """Scrape-time gauges from numbers read just before (the store is async, collectors are not)."""
+class _Ledger:
+    """Scrape-time gauges from numbers read just before (the store is async, collectors are not); a
+    prometheus_client collector (its Collector is a protocol: any object with `collect`)."""
 
-    def __init__(self, counts: Mapping[str, int], last_seq: int | None, lag: Mapping[str, int]) -> None:
-        self.counts, self.last_seq, self.lag = counts, last_seq, lag
+    def __init__(self, counts: Mapping[str, int], last_seq: int | None, lag: Mapping[str, int], up: int) -> None:
+        self.counts, self.last_seq, self.lag, self.up = counts, last_seq, lag, up
 
     def collect(self) -> Iterable[Metric]:
+        from prometheus_client.core import GaugeMetricFamily  # loaded by Metrics already: a lookup
+
         jobs = GaugeMetricFamily("fluxhook_jobs", "Jobs in the ledger by status", labels=["status"])
         for status, n in sorted(self.counts.items()):
             jobs.add_metric([status], n)
@@ -100,6 +106,7 @@ class _Ledger(Collector):
         for sink, n in sorted(self.lag.items()):
             lag.add_metric([sink], n)
         yield lag
+        yield GaugeMetricFamily("fluxhook_store_up", "1 if the store answered this scrape", value=self.up)
 
 
 class Metrics:
@@ -111,6 +118,8 @@ class Metrics:
     def __init__(self, *, multiprocess: str | None = None) -> None:
         #: The folder every worker's samples are summed from at a scrape (None: this process only).
         self.multiprocess = multiprocess if multiprocess is not None else multiprocess_dir()
+        from prometheus_client import CollectorRegistry, Counter, Histogram  # see the module's docstring
+
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.callbacks = Counter("fluxhook_callbacks", "Provider callbacks received, by verdict",
@@ -199,21 +208,12 @@ class Metrics:
                     lag[sink.name] = max(0, last - sink.after_seq)
             except Exception:
                 up, counts, last, lag = 0, {}, None, {}
+        from prometheus_client import CollectorRegistry, generate_latest, multiprocess  # loaded by __init__
+
         registry = self.registry
         if self.multiprocess:
-            from prometheus_client import multiprocess
-
             registry = CollectorRegistry(auto_describe=True)
             multiprocess.MultiProcessCollector(registry, path=self.multiprocess)
         scrape = CollectorRegistry(auto_describe=False)
-        scrape.register(_Ledger(counts, last, lag))
-        scrape.register(_Up(up))
+        scrape.register(_Ledger(counts, last, lag, up))
         return generate_latest(registry) + generate_latest(scrape)
-
-
-class _Up(Collector):
-    def __init__(self, up: int) -> None:
-        self.up = up
-
-    def collect(self) -> Iterable[Metric]:
-        yield GaugeMetricFamily("fluxhook_store_up", "1 if the store answered this scrape", value=self.up)

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from receiver.config.settings import Settings
+from receiver.engine.relay import relay_loop
 from receiver.engine.runtime import Runtime
 from receiver.engine.sweep import download_loop, sweep_loop
 from receiver.errors import ReceiverError
@@ -76,10 +77,6 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None, workers: b
                 tasks.append(asyncio.create_task(sweep_loop(rt, settings.sweep_interval)))
                 tasks.append(asyncio.create_task(download_loop(rt, settings.sweep_interval)))
                 if rt.relay.sinks:
-                    # Cold start: the relay (and its sinks' clients) loads only when a sink is configured,
-                    # as Runtime loads Relay (tests/test_cold_imports.py checks building the app does not).
-                    from receiver.engine.relay import relay_loop
-
                     tasks.append(asyncio.create_task(relay_loop(rt.relay, settings.sweep_interval, feed=rt.feed,
                                                                 stopping=rt.stopping, idle=rt.idle)))
             try:
