@@ -198,10 +198,7 @@ async def try_submit(rt: Runtime, lease: Lease) -> Status:
                                      only_from=frozenset({Status.QUEUED}))
         return outcome.status or Status.FAILED
     except ProviderUnavailable as exc:
-        if exc.retry_after is not None:
-            later = rt.clock() + min(exc.retry_after, rt.retry.max_retry_after)
-        else:
-            later = retry_later(job.submit_attempts, rt.clock())
+        later = retry_later(job.submit_attempts, rt.clock(), exc.retry_after)
         await store.defer(job.id, next_check_at=min(later, job.deadline_at), note=str(exc), now=rt.clock())
         return Status.QUEUED
     except SubmitAmbiguous as exc:

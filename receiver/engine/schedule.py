@@ -12,7 +12,9 @@ SLOT_WAIT = 5.0
 #: A `Task not found` this long after submit is believed; earlier it may be replication lag.
 NOT_FOUND_GRACE = 600.0
 #: Download retries and deferred submits: 2 s doubling to a minute, no jitter (a sweep's tick spreads them).
-RETRY_LATER = Backoff(base=2.0, cap=60.0, jitter=False)
+#: Download retries and deferred submits; a provider's Retry-After is honoured up to a minute, as a
+#: submit's own retries honour it (RetryPolicy).
+RETRY_LATER = Backoff(base=2.0, cap=60.0, jitter=False, max_retry_after=60.0)
 
 
 def first_check(now: float, deadline: float, settings: Settings) -> float:
@@ -26,6 +28,7 @@ def next_poll(polls_done: int, now: float, deadline: float, settings: Settings) 
     return min(now + polls.delay(polls_done), deadline)
 
 
-def retry_later(attempt: int, now: float, policy: Backoff = RETRY_LATER) -> float:
-    """When to try again after `attempt` failures (download retries and deferred submits)."""
-    return now + policy.delay(attempt)
+def retry_later(attempt: int, now: float, retry_after: float | None = None) -> float:
+    """When to try again after `attempt` failures (download retries and deferred submits): the
+    provider's `retry_after` if it sent one (at most a minute), else the backoff."""
+    return now + RETRY_LATER.delay(attempt, retry_after)
