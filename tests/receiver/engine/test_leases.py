@@ -114,13 +114,17 @@ async def test_a_failing_release_is_retried_as_on_error_says(h: Harness, monkeyp
     assert (await current(h, job.id)).lease_owner is None
 
 
-async def test_released_on_cancellation_and_the_cancellation_propagates(h: Harness) -> None:
-    job = await leased_job(h)
+async def cancel_inside(
+    h: Harness, job: Job, on_entry: Callable[[Lease], None] = lambda lease: None, *,
+    on_error: Callable[[Exception], Release | None] | None = None, on_cancel: Release | None = HAND_BACK,
+) -> None:
+    """Hold `job` (as `hold` does), cancel the holder once inside its block (after `on_entry`), and check
+    the cancellation reaches the holder."""
     inside = asyncio.Event()
 
     async def work() -> None:
-        async with hold(h, job, on_error=lambda exc: Release(Status.QUEUED, 0.0)) as lease:
-            lease.release_as(Status.QUEUED, h.clock.now + 1000.0)
+        async with hold(h, job, on_error=on_error, on_cancel=on_cancel) as lease:
+            on_entry(lease)
             inside.set()
             await asyncio.Event().wait()
 
@@ -129,24 +133,19 @@ async def test_released_on_cancellation_and_the_cancellation_propagates(h: Harne
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_released_on_cancellation_and_the_cancellation_propagates(h: Harness) -> None:
+    job = await leased_job(h)
+    await cancel_inside(h, job, lambda lease: lease.release_as(Status.QUEUED, h.clock.now + 1000.0),
+                        on_error=lambda exc: Release(Status.QUEUED, 0.0))
     after = await current(h, job.id)
     assert after.lease_owner is None and after.next_check_at == job.next_check_at  # HAND_BACK: as it stood
 
 
 async def test_a_cancellation_can_keep_the_lease(h: Harness) -> None:
     job = await leased_job(h)
-    inside = asyncio.Event()
-
-    async def work() -> None:
-        async with hold(h, job, on_cancel=None):
-            inside.set()
-            await asyncio.Event().wait()
-
-    task = asyncio.create_task(work())
-    await inside.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel_inside(h, job, on_cancel=None)
     assert (await current(h, job.id)).lease_owner == h.rt.owner
 
 
