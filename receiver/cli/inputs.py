@@ -19,13 +19,24 @@ Limits, and how well each is sourced:
   tell the user to host the file and pass its URL instead.
 
 A value `@@text` is the literal string `@text` (an escape for fields that take no image).
+
+How a file is read (each step on the open descriptor, so what is checked is what is read):
+opened non-blocking (a FIFO cannot hold up the open), `fstat`-ed, refused unless it is a regular
+file (a symlink to one is fine; /dev/zero, a FIFO, a socket or a directory is not), refused if its
+size is over the limit, and read for at most the limit plus one byte (a file that grew since, or
+one whose size reads 0 as /proc's do, is refused once it passes the limit). :func:`check_params`
+(validation: `batch --check` and the check before a batch is sent) looks at the type, the size and
+the first bytes only; :func:`resolve_params` reads and encodes, when the request is sent.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
-from collections.abc import Mapping
+import stat
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +48,10 @@ __all__ = [
     "BFL_IMAGE_LIMIT",
     "REPLICATE_DATA_URI_LIMIT",
     "REPLICATE_IMAGE_FIELDS",
+    "ImageFile",
     "InputError",
+    "check_image",
+    "check_params",
     "encode_image",
     "image_fields",
     "read_image",
@@ -60,10 +74,23 @@ BFL_IMAGE_FIELDS = frozenset(
 REPLICATE_IMAGE_FIELDS = frozenset({"image", "input_image", "mask", "control_image", "image_prompt"})
 
 _TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif")
+_HEAD = 16  # bytes `sniff` needs for the four types
+_CHUNK = 1 << 16  # reads past the size fstat gave (a file that grew, a /proc file) go this much at a time
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
 
 
 class InputError(ValueError):
     """A request input that cannot be sent; the message names the field and the file."""
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """What validation learns of an image file without keeping its bytes."""
+
+    path: Path
+    size: int
+    kind: str
 
 
 def sniff(head: bytes) -> str | None:
@@ -81,30 +108,99 @@ def _limit(shape: str) -> int:
     return REPLICATE_DATA_URI_LIMIT if shape == "replicate" else BFL_IMAGE_LIMIT
 
 
-def read_image(path: str | os.PathLike[str], *, field: str, shape: str) -> tuple[bytes, str]:
-    """The file's bytes and image type; InputError if it is missing, unreadable, not an image
-    or over the provider's limit."""
-    where = Path(path)
+def _mb(n: float) -> str:
+    return f"{n / MB:.1f}".removesuffix(".0") + " MB" if n >= MB // 10 else f"{n:.0f} bytes"
+
+
+def _file_kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a file that can be read as an image")
+
+
+def _too_big(field: str, where: Path, shape: str, size: int | None) -> InputError:
+    limit = _limit(shape)
+    hint = (" (Replicate recommends data URIs only under 1 MB: host the file and pass its https URL)"
+            if shape == "replicate" else " (BFL takes images up to 20 MB: resize it, or pass an https URL)")
+    if size is None:  # its fstat size was under the limit (a file still growing, a /proc file), its bytes not
+        return InputError(f"{field}: {str(where)!r} is over the {_mb(limit)} limit (more than {limit} bytes "
+                          f"read){hint}")
+    return InputError(f"{field}: {str(where)!r} is {_mb(size)}, over the {_mb(limit)} limit{hint}")
+
+
+def _not_regular(field: str, where: Path, mode: int) -> InputError:
+    return InputError(f"{field}: {str(where)!r} is not a regular file ({_file_kind(mode)}); "
+                      "name a PNG, JPEG, WebP or GIF file")
+
+
+@contextlib.contextmanager
+def _opened(where: Path, field: str) -> Iterator[tuple[int, os.stat_result]]:
+    """The file open for reading and its fstat; InputError unless it is a regular file."""
     try:
-        size = where.stat().st_size
+        fd = os.open(where, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise InputError(f"{field}: no such file {str(where)!r}") from None
     except OSError as exc:
+        with contextlib.suppress(OSError):  # a socket cannot be opened at all (ENXIO): say what it is
+            mode = os.stat(where).st_mode
+            if not stat.S_ISREG(mode):
+                raise _not_regular(field, where, mode) from None
         raise InputError(f"{field}: cannot read {str(where)!r}: {exc.strerror or exc}") from None
-    if where.is_dir():
-        raise InputError(f"{field}: {str(where)!r} is a directory, not an image file")
-    limit = _limit(shape)
-    if size > limit:
-        hint = (" (Replicate recommends data URIs only under 1 MB: host the file and pass its https URL)"
-                if shape == "replicate" else " (BFL takes images up to 20 MB: resize it, or pass an https URL)")
-        raise InputError(f"{field}: {str(where)!r} is {size / MB:.1f} MB, over the {limit / MB:.0f} MB limit{hint}")
     try:
-        data = where.read_bytes()
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _not_regular(field, where, info.st_mode)
+        yield fd, info
     except OSError as exc:
         raise InputError(f"{field}: cannot read {str(where)!r}: {exc.strerror or exc}") from None
-    kind = sniff(data[:16])
+    finally:
+        os.close(fd)
+
+
+def _read_at_most(fd: int, size: int, limit: int) -> bytes:
+    """The file's bytes, but no more than limit + 1: one read of its fstat size (+1, to see it end),
+    then small reads only if it goes on."""
+    chunks: list[bytes] = []
+    total, ask = 0, min(size, limit) + 1
+    while total <= limit:
+        chunk = os.read(fd, min(ask, limit + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        ask = _CHUNK
+    return b"".join(chunks)
+
+
+def _not_an_image(field: str, where: Path) -> InputError:
+    return InputError(f"{field}: {str(where)!r} is not a PNG, JPEG, WebP or GIF image (by its first bytes)")
+
+
+def check_image(path: str | os.PathLike[str], *, field: str, shape: str) -> ImageFile:
+    """The file's size and image type, from its type, size and first bytes only (nothing else is
+    read or kept); InputError as :func:`read_image`."""
+    where = Path(path)
+    with _opened(where, field) as (fd, info):
+        if info.st_size > _limit(shape):
+            raise _too_big(field, where, shape, info.st_size)
+        kind = sniff(os.read(fd, _HEAD))
     if kind is None:
-        raise InputError(f"{field}: {str(where)!r} is not a PNG, JPEG, WebP or GIF image (by its first bytes)")
+        raise _not_an_image(field, where)
+    return ImageFile(where, info.st_size, kind)
+
+
+def read_image(path: str | os.PathLike[str], *, field: str, shape: str) -> tuple[bytes, str]:
+    """The file's bytes and image type; InputError if it is missing, unreadable, not a regular
+    file, not an image or over the provider's limit (never reading more than the limit + 1 byte)."""
+    where = Path(path)
+    limit = _limit(shape)
+    with _opened(where, field) as (fd, info):
+        if info.st_size > limit:
+            raise _too_big(field, where, shape, info.st_size)
+        data = _read_at_most(fd, info.st_size, limit)
+    if len(data) > limit:
+        raise _too_big(field, where, shape, None)
+    kind = sniff(data[:_HEAD])
+    if kind is None:
+        raise _not_an_image(field, where)
     return data, kind
 
 
@@ -112,6 +208,48 @@ def encode_image(data: bytes, kind: str, *, shape: str) -> str:
     """How the provider takes an inline image: raw base64 (BFL shapes) or a data: URI (Replicate)."""
     encoded = base64.b64encode(data).decode("ascii")
     return f"data:{kind};base64,{encoded}" if shape == "replicate" else encoded
+
+
+def _images(
+    params: Mapping[str, Any], shape: str, base_dir: str | os.PathLike[str] | None
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """(`params` with `@@` unescaped and `@path` values left out, {image field: its file})."""
+    fields = image_fields(shape)
+    values: dict[str, Any] = {}
+    files: dict[str, Path] = {}
+    for key, value in params.items():
+        if not isinstance(value, str) or not value.startswith("@"):
+            values[key] = value
+        elif value.startswith("@@"):
+            values[key] = value[1:]
+        elif key not in fields:
+            raise InputError(f"{key}: takes no image for {shape} providers (image fields: "
+                             f"{', '.join(sorted(fields))}); write @@ for a literal @")
+        else:
+            path = Path(value[1:]).expanduser()
+            files[key] = Path(base_dir) / path if base_dir is not None and not path.is_absolute() else path
+    return values, files
+
+
+def _check_total(key: str, total: int, shape: str) -> None:
+    if shape != "replicate" and total > BFL_BODY_LIMIT:
+        raise InputError(f"{key}: the images of this request add up to {_mb(total)}, over "
+                         f"{_mb(BFL_BODY_LIMIT)} (fluxhook's own guard; BFL documents 20 MB per image)")
+
+
+def check_params(
+    params: Mapping[str, Any], *, shape: str, base_dir: str | os.PathLike[str] | None = None
+) -> dict[str, ImageFile]:
+    """Everything :func:`resolve_params` would refuse, refused, without reading the images: each
+    `@path` file checked by type, size and first bytes. Returns {image field: what was learnt}."""
+    _, files = _images(params, shape, base_dir)
+    found: dict[str, ImageFile] = {}
+    total = 0
+    for key, path in files.items():
+        found[key] = check_image(path, field=key, shape=shape)
+        total += found[key].size
+        _check_total(key, total, shape)
+    return found
 
 
 def resolve_params(
@@ -122,26 +260,12 @@ def resolve_params(
     Relative paths are relative to `base_dir` (a batch file's folder) when given. `"@@x"` is
     the literal `"@x"`. An `"@path"` value in a field that takes no image is an InputError
     (a typo in the field name would otherwise send the path as text)."""
-    fields = image_fields(shape)
-    out: dict[str, Any] = {}
+    values, files = _images(params, shape, base_dir)
+    encoded: dict[str, str] = {}
     total = 0
-    for key, value in params.items():
-        if not isinstance(value, str) or not value.startswith("@"):
-            out[key] = value
-            continue
-        if value.startswith("@@"):
-            out[key] = value[1:]
-            continue
-        if key not in fields:
-            raise InputError(f"{key}: takes no image for {shape} providers (image fields: "
-                             f"{', '.join(sorted(fields))}); write @@ for a literal @")
-        path = Path(value[1:]).expanduser()
-        if base_dir is not None and not path.is_absolute():
-            path = Path(base_dir) / path
+    for key, path in files.items():
         data, kind = read_image(path, field=key, shape=shape)
         total += len(data)
-        if shape != "replicate" and total > BFL_BODY_LIMIT:
-            raise InputError(f"{key}: the images of this request add up to {total / MB:.1f} MB, over "
-                             f"{BFL_BODY_LIMIT / MB:.0f} MB (fluxhook's own guard; BFL documents 20 MB per image)")
-        out[key] = encode_image(data, kind, shape=shape)
-    return out
+        _check_total(key, total, shape)
+        encoded[key] = encode_image(data, kind, shape=shape)
+    return {key: encoded[key] if key in encoded else values[key] for key in params}
