@@ -5,6 +5,8 @@ One job a line. JSON Lines: an object with `provider`, `model`, `prompt`, and op
 naming those columns; `params` and `metadata` cells hold JSON objects, `events` a comma list.
 Blank lines and JSON Lines starting with `#` are skipped. `"@path"` values of image fields send a
 local image (receiver.cli.inputs); relative paths are relative to the batch file's folder.
+Validation checks each image file's type, size and first bytes and keeps none of it; a line's
+images are read and encoded only as its job is recorded, and dropped after.
 
 Every line is validated first; a file with any bad line submits nothing (exit 2, each bad line
 named). Then every line becomes a job under an idempotency key, sha256(file path + line number +
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from receiver.cli.common import EXIT_FAILED, EXIT_USAGE, CLIError, WaitTimeout
-from receiver.cli.inputs import InputError, resolve_params
+from receiver.cli.inputs import InputError, check_params, resolve_params
 from receiver.cli.progress import BatchProgress, bucket
 from receiver.config.settings import Settings, SettingsError
 from receiver.engine.jobs import create_api_job, submit_options
@@ -42,7 +44,7 @@ from receiver.engine.sweep import sweep_once
 from receiver.store import IdempotencyConflict
 from submitter.status import TERMINAL, Status
 
-__all__ = ["BatchLine", "line_key", "read_lines", "run", "validate"]
+__all__ = ["BatchLine", "line_key", "read_lines", "run", "sent_params", "validate"]
 
 FIELDS = ("provider", "model", "prompt", "params", "metadata", "events")
 
@@ -53,7 +55,8 @@ class BatchLine:
     text: str  # the line as read (CSV: the row re-joined), part of its idempotency key
     provider: str = ""
     model: str = ""
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # as written: `@path` images are read when sent
+    shape: str = ""  # the provider's body shape (which fields take images, and how), set by validate
     metadata: dict[str, Any] = field(default_factory=dict)
     events: list[str] | None = None
     job_id: str | None = None
@@ -156,7 +159,8 @@ def _csv_lines(text: str) -> Iterator[BatchLine | tuple[int, str]]:
 
 
 def validate(settings: Settings, path: Path) -> tuple[list[BatchLine], list[str]]:
-    """Every line checked (provider, model, events, image files): (lines, problems naming the line)."""
+    """Every line checked (provider, model, events, image files by type and size, not read):
+    (lines, problems naming the line)."""
     lines, problems = [], []
     for item in read_lines(path):
         if isinstance(item, tuple):
@@ -165,7 +169,8 @@ def validate(settings: Settings, path: Path) -> tuple[list[BatchLine], list[str]
         try:
             provider = settings.provider(item.provider)
             submit_options(provider.dialect, item.model, item.events)
-            item.params = resolve_params(item.params, shape=provider.dialect.shape.name, base_dir=path.parent)
+            item.shape = provider.dialect.shape.name
+            check_params(item.params, shape=item.shape, base_dir=path.parent)
         except (SettingsError, InputError, ValueError, KeyError) as exc:
             problems.append(f"{path}:{item.number}: {str(exc).strip(chr(39))}")
             continue
@@ -181,19 +186,34 @@ def line_key(path: Path, line: BatchLine) -> tuple[str, str]:
     return f"batch:{key}", fingerprint
 
 
+def sent_params(path: Path, line: BatchLine) -> dict[str, Any]:
+    """The line's params as sent: its `@path` images read (relative to the file's folder) and encoded."""
+    try:
+        return resolve_params(line.params, shape=line.shape, base_dir=path.parent)
+    except InputError as exc:  # the file changed since validation
+        raise CLIError(f"{path}:{line.number}: {exc} (the lines before it are recorded: fix it and run the "
+                       "batch again to resume)") from None
+
+
+async def _record_line(rt: Runtime, path: Path, line: BatchLine) -> bool:
+    """Create the line's job once (a repeat finds the job its key names); True if it is new. Its
+    encoded images live only for this call."""
+    try:
+        job, created = await create_api_job(
+            rt, line.provider, line.model, sent_params(path, line), events=line.events,
+            metadata={**line.metadata, "batch_line": line.number}, idempotency=line_key(path, line),
+        )
+    except IdempotencyConflict as exc:  # cannot happen: the fingerprint is part of the key
+        raise CLIError(f"{path}:{line.number}: {exc}") from None
+    line.job_id = job.id
+    return created
+
+
 async def _record(rt: Runtime, path: Path, lines: list[BatchLine]) -> int:
-    """Create each line's job once (a repeat finds the job its key names); returns how many are new."""
+    """Each line's job, one line at a time; returns how many are new."""
     new = 0
     for line in lines:
-        try:
-            job, created = await create_api_job(
-                rt, line.provider, line.model, line.params, events=line.events,
-                metadata={**line.metadata, "batch_line": line.number}, idempotency=line_key(path, line),
-            )
-        except IdempotencyConflict as exc:  # cannot happen: the fingerprint is part of the key
-            raise CLIError(f"{path}:{line.number}: {exc}") from None
-        line.job_id = job.id
-        new += created
+        new += await _record_line(rt, path, line)
     return new
 
 

@@ -10,19 +10,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
+import tracemalloc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from receiver.cli.batch import BatchLine, line_key, read_lines, validate
+from receiver.cli.batch import BatchLine, line_key, read_lines, sent_params, validate
+from receiver.cli.common import CLIError
 from receiver.cli.main import main
 from receiver.config.settings import Settings
 from receiver.serve.background import bind, serve_in_background
 from submitter.simulator import Faults, Simulator, png_image
 from tests.e2e.support import env_for
+from tests.receiver.cli.bounded_cli import run_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -145,13 +149,46 @@ def test_idempotency_key_names_file_line_and_content(tmp_path: Path) -> None:
 
 def test_images_in_lines_are_resolved_relative_to_the_file(tmp_path: Path) -> None:
     (tmp_path / "in.png").write_bytes(png_image("t"))
-    path = write(tmp_path / "j.jsonl", line("edit", params={"input_image": "@in.png"}),
+    path = write(tmp_path / "j.jsonl", line("edit", params={"input_image": "@in.png", "note": "@@x"}),
                  {"provider": "replicate", "model": "black-forest-labs/flux-kontext-pro", "prompt": "p",
                   "params": {"input_image": "@in.png"}})
     lines, problems = validate(Settings.from_env({}), path)
     assert problems == []
-    assert lines[0].params["input_image"].startswith("iVBORw0KGgo")  # raw base64 of a PNG
-    assert lines[1].params["input_image"].startswith("data:image/png;base64,iVBORw0KGgo")
+    assert [x.params["input_image"] for x in lines] == ["@in.png", "@in.png"]  # checked, not read: read when sent
+    first, second = (sent_params(path, x) for x in lines)
+    assert first["input_image"].startswith("iVBORw0KGgo") and first["note"] == "@x"  # raw base64 of a PNG
+    assert second["input_image"].startswith("data:image/png;base64,iVBORw0KGgo")
+    (tmp_path / "in.png").unlink()  # gone between validation and sending: the line is named
+    with pytest.raises(CLIError, match=r"j\.jsonl:2: input_image: no such file .*run the batch again to resume"):
+        sent_params(path, lines[1])
+
+
+def test_check_refuses_fifos_and_devices_without_blocking(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.png")  # nobody writes to it: a blocking open would wait forever
+    path = write(tmp_path / "jobs.jsonl", line("a", params={"input_image": "@pipe.png"}),
+                 line("b", params={"input_image": "@/dev/zero"}), line("c"))
+    ran = run_cli("batch", str(path), "--check", env={"FLUXHOOK_DB": str(tmp_path / "b.db")})
+    assert ran.returncode == 2, ran.stderr
+    assert f"jobs.jsonl:1: input_image: {str(tmp_path / 'pipe.png')!r} is not a regular file (a FIFO)" in ran.stderr
+    assert "jobs.jsonl:2: input_image: '/dev/zero' is not a regular file (a character device)" in ran.stderr
+    assert "2 bad line(s); nothing submitted" in ran.stderr, ran.stderr
+
+
+def test_validation_keeps_no_image_bytes(tmp_path: Path) -> None:
+    # 30 lines naming one 2 MB image: validation held 30 encodings (80 MB) before.
+    size = 2_000_000
+    (tmp_path / "big.png").write_bytes(png_image("t") + b"\0" * size)
+    path = write(tmp_path / "j.jsonl", *(line(f"p{i}", params={"input_image": "@big.png"}) for i in range(30)))
+    settings = Settings.from_env({})
+    tracemalloc.start()
+    try:
+        lines, problems = validate(settings, path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < size // 4, peak
+    assert problems == [] and len(lines) == 30
+    assert all(x.params["input_image"] == "@big.png" for x in lines)
 
 
 # -- against the simulator --------------------------------------------------------------
