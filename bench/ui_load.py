@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from bench._cli import main
 from bench._setup import median_get
+from receiver.config.keys import parse_api_keys
 from receiver.config.settings import Settings
 from receiver.engine.runtime import Runtime
 from receiver.store import Job
@@ -65,7 +66,7 @@ async def measure(loads: int) -> dict[str, Any]:
         base = Settings.from_env({})
         settings = base.with_overrides(
             db=str(Path(tmp) / "bench.db"), results=Path(tmp) / "results", secret_key=b"b" * 40,
-            integrations=dataclasses.replace(base.integrations, api_keys=(KEY,)),
+            integrations=dataclasses.replace(base.integrations, api_keys=parse_api_keys(KEY)),
         )
         store = SQLiteStore(settings.db)
         await store.open()

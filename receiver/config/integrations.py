@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from receiver.config.env import SettingsError, positive
+from receiver.config.keys import ApiKey, parse_api_keys
 
 __all__ = ["EVENT_TYPES", "TERMINAL_EVENTS", "Integrations"]
 
@@ -28,8 +29,9 @@ TERMINAL_EVENTS: frozenset[str] = frozenset(
 @dataclass(frozen=True)
 class Integrations:
     # -- the /v1 API --
-    #: Bearer keys accepted by /v1 (FLUXHOOK_API_KEYS); empty: the API answers 404.
-    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    #: Keys accepted by /v1, /ui and /metrics, each with a name and a scope (FLUXHOOK_API_KEYS,
+    #: receiver/config/keys.py); empty: the API and the UI answer 404.
+    api_keys: tuple[ApiKey, ...] = field(default=(), repr=False)
     #: How long an Idempotency-Key is remembered.
     idempotency_ttl: float = 86400.0
     #: Where the CLI finds a fluxhook API instead of the database (FLUXHOOK_API_URL / FLUXHOOK_API_KEY).
@@ -61,10 +63,7 @@ class Integrations:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Integrations:
-        keys = _split(env.get("FLUXHOOK_API_KEYS", ""))
-        for position, key in enumerate(keys, 1):
-            if len(key) < 16:
-                raise SettingsError(f"FLUXHOOK_API_KEYS: key #{position} is shorter than 16 characters")
+        keys = parse_api_keys(env.get("FLUXHOOK_API_KEYS", ""))
         urls = _split(env.get("FLUXHOOK_FORWARD_URL", ""))
         for position, url in enumerate(urls, 1):
             parts = urlsplit(url)
@@ -116,7 +115,7 @@ class Integrations:
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret here, for the redactor (URLs may carry tokens; redacted whole)."""
-        found = [*self.api_keys, *self.forward_urls]
+        found = [*(k.secret for k in self.api_keys), *self.forward_urls]
         for value in (self.api_key, self.forward_secret, self.redis_url, self.nats_url):
             if value:
                 found.append(value)

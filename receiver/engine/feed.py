@@ -107,16 +107,19 @@ class EventFeed:
 
     async def stream(
         self, after: int, *, job_id: str | None = None, types: frozenset[str] | None = None, heartbeat: float = 15.0,
+        created_by: str | None = None,
     ) -> AsyncGenerator[OutboxEvent | None, None]:
-        """Every event after `after` (of `job_id`, of `types`), in order, forever; None whenever
-        `heartbeat` seconds pass without yielding anything (other jobs' events do not count)."""
+        """Every event after `after` (of `job_id`, of `types`, of the jobs the API key named `created_by`
+        created), in order, forever; None whenever `heartbeat` seconds pass without yielding anything
+        (other jobs' events do not count)."""
         self.start()
         cursor = after
         loop = asyncio.get_running_loop()
         quiet_since = loop.time()
 
         def wanted(event: OutboxEvent) -> bool:
-            return (job_id is None or event.job_id == job_id) and (types is None or event.type in types)
+            return ((job_id is None or event.job_id == job_id) and (types is None or event.type in types)
+                    and (created_by is None or event.created_by == created_by))
 
         while True:
             waiting = self._changed  # taken before reading, so no change between the two is missed
@@ -133,7 +136,8 @@ class EventFeed:
                 # event up to `bound` had committed before the read, so a short page covers up to it;
                 # the floor may move meanwhile (a slow client): then read the database again.
                 bound = self._head
-                found = await self.store.events_after(cursor, limit=PAGE, job_id=job_id, types=types)
+                found = await self.store.events_after(cursor, limit=PAGE, job_id=job_id, types=types,
+                                                     created_by=created_by)
                 if found:
                     cursor = found[-1].seq
                 if len(found) < PAGE and bound is not None:

@@ -64,7 +64,7 @@ def submit_options(dialect: Dialect, model: str, events: Sequence[str] | None) -
 
 def _job(
     rt: Runtime, provider: str, model: str, params: Mapping[str, Any], *, events: Sequence[str] | None,
-    metadata: Mapping[str, Any] | None, leased: bool,
+    metadata: Mapping[str, Any] | None, leased: bool, created_by: str | None = None,
 ) -> Job:
     options = submit_options(rt.settings.provider(provider).dialect, model, events)
     rt.settings.require_public()
@@ -83,6 +83,7 @@ def _job(
         # Born leased: no sweeper can pick the job up between its creation and our submit.
         lease_owner=rt.owner if leased else None,
         lease_until=now + rt.settings.lease_seconds if leased else None,
+        created_by=created_by,
     )
 
 
@@ -99,12 +100,13 @@ async def new_job(
 
 async def create_api_job(
     rt: Runtime, provider: str, model: str, params: Mapping[str, Any], *, events: Sequence[str] | None,
-    metadata: Mapping[str, Any] | None, idempotency: tuple[str, str] | None,
+    metadata: Mapping[str, Any] | None, idempotency: tuple[str, str] | None, created_by: str | None = None,
 ) -> tuple[Job, bool]:
     """Commit a queued job for the sweep to submit (due at once, not leased: whichever process
-    sweeps next sends it; `serve` is woken now). With `idempotency` (scoped key, request
-    fingerprint), a repeat returns the job the key already names: (job, created)."""
-    job = _job(rt, provider, model, params, events=events, metadata=metadata, leased=False)
+    sweeps next sends it; `serve` is woken now), recording the API key that asked (`created_by`).
+    With `idempotency` (scoped key, request fingerprint), a repeat returns the job the key already
+    names: (job, created)."""
+    job = _job(rt, provider, model, params, events=events, metadata=metadata, leased=False, created_by=created_by)
     if idempotency is None:
         await rt.store.create_job(job)
         created = True

@@ -86,6 +86,8 @@ class Job:
     outputs: tuple[str, ...] = field(default=(), repr=False)
     #: The submitter's own data (`metadata` in the API), returned with every view and event.
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: The name of the API key that created the job (receiver/config/keys.py); None: the CLI or a test.
+    created_by: str | None = None
 
     def view(self, files: list[FileRecord] | None = None, locate: Callable[[str], str] | None = None) -> dict[str, Any]:
         """The job as the API and every event show it: no URLs from the provider (they carry
@@ -99,6 +101,7 @@ class Job:
             "note": self.note,
             "metadata": self.metadata,
             "provider_job_id": self.provider_job_id,
+            "created_by": self.created_by,
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
             "submitted_at": iso(self.submitted_at),
@@ -176,6 +179,8 @@ class OutboxEvent:
     created_at: float
     #: The job's public view (plus `files` for job.stored): the JSON every surface sends.
     data: dict[str, Any]
+    #: The job's `created_by` (not in the envelope: its `data` carries it), for filtering streams by key.
+    created_by: str | None = None
 
     def envelope(self) -> dict[str, Any]:
         """The one JSON shape of an event, everywhere: webhooks, SSE, Redis, NATS."""

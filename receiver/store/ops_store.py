@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from receiver.store.models import AttemptRecord, Delivery, Event, FileRecord, Job, OutboxEvent, Outcome, SinkState
-from receiver.store.sql import audit, jobs, leases, outbox, schema, transitions
+from receiver.store.sql import audit, jobs, leases, outbox, schema, sessions, transitions
 from receiver.store.sql import sink_deliveries as sent
 from receiver.store.sql.plumbing import Op, SqlDialect
 from submitter.bodies import Observation
@@ -76,9 +76,9 @@ class OpsStore:
 
     async def list_jobs(
         self, status: Status | None = None, limit: int = 100, *, provider: str | None = None,
-        before: tuple[float, str] | None = None,
+        before: tuple[float, str] | None = None, created_by: str | None = None,
     ) -> list[Job]:
-        return await self._read_op(jobs.list_jobs(status, limit, provider, before))
+        return await self._read_op(jobs.list_jobs(status, limit, provider, before, created_by))
 
     async def files(self, job_id: str) -> list[FileRecord]:
         return await self._read_op(jobs.files(job_id))
@@ -155,9 +155,10 @@ class OpsStore:
     # -- the outbox and its deliveries ----------------------------------------------------
 
     async def events_after(
-        self, after: int, *, limit: int = 500, job_id: str | None = None, types: frozenset[str] | None = None
+        self, after: int, *, limit: int = 500, job_id: str | None = None, types: frozenset[str] | None = None,
+        created_by: str | None = None,
     ) -> list[OutboxEvent]:
-        return await self._read_op(outbox.events_after(after, limit, job_id, types))
+        return await self._read_op(outbox.events_after(after, limit, job_id, types, created_by))
 
     async def last_seq(self) -> int:
         return await self._read_op(outbox.last_seq())
@@ -214,3 +215,9 @@ class OpsStore:
 
     async def reconciliation(self, since: float | None = None) -> list[dict[str, Any]]:
         return await self._read_op(audit.reconciliation(since))
+
+    async def end_session(self, digest: str, *, expires_at: float, now: float) -> None:
+        await self._op(sessions.end_session(digest, expires_at, now))
+
+    async def session_ended(self, digest: str) -> bool:
+        return await self._read_op(sessions.session_ended(digest))

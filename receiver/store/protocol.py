@@ -37,9 +37,10 @@ class Store(Protocol):
     async def get_job(self, job_id: str) -> Job | None: ...
     async def list_jobs(
         self, status: Status | None = None, limit: int = 100, *, provider: str | None = None,
-        before: tuple[float, str] | None = None,
+        before: tuple[float, str] | None = None, created_by: str | None = None,
     ) -> list[Job]:
-        """Newest first by (created_at, id); `before` is the last row of the previous page (keyset paging)."""
+        """Newest first by (created_at, id); `before` is the last row of the previous page (keyset paging);
+        with `created_by`, only the jobs that API key (by name) created."""
         ...
     async def create_job_once(
         self, job: Job, *, key: str, fingerprint: str, now: float, ttl: float
@@ -153,9 +154,11 @@ class Store(Protocol):
     # -- the outbox and its deliveries (receiver/store/sql/outbox.py, sink_deliveries.py) -----------------------------
 
     async def events_after(
-        self, after: int, *, limit: int = 500, job_id: str | None = None, types: frozenset[str] | None = None
+        self, after: int, *, limit: int = 500, job_id: str | None = None, types: frozenset[str] | None = None,
+        created_by: str | None = None,
     ) -> list[OutboxEvent]:
-        """Outbox events after position `after`, in order (of one job, of some types)."""
+        """Outbox events after position `after`, in order (of one job, of some types, of the jobs one API key
+        created)."""
         ...
     async def last_seq(self) -> int:
         """The newest outbox position (0 when empty)."""
@@ -190,4 +193,13 @@ class Store(Protocol):
         ...
     async def prune_outbox(self, before: float, *, idempotent_before: float, limit: int = 5000) -> int:
         """Delete old events with their deliveries and attempts, and old idempotency keys."""
+        ...
+
+    # -- ended UI sessions (receiver/store/sql/sessions.py) ---------------------------------------------------------
+
+    async def end_session(self, digest: str, *, expires_at: float, now: float) -> None:
+        """Refuse the session cookie whose SHA-256 is `digest` from now on (it expires by itself at `expires_at`)."""
+        ...
+    async def session_ended(self, digest: str) -> bool:
+        """Whether the session cookie with this digest was ended by a logout."""
         ...

@@ -96,9 +96,9 @@ class RedactingStore:
 
     async def list_jobs(
         self, status: Status | None = None, limit: int = 100, *, provider: str | None = None,
-        before: tuple[float, str] | None = None,
+        before: tuple[float, str] | None = None, created_by: str | None = None,
     ) -> list[Job]:
-        return await self.inner.list_jobs(status, limit, provider=provider, before=before)
+        return await self.inner.list_jobs(status, limit, provider=provider, before=before, created_by=created_by)
 
     async def create_job_once(
         self, job: Job, *, key: str, fingerprint: str, now: float, ttl: float
@@ -166,9 +166,10 @@ class RedactingStore:
         return await self.inner.migrate(apply=apply)
 
     async def events_after(
-        self, after: int, *, limit: int = 500, job_id: str | None = None, types: frozenset[str] | None = None
+        self, after: int, *, limit: int = 500, job_id: str | None = None, types: frozenset[str] | None = None,
+        created_by: str | None = None,
     ) -> list[OutboxEvent]:
-        return await self.inner.events_after(after, limit=limit, job_id=job_id, types=types)
+        return await self.inner.events_after(after, limit=limit, job_id=job_id, types=types, created_by=created_by)
 
     async def last_seq(self) -> int:
         return await self.inner.last_seq()
@@ -212,3 +213,8 @@ class RedactingStore:
     async def prune_outbox(self, before: float, *, idempotent_before: float, limit: int = 5000) -> int:
         return await self.inner.prune_outbox(before, idempotent_before=idempotent_before, limit=limit)
 
+    async def end_session(self, digest: str, *, expires_at: float, now: float) -> None:
+        await self.inner.end_session(digest, expires_at=expires_at, now=now)
+
+    async def session_ended(self, digest: str) -> bool:
+        return await self.inner.session_ended(digest)

@@ -2,8 +2,10 @@
 
 A given value is compared with every configured key in constant time (no early exit, so the time
 taken does not tell which key was close). Neither the given value nor any key ever appears in an
-answer or a log line. What a miss is answered with is each surface's own: receiver/web/api/auth.py
-(a 401 in the API's error shape), receiver/web/ui/pages.py (a redirect to the login form).
+answer or a log line. A match is the configured :class:`~receiver.config.keys.ApiKey`, whose scope
+says what the caller may do. What a miss is answered with is each surface's own:
+receiver/web/api/auth.py (a 401 in the API's error shape), receiver/web/ui/pages.py (a redirect to
+the login form).
 """
 
 from __future__ import annotations
@@ -13,33 +15,47 @@ from collections.abc import Iterable
 
 from starlette.requests import Request
 
-__all__ = ["api_keys", "bearer_key", "constant_time_match", "match_key"]
+from receiver.config.keys import ApiKey
+
+__all__ = ["api_keys", "bearer_key", "bearer_token", "constant_time_match", "key_for", "match_key"]
 
 
-def api_keys(request: Request) -> tuple[str, ...]:
+def api_keys(request: Request) -> tuple[ApiKey, ...]:
     """The configured keys; none: the API and the UI are off."""
-    keys: tuple[str, ...] = request.app.state.runtime.settings.integrations.api_keys
+    keys: tuple[ApiKey, ...] = request.app.state.runtime.settings.integrations.api_keys
     return keys
 
 
-def constant_time_match(given: str, keys: Iterable[str]) -> str | None:
-    """The key in `keys` equal to `given`, every key compared in constant time (no early exit); else None."""
+def constant_time_match(given: str, secrets: Iterable[str]) -> str | None:
+    """The secret in `secrets` equal to `given`, every one compared in constant time (no early exit); else None."""
     # Bytes on both sides: compare_digest refuses non-ASCII str, and a header may carry anything.
     offered = given.encode("utf-8", "surrogateescape")
     matched: str | None = None
-    for key in keys:
-        if hmac.compare_digest(offered, key.encode()) and matched is None:
-            matched = key
+    for secret in secrets:
+        if hmac.compare_digest(offered, secret.encode()) and matched is None:
+            matched = secret
     return matched
 
 
-def match_key(request: Request, given: str) -> str | None:
+def key_for(given: str, keys: Iterable[ApiKey]) -> ApiKey | None:
+    """The key of `keys` whose secret is `given`, compared like :func:`constant_time_match`; else None."""
+    keys = tuple(keys)
+    secret = constant_time_match(given, (k.secret for k in keys))
+    return next((k for k in keys if k.secret == secret), None) if secret is not None else None
+
+
+def match_key(request: Request, given: str) -> ApiKey | None:
     """The configured key equal to `given` (the UI's login form), compared like Bearer; else None."""
-    return constant_time_match(given, api_keys(request))
+    return key_for(given, api_keys(request))
 
 
-def bearer_key(request: Request) -> str | None:
-    """The configured key the request's `Authorization: Bearer <key>` carries; else None."""
+def bearer_token(request: Request) -> str | None:
+    """What `Authorization: Bearer <token>` carries (stripped), or None without a Bearer header."""
     scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
-    matched = constant_time_match(given.strip(), api_keys(request))
-    return matched if scheme.lower() == "bearer" else None
+    return given.strip() if scheme.lower() == "bearer" else None
+
+
+def bearer_key(request: Request) -> ApiKey | None:
+    """The configured key the request's `Authorization: Bearer <key>` carries; else None."""
+    given = bearer_token(request)
+    return key_for(given, api_keys(request)) if given is not None else None

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from receiver.config.keys import parse_api_keys
 from receiver.config.settings import Settings
 from receiver.engine.sweep import sweep_once
 from receiver.serve.background import serve_in_background
@@ -478,7 +479,7 @@ def test_client_arguments_are_checked() -> None:
 @contextlib.asynccontextmanager
 async def real_app(tmp_path: Path) -> AsyncIterator[Harness]:
     """The receiver app in-process (harness: simulator, manual clock, no background workers), API on."""
-    integrations = dataclasses.replace(Settings.from_env({}).integrations, api_keys=(KEY,))
+    integrations = dataclasses.replace(Settings.from_env({}).integrations, api_keys=parse_api_keys(KEY))
     async with harness(tmp_path, integrations=integrations) as h:
         yield h
 

@@ -11,7 +11,7 @@ conditional updates derived from :mod:`submitter.status`; nothing of the state
 machine is written anywhere else.
 
 One module per concern: plumbing (steps, dialects), schema (migrations), rows (records and status
-lists), jobs, transitions (status changes), leases, outbox, sink_deliveries, audit. Modules import each
+lists), jobs, transitions (status changes), leases, outbox, sink_deliveries, audit, sessions. Modules import each
 other, never this package; its names are re-exported here for callers (the CLI, tests, bench).
 """
 
@@ -37,6 +37,7 @@ from receiver.store.sql.outbox import EVENT_OF, emit, events_after, last_seq, ne
 from receiver.store.sql.plumbing import Lock, Op, Query, SqlDialect, Step, UniqueViolation
 from receiver.store.sql.rows import row_to_file, row_to_job
 from receiver.store.sql.schema import LATEST, MIGRATIONS, migrate
+from receiver.store.sql.sessions import end_session, session_ended
 from receiver.store.sql.sink_deliveries import (
     claim_deliveries,
     deliveries,
@@ -54,10 +55,10 @@ from receiver.store.sql.transitions import apply, defer, finish, record_submit, 
 __all__ = [
     "EVENT_OF", "LATEST", "MIGRATIONS", "Lock", "Op", "Query", "SqlDialect", "Step", "UniqueViolation",
     "apply", "audit_event", "audit_events", "claim_deliveries", "claim_due", "counts",
-    "create_job", "create_job_once", "defer", "deliveries", "delivery_attempts", "emit", "enable_sink",
+    "create_job", "create_job_once", "defer", "deliveries", "delivery_attempts", "emit", "enable_sink", "end_session",
     "events_after", "fan_out", "file_failed", "files", "finish", "get_job", "jobs_since",
     "last_seq", "list_jobs", "mark_sending", "migrate", "new_event_id", "note_repoll", "ping", "prune_events",
     "prune_outbox", "reconciliation", "record_attempts", "record_submit", "redeliver",
     "register_sink", "release", "renew", "reopen_for_retry", "reserve_slot", "row_to_file", "row_to_job",
-    "set_note", "set_sink_disabled", "sinks", "store_file",
+    "session_ended", "set_note", "set_sink_disabled", "sinks", "store_file",
 ]

@@ -18,10 +18,11 @@ __all__ = [
 def create_job(job: Job) -> Op[None]:
     yield Query(
         "INSERT INTO jobs (id, provider, model, params, options, metadata, status, created_at, deadline_at,"
-        " updated_at, next_check_at, lease_owner, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " updated_at, next_check_at, lease_owner, lease_until, created_by)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (job.id, job.provider, job.model, json.dumps(job.params), json.dumps(job.options), json.dumps(job.metadata),
          str(job.status), job.created_at, job.deadline_at, job.created_at, job.next_check_at, job.lease_owner,
-         job.lease_until),
+         job.lease_until, job.created_by),
     )
 
 
@@ -56,11 +57,16 @@ def get_job(job_id: str) -> Op[Job | None]:
 
 
 def list_jobs(
-    status: Status | None, limit: int, provider: str | None = None, before: tuple[float, str] | None = None
+    status: Status | None, limit: int, provider: str | None = None, before: tuple[float, str] | None = None,
+    created_by: str | None = None,
 ) -> Op[list[Job]]:
-    """Newest first by (created_at, id); `before` is the last row of the previous page (keyset paging)."""
+    """Newest first by (created_at, id); `before` is the last row of the previous page (keyset paging);
+    with `created_by`, only the jobs that API key created."""
     where: list[str] = []
     args: list[object] = []
+    if created_by is not None:
+        where.append("created_by = ?")
+        args.append(created_by)
     if status is not None:
         where.append("status = ?")
         args.append(str(status))

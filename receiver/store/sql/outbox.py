@@ -43,21 +43,25 @@ def emit(job_id: str, status: Status, now: float, locate: Callable[[str], str] |
     data = row_to_job(row).view(stored, locate)
     yield Lock("fluxhook-outbox")
     yield Query(
-        "INSERT INTO outbox (id, job_id, type, created_at, data) VALUES (?, ?, ?, ?, ?)",
-        (new_event_id(), job_id, kind, now, json.dumps(data, separators=(",", ":"))),
+        "INSERT INTO outbox (id, job_id, type, created_at, data, created_by) VALUES (?, ?, ?, ?, ?, ?)",
+        (new_event_id(), job_id, kind, now, json.dumps(data, separators=(",", ":")), row["created_by"]),
     )
 
 
 def row_to_event(row: Any) -> OutboxEvent:
     return OutboxEvent(seq=int(row["seq"]), id=row["id"], type=row["type"], job_id=row["job_id"],
-                       created_at=row["created_at"], data=json.loads(row["data"]))
+                       created_at=row["created_at"], data=json.loads(row["data"]), created_by=row["created_by"])
 
 
 def events_after(
-    after: int, limit: int, job_id: str | None = None, types: frozenset[str] | None = None
+    after: int, limit: int, job_id: str | None = None, types: frozenset[str] | None = None,
+    created_by: str | None = None,
 ) -> Op[list[OutboxEvent]]:
     where = ["seq > ?"]
     args: list[object] = [after]
+    if created_by is not None:
+        where.append("created_by = ?")
+        args.append(created_by)
     if job_id is not None:
         where.append("job_id = ?")
         args.append(job_id)

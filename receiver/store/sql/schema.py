@@ -142,6 +142,20 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX idempotency_created ON idempotency (created_at)
         """,
     ),
+    (
+        6,
+        "the API key that created each job, and ended UI sessions",
+        """
+        ALTER TABLE jobs ADD COLUMN created_by TEXT;
+        CREATE INDEX jobs_created_by ON jobs (created_by, created_at, id) WHERE created_by IS NOT NULL;
+        ALTER TABLE outbox ADD COLUMN created_by TEXT;
+        CREATE TABLE ended_sessions (
+            digest TEXT PRIMARY KEY,
+            expires_at REAL NOT NULL
+        );
+        CREATE INDEX ended_sessions_expiry ON ended_sessions (expires_at)
+        """,
+    ),
 ]
 
 

@@ -5,7 +5,8 @@ Each event is `id: <seq>`, `event: <type>`, `data: <envelope JSON on one line>`;
 proxies keep the connection and clients notice a dead one. A client resumes with the
 `Last-Event-ID` header (browsers send it by themselves) or `?after=SEQ`: it gets every
 event after that one, in order, none twice. Without either it gets what happens after it
-connected. The generator ends when the client goes away (Starlette cancels it on disconnect).
+connected. A `submit` key gets the events of the jobs it created, and no others. The
+generator ends when the client goes away (Starlette cancels it on disconnect).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def _types(request: Request) -> frozenset[str] | None:
 @api_endpoint
 async def events(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
-    authenticate(request)
+    key = authenticate(request)
     job_id = request.query_params.get("job") or None
     if job_id is not None and not (len(job_id) <= 128 and job_id.isascii() and job_id.isprintable()):
         raise invalid("job", "job must be a job id")
@@ -69,7 +70,7 @@ async def events(request: Request) -> Response:
     if request.method == "HEAD":  # the headers of the stream, without the stream (it never ends)
         return Response(media_type="text/event-stream", headers=HEADERS)
     heartbeat = rt.settings.integrations.sse_heartbeat
-    stream = rt.feed.stream(after, job_id=job_id, types=types, heartbeat=heartbeat)
+    stream = rt.feed.stream(after, job_id=job_id, types=types, heartbeat=heartbeat, created_by=key.owner_filter())
     return StreamingResponse(frames(stream, _body, log, "event stream"), media_type="text/event-stream",
                              headers=HEADERS)
 

@@ -22,7 +22,7 @@ from receiver.engine import jobs as jobs_mod
 from receiver.engine.jobs import submit_options
 from receiver.engine.runtime import Runtime
 from receiver.store import Job
-from receiver.web.api.auth import authenticate, key_scope
+from receiver.web.api.auth import authenticate, key_scope, visible, writer
 from receiver.web.api.errors import ApiError, api_endpoint, invalid, not_found
 from receiver.web.api.models import CreateJob, validation_error
 from receiver.web.bodies import read_body
@@ -97,7 +97,7 @@ def _check(rt: Runtime, req: CreateJob) -> None:
 @api_endpoint
 async def create(request: Request) -> Response:
     rt = _rt(request)
-    api_key = authenticate(request)
+    api_key = writer(request)
     idempotency_key = _idempotency_key(request)
     body = await read_body(request, BODY_CAP, rt.settings.body_timeout)
     try:
@@ -113,7 +113,7 @@ async def create(request: Request) -> Response:
     try:
         job, created = await jobs_mod.create_api_job(
             rt, req.provider, req.model, req.params, events=req.events, metadata=req.metadata,
-            idempotency=idempotency,
+            idempotency=idempotency, created_by=api_key.name,
         )
     except store_mod.IdempotencyConflict:
         raise ApiError(409, "idempotency_conflict",
@@ -152,13 +152,11 @@ async def _until_finished(rt: Runtime, job: Job, seq: int, wait: float) -> None:
 @api_endpoint
 async def get(request: Request) -> Response:
     rt = _rt(request)
-    authenticate(request)
+    key = authenticate(request)
     job_id = job_id_of(request)
     wait = min(_wait(request), rt.settings.integrations.max_wait)
     seq = await rt.feed.head() if wait > 0 else 0
-    job = await rt.store.get_job(job_id)
-    if job is None:
-        raise not_found("unknown job")
+    job = visible(key, await rt.store.get_job(job_id))
     if wait > 0 and job.status not in TERMINAL:
         await _until_finished(rt, job, seq, wait)
         job = await rt.store.get_job(job_id) or job
@@ -187,7 +185,7 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
 @api_endpoint
 async def listing(request: Request) -> Response:
     rt = _rt(request)
-    authenticate(request)
+    key = authenticate(request)
     query = request.query_params
     status: Status | None = None
     if query.get("status"):
@@ -205,7 +203,8 @@ async def listing(request: Request) -> Response:
             raise invalid("limit", f"limit must be an integer from 1 to {MAX_LIMIT}")
         limit = int(raw)
     before = decode_cursor(query["cursor"]) if query.get("cursor") else None
-    jobs = await rt.store.list_jobs(status, limit + 1, provider=provider, before=before)
+    jobs = await rt.store.list_jobs(status, limit + 1, provider=provider, before=before,
+                                    created_by=key.owner_filter())
     page = jobs[:limit]
     next_cursor = encode_cursor(page[-1]) if len(jobs) > limit else None
     return JSONResponse({"jobs": [await view(rt, job) for job in page], "next_cursor": next_cursor})
@@ -214,8 +213,9 @@ async def listing(request: Request) -> Response:
 @api_endpoint
 async def cancel(request: Request) -> Response:
     rt = _rt(request)
-    authenticate(request)
+    key = writer(request)
     job_id = job_id_of(request)
+    visible(key, await rt.store.get_job(job_id))
     try:
         job = await jobs_mod.cancel_job(rt, job_id)
     except KeyError:
@@ -228,8 +228,9 @@ async def cancel(request: Request) -> Response:
 @api_endpoint
 async def file(request: Request) -> Response:
     rt = _rt(request)
-    authenticate(request)
+    key = authenticate(request)
     job_id = job_id_of(request)
+    visible(key, await rt.store.get_job(job_id))
     raw = request.path_params["n"]
     missing = not_found("no such stored file")
     if not _FILE_N.fullmatch(raw):

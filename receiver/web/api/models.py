@@ -60,6 +60,8 @@ class JobView(BaseModel):
     note: str | None
     metadata: dict[str, Any]
     provider_job_id: str | None
+    created_by: str | None = Field(description="The name of the API key that created the job (FLUXHOOK_API_KEYS);"
+                                               " null for jobs made with the CLI.")
     created_at: str
     updated_at: str | None
     submitted_at: str | None

@@ -27,7 +27,9 @@ ERRORS = {
     "400": "Bad JSON, a body that is not an object, or a bad Idempotency-Key.",
     "408": "The body did not arrive in time.",
     "401": "Missing or wrong API key.",
-    "404": "Not found, or the API is off (no FLUXHOOK_API_KEYS).",
+    "403": "The key's scope does not allow this (a `read` key creates and cancels nothing).",
+    "404": "Not found (a job a `submit` key did not create is not found for it), or the API is off"
+           " (no FLUXHOOK_API_KEYS).",
     "409": "Conflict: idempotency key reused with another body, or the job cannot be canceled.",
     "413": "Body over 256 KiB.",
     "422": "A field is missing, of the wrong type or not acceptable; `field` names it.",
@@ -88,7 +90,7 @@ def document(providers: tuple[str, ...] = ()) -> dict[str, Any]:
                 {"201": _json("JobView", "Created.", {"Location": {"schema": {"type": "string"}}}),
                  "200": _json("JobView", "Replayed: the job an earlier request with this Idempotency-Key made.",
                               {"Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]}}})},
-                ("400", "408", "409", "413", "422"), parameters=[idempotency],
+                ("400", "403", "408", "409", "413", "422"), parameters=[idempotency],
                 requestBody={"required": True, "content": {"application/json": {"schema": _ref("CreateJob")}}},
             ),
             "get": _op(
@@ -111,7 +113,7 @@ def document(providers: tuple[str, ...] = ()) -> dict[str, Any]:
         )},
         "/v1/jobs/{job_id}/cancel": {"post": _op(
             "cancelJob", "Cancel a job that is not finished (canceled again: the same answer).",
-            {"200": job}, ("409",), parameters=[JOB_ID],
+            {"200": job}, ("403", "409"), parameters=[JOB_ID],
         )},
         "/v1/jobs/{job_id}/files/{n}": {"get": _op(
             "getJobFile", "A stored result file, or a redirect to it in object storage.",

@@ -34,11 +34,11 @@ def _runtime(request: Request) -> Runtime:
 
 
 def _authorized(request: Request, rt: Runtime) -> bool:
-    allowed = [*rt.settings.integrations.api_keys]
+    allowed = [k.secret for k in rt.settings.integrations.api_keys if k.operates]
     if rt.settings.metrics_token:
         allowed.append(rt.settings.metrics_token)
-    if not allowed:
-        return True
+    if not allowed and not rt.settings.integrations.api_keys:
+        return True  # nothing configured: open (loopback); keys of the scope `submit` alone still close it
     scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
     return scheme.lower() == "bearer" and constant_time_match(given.strip(), allowed) is not None
 

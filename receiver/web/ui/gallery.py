@@ -17,6 +17,7 @@ from receiver.store import Job, OutboxEvent, iso
 from receiver.web.sse import HEADERS, frames
 from receiver.web.ui.pages import (
     alt_text,
+    caller,
     cursor_of,
     file_url,
     page,
@@ -51,7 +52,8 @@ async def gallery(request: Request) -> Response:
     rt = runtime(request)
     before = parse_cursor(request.query_params.get("before"))
     head = await rt.feed.head()  # read first: the live stream resumes here, so nothing stored since is missed
-    jobs = await rt.store.list_jobs(Status.STORED, GALLERY_SIZE, before=before)
+    jobs = await rt.store.list_jobs(Status.STORED, GALLERY_SIZE, before=before,
+                                    created_by=caller(request).owner_filter())
     tiles = await _tiles(rt, jobs)
     older = ("/ui?" + urlencode({"before": cursor_of(jobs[-1])})) if len(jobs) == GALLERY_SIZE else None
     return render(request, "gallery.html", {"title": "Gallery", "tiles": tiles, "older": older,
@@ -67,11 +69,13 @@ async def events(request: Request) -> Response:
     after = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 18 else await rt.feed.head()
     if request.method == "HEAD":  # the headers of the stream, without the stream (it never ends)
         return Response(media_type="text/event-stream", headers={"cache-control": "no-cache"})
-    return StreamingResponse(_frames(rt, after), media_type="text/event-stream", headers=HEADERS)
+    return StreamingResponse(_frames(rt, after, caller(request).owner_filter()), media_type="text/event-stream",
+                             headers=HEADERS)
 
 
-def _frames(rt: Runtime, after: int) -> AsyncIterator[str]:
-    """The live feed's frames from outbox position `after`: each stored job's new images."""
+def _frames(rt: Runtime, after: int, created_by: str | None = None) -> AsyncIterator[str]:
+    """The live feed's frames from outbox position `after`: each stored job's new images (of the jobs the
+    key named `created_by` created, if not None)."""
 
     async def images(event: OutboxEvent) -> bytes:
         job_id = event.job_id
@@ -83,5 +87,6 @@ def _frames(rt: Runtime, after: int) -> AsyncIterator[str]:
                 "images": [{"src": t["src"], "alt": t["alt"], "prompt": t["prompt"]} for t in tiles]}
         return json.dumps(data, separators=(",", ":")).encode()
 
-    stream = rt.feed.stream(after, types=frozenset({"job.stored"}), heartbeat=rt.settings.integrations.sse_heartbeat)
+    stream = rt.feed.stream(after, types=frozenset({"job.stored"}), heartbeat=rt.settings.integrations.sse_heartbeat,
+                            created_by=created_by)
     return frames(stream, images, log, "ui event stream")

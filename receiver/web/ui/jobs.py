@@ -16,6 +16,7 @@ from receiver.web.files import result_response
 from receiver.web.ui.pages import (
     JOB_ID,
     alt_text,
+    caller,
     cursor_of,
     file_url,
     page,
@@ -52,12 +53,13 @@ async def job_table(request: Request) -> Response:
     older = None
     if q:
         found = await rt.store.get_job(q) if JOB_ID.fullmatch(q) else None
-        jobs = [found] if found is not None and (status is None or found.status == status) and (
-            provider is None or found.provider == provider) else []
+        jobs = [found] if found is not None and caller(request).may_see(found.created_by) and (
+            status is None or found.status == status) and (provider is None or found.provider == provider) else []
     elif problems:
         jobs = []
     else:
-        jobs = await rt.store.list_jobs(status, PAGE_SIZE, provider=provider, before=before)
+        jobs = await rt.store.list_jobs(status, PAGE_SIZE, provider=provider, before=before,
+                                        created_by=caller(request).owner_filter())
         if len(jobs) == PAGE_SIZE:
             older = "/ui/jobs?" + urlencode({k: v for k, v in (("status", status_raw), ("provider", provider_raw),
                                                                ("before", cursor_of(jobs[-1]))) if v})
@@ -72,7 +74,7 @@ async def job_page(request: Request) -> Response:
     rt = runtime(request)
     job_id = request.path_params["job_id"]
     job = await rt.store.get_job(job_id) if JOB_ID.fullmatch(job_id) else None
-    if job is None:
+    if job is None or not caller(request).may_see(job.created_by):
         return render(request, "error.html", {"title": "Not found", "message": "no such job"}, 404)
     timeline: list[dict[str, Any]] = [
         {"at": job.created_at, "what": "created", "detail": f"{job.provider} {job.model}"},
@@ -103,6 +105,11 @@ async def result_file(request: Request) -> Response:
     job_id, n = request.path_params["job_id"], request.path_params["n"]
     if not (JOB_ID.fullmatch(job_id) and _FILE_N.fullmatch(n)):
         return PlainTextResponse("not found", 404)
+    key = caller(request)
+    if not key.sees_all:  # a submit key: only its own jobs' files
+        job = await rt.store.get_job(job_id)
+        if job is None or not key.may_see(job.created_by):
+            return PlainTextResponse("not found", 404)
     record = next((f for f in await rt.store.files(job_id) if f.n == int(n) and f.stored), None)
     if record is None:
         return PlainTextResponse("not found", 404)

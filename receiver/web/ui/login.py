@@ -1,4 +1,8 @@
-"""`/ui/login` (a form taking an API key, answered with a session cookie) and `/ui/logout`."""
+"""`/ui/login` (a form taking an API key, answered with a session cookie) and `/ui/logout` (which ends it).
+
+A login POST whose `Origin` is another site's, or `null` (a sandboxed frame, a `data:` page: login
+CSRF would log the victim into the attacker's key), is refused; the pages send
+`Referrer-Policy: same-origin`, so a browser sends this origin on the form's POST."""
 
 from __future__ import annotations
 
@@ -7,9 +11,10 @@ from urllib.parse import parse_qs
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
+from receiver.store import StoreUnavailable
 from receiver.web.auth import match_key
 from receiver.web.ui.pages import PAGE_HEADERS, render, runtime
-from receiver.web.ui.sessions import SESSION_COOKIE, SESSION_MAX_AGE, session_token
+from receiver.web.ui.sessions import SESSION_COOKIE, SESSION_MAX_AGE, end_session, session_token
 
 __all__ = ["login", "logout"]
 
@@ -31,7 +36,7 @@ async def login(request: Request) -> Response:
         return render(request, "login.html", {"title": "Log in", "next": _safe_next(request.query_params.get("next")),
                                               "problem": None})
     origin = request.headers.get("origin")
-    if origin and origin != "null" and origin.rstrip("/") != f"{request.url.scheme}://{request.url.netloc}":
+    if origin is not None and origin.rstrip("/") != f"{request.url.scheme}://{request.url.netloc}":
         return PlainTextResponse("cross-origin login refused", 403)
     body = b""
     async for chunk in request.stream():
@@ -52,6 +57,11 @@ async def login(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
+    try:
+        await end_session(request, now=runtime(request).clock())
+    except StoreUnavailable:  # the session would live on: say so, and keep the cookie until it can end
+        return render(request, "error.html", {"title": "Unavailable", "message": "the ledger is unavailable, so the"
+                      " session could not be ended; try logging out again shortly"}, 503, {"retry-after": "5"})
     response = RedirectResponse("/ui/login", 303, headers=PAGE_HEADERS)
     response.delete_cookie(SESSION_COOKIE, path="/ui", httponly=True, samesite="strict", secure=_secure(request))
     return response

@@ -17,24 +17,27 @@ import jinja2
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
+from receiver.config.keys import ApiKey
 from receiver.engine.runtime import Runtime
 from receiver.store import Job, StoreUnavailable, iso
 from receiver.web.auth import api_keys, bearer_key
 from receiver.web.ui.sessions import session_key
 
 __all__ = [
-    "JOB_ID", "PAGE_HEADERS", "alt_text", "cursor_of", "file_url", "page", "parse_cursor", "prompt_of", "render",
-    "resource", "runtime",
+    "JOB_ID", "PAGE_HEADERS", "alt_text", "caller", "cursor_of", "file_url", "page", "parse_cursor", "prompt_of",
+    "render", "resource", "runtime",
 ]
 
 log = logging.getLogger("fluxhook.ui")
 
 HERE = Path(__file__).parent
-#: Pages: scripts and styles from this origin only (no inline script), images from here, nothing framed.
+#: Pages: scripts and styles from this origin only (no inline script), images from here, nothing framed. No
+#: Referer leaves for another origin; this one gets it, and so its own Origin on a form's POST (`no-referrer`
+#: would make that `null`, which the login form refuses).
 CSP = ("default-src 'none'; img-src 'self'; style-src 'self'; script-src 'self'; connect-src 'self';"
        " form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 PAGE_HEADERS = {"content-security-policy": CSP, "x-content-type-options": "nosniff", "cache-control": "no-store",
-                "referrer-policy": "no-referrer"}
+                "referrer-policy": "same-origin"}
 JOB_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _CURSOR = re.compile(r"([0-9]{1,12}(?:\.[0-9]{1,9})?)~([A-Za-z0-9_.:-]{1,128})")
 
@@ -58,17 +61,24 @@ class _Unauthenticated(Exception):
     pass
 
 
-def _who(request: Request) -> str:
-    """The key the request carries (Bearer or session cookie). _Off when the UI is off;
-    _Unauthenticated when neither is valid."""
+async def _who(request: Request) -> ApiKey:
+    """The key the request carries (Bearer or session cookie), kept as `request.state.api_key` for
+    :func:`caller`. _Off when the UI is off; _Unauthenticated when neither is valid."""
     if not api_keys(request):
         raise _Off("the UI is off: set FLUXHOOK_API_KEYS")
     if request.headers.get("authorization"):
         key = bearer_key(request)
     else:
-        key = session_key(request, now=runtime(request).clock())
+        key = await session_key(request, now=runtime(request).clock())
     if key is None:
         raise _Unauthenticated()
+    request.state.api_key = key
+    return key
+
+
+def caller(request: Request) -> ApiKey:
+    """The key a :func:`page` or :func:`resource` request was let in with: what it may see (receiver/config/keys.py)."""
+    key: ApiKey = request.state.api_key
     return key
 
 
@@ -80,7 +90,7 @@ def page(handler: Handler) -> Handler:
 
     async def endpoint(request: Request) -> Response:
         try:
-            _who(request)
+            await _who(request)
             return await handler(request)
         except _Off as exc:
             return render(request, "error.html", {"title": "Not found", "message": str(exc)}, 404)
@@ -103,7 +113,7 @@ def resource(handler: Handler) -> Handler:
 
     async def endpoint(request: Request) -> Response:
         try:
-            _who(request)
+            await _who(request)
             return await handler(request)
         except _Off as exc:
             return PlainTextResponse(str(exc), 404, headers={"cache-control": "no-store"})

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from receiver.config.keys import parse_api_keys
 from receiver.engine.jobs import new_job, submit
 from receiver.engine.sweep import sweep_once
 from receiver.obs.metrics import Metrics, MetricsSetupError, multiprocess_dir
@@ -168,7 +169,7 @@ async def test_metrics_need_a_bearer_when_keys_are_configured(tmp_path: Path, co
 
     base = make_settings(tmp_path)
     api_key = "api-key-0123456789abcdef-xyz"
-    integrations = (dataclasses.replace(base.integrations, api_keys=(api_key,))
+    integrations = (dataclasses.replace(base.integrations, api_keys=parse_api_keys(api_key))
                     if configured != "metrics-token" else base.integrations)
     token = TOKEN if configured != "api-key" else None
     async with harness(tmp_path, integrations=integrations, metrics_token=token) as h:

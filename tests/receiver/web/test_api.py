@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from receiver.config.integrations import Integrations
+from receiver.config.keys import parse_api_keys
 from receiver.engine.sweep import sweep_once
 from submitter.bodies import Observation
 from submitter.simulator import Faults
@@ -32,7 +33,8 @@ BODY = {"provider": "bfl", "model": "flux-dev", "params": {"prompt": "a fox"}}
 @contextlib.asynccontextmanager
 async def api_harness(tmp_path: Path, kind: str = "sqlite", *, keys: tuple[str, ...] = (KEY, OTHER_KEY),
                       faults: Faults | None = None, **integrations: Any) -> AsyncIterator[Harness]:
-    settings_integrations = dataclasses.replace(Integrations(), api_keys=keys, **integrations)
+    settings_integrations = dataclasses.replace(Integrations(), api_keys=parse_api_keys(",".join(keys)),
+                                                 **integrations)
     async with BACKENDS[kind](tmp_path) as store, harness(
         tmp_path, store=store, faults=faults, integrations=settings_integrations
     ) as h:

@@ -13,8 +13,11 @@ import httpx
 import pytest
 
 from receiver.config.integrations import Integrations
+from receiver.config.keys import parse_api_keys
 from receiver.engine.sweep import sweep_once
+from receiver.store import StoreUnavailable
 from receiver.web.ui.gallery import _frames
+from receiver.web.ui.pages import PAGE_HEADERS
 from receiver.web.ui.providers import percentile
 from receiver.web.ui.sessions import SESSION_COOKIE, SESSION_MAX_AGE
 from submitter.simulator import Faults
@@ -30,7 +33,7 @@ EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
 @contextlib.asynccontextmanager
 async def ui_harness(tmp_path: Path, keys: tuple[str, ...] = (KEY,)) -> AsyncIterator[Harness]:
-    integrations = dataclasses.replace(Integrations(), api_keys=keys)
+    integrations = dataclasses.replace(Integrations(), api_keys=parse_api_keys(",".join(keys)))
     async with harness(tmp_path, integrations=integrations) as h:
         yield h
 
@@ -95,15 +98,18 @@ async def test_login_sets_a_signed_session_cookie(h: Harness) -> None:
     cookie = answer.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Secure" in cookie and "Path=/ui" in cookie
     value = h.client.cookies[SESSION_COOKIE]
-    assert KEY not in value and re.fullmatch(r"[0-9]+\.[0-9a-f]{64}", value)
+    assert KEY not in value and re.fullmatch(r"[0-9]+\.[0-9a-f]{16}\.[0-9a-f]{64}", value)
     assert (await h.client.get("/ui")).status_code == 200
     stream = await h.client.head("/ui/events")
     assert stream.status_code == 200 and stream.headers["content-type"].startswith("text/event-stream")
     # Tampered, or expired: back to the login form.
-    issued, mac = value.split(".")
-    h.client.cookies.set(SESSION_COOKIE, f"{issued}.{'0' * 64}", path="/ui")
+    issued, nonce, mac = value.split(".")
+    h.client.cookies.set(SESSION_COOKIE, f"{issued}.{nonce}.{'0' * 64}", path="/ui")
     assert (await h.client.get("/ui")).status_code == 303
-    h.client.cookies.set(SESSION_COOKIE, f"{int(issued) - 1}.{mac}", path="/ui")
+    h.client.cookies.set(SESSION_COOKIE, f"{int(issued) - 1}.{nonce}.{mac}", path="/ui")
+    assert (await h.client.get("/ui")).status_code == 303
+    other = "0123456789abcdef" if nonce != "0123456789abcdef" else "fedcba9876543210"
+    h.client.cookies.set(SESSION_COOKIE, f"{issued}.{other}.{mac}", path="/ui")
     assert (await h.client.get("/ui")).status_code == 303
     h.client.cookies.set(SESSION_COOKIE, value, path="/ui")
     assert (await h.client.get("/ui")).status_code == 200
@@ -122,7 +128,7 @@ async def test_a_removed_key_ends_its_sessions(tmp_path: Path) -> None:
         await login(h)
         assert (await h.client.get("/ui")).status_code == 200
         h.rt.settings = dataclasses.replace(h.rt.settings, integrations=dataclasses.replace(
-            h.rt.settings.integrations, api_keys=("another-key-0123456789",)))
+            h.rt.settings.integrations, api_keys=parse_api_keys("another-key-0123456789")))
         assert (await h.client.get("/ui")).status_code == 303
 
 
@@ -132,9 +138,52 @@ async def test_login_never_redirects_elsewhere(h: Harness, target: str) -> None:
     assert answer.status_code == 303 and answer.headers["location"] == "/ui"
 
 
-async def test_cross_origin_login_is_refused(h: Harness) -> None:
-    answer = await h.client.post("/ui/login", data={"key": KEY}, headers={"origin": "https://evil.example"})
+@pytest.mark.parametrize("origin", ["https://evil.example", "null", "http://hooks.test"])
+async def test_cross_origin_login_is_refused(h: Harness, origin: str) -> None:
+    """Another site, a sandboxed frame or a data: page (`Origin: null`), another scheme: no session."""
+    answer = await h.client.post("/ui/login", data={"key": KEY}, headers={"origin": origin})
     assert answer.status_code == 403 and SESSION_COOKIE not in h.client.cookies
+    same = await h.client.post("/ui/login", data={"key": KEY}, headers={"origin": "https://hooks.test"})
+    assert same.status_code == 303 and SESSION_COOKIE in h.client.cookies
+
+
+async def test_pages_send_their_origin_on_a_post() -> None:
+    """`no-referrer` would make a browser send `Origin: null` with the login form, which is refused."""
+    assert PAGE_HEADERS["referrer-policy"] == "same-origin"
+
+
+async def test_logout_ends_the_session_even_for_a_copied_cookie(h: Harness) -> None:
+    await login(h)
+    copied = h.client.cookies[SESSION_COOKIE]
+    assert (await h.client.get("/ui")).status_code == 200
+    assert (await h.client.post("/ui/logout")).status_code == 303
+    h.client.cookies.set(SESSION_COOKIE, copied, path="/ui")
+    assert (await h.client.get("/ui")).status_code == 303  # back to the login form
+    assert (await h.client.get("/ui/jobs/fh_x/files/0")).status_code == 401
+    # two logins of the same key in the same second: ending one leaves the other
+    h.client.cookies.clear()
+    await login(h)
+    first = h.client.cookies[SESSION_COOKIE]
+    h.client.cookies.clear()
+    await login(h)
+    second = h.client.cookies[SESSION_COOKIE]
+    assert first != second
+    h.client.cookies.clear()
+    h.client.cookies.set(SESSION_COOKIE, first, path="/ui")
+    assert (await h.client.post("/ui/logout")).status_code == 303
+    h.client.cookies.set(SESSION_COOKIE, second, path="/ui")
+    assert (await h.client.get("/ui")).status_code == 200
+
+
+async def test_a_logout_the_ledger_cannot_record_says_so(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    await login(h)
+
+    async def down(*args: object, **kwargs: object) -> None:
+        raise StoreUnavailable("database is locked")
+
+    monkeypatch.setattr(h.rt.store, "end_session", down)
+    answer = await h.client.post("/ui/logout")
+    assert answer.status_code == 503 and "could not be ended" in answer.text
 
 
 async def test_gallery_shows_stored_images_newest_first(h: Harness) -> None:
