@@ -26,10 +26,10 @@ class FakeOutbox:
         return self.events[-1].seq if self.events else 0
 
     async def events_after(self, after: int, *, limit: int = 500, job_id: str | None = None,
-                           types: frozenset[str] | None = None) -> list[OutboxEvent]:
+                           types: frozenset[str] | None = None, created_by: str | None = None) -> list[OutboxEvent]:
         await asyncio.sleep(0)
         found = [e for e in self.events if e.seq > after and (job_id is None or e.job_id == job_id)
-                 and (types is None or e.type in types)]
+                 and (types is None or e.type in types) and (created_by is None or e.created_by == created_by)]
         return found[:limit]
 
 
