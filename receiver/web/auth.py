@@ -43,3 +43,16 @@ def bearer_key(request: Request) -> str | None:
     scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
     matched = constant_time_match(given.strip(), api_keys(request))
     return matched if scheme.lower() == "bearer" else None
+
+
+def operator_authorized(request: Request) -> bool:
+    """Whether the request carries operator credentials: `Authorization: Bearer <token>` with a key of
+    FLUXHOOK_API_KEYS or the FLUXHOOK_METRICS_TOKEN (/metrics, and the details of /readyz and /healthz).
+    With neither configured no request does (whether /metrics is then open is its own rule)."""
+    token: str | None = request.app.state.runtime.settings.metrics_token
+    scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
+    matched = constant_time_match(given.strip(), (*api_keys(request), *((token,) if token else ())))
+    return matched is not None and scheme.lower() == "bearer"
+
+
+__all__ += ["operator_authorized"]
