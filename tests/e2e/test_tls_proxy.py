@@ -291,6 +291,7 @@ async def test_callbacks_over_tls_through_nginx_verify_store_and_log_no_token(tm
             assert totals["callbacks_failed"] == 0 and totals["polls"] == 0 and totals["deliveries"] == 3
             health = (await http.get(f"{proxy.url}/healthz", headers={"authorization": f"Bearer {ops}"})).json()
             assert health["callbacks"]["accepted"] == 3
+            assert (await http.get(f"{proxy.url}/metrics")).status_code == 403  # never through the proxy
             # Plain HTTP is redirected to https, path kept (and, again, not logged).
             redirect = await http.post(f"{proxy.http_url}/hooks/bfl/{jobs[0].id}/{tokens[0]}", content=b"{}")
             assert redirect.status_code == 301
