@@ -136,6 +136,10 @@ async def ack_latency(callbacks: int, concurrency: int) -> dict[str, float]:
     }
 
 
+#: The receiver's FLUXHOOK_METRICS_TOKEN in replicate_events.
+OPS_TOKEN = "bench-ops-token-0123456789"  # noqa: S105 - a local benchmark receiver's token
+
+
 async def replicate_events(jobs: int, faults: Faults, events: list[str]) -> dict[str, float]:
     """Replicate predictions through the simulator: webhooks received vs processed, polls per job."""
     sim = Simulator(default_faults=faults)
@@ -147,6 +151,7 @@ async def replicate_events(jobs: int, faults: Faults, events: list[str]) -> dict
             settings = Settings.from_env(environment(
                 tmp, sim_url, public_url, FLUXHOOK_REPLICATE_URL=sim_url, REPLICATE_API_TOKEN="bench",  # noqa: S106 - the simulator takes any token
                 FLUXHOOK_POLL_AFTER="3", FLUXHOOK_SWEEP_INTERVAL="0.25",
+                FLUXHOOK_METRICS_TOKEN=OPS_TOKEN,  # /healthz shows its callback counters to operators only
             ))
             async with serve_in_background(create_app(settings), sock), Runtime.open(settings) as rt:
                 ids = [(await submit(rt, "replicate", "black-forest-labs/flux-schnell", {"prompt": f"job {i}"},
@@ -158,7 +163,8 @@ async def replicate_events(jobs: int, faults: Faults, events: list[str]) -> dict
                     await asyncio.sleep(0.1)
                 await sim.drain()
                 async with httpx.AsyncClient() as http:
-                    received = (await http.get(f"{public_url}/healthz")).json()["callbacks"]
+                    health = await http.get(f"{public_url}/healthz", headers={"authorization": f"Bearer {OPS_TOKEN}"})
+                    received = health.json()["callbacks"]
                 stored = sum(1 for j in done if j is not None and j.status == Status.STORED)
                 files = sum([len(await rt.store.files(i)) for i in ids])
         totals = sim.stats()["totals"]

@@ -110,3 +110,66 @@ def test_every_fluxhook_variable_named_exists_in_settings() -> None:
     assert named, "no FLUXHOOK_* variables found"
     unknown = sorted(n for n in named if f'"{n}"' not in source)
     assert not unknown, f"not read by receiver/config/: {unknown}"
+
+
+# /metrics in the public recipes (security review, finding 6): each sets FLUXHOOK_METRICS_TOKEN from the
+# platform's secret manager, or cannot start with /metrics open.
+
+def protection(env: dict[str, Any]) -> set[str]:
+    """The settings among `env` (name -> value as the recipe gives it) that protect /metrics, each taken
+    from a secret store: a Secret Manager reference (Cloud Run) or a Secrets Manager dynamic reference."""
+    found = set()
+    for name in ("FLUXHOOK_METRICS_TOKEN", "FLUXHOOK_API_KEYS"):
+        value = env.get(name)
+        if isinstance(value, dict) and ("secretKeyRef" in value.get("valueFrom", {})
+                                        or "{{resolve:secretsmanager:" in json.dumps(value)):
+            found.add(name)
+    return found
+
+
+def test_cloud_run_is_public_and_takes_the_metrics_token_from_secret_manager() -> None:
+    service = load_yaml(DEPLOY / "cloudrun" / "service.yaml")
+    assert service["metadata"]["annotations"]["run.googleapis.com/ingress"] == "all"
+    assert "--member=allUsers" in (DEPLOY / "cloudrun" / "README.md").read_text()  # public: protection required
+    (container,) = service["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert protection(env) == {"FLUXHOOK_METRICS_TOKEN"}
+    secret = env["FLUXHOOK_METRICS_TOKEN"]["valueFrom"]["secretKeyRef"]["name"]
+    assert f"gcloud secrets create {secret}" in (DEPLOY / "cloudrun" / "README.md").read_text()
+
+
+def test_the_lambda_function_url_is_public_and_takes_the_metrics_token_from_secrets_manager() -> None:
+    doc = load_yaml(DEPLOY / "lambda" / "template.yaml")
+    props = doc["Resources"]["Fluxhook"]["Properties"]
+    assert props["FunctionUrlConfig"]["AuthType"] == "NONE"  # public: protection required
+    variables = props["Environment"]["Variables"]
+    assert protection({k: v for k, v in variables.items() if isinstance(v, dict)}) == {"FLUXHOOK_METRICS_TOKEN"}
+    assert variables["FLUXHOOK_METRICS_TOKEN"] == {"Fn::Sub": "{{resolve:secretsmanager:${MetricsTokenSecret}}}"}
+    default = doc["Parameters"]["MetricsTokenSecret"]["Default"]
+    assert f"aws secretsmanager create-secret --name {default}" in (DEPLOY / "lambda" / "lambda.md").read_text()
+
+
+def test_the_container_image_cannot_start_public_with_metrics_open() -> None:
+    from receiver.config.settings import Settings
+    from receiver.serve.exposure import metrics_exposure
+
+    text = (DEPLOY / "Dockerfile").read_text()
+    (cmd,) = re.findall(r"^CMD (\[.*\])$", text, re.M)
+    argv = json.loads(cmd)
+    host = argv[argv.index("--host") + 1]
+    (env_line,) = re.findall(r"^ENV (.*)$", text, re.M)
+    image_env = dict(pair.split("=", 1) for pair in env_line.split())
+    assert "FLUXHOOK_METRICS_PUBLIC" not in text.split("CMD")[-1] and "FLUXHOOK_METRICS_PUBLIC" not in image_env
+    assert metrics_exposure(Settings.from_env(image_env), host) is not None  # refused until given a token
+    assert metrics_exposure(Settings.from_env(image_env | {"FLUXHOOK_METRICS_TOKEN": "t" * 32}), host) is None
+    service = load_yaml(DEPLOY / "cloudrun" / "service.yaml")  # the same serve, on Cloud Run, starts
+    (container,) = service["spec"]["template"]["spec"]["containers"]
+    assert "--host 0.0.0.0" in " ".join(container["args"]) and "FLUXHOOK_METRICS_TOKEN" in json.dumps(container)
+
+
+def test_the_vm_recipe_listens_on_loopback_and_nginx_never_forwards_metrics() -> None:
+    unit = (DEPLOY / "fluxhook.service").read_text()
+    assert "fluxhook serve --host 127.0.0.1 " in unit
+    conf = (DEPLOY / "nginx" / "fluxhook.conf").read_text()
+    block = re.search(r"location = /metrics \{(.*?)\}", conf, re.S)
+    assert block is not None and block.group(1).split() == ["deny", "all;"]

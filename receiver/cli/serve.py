@@ -1,5 +1,6 @@
 """`fluxhook serve`: the receiver under uvicorn, with the polling sweep and downloads in-process
-(logging is already set up by receiver/cli/main.py, as for every command)."""
+(logging is already set up by receiver/cli/main.py, as for every command). It refuses to listen beyond
+loopback with /metrics unprotected (receiver/serve/exposure.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 
 from receiver.config.settings import Settings
 from receiver.obs.logs import uvicorn_log_config
+from receiver.serve.exposure import require_protected_metrics
 from receiver.serve.server import run
 from receiver.web.app import create_app
 
@@ -15,6 +17,7 @@ __all__ = ["serve"]
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     settings.require_public()
+    require_protected_metrics(settings, args.host)  # not beyond loopback with /metrics open to all
     run(create_app(settings), settings, host=args.host, port=args.port, log_level=args.log_level,
         log_config=uvicorn_log_config(settings.log_format))
     return 0

@@ -106,6 +106,8 @@ class Settings:
     log_format: str = "text"
     #: Bearer token for GET /metrics (besides the API keys); None and no API keys: /metrics is open.
     metrics_token: str | None = field(default=None, repr=False)
+    #: `fluxhook serve` may listen beyond loopback with /metrics unprotected (a proxy or network protects it).
+    metrics_public: bool = False
 
     def __repr__(self) -> str:  # never show the key, nor a database password
         return f"Settings(public_url={self.public_url!r}, db={self.db_display!r}, results={str(self.results)!r})"
@@ -190,7 +192,13 @@ class Settings:
             integrations=Integrations.from_env(env),
             log_format=log_format(env.get("FLUXHOOK_LOG_FORMAT") or "text"),
             metrics_token=metrics_token(env.get("FLUXHOOK_METRICS_TOKEN") or None),
+            metrics_public=boolean(env, "FLUXHOOK_METRICS_PUBLIC", False),
         )
+
+    @property
+    def metrics_protected(self) -> bool:
+        """Whether GET /metrics asks for a bearer: FLUXHOOK_API_KEYS or FLUXHOOK_METRICS_TOKEN is set."""
+        return bool(self.integrations.api_keys) or self.metrics_token is not None
 
     def with_overrides(self, **changes: object) -> Settings:
         # dataclasses.replace is typed field by field; these keywords are checked when it runs.

@@ -16,6 +16,9 @@ Runtime is opened by this module and handed to `create_app(settings, runtime=rt,
 No background workers: a frozen instance must not hold work. The ledger is the work item; a
 callback only records, and the scheduled sweep does whatever is left (downloads included).
 
+GET /metrics is open unless FLUXHOOK_METRICS_TOKEN or FLUXHOOK_API_KEYS is set; the function cannot
+see who may invoke it, so it only warns at start (the recipe in deploy/lambda sets the token).
+
 Migrations are a deploy step (`fluxhook migrate`), never run here: with the schema behind, HTTP
 events get 503 naming that command and a scheduled event fails with the same message. A failed
 start is not kept: the next invocation tries again (after the migration, or once the database
@@ -68,6 +71,11 @@ class _Instance:
 
         settings = Settings.from_env()
         configure_logging(settings)
+        if not (settings.metrics_protected or settings.metrics_public):
+            # Who may invoke the function is AWS's to say (function URL, API Gateway), not ours to see.
+            log.warning("GET /metrics is open to anyone who can invoke this function: set FLUXHOOK_METRICS_TOKEN "
+                        "(deploy/lambda/template.yaml) or FLUXHOOK_API_KEYS; FLUXHOOK_METRICS_PUBLIC=1 if IAM or "
+                        "API Gateway already keeps it private")
 
         async def open_runtime() -> Any:
             try:

@@ -17,7 +17,9 @@ from starlette.requests import Request
 
 from receiver.config.keys import ApiKey
 
-__all__ = ["api_keys", "bearer_key", "bearer_token", "constant_time_match", "key_for", "match_key"]
+__all__ = [
+    "api_keys", "bearer_key", "bearer_token", "constant_time_match", "key_for", "match_key", "operator_authorized",
+]
 
 
 def api_keys(request: Request) -> tuple[ApiKey, ...]:
@@ -59,3 +61,14 @@ def bearer_key(request: Request) -> ApiKey | None:
     """The configured key the request's `Authorization: Bearer <key>` carries; else None."""
     given = bearer_token(request)
     return key_for(given, api_keys(request)) if given is not None else None
+
+
+def operator_authorized(request: Request) -> bool:
+    """Whether the request carries operator credentials: `Authorization: Bearer <token>` with a key of
+    FLUXHOOK_API_KEYS whose scope operates (admin, read) or the FLUXHOOK_METRICS_TOKEN (/metrics, and the
+    details of /readyz and /healthz). With neither configured no request does (whether /metrics is then
+    open is its own rule)."""
+    token: str | None = request.app.state.runtime.settings.metrics_token
+    given = bearer_token(request)
+    allowed = (*(k.secret for k in api_keys(request) if k.operates), *((token,) if token else ()))
+    return given is not None and constant_time_match(given, allowed) is not None

@@ -37,6 +37,7 @@ from receiver.errors import (
     Unavailable,
 )
 from receiver.store import Event, TaskMismatch
+from receiver.web.auth import operator_authorized
 from receiver.web.bodies import receive_body, redact_headers
 from submitter.bodies import BodyError, loads_object
 from submitter.dialects import parse_observation
@@ -247,8 +248,10 @@ async def _hook(scope: Scope, receive: Receive, rt: Runtime, provider: str) -> d
 
 
 async def health(request: Request) -> JSONResponse:
-    rt = _runtime(request)
-    return JSONResponse({"ok": True, "callbacks": dict(rt.metrics)})
+    """Liveness: the process answers. The callback counters only with operator credentials."""
+    if not operator_authorized(request):
+        return JSONResponse({"ok": True})
+    return JSONResponse({"ok": True, "callbacks": dict(_runtime(request).metrics)})
 
 
 def error_response(request: Request, exc: Exception) -> JSONResponse:

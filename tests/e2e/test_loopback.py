@@ -30,6 +30,9 @@ from tests.e2e.support import MASTER, env_for, run_cli, wait_for_status
 
 pytestmark = pytest.mark.anyio
 
+#: Operator credentials: /healthz shows its callback counters only with them.
+OPS_TOKEN = "ops-token-0123456789"
+
 
 @dataclass
 class Stack:
@@ -44,7 +47,8 @@ class Stack:
         return await wait_for_status(self.rt.store, job_id, until)
 
     async def health(self) -> dict[str, int]:
-        return (await self.http.get(f"{self.public_url}/healthz")).json()["callbacks"]
+        answer = await self.http.get(f"{self.public_url}/healthz", headers={"authorization": f"Bearer {OPS_TOKEN}"})
+        return answer.json()["callbacks"]
 
 
 @contextlib.asynccontextmanager
@@ -53,7 +57,7 @@ async def stack(tmp_path: Path, *, receiver: bool = True) -> AsyncIterator[Stack
     async with serve_in_background(sim.app) as sim_url:
         sock = bind()
         public_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        settings = Settings.from_env(env_for(tmp_path, sim_url, public_url))
+        settings = Settings.from_env(env_for(tmp_path, sim_url, public_url) | {"FLUXHOOK_METRICS_TOKEN": OPS_TOKEN})
         settings.results.mkdir(parents=True, exist_ok=True)
         async with contextlib.AsyncExitStack() as stack:
             if receiver:

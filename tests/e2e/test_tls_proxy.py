@@ -268,7 +268,9 @@ async def test_callbacks_over_tls_through_nginx_verify_store_and_log_no_token(tm
         serve_in_background(sim.app) as sim_url,
         nginx(tmp_path, port, certs) as proxy,
     ):
-        env = env_for(tmp_path, sim_url, proxy.url) | {"FLUXHOOK_FORWARDED_ALLOW_IPS": "127.0.0.1"}
+        ops = "ops-token-0123456789"  # /healthz shows its counters to operators only
+        env = env_for(tmp_path, sim_url, proxy.url) | {"FLUXHOOK_FORWARDED_ALLOW_IPS": "127.0.0.1",
+                                                       "FLUXHOOK_METRICS_TOKEN": ops}
         del env["FLUXHOOK_ALLOW_HTTP"]  # the public URL is https
         settings = Settings.from_env(env)
         assert settings.public_url == proxy.url
@@ -287,8 +289,9 @@ async def test_callbacks_over_tls_through_nginx_verify_store_and_log_no_token(tm
             await sim.drain()
             totals = sim.stats()["totals"]
             assert totals["callbacks_failed"] == 0 and totals["polls"] == 0 and totals["deliveries"] == 3
-            health = (await http.get(f"{proxy.url}/healthz")).json()
+            health = (await http.get(f"{proxy.url}/healthz", headers={"authorization": f"Bearer {ops}"})).json()
             assert health["callbacks"]["accepted"] == 3
+            assert (await http.get(f"{proxy.url}/metrics")).status_code == 403  # never through the proxy
             # Plain HTTP is redirected to https, path kept (and, again, not logged).
             redirect = await http.post(f"{proxy.http_url}/hooks/bfl/{jobs[0].id}/{tokens[0]}", content=b"{}")
             assert redirect.status_code == 301

@@ -39,6 +39,8 @@ pytestmark = pytest.mark.anyio
 
 PUBLIC = "https://abcdefgh.lambda-url.eu-west-1.on.aws"
 TOKEN = "sweep-token-0123456789abcdef0123456789"
+#: FLUXHOOK_METRICS_TOKEN, as deploy/lambda/template.yaml sets it: /healthz shows its counters with it.
+OPS_TOKEN = "metrics-token-0123456789"
 SCHEDULED = {
     "version": "0",
     "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
@@ -140,7 +142,7 @@ async def ready_result(env: Lambda, provider_job_id: str) -> bytes:
 async def test_signed_callback_through_a_function_url_event_then_the_scheduled_sweep_downloads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, base64_body: bool
 ) -> None:
-    async with lambda_env(tmp_path, monkeypatch) as env:
+    async with lambda_env(tmp_path, monkeypatch, extra={"FLUXHOOK_METRICS_TOKEN": OPS_TOKEN}) as env:
         job = await submit(env.rt, "bfl", "flux-dev", {"prompt": "a lambda fox"})
         assert job.status == Status.SUBMITTED and job.provider_job_id
         body = await ready_result(env, job.provider_job_id)
@@ -168,7 +170,8 @@ async def test_signed_callback_through_a_function_url_event_then_the_scheduled_s
         assert done is not None and done.status == Status.STORED, (done, report)
         (stored,) = sorted((env.settings.results / job.id).iterdir())
         assert stored.read_bytes().startswith(b"\x89PNG")
-        health = await invoke(http_v2_event("GET", "/healthz"))
+        assert json.loads((await invoke(http_v2_event("GET", "/healthz")))["body"]) == {"ok": True}
+        health = await invoke(http_v2_event("GET", "/healthz", headers={"authorization": f"Bearer {OPS_TOKEN}"}))
         assert json.loads(health["body"])["callbacks"] == {"accepted": 1, "duplicate": 1, "rejected": 1}
 
 

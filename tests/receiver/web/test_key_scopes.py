@@ -160,3 +160,11 @@ async def test_only_admin_keys_trigger_a_sweep(h: Harness) -> None:
         assert answer.status_code == 401, key
     answer = await h.client.post("/v1/sweep", headers=bearer(ADMIN))
     assert answer.status_code == 200 and "claimed" in answer.json()
+
+
+async def test_operator_details_take_admin_and_read_keys_only(h: Harness) -> None:
+    for key, operator in ((ADMIN, True), (DASH, True), (CI, False)):
+        health = (await h.client.get("/healthz", headers=bearer(key))).json()
+        assert ("callbacks" in health) is operator, key
+        ready = (await h.client.get("/readyz", headers=bearer(key))).json()
+        assert ready["ready"] is True and ("problems" not in ready or operator), key
