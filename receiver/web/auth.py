@@ -8,12 +8,13 @@ answer or a log line. What a miss is answered with is each surface's own: receiv
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Iterable
 
 from starlette.requests import Request
 
-__all__ = ["api_keys", "bearer_key", "constant_time_match", "match_key"]
+__all__ = ["api_keys", "bearer_key", "constant_time_match", "key_scope", "match_key"]
 
 
 def api_keys(request: Request) -> tuple[str, ...]:
@@ -43,3 +44,8 @@ def bearer_key(request: Request) -> str | None:
     scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
     matched = constant_time_match(given.strip(), api_keys(request))
     return matched if scheme.lower() == "bearer" else None
+
+
+def key_scope(key: str) -> str:
+    """A stable, non-secret name of an API key: Idempotency-Keys and stream caps are scoped by it."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]

@@ -7,12 +7,10 @@ miss is 401 with `WWW-Authenticate: Bearer`.
 
 from __future__ import annotations
 
-import hashlib
-
 from starlette.requests import Request
 
 from receiver.web.api.errors import ApiError
-from receiver.web.auth import api_keys, bearer_key
+from receiver.web.auth import api_keys, bearer_key, key_scope
 
 __all__ = ["authenticate", "key_scope"]
 
@@ -28,8 +26,3 @@ def authenticate(request: Request) -> str:
         raise ApiError(401, "unauthorized", "a valid API key is required: Authorization: Bearer <key>",
                        headers={"www-authenticate": "Bearer"})
     return matched
-
-
-def key_scope(key: str) -> str:
-    """A stable, non-secret name of an API key: Idempotency-Keys are scoped by it."""
-    return hashlib.sha256(key.encode()).hexdigest()[:16]

@@ -6,6 +6,8 @@ proxies keep the connection and clients notice a dead one. A client resumes with
 `Last-Event-ID` header (browsers send it by themselves) or `?after=SEQ`: it gets every
 event after that one, in order, none twice. Without either it gets what happens after it
 connected. The generator ends when the client goes away (Starlette cancels it on disconnect).
+A key holds at most FLUXHOOK_MAX_STREAMS_PER_KEY streams and long-polls at once, the server
+FLUXHOOK_MAX_STREAMS: one more is 429 `too_many_streams` with Retry-After (receiver/web/streams.py).
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ import logging
 import re
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from receiver.config.integrations import EVENT_TYPES
 from receiver.engine.runtime import Runtime
 from receiver.store import OutboxEvent
-from receiver.web.api.auth import authenticate
+from receiver.web.api.auth import authenticate, key_scope
 from receiver.web.api.errors import api_endpoint, invalid
 from receiver.web.sse import HEADERS, frames
+from receiver.web.streams import HeldStream, stream_limits
 
 __all__ = ["events"]
 
@@ -58,7 +61,7 @@ def _types(request: Request) -> frozenset[str] | None:
 @api_endpoint
 async def events(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
-    authenticate(request)
+    key = authenticate(request)
     job_id = request.query_params.get("job") or None
     if job_id is not None and not (len(job_id) <= 128 and job_id.isascii() and job_id.isprintable()):
         raise invalid("job", "job must be a job id")
@@ -68,10 +71,11 @@ async def events(request: Request) -> Response:
         after = await rt.feed.head()
     if request.method == "HEAD":  # the headers of the stream, without the stream (it never ends)
         return Response(media_type="text/event-stream", headers=HEADERS)
+    slot = stream_limits(request).acquire(key_scope(key))  # 429 when the key or the server holds too many
     heartbeat = rt.settings.integrations.sse_heartbeat
     stream = rt.feed.stream(after, job_id=job_id, types=types, heartbeat=heartbeat)
-    return StreamingResponse(frames(stream, _body, log, "event stream"), media_type="text/event-stream",
-                             headers=HEADERS)
+    return HeldStream(slot, frames(stream, _body, log, "event stream"), media_type="text/event-stream",
+                      headers=HEADERS)
 
 
 async def _body(event: OutboxEvent) -> bytes:

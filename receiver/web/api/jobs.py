@@ -27,6 +27,7 @@ from receiver.web.api.errors import ApiError, api_endpoint, invalid, not_found
 from receiver.web.api.models import CreateJob, validation_error
 from receiver.web.bodies import read_body
 from receiver.web.files import result_response
+from receiver.web.streams import stream_limits
 from submitter.bodies import BodyError, loads_object
 from submitter.status import TERMINAL, Status
 
@@ -152,7 +153,7 @@ async def _until_finished(rt: Runtime, job: Job, seq: int, wait: float) -> None:
 @api_endpoint
 async def get(request: Request) -> Response:
     rt = _rt(request)
-    authenticate(request)
+    key = authenticate(request)
     job_id = job_id_of(request)
     wait = min(_wait(request), rt.settings.integrations.max_wait)
     seq = await rt.feed.head() if wait > 0 else 0
@@ -160,7 +161,8 @@ async def get(request: Request) -> Response:
     if job is None:
         raise not_found("unknown job")
     if wait > 0 and job.status not in TERMINAL:
-        await _until_finished(rt, job, seq, wait)
+        async with stream_limits(request).hold(key_scope(key)):  # a long-poll counts as a stream while it waits
+            await _until_finished(rt, job, seq, wait)
         job = await rt.store.get_job(job_id) or job
     return JSONResponse(await view(rt, job))
 

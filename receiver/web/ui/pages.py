@@ -24,7 +24,7 @@ from receiver.web.ui.sessions import session_key
 
 __all__ = [
     "JOB_ID", "PAGE_HEADERS", "alt_text", "cursor_of", "file_url", "page", "parse_cursor", "prompt_of", "render",
-    "resource", "runtime",
+    "resource", "runtime", "who",
 ]
 
 log = logging.getLogger("fluxhook.ui")
@@ -58,7 +58,7 @@ class _Unauthenticated(Exception):
     pass
 
 
-def _who(request: Request) -> str:
+def who(request: Request) -> str:
     """The key the request carries (Bearer or session cookie). _Off when the UI is off;
     _Unauthenticated when neither is valid."""
     if not api_keys(request):
@@ -80,7 +80,7 @@ def page(handler: Handler) -> Handler:
 
     async def endpoint(request: Request) -> Response:
         try:
-            _who(request)
+            who(request)
             return await handler(request)
         except _Off as exc:
             return render(request, "error.html", {"title": "Not found", "message": str(exc)}, 404)
@@ -103,7 +103,7 @@ def resource(handler: Handler) -> Handler:
 
     async def endpoint(request: Request) -> Response:
         try:
-            _who(request)
+            who(request)
             return await handler(request)
         except _Off as exc:
             return PlainTextResponse(str(exc), 404, headers={"cache-control": "no-store"})
