@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from receiver.config.capacity import Capacity, capacity, optional_count
 from receiver.config.env import (
     SettingsError,
     boolean,
@@ -83,6 +84,11 @@ class Settings:
     max_connections: int = 512
     #: Seconds an idle keep-alive connection stays open.
     idle_timeout: float = 5.0
+    #: Event streams and long-polls at once, in all and per API key; None: derived (see `capacity`).
+    max_streams: int | None = None
+    max_streams_per_key: int | None = None
+    #: Connections only `/hooks/...` may use; None: derived (see `capacity`).
+    hooks_reserved: int | None = None
     # -- downloads and caps --
     #: Allow plain http result URLs (tests and the simulator only).
     download_allow_http: bool = False
@@ -152,7 +158,7 @@ class Settings:
                 raise SettingsError(
                     f"REPLICATE_WEBHOOK_SECRET: secret #{position} is not a whsec_<base64> signing secret"
                 )
-        return cls(
+        settings = cls(
             public_url=public_url,
             allow_http=allow_http,
             db=env.get("FLUXHOOK_DB") or "./fluxhook.db",
@@ -182,6 +188,9 @@ class Settings:
             header_timeout=positive(env, "FLUXHOOK_HEADER_TIMEOUT", 10.0),
             max_connections=count(env, "FLUXHOOK_MAX_CONNECTIONS", 512),
             idle_timeout=positive(env, "FLUXHOOK_IDLE_TIMEOUT", 5.0),
+            max_streams=optional_count(env, "FLUXHOOK_MAX_STREAMS"),
+            max_streams_per_key=optional_count(env, "FLUXHOOK_MAX_STREAMS_PER_KEY"),
+            hooks_reserved=optional_count(env, "FLUXHOOK_HOOKS_RESERVED"),
             download_allow_http=boolean(env, "FLUXHOOK_DOWNLOAD_ALLOW_HTTP", False),
             max_outputs=count(env, "FLUXHOOK_MAX_OUTPUTS", 16),
             max_events_per_job=count(env, "FLUXHOOK_MAX_EVENTS_PER_JOB", 100),
@@ -194,6 +203,13 @@ class Settings:
             metrics_token=metrics_token(env.get("FLUXHOOK_METRICS_TOKEN") or None),
             metrics_public=boolean(env, "FLUXHOOK_METRICS_PUBLIC", False),
         )
+        _ = settings.capacity  # the stream caps and the hooks' reserve fit under the connection cap
+        return settings
+
+    @property
+    def capacity(self) -> Capacity:
+        """The stream caps and the connections reserved for callbacks (receiver/config/capacity.py)."""
+        return capacity(self.max_connections, self.max_streams, self.max_streams_per_key, self.hooks_reserved)
 
     @property
     def metrics_protected(self) -> bool:

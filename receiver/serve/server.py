@@ -11,6 +11,10 @@ is that protocol plus, per connection:
   sent a byte is just closed);
 - a cap on open connections (`max_connections`): the one over it is answered 503 with Retry-After
   as soon as it is accepted, and closed, never read.
+- a reserve for callbacks (`hooks_reserved`): every request reaches the app through one `HookReserve`
+  per server (receiver/serve/capacity.py), which lets at most `max_connections - hooks_reserved`
+  requests other than `/hooks/...` (and the health probes) be answered at once and refuses one more
+  with 503: event streams and long-polls never take the last connections from provider callbacks.
 
 Idle keep-alive connections are closed by uvicorn's own `timeout_keep_alive` (`idle_timeout`).
 uvicorn's `limit_concurrency` is not used: it answers 503 only once a request's headers are
@@ -40,14 +44,19 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from receiver.config.settings import Settings
 from receiver.obs.logs import LogLimiter
-
-try:
-    import resource
-except ImportError:  # pragma: no cover - Windows
-    resource = None  # type: ignore[assignment]  # the module does not exist on Windows
+from receiver.serve.capacity import (
+    FD_RESERVE,
+    RETRY_AFTER,
+    HookReserve,
+    connection_cap,
+    hooks_reserved,
+    raise_open_file_limit,
+)
 
 __all__ = [
+    "FD_RESERVE",
     "GuardedHttpToolsProtocol",
+    "HookReserve",
     "Limits",
     "connection_cap",
     "raise_open_file_limit",
@@ -58,10 +67,6 @@ __all__ = [
 
 log = logging.getLogger("fluxhook.server")
 
-#: Descriptors never given to client connections: listener, SQLite, logs, provider API connections.
-FD_RESERVE = 64
-#: Seconds a refused client is asked to wait before it connects again.
-RETRY_AFTER = 5
 #: Under attack each kind of refusal is logged at most once per this many seconds.
 WARN_EVERY = 10.0
 
@@ -72,12 +77,19 @@ class Limits:
     header_timeout: float
     max_connections: int
     idle_timeout: float
+    #: Of `max_connections`, how many only callbacks may use (receiver/serve/capacity.py).
+    hooks_reserved: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
         """`settings`' limits, the connection cap fitted under the open-file limit (raised first)."""
         cap = connection_cap(settings, raise_open_file_limit())
-        return cls(settings.max_header_bytes, settings.header_timeout, cap, settings.idle_timeout)
+        return cls(settings.max_header_bytes, settings.header_timeout, cap, settings.idle_timeout,
+                   hooks_reserved(settings, cap))
+
+    def reserve(self, refusals: LogLimiter) -> HookReserve:
+        """One per server, shared by its connections: what is in flight other than callbacks."""
+        return HookReserve(self.max_connections - self.hooks_reserved, refusals)
 
 
 def refusal_log() -> LogLimiter:
@@ -87,11 +99,12 @@ def refusal_log() -> LogLimiter:
 
 
 @functools.cache
-def guard_from_env() -> tuple[Limits, LogLimiter]:
+def guard_from_env() -> tuple[Limits, LogLimiter, HookReserve]:
     """For a protocol built by uvicorn's own command line (`--http receiver.serve.server:GuardedHttpToolsProtocol`),
     which passes nothing of ours: the limits read once from the FLUXHOOK_* environment, and one refusal log
-    for the process. `uvicorn_config` passes both explicitly instead."""
-    return Limits.from_settings(Settings.from_env()), refusal_log()
+    and hooks' reserve for the process. `uvicorn_config` passes them explicitly instead."""
+    limits, refusals = Limits.from_settings(Settings.from_env()), refusal_log()
+    return limits, refusals, limits.reserve(refusals)
 
 
 def _canned(status: int, reason: str, *headers: str) -> bytes:
@@ -110,13 +123,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a header cap, a header deadline and a connection cap."""
 
     def __init__(self, *args: Any, limits: Limits | None = None, refusals: LogLimiter | None = None,
-                 **kwargs: Any) -> None:
+                 reserve: HookReserve | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if limits is None or refusals is None:
-            env_limits, env_refusals = guard_from_env()
-            limits, refusals = limits or env_limits, refusals or env_refusals
+        if limits is None or refusals is None or reserve is None:
+            env_limits, env_refusals, env_reserve = guard_from_env()
+            limits, refusals, reserve = limits or env_limits, refusals or env_refusals, reserve or env_reserve
         self.limits = limits
         self.refusals = refusals
+        # Every request reaches the app through the reserve: the path is known there (capacity.py).
+        self.app = reserve.around(self.app)
         # uvicorn annotates this int; it only passes it to loop.call_later, which takes seconds as a float.
         self.timeout_keep_alive = self.limits.idle_timeout  # type: ignore[assignment]
         #: Bytes of the request line and headers so far; None from the end of a request's headers to
@@ -234,43 +249,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def raise_open_file_limit() -> int | None:
-    """Raise this process's soft RLIMIT_NOFILE to the hard limit (best effort); the soft limit
-    after, or None if it is unknown or unlimited."""
-    if resource is None:  # pragma: no cover - Windows
-        return None
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError) as exc:  # e.g. macOS refuses RLIM_INFINITY
-            log.info("could not raise the open-file limit from %d to %d: %s", soft, hard, exc)
-    return None if soft == resource.RLIM_INFINITY else soft
-
-
-def connection_cap(settings: Settings, open_files: int | None) -> int:
-    """`max_connections`, lowered (with a warning) to leave descriptors for everything else."""
-    if open_files is None:
-        return settings.max_connections
-    room = open_files - FD_RESERVE - 2 * settings.download_concurrency  # a socket and a file each
-    if settings.max_connections <= room:
-        return settings.max_connections
-    cap = max(1, room)
-    log.warning(
-        "FLUXHOOK_MAX_CONNECTIONS=%d does not fit under the open-file limit of %d: allowing %d connections;"
-        " raise the limit (ulimit -n, systemd LimitNOFILE=) or lower FLUXHOOK_MAX_CONNECTIONS",
-        settings.max_connections, open_files, cap,
-    )
-    return cap
-
-
 def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
     """A uvicorn config serving `app` with `settings`' limits (the guarded httptools protocol);
     `overrides` are further uvicorn.Config arguments (host, port, log_level...)."""
-    limits = Limits.from_settings(settings)
+    limits, refusals = Limits.from_settings(settings), refusal_log()
     options: dict[str, Any] = {
-        "http": functools.partial(GuardedHttpToolsProtocol, limits=limits, refusals=refusal_log()),
+        "http": functools.partial(GuardedHttpToolsProtocol, limits=limits, refusals=refusals,
+                                  reserve=limits.reserve(refusals)),
         "timeout_keep_alive": limits.idle_timeout,
         "ws": "none",  # the receiver has no WebSocket routes
         "access_log": False,

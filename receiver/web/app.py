@@ -25,6 +25,7 @@ from receiver.web.api import api_routes
 from receiver.web.api.ops import ops_routes
 from receiver.web.callbacks import CallbackShortcut, error_response, health, hook
 from receiver.web.routing import lazy
+from receiver.web.streams import StreamLimits
 from receiver.web.ui import ui_routes
 
 __all__ = ["create_app", "create_app_from_env"]
@@ -100,6 +101,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None, workers: b
     )
     # A trailing slash is a different (unknown) URL, not a redirect: providers do not follow them.
     app.router.redirect_slashes = False
+    # Open event streams and long-polls, per key and in all (receiver/web/streams.py).
+    app.state.streams = StreamLimits.from_settings(settings)
     if runtime is not None:
         app.state.runtime = runtime
     return app

@@ -28,8 +28,9 @@ __all__ = [
 
 T = TypeVar("T")
 
-#: Answers that mean "nothing was done, try again" (a restarting server, a proxy in between).
-RETRY_STATUS = frozenset({502, 503, 504})
+#: Answers that mean "nothing was done, try again" (a restarting server, a proxy in between, or 429: the
+#: key holds as many event streams and long-polls as the server allows).
+RETRY_STATUS = frozenset({429, 502, 503, 504})
 #: The longest `?wait=` the server accepts.
 MAX_LONG_POLL = 60.0
 #: Redirects followed for a file (to a presigned URL) before giving up.

@@ -161,6 +161,17 @@ async def test_create_retries_with_the_same_idempotency_key(api: Callable[..., A
 
 
 @pytest.mark.anyio
+async def test_too_many_streams_is_waited_out(api: Callable[..., Api]) -> None:
+    """A long-poll over the server's stream caps is answered 429 with Retry-After: wait, then ask again."""
+    answers = [error(429, "too_many_streams", "this key holds 16 streams", headers={"retry-after": "5"}),
+               httpx.Response(200, json=view(status="stored"))]
+    a = api(lambda r: answers.pop(0), retry=RetryPolicy(attempts=3, base=0.5, cap=8.0))
+    job = await a("get", "fh_1")
+    await a.close()
+    assert job.status == "stored" and len(a.requests) == 2 and a.sleeps == [5.0]
+
+
+@pytest.mark.anyio
 async def test_a_given_idempotency_key_is_sent_as_is(api: Callable[..., Api]) -> None:
     a = api(lambda r: httpx.Response(201, json=view()))
     await a("create", "bfl", "flux-dev", {}, idempotency_key="order-42")

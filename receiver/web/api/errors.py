@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 
 from receiver.errors import BadPayload, PayloadTooLarge, ReceiverError, RequestTimeout
 from receiver.store import StoreUnavailable
+from receiver.web.streams import TooManyStreams
 
 __all__ = ["ApiError", "api_endpoint", "error_body", "invalid", "not_found"]
 
@@ -68,7 +69,8 @@ def _from_receiver_error(exc: ReceiverError) -> ApiError:
 
 
 def api_endpoint(handler: Handler) -> Handler:
-    """Answer ApiError, the receiver's own errors and an unavailable store in the contract's shape."""
+    """Answer ApiError, the receiver's own errors, an unavailable store and one stream too many (429) in the
+    contract's shape."""
 
     @functools.wraps(handler)
     async def endpoint(request: Request) -> Response:
@@ -76,6 +78,9 @@ def api_endpoint(handler: Handler) -> Handler:
             return await handler(request)
         except ApiError as exc:
             return exc.response()
+        except TooManyStreams as exc:
+            return ApiError(429, "too_many_streams", exc.message,
+                            headers={"retry-after": str(exc.retry_after)}).response()
         except StoreUnavailable as exc:
             log.warning("store unavailable: %s", exc)
             return ApiError(503, "unavailable", "store unavailable, retry later",

@@ -7,6 +7,8 @@ proxies keep the connection and clients notice a dead one. A client resumes with
 event after that one, in order, none twice. Without either it gets what happens after it
 connected. A `submit` key gets the events of the jobs it created, and no others. The
 generator ends when the client goes away (Starlette cancels it on disconnect).
+A key holds at most FLUXHOOK_MAX_STREAMS_PER_KEY streams and long-polls at once, the server
+FLUXHOOK_MAX_STREAMS: one more is 429 `too_many_streams` with Retry-After (receiver/web/streams.py).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import re
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from receiver.config.integrations import EVENT_TYPES
 from receiver.engine.runtime import Runtime
@@ -23,6 +25,7 @@ from receiver.store import OutboxEvent
 from receiver.web.api.auth import authenticate
 from receiver.web.api.errors import api_endpoint, invalid
 from receiver.web.sse import HEADERS, frames
+from receiver.web.streams import HeldStream, stream_limits
 
 __all__ = ["events"]
 
@@ -69,10 +72,11 @@ async def events(request: Request) -> Response:
         after = await rt.feed.head()
     if request.method == "HEAD":  # the headers of the stream, without the stream (it never ends)
         return Response(media_type="text/event-stream", headers=HEADERS)
+    slot = stream_limits(request).acquire(key.name)  # 429 when the key or the server holds too many
     heartbeat = rt.settings.integrations.sse_heartbeat
     stream = rt.feed.stream(after, job_id=job_id, types=types, heartbeat=heartbeat, created_by=key.owner_filter())
-    return StreamingResponse(frames(stream, _body, log, "event stream"), media_type="text/event-stream",
-                             headers=HEADERS)
+    return HeldStream(slot, frames(stream, _body, log, "event stream"), media_type="text/event-stream",
+                      headers=HEADERS)
 
 
 async def _body(event: OutboxEvent) -> bytes:

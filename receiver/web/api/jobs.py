@@ -27,6 +27,7 @@ from receiver.web.api.errors import ApiError, api_endpoint, invalid, not_found
 from receiver.web.api.models import CreateJob, validation_error
 from receiver.web.bodies import read_body
 from receiver.web.files import result_response
+from receiver.web.streams import stream_limits
 from submitter.bodies import BodyError, loads_object
 from submitter.status import TERMINAL, Status
 
@@ -158,7 +159,8 @@ async def get(request: Request) -> Response:
     seq = await rt.feed.head() if wait > 0 else 0
     job = visible(key, await rt.store.get_job(job_id))
     if wait > 0 and job.status not in TERMINAL:
-        await _until_finished(rt, job, seq, wait)
+        async with stream_limits(request).hold(key.name):  # a long-poll counts as a stream while it waits
+            await _until_finished(rt, job, seq, wait)
         job = await rt.store.get_job(job_id) or job
     return JSONResponse(await view(rt, job))
 

@@ -33,6 +33,8 @@ ERRORS = {
     "409": "Conflict: idempotency key reused with another body, or the job cannot be canceled.",
     "413": "Body over 256 KiB.",
     "422": "A field is missing, of the wrong type or not acceptable; `field` names it.",
+    "429": "`too_many_streams`: the key (FLUXHOOK_MAX_STREAMS_PER_KEY) or the server (FLUXHOOK_MAX_STREAMS) has as"
+           " many event streams and long-polls open as allowed; retry after Retry-After seconds.",
     "503": "The store is unavailable: retry after Retry-After seconds.",
 }
 
@@ -55,7 +57,7 @@ def _op(op_id: str, summary: str, ok: dict[str, dict[str, Any]], errors: tuple[s
         headers = None
         if code == "401":
             headers = {"WWW-Authenticate": {"schema": {"type": "string"}}}
-        elif code == "503":
+        elif code in ("429", "503"):
             headers = {"Retry-After": {"schema": {"type": "string"}}}
         responses[code] = _json("ErrorBody", ERRORS[code], headers)
     return {"operationId": op_id, "summary": summary, "responses": responses, **extra}
@@ -107,7 +109,7 @@ def document(providers: tuple[str, ...] = ()) -> dict[str, Any]:
         },
         "/v1/jobs/{job_id}": {"get": _op(
             "getJob", "A job; with wait, answers once it is finished or after wait seconds.",
-            {"200": job}, ("422",),
+            {"200": job}, ("422", "429"),
             parameters=[JOB_ID, _query("wait", {"type": "number", "minimum": 0, "maximum": MAX_WAIT},
                                        "Long-poll: seconds to wait for the job to finish.")],
         )},
@@ -130,7 +132,7 @@ def document(providers: tuple[str, ...] = ()) -> dict[str, Any]:
             {"200": {"description": "`retry: 2000`, then frames `id: <seq>` / `event: <type>` / `data: <EventEnvelope "
                                     "JSON>`, and `: heartbeat` comments.",
                      "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
-            ("422",),
+            ("422", "429"),
             parameters=[
                 _query("job", {"type": "string"}, "Only this job's events."),
                 _query("types", {"type": "string"}, f"Comma-separated, among {', '.join(EVENT_TYPES)}."),

@@ -10,11 +10,12 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import PlainTextResponse, Response
 
 from receiver.engine.runtime import Runtime
 from receiver.store import Job, OutboxEvent, iso
 from receiver.web.sse import HEADERS, frames
+from receiver.web.streams import HeldStream, TooManyStreams, stream_limits
 from receiver.web.ui.pages import (
     alt_text,
     caller,
@@ -63,14 +64,20 @@ async def gallery(request: Request) -> Response:
 
 @resource
 async def events(request: Request) -> Response:
-    """`job.stored` events as SSE (the gallery's live feed): like /v1/events, with the session cookie."""
+    """`job.stored` events as SSE (the gallery's live feed): like /v1/events, with the session cookie.
+    Counted with /v1's streams against the same caps, per key (receiver/web/streams.py): 429 beyond them."""
     rt = runtime(request)
     raw = request.headers.get("last-event-id") or request.query_params.get("after") or ""
     after = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 18 else await rt.feed.head()
     if request.method == "HEAD":  # the headers of the stream, without the stream (it never ends)
         return Response(media_type="text/event-stream", headers={"cache-control": "no-cache"})
-    return StreamingResponse(_frames(rt, after, caller(request).owner_filter()), media_type="text/event-stream",
-                             headers=HEADERS)
+    try:
+        slot = stream_limits(request).acquire(caller(request).name)
+    except TooManyStreams as exc:
+        return PlainTextResponse(exc.message, 429, headers={"retry-after": str(exc.retry_after),
+                                                            "cache-control": "no-store"})
+    return HeldStream(slot, _frames(rt, after, caller(request).owner_filter()), media_type="text/event-stream",
+                      headers=HEADERS)
 
 
 def _frames(rt: Runtime, after: int, created_by: str | None = None) -> AsyncIterator[str]:

@@ -23,7 +23,7 @@ from receiver.serve.server import WARN_EVERY, GuardedHttpToolsProtocol, Limits, 
 pytestmark = pytest.mark.anyio
 
 #: Attributes of a connected HttpToolsProtocol that GuardedHttpToolsProtocol reads or writes.
-RELIED_ON = ("connections", "loop", "transport", "flow", "cycle", "pipeline", "timeout_keep_alive")
+RELIED_ON = ("app", "connections", "loop", "transport", "flow", "cycle", "pipeline", "timeout_keep_alive")
 #: Methods it overrides and calls through super().
 OVERRIDDEN = ("connection_made", "connection_lost", "data_received", "on_message_begin", "on_headers_complete",
               "on_message_complete")
@@ -61,9 +61,12 @@ async def _empty_app(scope: Any, receive: Any, send: Any) -> None:
 async def _connected(max_connections: int = 10) -> tuple[GuardedHttpToolsProtocol, _Transport, ServerState]:
     config = Config(_empty_app, http="httptools", log_config=None)
     state = ServerState()
-    limits = Limits(max_header_bytes=1024, header_timeout=5.0, idle_timeout=5.0, max_connections=max_connections)
+    limits = Limits(max_header_bytes=1024, header_timeout=5.0, idle_timeout=5.0, max_connections=max_connections,
+                    hooks_reserved=1)
+    refusals = refusal_log()
     protocol = GuardedHttpToolsProtocol(config=config, server_state=state, app_state={},
-                                        _loop=asyncio.get_running_loop(), limits=limits)
+                                        _loop=asyncio.get_running_loop(), limits=limits, refusals=refusals,
+                                        reserve=limits.reserve(refusals))
     transport = _Transport()
     protocol.connection_made(transport)
     return protocol, transport, state
@@ -100,12 +103,60 @@ async def test_the_connection_over_the_cap_is_answered_503_and_closed() -> None:
     first, _, state = await _connected(max_connections=1)
     config = Config(_empty_app, http="httptools", log_config=None)
     second = GuardedHttpToolsProtocol(config=config, server_state=state, app_state={},
-                                      _loop=asyncio.get_running_loop(), limits=first.limits)
+                                      _loop=asyncio.get_running_loop(), limits=first.limits,
+                                      refusals=first.refusals, reserve=first.limits.reserve(first.refusals))
     transport = _Transport()
     second.connection_made(transport)
     assert transport.closed and transport.written.startswith(b"HTTP/1.1 503")
     assert second not in state.connections and first in state.connections
     first.connection_lost(None)
+
+
+async def test_requests_other_than_callbacks_cannot_take_the_connections_kept_for_them() -> None:
+    """The reserve wraps the app uvicorn's protocol calls (`self.app`): with every connection but the reserved
+    ones answering streams, one more such request is refused at once, and a callback and /healthz still reach
+    the app."""
+    release, entered = asyncio.Event(), []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        entered.append(scope["path"])
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    config = Config(app, http="httptools", log_config=None, proxy_headers=False)
+    limits = Limits(max_header_bytes=1024, header_timeout=5.0, idle_timeout=5.0, max_connections=5, hooks_reserved=2)
+    refusals, state = refusal_log(), ServerState()
+    reserve = limits.reserve(refusals)
+
+    async def request(line: str, until: int) -> tuple[GuardedHttpToolsProtocol, _Transport]:
+        protocol = GuardedHttpToolsProtocol(config=config, server_state=state, app_state={},
+                                            _loop=asyncio.get_running_loop(), limits=limits, refusals=refusals,
+                                            reserve=reserve)
+        transport = _Transport()
+        protocol.connection_made(transport)
+        protocol.data_received(f"{line} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
+        async with asyncio.timeout(5):
+            while len(entered) < until and not transport.written:
+                await asyncio.sleep(0)
+        return protocol, transport
+
+    streams = [await request("GET /v1/events", 1), await request("GET /ui/events?after=3", 2),
+               await request("GET /v1/jobs/j1?wait=60", 3)]
+    refused, transport = await request("GET /v1/events", 4)
+    assert transport.written.startswith(b"HTTP/1.1 503 ") and b"\r\nretry-after: 5\r\n" in transport.written
+    assert transport.closed and len(entered) == 3
+    refused.connection_lost(None)
+    hook = await request("POST /hooks/bfl/fh_1/token", 4)
+    probe = await request("GET /healthz", 5)
+    assert entered[3:] == ["/hooks/bfl/fh_1/token", "/healthz"] and reserve.busy == 3
+    release.set()
+    for protocol, transport in [*streams, hook, probe]:
+        async with asyncio.timeout(5):
+            while b"ok" not in transport.written:
+                await asyncio.sleep(0)
+        protocol.connection_lost(None)
+    assert reserve.busy == 0 and not state.connections
 
 
 def test_uvicorn_is_pinned_below_its_next_minor_release() -> None:
