@@ -311,6 +311,20 @@ async def test_the_deployed_commands_take_the_limits_from_the_environment(tmp_pa
         "FLUXHOOK_MAX_HEADER_BYTES": str(CAP), "FLUXHOOK_HEADER_TIMEOUT": str(TIMEOUT),
         "FLUXHOOK_IDLE_TIMEOUT": str(TIMEOUT), "FLUXHOOK_SWEEP_INTERVAL": "3600",
     }
+    async with served(command, port, env):
+        big = b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * (1024 * 1024) + b"\r\n\r\n"
+        assert (await exchange(port, big)).startswith(b"HTTP/1.1 431 ")
+        async with connection(port) as (reader, _):
+            assert await until_closed(reader) == b""
+        async with connection(port) as (reader, writer):
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert (await response(reader))[0] == 200
+            assert await until_closed(reader) == b""
+
+
+@contextlib.asynccontextmanager
+async def served(command: list[str], port: int, env: dict[str, str]) -> AsyncIterator[Any]:
+    """`python <command> <port>` with `env`, once it answers /healthz; terminated on the way out."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, *command, str(port), env={**os.environ, **env},
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
@@ -320,17 +334,11 @@ async def test_the_deployed_commands_take_the_limits_from_the_environment(tmp_pa
             while True:
                 assert process.returncode is None, "the server exited"
                 with contextlib.suppress(ConnectionRefusedError):
-                    if (await exchange(port, HEALTH)).startswith(b"HTTP/1.1 200 "):
+                    health = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                    if (await exchange(port, health)).startswith(b"HTTP/1.1 200 "):
                         break
                 await asyncio.sleep(0.05)
-        big = b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * (1024 * 1024) + b"\r\n\r\n"
-        assert (await exchange(port, big)).startswith(b"HTTP/1.1 431 ")
-        async with connection(port) as (reader, _):
-            assert await until_closed(reader) == b""
-        async with connection(port) as (reader, writer):
-            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            assert (await response(reader))[0] == 200
-            assert await until_closed(reader) == b""
+        yield process
     finally:
         if process.returncode is None:
             process.terminate()

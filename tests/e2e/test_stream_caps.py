@@ -12,11 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -25,7 +21,7 @@ from receiver.config.keys import parse_api_keys
 from receiver.serve.background import bind
 from tests import ledger
 from tests.e2e.support import WAIT, env_for
-from tests.e2e.test_connections import SERVERS, callback, exchange, receiver, response
+from tests.e2e.test_connections import SERVERS, callback, exchange, receiver, response, served
 
 pytestmark = pytest.mark.anyio
 
@@ -153,7 +149,7 @@ async def test_the_deployed_commands_take_the_caps_and_the_reserve_from_the_envi
         "FLUXHOOK_MAX_STREAMS_PER_KEY": "3", "FLUXHOOK_API_KEYS": f"{KEY_A},{KEY_B}",
         "FLUXHOOK_SSE_HEARTBEAT": "0.2", "FLUXHOOK_SWEEP_INTERVAL": "3600",
     }
-    async with _process(command, port, env), Streams(port) as streams:
+    async with served(command, port, env), Streams(port) as streams:
         assert [(await streams.ask(KEY_A))[0] for _ in range(4)] == [200, 200, 200, 429]
         assert [(await streams.ask(KEY_B))[0] for _ in range(4)] == [200, 200, 200, 503]
         # A callback passes the reserve and reaches the app (which refuses this made-up one's token).
@@ -162,26 +158,3 @@ async def test_the_deployed_commands_take_the_caps_and_the_reserve_from_the_envi
                                       b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                                 % (len(bogus), bogus))
         assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
-
-
-@contextlib.asynccontextmanager
-async def _process(command: list[str], port: int, env: dict[str, str]) -> AsyncIterator[Any]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, *command, str(port), env={**os.environ, **env},
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        async with asyncio.timeout(WAIT):  # until it serves
-            while True:
-                assert process.returncode is None, "the server exited"
-                with contextlib.suppress(ConnectionRefusedError):
-                    health = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-                    if (await exchange(port, health)).startswith(b"HTTP/1.1 200 "):
-                        break
-                await asyncio.sleep(0.05)
-        yield process
-    finally:
-        if process.returncode is None:
-            process.terminate()
-        async with asyncio.timeout(WAIT):
-            await process.wait()
