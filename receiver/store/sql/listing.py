@@ -1,0 +1,104 @@
+"""Listings: jobs' summaries (the columns a listing shows, the prompt cut by the database; never the
+params) and the provider panel's figures, aggregated by the database."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from receiver.store.sql.jobs import listing_filter
+from receiver.store.sql.plumbing import Op, Query
+from receiver.store.sql.rows import status_list
+from receiver.store.summary import PROMPT_CHARS, JobSummary, ProviderStats, shorten
+from submitter.status import Status
+
+__all__ = ["SUMMARY_COLUMNS", "get_summary", "job_summaries", "provider_stats", "row_to_summary"]
+
+#: What a summary reads of a row: the prompt's first PROMPT_CHARS + 1 characters (one more tells a cut one).
+SUMMARY_COLUMNS = (
+    "id, provider, model, status, created_at, updated_at, submitted_at, provider_job_id, error, note, progress,"
+    f" polls, callback_at, metadata, substr({{json_text:params:prompt}}, 1, {PROMPT_CHARS + 1}) AS prompt"
+)
+
+_STORED = status_list(frozenset({Status.STORED}))
+
+
+def row_to_summary(row: Any) -> JobSummary:
+    return JobSummary(
+        id=row["id"], provider=row["provider"], model=row["model"], status=Status(row["status"]),
+        created_at=row["created_at"], updated_at=row["updated_at"], submitted_at=row["submitted_at"],
+        provider_job_id=row["provider_job_id"], error=row["error"], note=row["note"], progress=row["progress"],
+        polls=row["polls"], callback_at=row["callback_at"], metadata=json.loads(row["metadata"]),
+        prompt=shorten(row["prompt"]),
+    )
+
+
+def job_summaries(
+    status: Status | None, limit: int, provider: str | None = None, before: tuple[float, str] | None = None
+) -> Op[list[JobSummary]]:
+    """As :func:`~receiver.store.sql.jobs.list_jobs` (the same filters and order), summaries only."""
+    clause, args = listing_filter(status, provider, before)
+    rows = yield Query(f"SELECT {SUMMARY_COLUMNS} FROM jobs{clause} ORDER BY created_at DESC, id DESC LIMIT ?",
+                       (*args, limit), "all")
+    return [row_to_summary(r) for r in rows]
+
+
+def get_summary(job_id: str) -> Op[JobSummary | None]:
+    row = yield Query(f"SELECT {SUMMARY_COLUMNS} FROM jobs WHERE id = ?", (job_id,), "one")
+    return row_to_summary(row) if row is not None else None
+
+
+#: The newest `limit` jobs created since the earliest window's start: what every window counts from.
+_RECENT = ("WITH recent AS (SELECT provider, status, created_at, submitted_at, updated_at, callback_at, polls"
+           " FROM jobs WHERE created_at >= ? ORDER BY created_at DESC, id DESC LIMIT ?) ")
+
+_COUNTS = _RECENT + (
+    "SELECT provider, status, COUNT(*), SUM(CASE WHEN callback_at IS NOT NULL THEN 1 ELSE 0 END),"
+    " SUM(CASE WHEN callback_at IS NULL AND polls > 0 THEN 1 ELSE 0 END)"
+    " FROM recent WHERE created_at >= ? GROUP BY provider, status"
+)
+
+
+def _ranked(kind: str, start: str) -> str:
+    """Stored jobs' seconds from `start` to stored, each with its rank per provider and the provider's count."""
+    return (f"SELECT provider, '{kind}' AS kind, updated_at - {start} AS d,"
+            f" ROW_NUMBER() OVER (PARTITION BY provider ORDER BY updated_at - {start}) AS rn,"
+            " COUNT(*) OVER (PARTITION BY provider) AS n"
+            f" FROM recent WHERE created_at >= ? AND status = {_STORED} AND updated_at IS NOT NULL"
+            f" AND {start} IS NOT NULL")
+
+
+def _percentiles(quantiles: tuple[int, ...]) -> str:
+    """The nearest-rank percentiles: rank ceil(q / 100 * n), in integers (q an integer percentage)."""
+    ranks = " OR ".join(f"rn = ({int(q)} * n + 99) / 100" for q in quantiles)
+    return (_RECENT + f"SELECT provider, kind, d, rn, n FROM ({_ranked('created', 'created_at')} UNION ALL"
+            f" {_ranked('submitted', 'submitted_at')}) AS ranked WHERE {ranks}")
+
+
+def provider_stats(since: tuple[float, ...], limit: int, quantiles: tuple[int, ...]) -> Op[list[ProviderStats]]:
+    """Per provider with jobs, for each window start in `since`: its jobs by status, callbacks, jobs rescued
+    by polling, and the `quantiles` of seconds to stored; over the newest `limit` jobs created since the
+    earliest start."""
+    if not all(0 < q <= 100 for q in quantiles):
+        raise ValueError(f"percentiles are from 1 to 100: {quantiles}")
+    if not since:
+        return []
+    earliest = min(since)
+    out: list[ProviderStats] = []
+    for start in since:
+        counted = yield Query(_COUNTS, (earliest, limit, start), "all")
+        ranked = yield Query(_percentiles(quantiles), (earliest, limit, start, start), "all")
+        providers: dict[str, dict[str, Any]] = {}
+        for provider, status, n, callbacks, rescued in counted:
+            mine = providers.setdefault(provider, {"statuses": {}, "callbacks": 0, "rescued": 0,
+                                                   "from_created": {}, "from_submitted": {}})
+            mine["statuses"][status] = int(n)
+            mine["callbacks"] += int(callbacks or 0)
+            mine["rescued"] += int(rescued or 0)
+        for provider, kind, d, rn, n in ranked:
+            taken = providers[provider][f"from_{kind}"]
+            for q in quantiles:
+                if int(rn) == (int(q) * int(n) + 99) // 100:
+                    taken[q] = float(d)
+        out += [ProviderStats(provider=name, since=start, **values) for name, values in sorted(providers.items())]
+    return out
