@@ -52,27 +52,33 @@ def get_summary(job_id: str) -> Op[JobSummary | None]:
 _RECENT = ("WITH recent AS (SELECT provider, status, created_at, submitted_at, updated_at, callback_at, polls"
            " FROM jobs WHERE created_at >= ? ORDER BY created_at DESC, id DESC LIMIT ?) ")
 
-_COUNTS = _RECENT + (
-    "SELECT provider, status, COUNT(*), SUM(CASE WHEN callback_at IS NOT NULL THEN 1 ELSE 0 END),"
-    " SUM(CASE WHEN callback_at IS NULL AND polls > 0 THEN 1 ELSE 0 END)"
-    " FROM recent WHERE created_at >= ? GROUP BY provider, status"
-)
+_KINDS = (("created", "created_at"), ("submitted", "submitted_at"))
 
 
-def _ranked(kind: str, start: str) -> str:
+def _counts(windows: int) -> str:
+    """Per provider and status, for each window: jobs, callbacks, jobs rescued by polling (one scan)."""
+    per_window = ("SUM(CASE WHEN created_at >= ? THEN 1 ELSE 0 END),"
+                  " SUM(CASE WHEN created_at >= ? AND callback_at IS NOT NULL THEN 1 ELSE 0 END),"
+                  " SUM(CASE WHEN created_at >= ? AND callback_at IS NULL AND polls > 0 THEN 1 ELSE 0 END)")
+    sums = ", ".join([per_window] * windows)
+    return _RECENT + f"SELECT provider, status, {sums} FROM recent GROUP BY provider, status"
+
+
+def _ranked(window: int, kind: str, start: str) -> str:
     """Stored jobs' seconds from `start` to stored, each with its rank per provider and the provider's count."""
-    return (f"SELECT provider, '{kind}' AS kind, updated_at - {start} AS d,"
+    return (f"SELECT {window} AS w, provider, '{kind}' AS kind, updated_at - {start} AS d,"
             f" ROW_NUMBER() OVER (PARTITION BY provider ORDER BY updated_at - {start}) AS rn,"
             " COUNT(*) OVER (PARTITION BY provider) AS n"
             f" FROM recent WHERE created_at >= ? AND status = {_STORED} AND updated_at IS NOT NULL"
             f" AND {start} IS NOT NULL")
 
 
-def _percentiles(quantiles: tuple[int, ...]) -> str:
-    """The nearest-rank percentiles: rank ceil(q / 100 * n), in integers (q an integer percentage)."""
+def _percentiles(windows: int, quantiles: tuple[int, ...]) -> str:
+    """The nearest-rank percentiles, rank ceil(q / 100 * n) in integers (q an integer percentage), of every
+    window and kind in one statement (the recent jobs are read once)."""
     ranks = " OR ".join(f"rn = ({int(q)} * n + 99) / 100" for q in quantiles)
-    return (_RECENT + f"SELECT provider, kind, d, rn, n FROM ({_ranked('created', 'created_at')} UNION ALL"
-            f" {_ranked('submitted', 'submitted_at')}) AS ranked WHERE {ranks}")
+    branches = " UNION ALL ".join(_ranked(w, kind, start) for w in range(windows) for kind, start in _KINDS)
+    return _RECENT + f"SELECT w, provider, kind, d, rn, n FROM ({branches}) AS ranked WHERE {ranks}"
 
 
 def provider_stats(since: tuple[float, ...], limit: int, quantiles: tuple[int, ...]) -> Op[list[ProviderStats]]:
@@ -83,22 +89,23 @@ def provider_stats(since: tuple[float, ...], limit: int, quantiles: tuple[int, .
         raise ValueError(f"percentiles are from 1 to 100: {quantiles}")
     if not since:
         return []
-    earliest = min(since)
-    out: list[ProviderStats] = []
-    for start in since:
-        counted = yield Query(_COUNTS, (earliest, limit, start), "all")
-        ranked = yield Query(_percentiles(quantiles), (earliest, limit, start, start), "all")
-        providers: dict[str, dict[str, Any]] = {}
-        for provider, status, n, callbacks, rescued in counted:
-            mine = providers.setdefault(provider, {"statuses": {}, "callbacks": 0, "rescued": 0,
-                                                   "from_created": {}, "from_submitted": {}})
-            mine["statuses"][status] = int(n)
-            mine["callbacks"] += int(callbacks or 0)
-            mine["rescued"] += int(rescued or 0)
-        for provider, kind, d, rn, n in ranked:
-            taken = providers[provider][f"from_{kind}"]
-            for q in quantiles:
-                if int(rn) == (int(q) * int(n) + 99) // 100:
-                    taken[q] = float(d)
-        out += [ProviderStats(provider=name, since=start, **values) for name, values in sorted(providers.items())]
-    return out
+    head = (min(since), limit)
+    counted = yield Query(_counts(len(since)), (*head, *(s for s in since for _ in range(3))), "all")
+    ranked = yield Query(_percentiles(len(since), quantiles), (*head, *(s for s in since for _ in _KINDS)), "all")
+    windows: list[dict[str, dict[str, Any]]] = [{} for _ in since]
+    for provider, status, *sums in counted:
+        for w, providers in enumerate(windows):
+            n, callbacks, rescued = (int(v or 0) for v in sums[3 * w:3 * w + 3])
+            if n:
+                mine = providers.setdefault(provider, {"statuses": {}, "callbacks": 0, "rescued": 0,
+                                                       "from_created": {}, "from_submitted": {}})
+                mine["statuses"][status] = n
+                mine["callbacks"] += callbacks
+                mine["rescued"] += rescued
+    for w, provider, kind, d, rn, n in ranked:
+        taken = windows[int(w)][provider][f"from_{kind}"]
+        for q in quantiles:
+            if int(rn) == (int(q) * int(n) + 99) // 100:
+                taken[q] = float(d)
+    return [ProviderStats(provider=name, since=start, **values)
+            for start, providers in zip(since, windows, strict=True) for name, values in sorted(providers.items())]
