@@ -32,6 +32,7 @@ BENCHMARKS = {
     "metrics": "bench.metrics_cost",
     "ui": "bench.ui_load",
     "memory": "bench.memory",
+    "listing_memory": "bench.listing_memory",
 }
 RESULTS = Path(__file__).parent / "results"
 

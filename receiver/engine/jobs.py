@@ -10,7 +10,8 @@ from typing import Any
 from receiver.engine.leases import Lease, claimed
 from receiver.engine.runtime import Runtime
 from receiver.engine.schedule import SLOT_WAIT, first_check, retry_later
-from receiver.store import Event, Job, Outcome
+from receiver.store import Event, Job, JobSummary, Outcome
+from receiver.store.inputs import has_references
 from submitter.bodies import Observation
 from submitter.dialects import Dialect
 from submitter.errors import PollFailed, ProviderUnavailable, SubmitAmbiguous, SubmitRejected
@@ -146,8 +147,8 @@ async def _cancel_at_provider(rt: Runtime, job: Job) -> None:
         log.warning("cancel %s: the provider's cancel failed: %s", job.id, exc)
 
 
-async def job_view(rt: Runtime, job: Job) -> dict[str, Any]:
-    """The job as the API shows it, with its stored files."""
+async def job_view(rt: Runtime, job: Job | JobSummary) -> dict[str, Any]:
+    """The job (or a listing's summary of it: the same view) as the API shows it, with its stored files."""
     return job.view(await rt.store.files(job.id), rt.results.location)
 
 
@@ -170,6 +171,15 @@ async def send_new(rt: Runtime, job: Job) -> Status:
         return await try_submit(rt, lease)
 
 
+async def _request_params(rt: Runtime, job: Job) -> dict[str, Any]:
+    """The params the submit request is built from, exactly as they were given: a job read from the
+    ledger holds its large inputs as references (receiver/store/inputs.py), put back here."""
+    if not has_references(job.params):
+        return job.params
+    params = await rt.store.job_params(job.id)
+    return job.params if params is None else params
+
+
 async def try_submit(rt: Runtime, lease: Lease) -> Status:
     """One submit attempt for a queued job whose lease we hold; returns the status it leaves."""
     job = lease.job
@@ -186,12 +196,13 @@ async def try_submit(rt: Runtime, lease: Lease) -> Status:
         return Status.QUEUED
     url, secret = callback_url(public_url, master, job.provider, job.id)
     client = rt.client(job.provider)
+    params = await _request_params(rt, job)
     try:
         # Renewed while a slow submit runs, so no sweeper takes the job for an interrupted one
         # (which would leave it waiting for a callback that may never come).
         async with lease.renewing():
             answer = await client.submit(
-                job.model, job.params, url, secret, job.options.get("events", ()),
+                job.model, params, url, secret, job.options.get("events", ()),
                 budget=rt.settings.lease_seconds / 2,  # retries end well inside a lease, renewed or not
                 on_wire=lambda sending: store.mark_sending(job.id, sending),
             )

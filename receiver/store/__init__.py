@@ -29,6 +29,7 @@ from receiver.store.models import (
     iso,
 )
 from receiver.store.protocol import Store
+from receiver.store.summary import JobSummary, ProviderStats
 
 __all__ = [
     "AttemptRecord",
@@ -37,8 +38,10 @@ __all__ = [
     "FileRecord",
     "IdempotencyConflict",
     "Job",
+    "JobSummary",
     "OutboxEvent",
     "Outcome",
+    "ProviderStats",
     "SinkState",
     "Store",
     "StoreUnavailable",

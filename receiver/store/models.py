@@ -24,6 +24,7 @@ __all__ = [
     "StoreUnavailable",
     "TaskMismatch",
     "iso",
+    "public_view",
 ]
 
 
@@ -90,23 +91,8 @@ class Job:
     created_by: str | None = None
 
     def view(self, files: list[FileRecord] | None = None, locate: Callable[[str], str] | None = None) -> dict[str, Any]:
-        """The job as the API and every event show it: no URLs from the provider (they carry
-        signatures), no lease internals; times in ISO 8601; `files` are the stored ones."""
-        return {
-            "id": self.id,
-            "provider": self.provider,
-            "model": self.model,
-            "status": str(self.status),
-            "error": self.error,
-            "note": self.note,
-            "metadata": self.metadata,
-            "provider_job_id": self.provider_job_id,
-            "created_by": self.created_by,
-            "created_at": iso(self.created_at),
-            "updated_at": iso(self.updated_at),
-            "submitted_at": iso(self.submitted_at),
-            "files": [f.view(locate) for f in files or () if f.stored],
-        }
+        """The job as the API and every event show it (:func:`public_view`)."""
+        return public_view(self, files, locate)
 
     def public(self) -> dict[str, Any]:
         """What the CLI shows: no URLs (they carry signatures), no lease internals."""
@@ -122,6 +108,29 @@ class Job:
             "error": self.error,
             "note": self.note,
         }
+
+
+def public_view(
+    job: Any, files: list[FileRecord] | None = None, locate: Callable[[str], str] | None = None
+) -> dict[str, Any]:
+    """A job (a :class:`Job` or a listing's summary of one) as the API and every event show it: no URLs
+    from the provider (they carry signatures), no lease internals; times in ISO 8601; `files` are the
+    stored ones."""
+    return {
+        "id": job.id,
+        "provider": job.provider,
+        "model": job.model,
+        "status": str(job.status),
+        "error": job.error,
+        "note": job.note,
+        "metadata": job.metadata,
+        "provider_job_id": job.provider_job_id,
+        "created_by": job.created_by,
+        "created_at": iso(job.created_at),
+        "updated_at": iso(job.updated_at),
+        "submitted_at": iso(job.submitted_at),
+        "files": [f.view(locate) for f in files or () if f.stored],
+    }
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,12 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from receiver.store.inputs import has_large
 from receiver.store.models import AttemptRecord, Delivery, Event, FileRecord, Job, OutboxEvent, Outcome, SinkState
-from receiver.store.sql import audit, jobs, leases, outbox, schema, sessions, transitions
+from receiver.store.sql import audit, inputs, jobs, leases, listing, outbox, schema, sessions, transitions
 from receiver.store.sql import sink_deliveries as sent
 from receiver.store.sql.plumbing import Op, SqlDialect
+from receiver.store.summary import JobSummary, ProviderStats
 from submitter.bodies import Observation
 from submitter.status import Status
 
@@ -61,7 +63,9 @@ class OpsStore:
         return await self._op(op)
 
     async def create_job(self, job: Job) -> None:
-        await self._single(jobs.create_job(job))
+        # With large inputs (stored beside the job) it is several statements: one transaction.
+        run = self._op if has_large(job.params) else self._single
+        await run(jobs.create_job(job))
 
     async def get_job(self, job_id: str) -> Job | None:
         return await self._read_op(jobs.get_job(job_id))
@@ -79,6 +83,18 @@ class OpsStore:
         before: tuple[float, str] | None = None, created_by: str | None = None,
     ) -> list[Job]:
         return await self._read_op(jobs.list_jobs(status, limit, provider, before, created_by))
+
+    async def job_summaries(
+        self, status: Status | None = None, limit: int = 100, *, provider: str | None = None,
+        before: tuple[float, str] | None = None, created_by: str | None = None,
+    ) -> list[JobSummary]:
+        return await self._read_op(listing.job_summaries(status, limit, provider, before, created_by))
+
+    async def get_summary(self, job_id: str) -> JobSummary | None:
+        return await self._read_op(listing.get_summary(job_id))
+
+    async def job_params(self, job_id: str) -> dict[str, Any] | None:
+        return await self._read_op(inputs.job_params(job_id))
 
     async def files(self, job_id: str) -> list[FileRecord]:
         return await self._read_op(jobs.files(job_id))
@@ -149,8 +165,11 @@ class OpsStore:
     async def counts(self) -> dict[str, int]:
         return await self._read_op(jobs.counts())
 
-    async def jobs_since(self, since: float, *, limit: int = 10000) -> list[Job]:
-        return await self._read_op(jobs.jobs_since(since, limit))
+    async def provider_stats(
+        self, since: tuple[float, ...], *, limit: int = 10000, quantiles: tuple[int, ...] = (50, 95),
+        created_by: str | None = None,
+    ) -> list[ProviderStats]:
+        return await self._read_op(listing.provider_stats(since, limit, quantiles, created_by))
 
     # -- the outbox and its deliveries ----------------------------------------------------
 

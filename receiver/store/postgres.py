@@ -39,6 +39,7 @@ POSTGRES = SqlDialect(
         ("REAL", "DOUBLE PRECISION"),
         ("BLOB", "BYTEA"),
     ),
+    json_text="CASE WHEN json_typeof({doc}::json -> '{key}') = 'string' THEN {doc}::json ->> '{key}' END",
 )
 
 #: SQLSTATE classes that mean "not now", not "wrong": connection exceptions, insufficient

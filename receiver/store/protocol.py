@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from receiver.store.models import AttemptRecord, Delivery, Event, FileRecord, Job, OutboxEvent, Outcome, SinkState
+from receiver.store.summary import JobSummary, ProviderStats
 from submitter.bodies import Observation
 from submitter.status import Status
 
@@ -47,6 +48,20 @@ class Store(Protocol):
     ) -> tuple[Job, bool]:
         """Create `job` under an idempotency key, or find the job the key already names: (job, created).
         IdempotencyConflict if the key came with another request body."""
+        ...
+    async def job_summaries(
+        self, status: Status | None = None, limit: int = 100, *, provider: str | None = None,
+        before: tuple[float, str] | None = None, created_by: str | None = None,
+    ) -> list[JobSummary]:
+        """As :meth:`list_jobs` (the same filters, order and paging), each job's summary: never its params,
+        its prompt cut by the database (receiver/store/summary.py). What every listing that serves reads."""
+        ...
+    async def get_summary(self, job_id: str) -> JobSummary | None:
+        """One job's summary (as :meth:`job_summaries` has it), or None."""
+        ...
+    async def job_params(self, job_id: str) -> dict[str, Any] | None:
+        """The job's params as they were given: its large inputs (receiver/store/inputs.py), which
+        :meth:`get_job` shows as references, back in place: what the submit request is built from."""
         ...
     async def files(self, job_id: str) -> list[FileRecord]: ...
 
@@ -124,8 +139,14 @@ class Store(Protocol):
         ...
 
     async def counts(self) -> dict[str, int]: ...
-    async def jobs_since(self, since: float, *, limit: int = 10000) -> list[Job]:
-        """Jobs created at or after `since`, newest first, at most `limit` (the UI's provider panel)."""
+    async def provider_stats(
+        self, since: tuple[float, ...], *, limit: int = 10000, quantiles: tuple[int, ...] = (50, 95),
+        created_by: str | None = None,
+    ) -> list[ProviderStats]:
+        """The UI's provider panel, computed by the database: for each window start in `since`, per provider
+        with jobs created since then, its jobs by status, callbacks, jobs rescued by polling and the
+        nearest-rank `quantiles` of seconds from created and from submitted to stored; counting only the
+        newest `limit` jobs created since the earliest start."""
         ...
 
     async def audit_events(self, job_id: str, *, limit: int = 100_000) -> list[dict[str, Any]]:

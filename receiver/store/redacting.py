@@ -16,6 +16,7 @@ from typing import Any
 from receiver.obs.redaction import Redactor
 from receiver.store.models import AttemptRecord, Delivery, Event, FileRecord, Job, OutboxEvent, Outcome, SinkState
 from receiver.store.protocol import Store
+from receiver.store.summary import JobSummary, ProviderStats
 from submitter.bodies import Observation
 from submitter.status import Status
 
@@ -105,6 +106,19 @@ class RedactingStore:
     ) -> tuple[Job, bool]:
         return await self.inner.create_job_once(job, key=key, fingerprint=fingerprint, now=now, ttl=ttl)
 
+    async def job_summaries(
+        self, status: Status | None = None, limit: int = 100, *, provider: str | None = None,
+        before: tuple[float, str] | None = None, created_by: str | None = None,
+    ) -> list[JobSummary]:
+        return await self.inner.job_summaries(status, limit, provider=provider, before=before,
+                                               created_by=created_by)
+
+    async def get_summary(self, job_id: str) -> JobSummary | None:
+        return await self.inner.get_summary(job_id)
+
+    async def job_params(self, job_id: str) -> dict[str, Any] | None:
+        return await self.inner.job_params(job_id)
+
     async def files(self, job_id: str) -> list[FileRecord]:
         return await self.inner.files(job_id)
 
@@ -147,8 +161,11 @@ class RedactingStore:
     async def counts(self) -> dict[str, int]:
         return await self.inner.counts()
 
-    async def jobs_since(self, since: float, *, limit: int = 10000) -> list[Job]:
-        return await self.inner.jobs_since(since, limit=limit)
+    async def provider_stats(
+        self, since: tuple[float, ...], *, limit: int = 10000, quantiles: tuple[int, ...] = (50, 95),
+        created_by: str | None = None,
+    ) -> list[ProviderStats]:
+        return await self.inner.provider_stats(since, limit=limit, quantiles=quantiles, created_by=created_by)
 
     async def audit_events(self, job_id: str, *, limit: int = 100_000) -> list[dict[str, Any]]:
         return await self.inner.audit_events(job_id, limit=limit)

@@ -11,13 +11,15 @@ conditional updates derived from :mod:`submitter.status`; nothing of the state
 machine is written anywhere else.
 
 One module per concern: plumbing (steps, dialects), schema (migrations), rows (records and status
-lists), jobs, transitions (status changes), leases, outbox, sink_deliveries, audit, sessions. Modules import each
+lists), jobs, inputs (large params values, stored once), listing (summaries, the provider panel),
+transitions (status changes), leases, outbox, sink_deliveries, audit, sessions (ended UI sessions). Modules import each
 other, never this package; its names are re-exported here for callers (the CLI, tests, bench).
 """
 
 from __future__ import annotations
 
 from receiver.store.sql.audit import audit_event, audit_events, prune_events, reconciliation
+from receiver.store.sql.inputs import job_params, store_inputs
 from receiver.store.sql.jobs import (
     counts,
     create_job,
@@ -25,7 +27,6 @@ from receiver.store.sql.jobs import (
     file_failed,
     files,
     get_job,
-    jobs_since,
     list_jobs,
     note_repoll,
     ping,
@@ -33,6 +34,7 @@ from receiver.store.sql.jobs import (
     store_file,
 )
 from receiver.store.sql.leases import claim_due, mark_sending, release, renew
+from receiver.store.sql.listing import get_summary, job_summaries, provider_stats
 from receiver.store.sql.outbox import EVENT_OF, emit, events_after, last_seq, new_event_id, prune_outbox
 from receiver.store.sql.plumbing import Lock, Op, Query, SqlDialect, Step, UniqueViolation
 from receiver.store.sql.rows import row_to_file, row_to_job
@@ -53,12 +55,12 @@ from receiver.store.sql.sink_deliveries import (
 from receiver.store.sql.transitions import apply, defer, finish, record_submit, reopen_for_retry, reserve_slot
 
 __all__ = [
-    "EVENT_OF", "LATEST", "MIGRATIONS", "Lock", "Op", "Query", "SqlDialect", "Step", "UniqueViolation",
-    "apply", "audit_event", "audit_events", "claim_deliveries", "claim_due", "counts",
-    "create_job", "create_job_once", "defer", "deliveries", "delivery_attempts", "emit", "enable_sink", "end_session",
-    "events_after", "fan_out", "file_failed", "files", "finish", "get_job", "jobs_since",
-    "last_seq", "list_jobs", "mark_sending", "migrate", "new_event_id", "note_repoll", "ping", "prune_events",
-    "prune_outbox", "reconciliation", "record_attempts", "record_submit", "redeliver",
-    "register_sink", "release", "renew", "reopen_for_retry", "reserve_slot", "row_to_file", "row_to_job",
-    "session_ended", "set_note", "set_sink_disabled", "sinks", "store_file",
+    "EVENT_OF", "LATEST", "MIGRATIONS", "Lock", "Op", "Query", "SqlDialect", "Step", "UniqueViolation", "apply",
+    "audit_event", "audit_events", "claim_deliveries", "claim_due", "counts", "create_job", "create_job_once",
+    "defer", "deliveries", "delivery_attempts", "emit", "enable_sink", "end_session", "events_after", "fan_out",
+    "file_failed", "files", "finish", "get_job", "get_summary", "job_params", "job_summaries", "last_seq",
+    "list_jobs", "mark_sending", "migrate", "new_event_id", "note_repoll", "ping", "provider_stats", "prune_events",
+    "prune_outbox", "reconciliation", "record_attempts", "record_submit", "redeliver", "register_sink", "release",
+    "renew", "reopen_for_retry", "reserve_slot", "row_to_file", "row_to_job", "session_ended", "set_note",
+    "set_sink_disabled", "sinks", "store_file", "store_inputs",
 ]

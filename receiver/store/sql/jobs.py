@@ -4,26 +4,33 @@ from __future__ import annotations
 
 import json
 
+from receiver.store.inputs import split_params
 from receiver.store.models import FileRecord, IdempotencyConflict, Job
+from receiver.store.sql.inputs import store_inputs
 from receiver.store.sql.plumbing import Op, Query
 from receiver.store.sql.rows import row_to_file, row_to_job
 from submitter.status import Status
 
 __all__ = [
-    "counts", "create_job", "create_job_once", "file_failed", "files", "get_job", "jobs_since", "list_jobs",
+    "counts", "create_job", "create_job_once", "file_failed", "files", "get_job", "list_jobs", "listing_filter",
     "note_repoll", "ping", "set_note", "status_of", "store_file", "update_download_by",
 ]
 
 
 def create_job(job: Job) -> Op[None]:
+    """Insert the job, its large inputs (receiver/store/inputs.py) beside it: more than one statement
+    then, so the caller runs this in a transaction when :func:`~receiver.store.inputs.split_params` finds any."""
+    params, large = split_params(job.params)
     yield Query(
         "INSERT INTO jobs (id, provider, model, params, options, metadata, status, created_at, deadline_at,"
         " updated_at, next_check_at, lease_owner, lease_until, created_by)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (job.id, job.provider, job.model, json.dumps(job.params), json.dumps(job.options), json.dumps(job.metadata),
+        (job.id, job.provider, job.model, json.dumps(params), json.dumps(job.options), json.dumps(job.metadata),
          str(job.status), job.created_at, job.deadline_at, job.created_at, job.next_check_at, job.lease_owner,
          job.lease_until, job.created_by),
     )
+    if large:
+        yield from store_inputs(job.id, large, job.created_at)
 
 
 def create_job_once(job: Job, key: str, fingerprint: str, now: float, ttl: float) -> Op[tuple[str, bool]]:
@@ -56,12 +63,11 @@ def get_job(job_id: str) -> Op[Job | None]:
     return row_to_job(row) if row is not None else None
 
 
-def list_jobs(
-    status: Status | None, limit: int, provider: str | None = None, before: tuple[float, str] | None = None,
-    created_by: str | None = None,
-) -> Op[list[Job]]:
-    """Newest first by (created_at, id); `before` is the last row of the previous page (keyset paging);
-    with `created_by`, only the jobs that API key created."""
+def listing_filter(
+    status: Status | None, provider: str | None, before: tuple[float, str] | None, created_by: str | None = None,
+) -> tuple[str, list[object]]:
+    """The WHERE clause (with its leading space, or "") and its arguments every listing of jobs shares:
+    :func:`list_jobs` and the summaries (receiver/store/sql/listing.py); `created_by`: one API key's jobs."""
     where: list[str] = []
     args: list[object] = []
     if created_by is not None:
@@ -76,7 +82,16 @@ def list_jobs(
     if before is not None:
         where.append("(created_at < ? OR (created_at = ? AND id < ?))")
         args += [before[0], before[0], before[1]]
-    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    return (f" WHERE {' AND '.join(where)}" if where else ""), args
+
+
+def list_jobs(
+    status: Status | None, limit: int, provider: str | None = None, before: tuple[float, str] | None = None,
+    created_by: str | None = None,
+) -> Op[list[Job]]:
+    """Newest first by (created_at, id); `before` is the last row of the previous page (keyset paging);
+    with `created_by`, only the jobs that API key created."""
+    clause, args = listing_filter(status, provider, before, created_by)
     rows = yield Query(f"SELECT * FROM jobs{clause} ORDER BY created_at DESC, id DESC LIMIT ?",
                        (*args, limit), "all")
     return [row_to_job(r) for r in rows]
@@ -90,13 +105,6 @@ def files(job_id: str) -> Op[list[FileRecord]]:
 def status_of(job_id: str) -> Op[Status | None]:
     row = yield Query("SELECT status FROM jobs WHERE id = ?", (job_id,), "one")
     return Status(row[0]) if row is not None else None
-
-
-def jobs_since(since: float, limit: int) -> Op[list[Job]]:
-    """Jobs created at or after `since`, newest first (the provider panel's window)."""
-    rows = yield Query("SELECT * FROM jobs WHERE created_at >= ? ORDER BY created_at DESC, id DESC LIMIT ?",
-                       (since, limit), "all")
-    return [row_to_job(r) for r in rows]
 
 
 def counts() -> Op[dict[str, int]]:

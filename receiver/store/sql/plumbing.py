@@ -57,6 +57,8 @@ class SqlDialect:
     ids_in: tuple[str, str] = ("id IN (", ")")
     #: DDL spellings that differ from SQLite's: (SQLite's, ours) pairs.
     types: tuple[tuple[str, str], ...] = ()
+    #: `{json_text:COLUMN:KEY}`: the string at KEY of the JSON object in COLUMN, NULL if it is not a string.
+    json_text: str = "CASE WHEN json_type({doc}, '$.{key}') = 'text' THEN json_extract({doc}, '$.{key}') END"
     #: Statements compiled so far (a few dozen: they are this module's literals; bounded all the same).
     _compiled: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
@@ -74,15 +76,19 @@ class SqlDialect:
         return sql
 
 
+_JSON_TEXT = re.compile(r"\{json_text:(\w+):(\w+)\}")
+
 #: What `?` may sit inside without being a parameter: string literals, quoted names, comments.
 _TOKENS = re.compile(r"'[^']*'|\"[^\"]*\"|--[^\n]*|/\*.*?\*/|\?", re.DOTALL)
 
 
 def compile_statement(dialect: SqlDialect, sql: str) -> str:
-    """`sql` in `dialect`: its tokens replaced, and each `?` that is a parameter (not one inside a
-    string literal, a quoted name or a comment) numbered as the dialect's placeholder."""
+    """`sql` in `dialect`: its tokens replaced (`{json_text:COLUMN:KEY}` too), and each `?` that is a
+    parameter (not one inside a string literal, a quoted name or a comment) numbered as the dialect's
+    placeholder."""
     sql = sql.replace("{skip_locked}", dialect.skip_locked).replace("{for_update}", dialect.for_update)
     sql = sql.replace("{ids_in}", dialect.ids_in[0]).replace("{ids_end}", dialect.ids_in[1])
+    sql = _JSON_TEXT.sub(lambda m: dialect.json_text.format(doc=m[1], key=m[2]), sql)
     if dialect.placeholder == "?":
         return sql
     counter = iter(range(1, 10_000))

@@ -156,6 +156,26 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX ended_sessions_expiry ON ended_sessions (expires_at)
         """,
     ),
+    (
+        7,
+        "large inputs stored once, by sha256, beside the job",
+        """
+        CREATE TABLE inputs (
+            sha256 TEXT PRIMARY KEY,
+            size INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            data TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE job_inputs (
+            job_id TEXT NOT NULL,
+            path TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            PRIMARY KEY (job_id, path)
+        );
+        CREATE INDEX job_inputs_sha256 ON job_inputs (sha256)
+        """,
+    ),
 ]
 
 

@@ -21,7 +21,7 @@ from receiver.config.settings import SettingsError
 from receiver.engine import jobs as jobs_mod
 from receiver.engine.jobs import submit_options
 from receiver.engine.runtime import Runtime
-from receiver.store import Job
+from receiver.store import Job, JobSummary
 from receiver.web.api.auth import authenticate, key_scope, visible, writer
 from receiver.web.api.errors import ApiError, api_endpoint, invalid, not_found
 from receiver.web.api.models import CreateJob, validation_error
@@ -56,7 +56,7 @@ def job_id_of(request: Request) -> str:
     return job_id
 
 
-async def view(rt: Runtime, job: Job) -> dict[str, Any]:
+async def view(rt: Runtime, job: Job | JobSummary) -> dict[str, Any]:
     return await jobs_mod.job_view(rt, job)
 
 
@@ -165,7 +165,7 @@ async def get(request: Request) -> Response:
     return JSONResponse(await view(rt, job))
 
 
-def encode_cursor(job: Job) -> str:
+def encode_cursor(job: Job | JobSummary) -> str:
     raw = json.dumps([job.created_at, job.id], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -205,8 +205,8 @@ async def listing(request: Request) -> Response:
             raise invalid("limit", f"limit must be an integer from 1 to {MAX_LIMIT}")
         limit = int(raw)
     before = decode_cursor(query["cursor"]) if query.get("cursor") else None
-    jobs = await rt.store.list_jobs(status, limit + 1, provider=provider, before=before,
-                                    created_by=key.owner_filter())
+    jobs = await rt.store.job_summaries(status, limit + 1, provider=provider, before=before,
+                                        created_by=key.owner_filter())
     page = jobs[:limit]
     next_cursor = encode_cursor(page[-1]) if len(jobs) > limit else None
     return JSONResponse({"jobs": [await view(rt, job) for job in page], "next_cursor": next_cursor})

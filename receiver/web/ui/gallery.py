@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from receiver.engine.runtime import Runtime
-from receiver.store import Job, OutboxEvent, iso
+from receiver.store import JobSummary, OutboxEvent, iso
 from receiver.web.sse import HEADERS, frames
 from receiver.web.streams import HeldStream, TooManyStreams, stream_limits
 from receiver.web.ui.pages import (
@@ -37,7 +37,7 @@ log = logging.getLogger("fluxhook.ui")
 GALLERY_SIZE = 24
 
 
-async def _tiles(rt: Runtime, jobs: list[Job]) -> list[dict[str, Any]]:
+async def _tiles(rt: Runtime, jobs: list[JobSummary]) -> list[dict[str, Any]]:
     tiles = []
     for job in jobs:
         for record in await rt.store.files(job.id):
@@ -53,8 +53,8 @@ async def gallery(request: Request) -> Response:
     rt = runtime(request)
     before = parse_cursor(request.query_params.get("before"))
     head = await rt.feed.head()  # read first: the live stream resumes here, so nothing stored since is missed
-    jobs = await rt.store.list_jobs(Status.STORED, GALLERY_SIZE, before=before,
-                                    created_by=caller(request).owner_filter())
+    jobs = await rt.store.job_summaries(Status.STORED, GALLERY_SIZE, before=before,
+                                        created_by=caller(request).owner_filter())
     tiles = await _tiles(rt, jobs)
     older = ("/ui?" + urlencode({"before": cursor_of(jobs[-1])})) if len(jobs) == GALLERY_SIZE else None
     return render(request, "gallery.html", {"title": "Gallery", "tiles": tiles, "older": older,
@@ -86,7 +86,7 @@ def _frames(rt: Runtime, after: int, created_by: str | None = None) -> AsyncIter
 
     async def images(event: OutboxEvent) -> bytes:
         job_id = event.job_id
-        job = await rt.store.get_job(job_id)
+        job = await rt.store.get_summary(job_id)
         tiles = await _tiles(rt, [job]) if job is not None else []
         data = {"job_id": job_id, "href": f"/ui/jobs/{quote(job_id, safe='')}", "stored_at":
                 iso(job.updated_at) if job else None,

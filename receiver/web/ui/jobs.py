@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from receiver.store import FileRecord
+from receiver.store.inputs import references
 from receiver.web.files import result_response
 from receiver.web.ui.pages import (
     JOB_ID,
@@ -52,14 +53,14 @@ async def job_table(request: Request) -> Response:
     before = parse_cursor(request.query_params.get("before"))
     older = None
     if q:
-        found = await rt.store.get_job(q) if JOB_ID.fullmatch(q) else None
+        found = await rt.store.get_summary(q) if JOB_ID.fullmatch(q) else None
         jobs = [found] if found is not None and caller(request).may_see(found.created_by) and (
             status is None or found.status == status) and (provider is None or found.provider == provider) else []
     elif problems:
         jobs = []
     else:
-        jobs = await rt.store.list_jobs(status, PAGE_SIZE, provider=provider, before=before,
-                                        created_by=caller(request).owner_filter())
+        jobs = await rt.store.job_summaries(status, PAGE_SIZE, provider=provider, before=before,
+                                            created_by=caller(request).owner_filter())
         if len(jobs) == PAGE_SIZE:
             older = "/ui/jobs?" + urlencode({k: v for k, v in (("status", status_raw), ("provider", provider_raw),
                                                                ("before", cursor_of(jobs[-1]))) if v})
@@ -93,8 +94,11 @@ async def job_page(request: Request) -> Response:
     files: list[FileRecord] = await rt.store.files(job.id)
     images = [{"n": f.n, "src": file_url(job.id, f.n), "alt": alt_text(job, f.n), "size": f.size,
                "content_type": f.content_type, "sha256": f.sha256} for f in files if f.stored]
+    # Large inputs are kept beside the job (receiver/store/inputs.py): its params show each as a reference.
+    inputs = [{"field": ".".join(map(str, path)), **ref} for path, ref in references(job.params)]
     return render(request, "job.html", {
         "title": f"Job {job.id}", "job": job, "timeline": timeline, "images": images, "prompt": prompt_of(job),
+        "inputs": inputs,
         "metadata": json.dumps(job.metadata, indent=2, ensure_ascii=False, sort_keys=True) if job.metadata else None,
     })
 
@@ -107,7 +111,7 @@ async def result_file(request: Request) -> Response:
         return PlainTextResponse("not found", 404)
     key = caller(request)
     if not key.sees_all:  # a submit key: only its own jobs' files
-        job = await rt.store.get_job(job_id)
+        job = await rt.store.get_summary(job_id)
         if job is None or not key.may_see(job.created_by):
             return PlainTextResponse("not found", 404)
     record = next((f for f in await rt.store.files(job_id) if f.n == int(n) and f.stored), None)

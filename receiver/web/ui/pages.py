@@ -19,7 +19,8 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 
 from receiver.config.keys import ApiKey
 from receiver.engine.runtime import Runtime
-from receiver.store import Job, StoreUnavailable, iso
+from receiver.store import Job, JobSummary, StoreUnavailable, iso
+from receiver.store.summary import shorten
 from receiver.web.auth import api_keys, bearer_key
 from receiver.web.ui.sessions import session_key
 
@@ -137,19 +138,20 @@ def file_url(job_id: str, n: int) -> str:
     return f"/ui/jobs/{quote(job_id, safe='')}/files/{n}"
 
 
-def prompt_of(job: Job) -> str | None:
+def prompt_of(job: Job | JobSummary) -> str | None:
+    """The job's prompt: in full from a job, shortened from a listing's summary (the database cut it)."""
+    if isinstance(job, JobSummary):
+        return job.prompt
     prompt = job.params.get("prompt") if isinstance(job.params, dict) else None
     return prompt if isinstance(prompt, str) and prompt else None
 
 
-def alt_text(job: Job, n: int) -> str:
-    prompt = prompt_of(job)
-    if prompt:
-        return prompt if len(prompt) <= 200 else prompt[:199] + "…"
-    return f"result {n} of job {job.id}"
+def alt_text(job: Job | JobSummary, n: int) -> str:
+    prompt = shorten(prompt_of(job))
+    return prompt or f"result {n} of job {job.id}"
 
 
-def cursor_of(job: Job) -> str:
+def cursor_of(job: Job | JobSummary) -> str:
     return f"{job.created_at:.6f}~{job.id}"
 
 

@@ -1,5 +1,6 @@
 """The provider panel at `/ui/providers`: per provider, over the last hour and day, jobs, callbacks,
-jobs rescued by polling, failures, and p50/p95 times to stored."""
+jobs rescued by polling, failures, and p50/p95 times to stored, all computed by the database
+(Store.provider_stats); a `submit` key's panel counts only the jobs it created."""
 
 from __future__ import annotations
 
@@ -8,19 +9,22 @@ import math
 from starlette.requests import Request
 from starlette.responses import Response
 
-from receiver.web.ui.pages import page, render, runtime
+from receiver.store import ProviderStats
+from receiver.web.ui.pages import caller, page, render, runtime
 from submitter.status import Status
 
 __all__ = ["PANEL_JOBS", "percentile", "providers_panel", "seconds"]
 
 FAILURES = frozenset({Status.FAILED, Status.MODERATED, Status.EXPIRED})
 WINDOWS = (("last hour", 3600.0), ("last day", 86400.0))
-#: The most jobs the provider panel aggregates (the page says so when it reaches them).
+#: The most jobs the provider panel aggregates, the newest (the page says so when it reaches them).
 PANEL_JOBS = 10_000
+QUANTILES = (50, 95)
 
 
 def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100) of `values`; None for none."""
+    """Nearest-rank percentile (q in 0..100) of `values`; None for none. The definition the database's
+    computation of the panel's percentiles follows (receiver/store/sql/listing.py)."""
     if not values:
         return None
     ordered = sorted(values)
@@ -37,25 +41,26 @@ def seconds(value: float | None) -> str:
 async def providers_panel(request: Request) -> Response:
     rt = runtime(request)
     now = rt.clock()
-    longest = max(w for _, w in WINDOWS)
-    jobs = await rt.store.jobs_since(now - longest, limit=PANEL_JOBS)
+    starts = {label: now - window for label, window in WINDOWS}
+    # Aggregated by the database: the page reads a few rows per provider, never the jobs themselves.
+    stats = {(s.provider, s.since): s for s in await rt.store.provider_stats(
+        tuple(starts.values()), limit=PANEL_JOBS, quantiles=QUANTILES, created_by=caller(request).owner_filter())}
+    longest = min(starts.values())
     rows = []
-    for name in sorted(set(rt.settings.providers) | {j.provider for j in jobs}):
-        for label, window in WINDOWS:
-            mine = [j for j in jobs if j.provider == name and j.created_at >= now - window]
-            stored = [j for j in mine if j.status == Status.STORED and j.updated_at is not None]
-            from_created = [j.updated_at - j.created_at for j in stored if j.updated_at is not None]
-            from_submitted = [j.updated_at - j.submitted_at for j in stored
-                              if j.updated_at is not None and j.submitted_at is not None]
+    for name in sorted(set(rt.settings.providers) | {provider for provider, _ in stats}):
+        for label, since in starts.items():
+            mine = stats.get((name, since))
+            if mine is None:
+                mine = ProviderStats(name, since, {}, 0, 0, {}, {})
             rows.append({
-                "provider": name, "window": label, "jobs": len(mine),
-                "callbacks": sum(1 for j in mine if j.callback_at is not None),
-                "rescued": sum(1 for j in mine if j.callback_at is None and j.polls > 0),
-                "stored": len(stored), "failures": sum(1 for j in mine if j.status in FAILURES),
-                "p50_created": seconds(percentile(from_created, 50)),
-                "p95_created": seconds(percentile(from_created, 95)),
-                "p50_submitted": seconds(percentile(from_submitted, 50)),
-                "p95_submitted": seconds(percentile(from_submitted, 95)),
+                "provider": name, "window": label, "jobs": mine.jobs, "callbacks": mine.callbacks,
+                "rescued": mine.rescued, "stored": mine.statuses.get(Status.STORED, 0),
+                "failures": sum(n for status, n in mine.statuses.items() if status in FAILURES),
+                "p50_created": seconds(mine.from_created.get(50)),
+                "p95_created": seconds(mine.from_created.get(95)),
+                "p50_submitted": seconds(mine.from_submitted.get(50)),
+                "p95_submitted": seconds(mine.from_submitted.get(95)),
             })
+    counted = sum(s.jobs for (_, since), s in stats.items() if since == longest)
     return render(request, "providers.html", {"title": "Providers", "rows": rows, "now": now,
-                                              "capped": len(jobs) >= PANEL_JOBS})
+                                              "capped": counted >= PANEL_JOBS})

@@ -118,11 +118,11 @@ def test_simulate_help_documents_faults_and_env(capsys: pytest.CaptureFixture[st
 
 
 def test_migrate_and_check_on_sqlite(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    versions = ", ".join(str(v) for v, _, _ in MIGRATIONS)  # every migration, by number
     assert main(["migrate", "--check"]) == 1
-    every = ", ".join(str(version) for version, _, _ in MIGRATIONS)
-    assert f"pending ({every})" in capsys.readouterr().out
+    assert f"pending ({versions})" in capsys.readouterr().out
     assert main(["migrate"]) == 0
-    assert f"(applied {every})" in capsys.readouterr().out
+    assert f"(applied {versions})" in capsys.readouterr().out
     assert main(["migrate", "--check"]) == 0 and "current" in capsys.readouterr().out
     assert main(["migrate"]) == 0 and "already current" in capsys.readouterr().out
 

@@ -192,8 +192,8 @@ async def test_migrate_command_on_postgres(capsys: pytest.CaptureFixture[str], m
         assert await asyncio.to_thread(cli_main, ["migrate"]) == 0
         assert await asyncio.to_thread(cli_main, ["migrate", "--check"]) == 0
         out = capsys.readouterr().out
-        every = ", ".join(str(version) for version, _, _ in MIGRATIONS)
-        assert f"pending ({every})" in out and f"schema version {LATEST} (applied {every})" in out
+        versions = ", ".join(str(v) for v, _, _ in MIGRATIONS)  # every migration, by number
+        assert f"pending ({versions})" in out and f"schema version {LATEST} (applied {versions})" in out
         assert "already current" in out and "current" in out
         assert "hunter2-secret" not in out and "postgres:***@" in out
         monkeypatch.setenv("FLUXHOOK_DB", "postgresql://postgres:hunter2-secret@127.0.0.1:1/test")

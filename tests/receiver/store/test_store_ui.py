@@ -1,4 +1,5 @@
-"""The store reads the web UI uses (audit_events with a limit, jobs_since), on every backend."""
+"""The store reads the web UI uses (audit_events with a limit), on every backend; the listings' reads are in
+test_store_listing.py."""
 
 from __future__ import annotations
 
@@ -52,14 +53,3 @@ async def test_audit_events_are_the_jobs_callbacks_oldest_first(store: Store) ->
     assert isinstance(got[0]["body"], bytes)
     assert len(await store.audit_events("a", limit=1)) == 1
     assert await store.audit_events("nope") == []
-
-
-async def test_jobs_since_is_newest_first_from_the_bound(store: Store) -> None:
-    for n, at in enumerate((NOW - 7200, NOW - 60, NOW - 30, NOW)):
-        await store.create_job(job(f"j{n}", at, provider="bfl" if n % 2 else "deerapi"))
-    assert [j.id for j in await store.jobs_since(NOW - 3600)] == ["j3", "j2", "j1"]
-    assert [j.id for j in await store.jobs_since(NOW - 60)] == ["j3", "j2", "j1"]  # the bound is included
-    assert [j.id for j in await store.jobs_since(NOW - 3600, limit=2)] == ["j3", "j2"]
-    assert await store.jobs_since(NOW + 1) == []
-    (first,) = await store.jobs_since(NOW)
-    assert first.provider == "bfl" and first.params == {"prompt": "p"} and first.status == Status.QUEUED
