@@ -69,3 +69,16 @@ async def test_an_ended_session_stays_ended_until_it_would_have_expired(store: S
     await store.end_session("b" * 64, expires_at=NOW + 500, now=NOW + 200)
     assert not await store.session_ended("a" * 64)
     assert await store.session_ended("b" * 64)
+
+
+async def test_summaries_and_provider_figures_by_creator(store: Store) -> None:
+    await _seed(store)
+    assert [s.id for s in await store.job_summaries(created_by="ci")] == ["j1", "j0"]
+    assert [s.created_by for s in await store.job_summaries()] == [None, "web", "ci", "ci"]
+    summary = await store.get_summary("j2")
+    assert summary is not None and summary.created_by == "web" and summary.view()["created_by"] == "web"
+    every = await store.provider_stats((NOW - 10,))
+    assert [(s.provider, s.jobs) for s in every] == [("bfl", 4)]
+    ci = await store.provider_stats((NOW - 10,), created_by="ci")
+    assert [(s.provider, s.jobs) for s in ci] == [("bfl", 2)]
+    assert await store.provider_stats((NOW - 10,), created_by="nobody") == []

@@ -3,6 +3,7 @@ on /v1, /v1/events, /metrics and /ui."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -168,3 +169,20 @@ async def test_operator_details_take_admin_and_read_keys_only(h: Harness) -> Non
         assert ("callbacks" in health) is operator, key
         ready = (await h.client.get("/readyz", headers=bearer(key))).json()
         assert ready["ready"] is True and ("problems" not in ready or operator), key
+
+
+async def test_a_submit_keys_provider_panel_counts_only_its_jobs(h: Harness) -> None:
+    for key in (CI, WEB, WEB):
+        await create(h, key)
+    await login(h, CI)
+    mine = (await h.client.get("/ui/providers")).text
+    await login(h, DASH)
+    every = (await h.client.get("/ui/providers")).text
+    assert bfl_jobs_last_hour(mine) == "1" and bfl_jobs_last_hour(every) == "3"
+
+
+def bfl_jobs_last_hour(html: str) -> str:
+    """The Jobs column of the panel's bfl row for the last hour."""
+    found = re.search(r'<th scope="row">bfl</th><td>last hour</td><td>([0-9]+)</td>', html)
+    assert found is not None, html
+    return found[1]

@@ -113,7 +113,7 @@ async def test_the_api_listing_shows_each_job_as_its_own_view(h: Harness) -> Non
     for job in listed:
         assert job == (await h.client.get(f"/v1/jobs/{job['id']}")).json()
     assert set(listed[1]) == {"id", "provider", "model", "status", "error", "note", "metadata", "provider_job_id",
-                              "created_at", "updated_at", "submitted_at", "files"}
+                              "created_by", "created_at", "updated_at", "submitted_at", "files"}
     assert listed[1]["files"][0]["url"] == "/v1/jobs/fh_job0/files/0"
 
 
