@@ -75,10 +75,12 @@ def _entry(position: int, entry: str) -> ApiKey:
         try:
             scope = Scope(scope_text)
         except ValueError:
-            raise SettingsError(f"{where} ({name}) has the unknown scope {scope_text!r}; write NAME:SCOPE:KEY with"
-                                f" SCOPE one of {', '.join(s.value for s in Scope)}") from None
+            # Neither the name nor the scope is quoted: the entry may be a bare key with two colons in it.
+            raise SettingsError(f"{where} has an unknown scope; write NAME:SCOPE:KEY with SCOPE one of"
+                                f" {', '.join(s.value for s in Scope)} (a bare key holding two colons:"
+                                " NAME:admin:KEY)") from None
         if len(secret) < MIN_LENGTH:
-            raise SettingsError(f"{where} ({name}) is shorter than {MIN_LENGTH} characters")
+            raise SettingsError(f"{where} is shorter than {MIN_LENGTH} characters")
         return ApiKey(name, scope, secret)
     if len(entry) < MIN_LENGTH:
         raise SettingsError(f"{where} is shorter than {MIN_LENGTH} characters")

@@ -125,6 +125,10 @@ async def create(request: Request) -> Response:
         raise ApiError(503, "unavailable", str(exc), headers={"retry-after": "60"}) from None
     except ValueError as exc:
         raise invalid("events" if req.events is not None and "event" in str(exc) else "model", str(exc)) from None
+    if not created and not api_key.may_see(job.created_by):
+        # The same secret under another name (a renamed submit key): the job is no longer this key's to see.
+        raise ApiError(409, "idempotency_conflict", "this Idempotency-Key names a job another API key created;"
+                       " use a new Idempotency-Key")
     headers = {"location": f"/v1/jobs/{job.id}"}
     if not created:
         headers["idempotent-replayed"] = "true"

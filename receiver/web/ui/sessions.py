@@ -48,6 +48,8 @@ def _signed(request: Request, now: float) -> tuple[ApiKey, int, str] | None:
     nonce, _, mac = rest.partition(".")
     if not keys or not (0 < len(issued_text) <= 12 and issued_text.isascii() and issued_text.isdigit()):
         return None
+    if issued_text != str(int(issued_text)):  # one spelling per session: "0" + a logged-out cookie is not new
+        return None
     if not (len(nonce) == 16 and all(c in "0123456789abcdef" for c in nonce)):
         return None
     issued = int(issued_text)
@@ -58,7 +60,8 @@ def _signed(request: Request, now: float) -> tuple[ApiKey, int, str] | None:
     for key in keys:
         if hmac.compare_digest(offered, _session_mac(request, key, issued, nonce)) and matched is None:
             matched = key
-    return (matched, issued, cookie) if matched is not None else None
+    # The cookie as it was issued (each part checked above has one spelling), as the ended sessions know it.
+    return (matched, issued, f"{issued}.{nonce}.{mac}") if matched is not None else None
 
 
 def _digest(cookie: str) -> str:

@@ -41,8 +41,8 @@ def test_what_each_scope_may_do() -> None:
 
 
 @pytest.mark.parametrize(("value", "problem"), [
-    (f"ci:writer:{SECRET}", "unknown scope 'writer'"),
-    ("ci:submit:short", "key #1 (ci) is shorter than 16"),
+    (f"ci:writer:{SECRET}", "key #1 has an unknown scope"),
+    ("ci:submit:short", "key #1 is shorter than 16"),
     (f"{SECRET}1,short", "key #2 is shorter than 16"),
     (f"ci:submit:{SECRET}1,ci:read:{SECRET}2", "ci are given to more than one key"),
     (f"a:submit:{SECRET},b:read:{SECRET}", "the same key is listed twice"),
@@ -53,6 +53,13 @@ def test_bad_keys_name_the_variable_and_never_the_key(value: str, problem: str) 
     message = str(caught.value)
     assert "FLUXHOOK_API_KEYS" in message and problem in message
     assert SECRET not in message
+
+
+def test_a_bare_key_read_as_scoped_is_not_quoted_back() -> None:
+    """A bare key with two colons parses as NAME:SCOPE:KEY; the error must not print its pieces."""
+    with pytest.raises(SettingsError) as caught:
+        parse_api_keys("Xk9aZq:Secretpart:r3st0fth3k3y")
+    assert "Xk9aZq" not in str(caught.value) and "ecretpart" not in str(caught.value)
 
 
 def test_keys_never_reach_a_repr() -> None:

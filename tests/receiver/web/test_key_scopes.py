@@ -3,6 +3,7 @@ on /v1, /v1/events, /metrics and /ui."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from receiver.config.keys import parse_api_keys
 from tests.harness import Harness
 from tests.receiver.web.test_api import BODY, api_harness, drive
 from tests.receiver.web.test_api_events import SSE
@@ -186,3 +188,16 @@ def bfl_jobs_last_hour(html: str) -> str:
     found = re.search(r'<th scope="row">bfl</th><td>last hour</td><td>([0-9]+)</td>', html)
     assert found is not None, html
     return found[1]
+
+
+async def test_a_renamed_key_cannot_replay_its_way_to_an_earlier_job(h: Harness) -> None:
+    """Idempotency-Keys are scoped by the key's secret; a job another name created stays out of reach."""
+    first = await h.client.post("/v1/jobs", json=BODY, headers={**bearer(CI), "idempotency-key": "k1"})
+    assert first.status_code == 201
+    renamed = parse_api_keys(f"builder:submit:{CI}")
+    h.rt.settings = dataclasses.replace(h.rt.settings, integrations=dataclasses.replace(
+        h.rt.settings.integrations, api_keys=renamed))
+    assert (await h.client.get(f"/v1/jobs/{first.json()['id']}", headers=bearer(CI))).status_code == 404
+    again = await h.client.post("/v1/jobs", json=BODY, headers={**bearer(CI), "idempotency-key": "k1"})
+    assert again.status_code == 409 and again.json()["error"]["code"] == "idempotency_conflict"
+    assert first.json()["id"] not in again.text
