@@ -232,8 +232,9 @@ class OpsStore:
     async def reopen_for_retry(self, job_id: str, *, now: float, store_until: float) -> bool:
         return await self._op(transitions.reopen_for_retry(job_id, now, store_until))
 
-    async def reconciliation(self, since: float | None = None) -> list[dict[str, Any]]:
-        return await self._read_op(audit.reconciliation(since))
+    async def reconciliation(self, since: float | None = None, *, created_by: str | None = None
+                             ) -> list[dict[str, Any]]:
+        return await self._read_op(audit.reconciliation(since, created_by))
 
     async def end_session(self, digest: str, *, expires_at: float, now: float) -> None:
         await self._op(sessions.end_session(digest, expires_at, now))

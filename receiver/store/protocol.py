@@ -162,9 +162,11 @@ class Store(Protocol):
         `succeeded`, due now, its download window reaching `store_until`. No outbox event; False
         (changing nothing) for any other job."""
         ...
-    async def reconciliation(self, since: float | None = None) -> list[dict[str, Any]]:
-        """One row per job created at or after `since`: status, provider task, callback_at, polls,
-        error, file counts (all / stored), job.stored outbox events and kept callbacks."""
+    async def reconciliation(self, since: float | None = None, *, created_by: str | None = None
+                             ) -> list[dict[str, Any]]:
+        """One row per job created at or after `since` (by the API key `created_by` names, if given): status,
+        provider task, callback_at, polls, error, file counts (all / stored), job.stored outbox events and
+        kept callbacks."""
         ...
 
     async def migrate(self, *, apply: bool = True) -> tuple[int, list[int]]:

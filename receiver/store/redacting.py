@@ -176,8 +176,9 @@ class RedactingStore:
     async def reopen_for_retry(self, job_id: str, *, now: float, store_until: float) -> bool:
         return await self.inner.reopen_for_retry(job_id, now=now, store_until=store_until)
 
-    async def reconciliation(self, since: float | None = None) -> list[dict[str, Any]]:
-        return await self.inner.reconciliation(since)
+    async def reconciliation(self, since: float | None = None, *, created_by: str | None = None
+                             ) -> list[dict[str, Any]]:
+        return await self.inner.reconciliation(since, created_by=created_by)
 
     async def migrate(self, *, apply: bool = True) -> tuple[int, list[int]]:
         return await self.inner.migrate(apply=apply)

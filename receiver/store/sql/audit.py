@@ -44,16 +44,21 @@ def audit_event(event_id: int) -> Op[dict[str, Any] | None]:
             "headers": json.loads(row[5]), "body": bytes(row[6]), "verdict": row[7]}
 
 
-def reconciliation(since: float | None) -> Op[list[dict[str, Any]]]:
-    """One row per job created since `since`: what `fluxhook report` counts."""
+def reconciliation(since: float | None, created_by: str | None = None) -> Op[list[dict[str, Any]]]:
+    """One row per job created since `since` (by the API key named `created_by`, if given): what
+    `fluxhook report` counts."""
+    args: tuple[object, ...] = (since if since is not None else -1e300,)
+    mine = ""
+    if created_by is not None:
+        mine, args = " AND j.created_by = ?", (*args, created_by)
     rows = yield Query(
         "SELECT j.id, j.provider, j.status, j.provider_job_id, j.callback_at, j.polls, j.error, j.submitted_at,"
         " (SELECT COUNT(*) FROM files f WHERE f.job_id = j.id),"
         " (SELECT COUNT(*) FROM files f WHERE f.job_id = j.id AND f.path IS NOT NULL),"
         " (SELECT COUNT(*) FROM outbox o WHERE o.job_id = j.id AND o.type = 'job.stored'),"
         " (SELECT COUNT(*) FROM events e WHERE e.job_id = j.id)"
-        " FROM jobs j WHERE j.created_at >= ? ORDER BY j.created_at, j.id",
-        (since if since is not None else -1e300,), "all",
+        f" FROM jobs j WHERE j.created_at >= ?{mine} ORDER BY j.created_at, j.id",
+        args, "all",
     )
     keys = ("id", "provider", "status", "provider_job_id", "callback_at", "polls", "error", "submitted_at",
             "files", "stored_files", "stored_events", "callbacks")

@@ -67,3 +67,12 @@ async def test_reconciliation_rows(store: Store) -> None:  # noqa: F811
     assert by_id["j1"]["status"] == "expired" and by_id["j1"]["files"] == 1 and by_id["j1"]["stored_files"] == 0
     assert by_id["j1"]["provider_job_id"] == "p-j1" and by_id["j2"]["stored_events"] == 0
     assert await store.reconciliation(NOW + 1) == []
+
+
+async def test_reconciliation_of_one_api_keys_jobs(store: Store) -> None:  # noqa: F811
+    await store.create_job(job("mine", created_by="ci"))
+    await store.create_job(job("theirs", created_by="web"))
+    await store.create_job(job("cli"))
+    assert {r["id"] for r in await store.reconciliation(None)} == {"mine", "theirs", "cli"}
+    assert [r["id"] for r in await store.reconciliation(None, created_by="ci")] == ["mine"]
+    assert await store.reconciliation(NOW + 1, created_by="ci") == []
