@@ -4,10 +4,10 @@ FLUXHOOK_API_KEYS is a comma-separated list. Each entry is `NAME:SCOPE:KEY` or, 
 existed, a bare `KEY` (an `admin` key named `key-` plus the first 8 hex digits of its SHA-256, so
 its name is stable however the list is reordered). The scopes:
 
-- `admin`: every job (read, wait on, stream, cancel), creating jobs, `/metrics`, operator details
+- `admin`: every job (read, wait on, stream, cancel, retry a download), creating jobs, `/metrics`, operator details
   of `/healthz` and `/readyz`, `POST /v1/sweep`;
-- `submit`: create jobs, and read, wait on, stream and cancel only the jobs it created;
-- `read`: read every job and event, `/metrics` and the operator details; create and cancel nothing.
+- `submit`: create jobs, and read, wait on, stream, cancel and retry only the jobs it created;
+- `read`: read every job and event, `/metrics` and the operator details; create, cancel and retry nothing.
 
 A job records the name of the key that created it (`created_by`), so renaming a `submit` key hands
 its earlier jobs to nobody but `admin` and `read` keys. A key is at least 16 characters; names are
@@ -51,7 +51,7 @@ class ApiKey:
 
     @property
     def writes(self) -> bool:
-        """May create and cancel jobs (admin, submit)."""
+        """May create, cancel and retry jobs (admin, submit)."""
         return self.scope in (Scope.ADMIN, Scope.SUBMIT)
 
     @property

@@ -1,4 +1,4 @@
-"""The receiver's own HTTP API beside the provider callbacks: the sweep trigger and /v1 (jobs, events)."""
+"""The receiver's own HTTP API beside the provider callbacks: the sweep trigger and /v1 (jobs, events, report)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ def api_routes() -> list[BaseRoute]:
         Route("/v1/jobs/{job_id}", lazy("receiver.web.api.jobs:get"), methods=["GET"]),
         Route("/v1/jobs/{job_id}/cancel", lazy("receiver.web.api.jobs:cancel"), methods=["POST"]),
         Route("/v1/jobs/{job_id}/files/{n}", lazy("receiver.web.api.jobs:file"), methods=["GET"]),
+        Route("/v1/jobs/{job_id}/timeline", lazy("receiver.web.api.operations:timeline"), methods=["GET"]),
+        Route("/v1/jobs/{job_id}/retry", lazy("receiver.web.api.operations:retry"), methods=["POST"]),
+        Route("/v1/report", lazy("receiver.web.api.operations:report"), methods=["GET"]),
         Route("/v1/events", lazy("receiver.web.api.events:events"), methods=["GET"]),
         Route("/openapi.json", lazy("receiver.web.api.openapi:openapi"), methods=["GET"]),
     ]

@@ -35,11 +35,11 @@ def authenticate(request: Request) -> ApiKey:
 
 
 def writer(request: Request) -> ApiKey:
-    """Like :func:`authenticate`, and 403 for a key that may not create or cancel jobs (scope `read`)."""
+    """Like :func:`authenticate`, and 403 for a key that may not create, cancel or retry jobs (scope `read`)."""
     key = authenticate(request)
     if not key.writes:
         raise ApiError(403, "forbidden", f"the key {key.name!r} has the scope {key.scope.value!r}, which reads only;"
-                       " creating and canceling jobs needs a key with the scope 'submit' or 'admin'")
+                       " creating, canceling and retrying jobs needs a key with the scope 'submit' or 'admin'")
     return key
 
 

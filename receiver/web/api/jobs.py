@@ -41,6 +41,8 @@ DEFAULT_LIMIT, MAX_LIMIT = 50, 200
 _NUMBER = re.compile(r"([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]{1,3})?")
 _LIMIT = re.compile(r"[0-9]{1,4}")
 _FILE_N = re.compile(r"[0-9]{1,6}")
+#: `?expires=` of a file: seconds a presigned URL stays valid (S3's limit is 7 days).
+DEFAULT_EXPIRES, MAX_EXPIRES = 3600, 7 * 86400
 
 
 def _rt(request: Request) -> Runtime:
@@ -231,6 +233,15 @@ async def cancel(request: Request) -> Response:
     return JSONResponse(await view(rt, job))
 
 
+def _expires(request: Request) -> int:
+    raw = request.query_params.get("expires")
+    if raw is None:
+        return DEFAULT_EXPIRES
+    if not _FILE_N.fullmatch(raw) or not 1 <= int(raw) <= MAX_EXPIRES:
+        raise invalid("expires", f"expires must be an integer number of seconds from 1 to {MAX_EXPIRES}")
+    return int(raw)
+
+
 @api_endpoint
 async def file(request: Request) -> Response:
     rt = _rt(request)
@@ -242,10 +253,11 @@ async def file(request: Request) -> Response:
     if not _FILE_N.fullmatch(raw):
         raise missing
     n = int(raw)
+    expires = _expires(request)
     record = next((f for f in await rt.store.files(job_id) if f.n == n and f.stored), None)
     if record is None:
         raise missing
-    response = await result_response(rt.results, record)
+    response = await result_response(rt.results, record, max_age=expires)
     if response.status_code == 404:
         raise missing
     return response

@@ -17,8 +17,8 @@ from receiver.web.api.errors import ApiError, invalid
 from submitter.status import Status
 
 __all__ = [
-    "CreateJob", "ErrorBody", "EventEnvelope", "FileView", "JobList", "JobView", "LegacyError", "SweepReport",
-    "validation_error",
+    "CreateJob", "ErrorBody", "EventEnvelope", "FileView", "JobList", "JobView", "LegacyError", "Report", "ReportRow",
+    "SweepReport", "Timeline", "TimelineRow", "validation_error",
 ]
 
 EventType = Literal[
@@ -91,6 +91,53 @@ class EventEnvelope(BaseModel):
     type: EventType
     created_at: str
     data: JobView = Field(description="The job as of the event.")
+
+
+class TimelineRow(BaseModel):
+    at: str = Field(description="When, ISO 8601 UTC.")
+    kind: Literal["created", "submitted", "callback", "event", "delivery"]
+    detail: str = Field(description="created: provider and model; submitted: the provider's task; callback: its"
+                                    " verdict and the status it said; event: its type; delivery: the sink, its state,"
+                                    " attempts and last answer.")
+    id: int | str | None = Field(default=None, description="A callback's audit id (what `fluxhook replay` takes), or"
+                                                           " the outbox event's id (evt_...) of an event or delivery.")
+
+
+class Timeline(BaseModel):
+    """`GET /v1/jobs/{id}/timeline`: the job now, and everything known about it in time order."""
+
+    job: JobView
+    timeline: list[TimelineRow] = Field(description="Deliveries to sinks only for `admin` and `read` keys.")
+
+
+class ReportRow(BaseModel):
+    """One provider's counts (README, "fluxhook report"), or the `total` row."""
+
+    provider: str
+    jobs: int
+    submitted: int
+    stored: int
+    failed_by_provider: int
+    moderated: int
+    failed_download: int
+    expired_before_download: int
+    expired: int
+    canceled: int
+    in_progress: int
+    paid_not_delivered: int = Field(description="A result reported, the job ended failed/expired with files not"
+                                                " stored: candidates for a retry.")
+    delivered_twice: int
+    rescued_by_poll: int
+    callbacks_kept: int
+
+
+class Report(BaseModel):
+    """`GET /v1/report`: reconciliation per provider, then a `total` row."""
+
+    since: str | None
+    providers: list[ReportRow]
+    orphan_callbacks: None = Field(description="Always null: callbacks for unknown jobs are not recorded.")
+    orphan_callbacks_note: str
 
 
 class LegacyError(BaseModel):

@@ -14,8 +14,18 @@ from starlette.responses import JSONResponse, Response
 from receiver.config.integrations import EVENT_TYPES
 from receiver.web.api.auth import authenticate
 from receiver.web.api.errors import api_endpoint
-from receiver.web.api.jobs import DEFAULT_LIMIT, MAX_LIMIT, MAX_WAIT
-from receiver.web.api.models import CreateJob, ErrorBody, EventEnvelope, JobList, JobView, LegacyError, SweepReport
+from receiver.web.api.jobs import DEFAULT_EXPIRES, DEFAULT_LIMIT, MAX_EXPIRES, MAX_LIMIT, MAX_WAIT
+from receiver.web.api.models import (
+    CreateJob,
+    ErrorBody,
+    EventEnvelope,
+    JobList,
+    JobView,
+    LegacyError,
+    Report,
+    SweepReport,
+    Timeline,
+)
 from submitter.status import Status
 
 __all__ = ["document", "openapi"]
@@ -27,10 +37,11 @@ ERRORS = {
     "400": "Bad JSON, a body that is not an object, or a bad Idempotency-Key.",
     "408": "The body did not arrive in time.",
     "401": "Missing or wrong API key.",
-    "403": "The key's scope does not allow this (a `read` key creates and cancels nothing).",
+    "403": "The key's scope does not allow this (a `read` key creates, cancels and retries nothing).",
     "404": "Not found (a job a `submit` key did not create is not found for it), or the API is off"
            " (no FLUXHOOK_API_KEYS).",
-    "409": "Conflict: idempotency key reused with another body, or the job cannot be canceled.",
+    "409": "Conflict: idempotency key reused with another body, or the job cannot be canceled (`not_cancelable`)"
+           " or retried (`not_retryable`).",
     "413": "Body over 256 KiB.",
     "422": "A field is missing, of the wrong type or not acceptable; `field` names it.",
     "429": "`too_many_streams`: the key (FLUXHOOK_MAX_STREAMS_PER_KEY) or the server (FLUXHOOK_MAX_STREAMS) has as"
@@ -69,7 +80,8 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 @functools.cache
 def _components() -> dict[str, Any]:
-    models: list[type[BaseModel]] = [CreateJob, JobView, JobList, ErrorBody, EventEnvelope, LegacyError, SweepReport]
+    models: list[type[BaseModel]] = [CreateJob, JobView, JobList, ErrorBody, EventEnvelope, LegacyError, SweepReport,
+                                     Timeline, Report]
     _, defs = models_json_schema([(m, "validation") for m in models], ref_template=REF)
     found: dict[str, Any] = defs["$defs"]
     return found
@@ -124,8 +136,29 @@ def document(providers: tuple[str, ...] = ()) -> dict[str, Any]:
                 for t in ("image/png", "image/jpeg", "image/webp", "application/octet-stream")}},
              "307": {"description": "A presigned URL of the file.",
                      "headers": {"Location": {"schema": {"type": "string"}}}}},
-            (), parameters=[JOB_ID, {"name": "n", "in": "path", "required": True,
-                                     "schema": {"type": "integer", "minimum": 0, "maximum": 999999}}],
+            ("422",), parameters=[
+                JOB_ID, {"name": "n", "in": "path", "required": True,
+                         "schema": {"type": "integer", "minimum": 0, "maximum": 999999}},
+                _query("expires", {"type": "integer", "minimum": 1, "maximum": MAX_EXPIRES,
+                                   "default": DEFAULT_EXPIRES},
+                       "Object storage: seconds the presigned URL stays valid (a local folder: the cache time)."),
+            ],
+        )},
+        "/v1/jobs/{job_id}/timeline": {"get": _op(
+            "getJobTimeline", "What `fluxhook events` shows: creation, submit, each kept callback (its audit id and"
+            " verdict), each outbox event and, for `admin` and `read` keys, each delivery to a sink.",
+            {"200": _json("Timeline", "The job and its timeline, oldest first.")}, (), parameters=[JOB_ID],
+        )},
+        "/v1/jobs/{job_id}/retry": {"post": _op(
+            "retryJob", "Download again a job whose download failed or expired after the provider delivered"
+            " (re-polling fresh URLs); the job goes back to `succeeded`. A job already `succeeded` is answered as is.",
+            {"200": job}, ("403", "409"), parameters=[JOB_ID],
+        )},
+        "/v1/report": {"get": _op(
+            "getReport", "Reconciliation per provider, then a total (a `submit` key: only the jobs it created).",
+            {"200": _json("Report", "The report.")}, ("422",),
+            parameters=[_query("since", {"type": "string"},
+                               "Only jobs created since this ISO 8601 time (no offset: UTC).")],
         )},
         "/v1/events": {"get": _op(
             "streamEvents", "Server-sent events from the outbox (text/event-stream).",
