@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -14,6 +14,7 @@ import httpx
 from submitter.api_client.core import MAX_HOPS, MAX_LONG_POLL, ClientBase, Op, Sleep, temp_beside
 from submitter.api_client.errors import bad_response
 from submitter.api_client.models import ApiEvent, JobPage, JobView
+from submitter.api_client.operations import Following, Timeline, create_once, file_url, report, retry, timeline
 from submitter.api_client.stream import CONNECTED, Connected, SSEUnavailable, Subscription, job_of
 
 __all__ = ["AsyncFluxhookClient"]
@@ -180,3 +181,53 @@ class AsyncFluxhookClient(ClientBase):
         while not view.terminal:  # no event stream here: long-poll
             view = await self.get(job_id, wait=MAX_LONG_POLL)
         return view
+
+    # -- beyond a job's life (submitter/api_client/operations.py): what the CLI does through FLUXHOOK_API_URL --
+
+    async def timeline(self, job_id: str) -> Timeline:
+        """The job and its timeline: creation, submit, kept callbacks, outbox events (deliveries: operators only)."""
+        return await self._run(timeline(self._core, self._http, job_id))
+
+    async def retry(self, job_id: str) -> JobView:
+        """Download again a job whose download failed or expired after the provider delivered."""
+        return await self._run(retry(self._core, self._http, job_id))
+
+    async def report(self, since: str | None = None) -> dict[str, Any]:
+        """Reconciliation per provider (`since`: ISO 8601), as `fluxhook report --json` prints it."""
+        return await self._run(report(self._core, self._http, since))
+
+    async def file_url(self, job_id: str, n: int = 0, *, expires: int | None = None) -> str:
+        """A presigned URL of file `n` (object storage), else the API's own URL of it; nothing is downloaded."""
+        return await self._run(file_url(self._core, self._http, job_id, n, expires))
+
+    async def create_once(self, provider: str, model: str, params: Mapping[str, Any], *,
+                          events: Sequence[str] | None = None, metadata: Mapping[str, Any] | None = None,
+                          idempotency_key: str | None = None) -> tuple[JobView, bool]:
+        """:meth:`create`, and whether this call made the job (False: the Idempotency-Key named an earlier one)."""
+        return await self._run(create_once(self._core, self._http, provider, model, params, events, metadata,
+                                           idempotency_key))
+
+    async def watch(self, job_ids: Iterable[str]) -> AsyncGenerator[JobView, None]:
+        """Each job as it is, then at each change, until all are terminal: one event stream for them all (at each
+        (re)connection the unfinished ones are read again, so nothing is missed); without one, long-polls."""
+        following = Following(job_ids)
+        try:
+            async with contextlib.aclosing(self._subscribe(Subscription(self._core, None, None, None))) as items:
+                async for item in items:
+                    views = ([await self.get(j) for j in list(following.pending)] if isinstance(item, Connected)
+                             else following.of(item))
+                    for view in views:
+                        if following.seen(view):
+                            yield view
+                    if following.done:
+                        return
+        except SSEUnavailable:
+            pass
+        for job_id in list(following.pending):  # no event stream here: long-poll each in turn
+            view = await self.get(job_id)
+            while True:
+                if following.seen(view):
+                    yield view
+                if view.terminal:
+                    break
+                view = await self.get(job_id, wait=MAX_LONG_POLL)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -14,6 +14,7 @@ import httpx
 from submitter.api_client.core import MAX_HOPS, MAX_LONG_POLL, ClientBase, Op, Sleep, temp_beside
 from submitter.api_client.errors import bad_response
 from submitter.api_client.models import ApiEvent, JobPage, JobView
+from submitter.api_client.operations import Following, Timeline, create_once, file_url, report, retry, timeline
 from submitter.api_client.stream import CONNECTED, Connected, SSEUnavailable, Subscription, job_of
 
 __all__ = ["FluxhookClient"]
@@ -189,3 +190,46 @@ class FluxhookClient(ClientBase):
             left = self._left(deadline) or 0.0
             view = self.get(job_id, wait=min(left, MAX_LONG_POLL))
         return view
+
+    # -- beyond a job's life (submitter/api_client/operations.py): the same calls as the async client --
+
+    def timeline(self, job_id: str) -> Timeline:
+        return self._run(timeline(self._core, self._http, job_id))
+
+    def retry(self, job_id: str) -> JobView:
+        return self._run(retry(self._core, self._http, job_id))
+
+    def report(self, since: str | None = None) -> dict[str, Any]:
+        return self._run(report(self._core, self._http, since))
+
+    def file_url(self, job_id: str, n: int = 0, *, expires: int | None = None) -> str:
+        return self._run(file_url(self._core, self._http, job_id, n, expires))
+
+    def create_once(self, provider: str, model: str, params: Mapping[str, Any], *,
+                    events: Sequence[str] | None = None, metadata: Mapping[str, Any] | None = None,
+                    idempotency_key: str | None = None) -> tuple[JobView, bool]:
+        return self._run(create_once(self._core, self._http, provider, model, params, events, metadata,
+                                     idempotency_key))
+
+    def watch(self, job_ids: Iterable[str]) -> Iterator[JobView]:
+        following = Following(job_ids)
+        try:
+            with contextlib.closing(self._subscribe(Subscription(self._core, None, None, None))) as items:
+                for item in items:
+                    views = ([self.get(j) for j in list(following.pending)] if isinstance(item, Connected)
+                             else following.of(item))
+                    for view in views:
+                        if following.seen(view):
+                            yield view
+                    if following.done:
+                        return
+        except SSEUnavailable:
+            pass
+        for job_id in list(following.pending):  # no event stream here: long-poll each in turn
+            view = self.get(job_id)
+            while True:
+                if following.seen(view):
+                    yield view
+                if view.terminal:
+                    break
+                view = self.get(job_id, wait=MAX_LONG_POLL)
