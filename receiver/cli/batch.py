@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from receiver.cli import remote_batch
 from receiver.cli.common import EXIT_FAILED, EXIT_USAGE, CLIError, WaitTimeout
 from receiver.cli.inputs import InputError, check_params, resolve_params
 from receiver.cli.progress import BatchProgress, bucket
@@ -231,7 +232,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{path}: {len(lines)} job line(s), all valid")
         return 0
     if settings.integrations.api_url:
-        raise CLIError("batch works on the database (FLUXHOOK_DB), not through FLUXHOOK_API_URL: unset it here")
+        return await remote_batch.run(args, settings, path, lines, key=lambda line: line_key(path, line)[0],
+                                      params=lambda line: sent_params(path, line))
     settings.require_public()
     async with Runtime.open(settings) as rt:
         new = await _record(rt, path, lines)

@@ -12,7 +12,7 @@ from typing import Any
 from receiver.cli import remote
 from receiver.cli.common import EXIT_FAILED, CLIError, print_rows
 from receiver.cli.inputs import InputError, resolve_params
-from receiver.cli.ledger import find_job, job_view, shown, wait_for
+from receiver.cli.ledger import find_job, job_view, local_only, shown, wait_for
 from receiver.config.settings import Settings
 from receiver.engine.jobs import new_job, send_new
 from receiver.engine.runtime import Runtime
@@ -72,6 +72,8 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def url(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.integrations.api_url:
+        return await remote.url(args, settings)
     async with Runtime.open(settings) as rt:
         await find_job(rt, args.job)
         files = {f.n: f for f in await rt.store.files(args.job)}
@@ -93,6 +95,8 @@ async def list_jobs(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def sweep(args: argparse.Namespace, settings: Settings) -> int:
+    local_only(settings, "sweep", "a sweep does the background duties on the database (through the API, "
+               "`POST /v1/sweep` with FLUXHOOK_SWEEP_TOKEN does one pass)")
     async with Runtime.open(settings) as rt:
         report = await sweep_once(rt)
     print_rows(report.as_dict(), args.json)

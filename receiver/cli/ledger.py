@@ -16,11 +16,12 @@ from submitter.status import TERMINAL, Status
 __all__ = ["find_job", "job_view", "local_only", "result_via", "shown", "wait_for"]
 
 
-def local_only(settings: Settings, command: str) -> None:
-    """CLIError when FLUXHOOK_API_URL is set: `command` works on the database only."""
+def local_only(settings: Settings, command: str, why: str) -> None:
+    """CLIError when FLUXHOOK_API_URL is set: `command` works on the database only, for the reason `why`
+    (never a silent local ledger on a host that said it goes through the API)."""
     if settings.integrations.api_url:
         raise CLIError(f"`fluxhook {command}` works on the database (FLUXHOOK_DB), not through FLUXHOOK_API_URL: "
-                       "unset it on a host that has the database")
+                       f"{why}. Run it where the database is, with FLUXHOOK_API_URL unset")
 
 
 async def find_job(rt: Runtime, job_id: str) -> Job:

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from receiver.cli.common import CLIError
+from receiver.cli.ledger import local_only
 from receiver.config.settings import Settings
 from receiver.engine.runtime import Runtime
 from receiver.store import Delivery, iso
@@ -26,7 +27,12 @@ def _delivery_row(d: Delivery, sinks: dict[str, str]) -> dict[str, Any]:
     }
 
 
+#: Why `deliveries`, `redeliver` and `sinks` refuse FLUXHOOK_API_URL.
+LOCAL = "the outbox's deliveries and sinks are the database's, and the API has no route for them"
+
+
 async def deliveries(args: argparse.Namespace, settings: Settings) -> int:
+    local_only(settings, "deliveries", LOCAL)
     async with Runtime.open(settings) as rt:
         sinks = {s.name: s.display for s in await rt.store.sinks()}
         rows = await rt.store.deliveries("dead" if args.failed else args.state, limit=args.limit,
@@ -54,6 +60,7 @@ async def deliveries(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def redeliver(args: argparse.Namespace, settings: Settings) -> int:
+    local_only(settings, "redeliver", LOCAL)
     if not args.event and not args.failed:
         raise OutboxCLIError("give an event id (evt_...) or --failed")
     async with Runtime.open(settings) as rt:
@@ -73,6 +80,7 @@ async def redeliver(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def sinks(args: argparse.Namespace, settings: Settings) -> int:
+    local_only(settings, "sinks", LOCAL)
     async with Runtime.open(settings) as rt:
         await rt.relay.register()
         if args.enable:

@@ -1,7 +1,8 @@
-"""`fluxhook submit|status|list` through a fluxhook /v1 API (FLUXHOOK_API_URL) instead of the database.
+"""`fluxhook submit|status|list|url|retry` through a fluxhook /v1 API (FLUXHOOK_API_URL) instead of the database.
 
 For hosts that cannot reach the ledger: the same commands, the same output, and
-`submit --wait` waits on the job's event stream instead of sweeping.
+`submit --wait` (and `retry`) wait on the job's event stream instead of sweeping. `events`, `cancel` and
+`report` are in receiver/cli/remote_ops.py, `batch` in receiver/cli/remote_batch.py.
 """
 
 from __future__ import annotations
@@ -10,36 +11,17 @@ import argparse
 import asyncio
 import contextlib
 import sys
-from collections.abc import Iterator
 from typing import Any
 
-from receiver.cli.common import ApiUnavailable, CLIError, WaitTimeout
+from receiver.cli.common import EXIT_FAILED, CLIError, WaitTimeout
 from receiver.cli.common import print_rows as _print
+from receiver.cli.remote_api import answers as _answers
+from receiver.cli.remote_api import client as _client
 from receiver.config.settings import Settings
-from submitter.api_client import ApiError, AsyncFluxhookClient, JobView
+from submitter.api_client import JobView
 from submitter.status import TERMINAL, Status
 
-__all__ = ["list_jobs", "status", "submit"]
-
-
-def _client(settings: Settings) -> AsyncFluxhookClient:
-    url, key = settings.integrations.api_url, settings.integrations.api_key
-    if url is None:
-        raise CLIError("FLUXHOOK_API_URL is not set")
-    if not key:
-        raise CLIError("FLUXHOOK_API_URL is set but FLUXHOOK_API_KEY is not: the API needs one of its keys")
-    return AsyncFluxhookClient(url, key)
-
-
-@contextlib.contextmanager
-def _answers() -> Iterator[None]:
-    """API errors as the CLI reports them: the server's words, exit 1 when it is down, else 2."""
-    try:
-        yield
-    except ApiError as exc:
-        if exc.status is None or exc.status >= 500:
-            raise ApiUnavailable(str(exc)) from None
-        raise CLIError(str(exc)) from None
+__all__ = ["list_jobs", "retry", "status", "submit", "url"]
 
 
 def _shown(job: JobView) -> dict[str, Any]:
@@ -109,3 +91,41 @@ async def list_jobs(args: argparse.Namespace, settings: Settings) -> int:
                             break
     _print(views, args.json)
     return 0
+
+
+async def url(args: argparse.Namespace, settings: Settings) -> int:
+    """The presigned URL the API redirects a stored file to (results in object storage); where the server
+    keeps results in a folder, the API's own URL of the file (fetched with the API key). Nothing is downloaded."""
+    async with _client(settings) as client:
+        with _answers():
+            job = await client.get(args.job)
+            stored = sorted(f.n for f in job.files)
+            if args.n not in stored:
+                raise CLIError(f"job {args.job} has no stored file {args.n} (files: {stored or 'none'})")
+            found = await client.file_url(args.job, args.n, expires=max(1, round(args.expires)))
+    print(found)
+    if found.startswith(client.base_url + "/v1/"):
+        print("the server keeps its results in a folder, so this is the API's URL of the file: fetch it with "
+              "the header `Authorization: Bearer $FLUXHOOK_API_KEY`", file=sys.stderr)
+    return 0
+
+
+async def retry(args: argparse.Namespace, settings: Settings) -> int:
+    """`POST /v1/jobs/{id}/retry`, then (unless --no-wait) the job's event stream until it ends."""
+    async with _client(settings) as client:
+        with _answers():
+            job = await client.retry(args.job)
+            print(f"{args.job} reopened: downloading its files again (fresh URLs are polled if expired)",
+                  file=sys.stderr)
+            if args.no_wait:
+                print(args.job)
+                return 0
+            within = args.timeout or settings.download_window
+            try:
+                job = await client.wait(job.id, within)
+            except TimeoutError:
+                raise WaitTimeout(f"job {job.id} not finished after {within:.0f} s; it goes on: "
+                                  f"`fluxhook status {job.id}`") from None
+    view = _job_view(job)
+    _print(view, args.json)
+    return EXIT_FAILED if view["status"] in TERMINAL - {Status.STORED} else 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from receiver.cli.ledger import local_only
 from receiver.config.settings import Settings
 from receiver.store import open_store, schema_behind
 from receiver.store.sql import LATEST
@@ -12,6 +13,7 @@ __all__ = ["migrate"]
 
 
 async def migrate(args: argparse.Namespace, settings: Settings) -> int:
+    local_only(settings, "migrate", "migrations change the database's schema")
     store = open_store(settings.db, pool_size=1)
     await store.open(migrate=False)
     try:

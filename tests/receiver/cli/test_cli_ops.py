@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from receiver.cli.jobs import submit
-from receiver.cli.ops import reconcile
 from receiver.config.settings import Settings
+from receiver.engine.report import reconcile
 from tests.receiver.cli.test_cli_batch import fluxhook, simulator
 
 pytestmark = pytest.mark.anyio
@@ -176,9 +176,12 @@ async def test_image_params_on_submit(tmp_path: Path, monkeypatch: pytest.Monkey
 
 async def test_database_commands_refuse_an_api_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """The commands the API has no route for refuse FLUXHOOK_API_URL, saying why, and never open a ledger."""
     monkeypatch.setenv("FLUXHOOK_API_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("FLUXHOOK_DB", str(tmp_path / "x.db"))
-    for argv in (["events", "fh_1"], ["cancel", "fh_1"], ["retry", "fh_1"], ["replay", "1"], ["report"]):
+    for argv, why in ((["replay", "1"], "the API has no route"), (["deliveries"], "the API has no route"),
+                      (["redeliver", "--failed"], "the API has no route"), (["sinks"], "the API has no route"),
+                      (["sweep"], "POST /v1/sweep"), (["migrate"], "schema")):
         code, _, err = await fluxhook(capsys, *argv)
-        assert code == 2 and "not through FLUXHOOK_API_URL" in err
+        assert code == 2 and "not through FLUXHOOK_API_URL" in err and why in err, argv
     assert not (tmp_path / "x.db").exists()
