@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -244,6 +244,17 @@ class Settings:
             raise SettingsError(f"{variable} is not set: {name} jobs need the account's API key"
                                 f" (export {variable}=...)")
         return provider
+
+    def missing_credentials(self, names: Iterable[str]) -> dict[str, str]:
+        """Of the providers `names` (repeats welcome), each unset API-key variable with require_credentials'
+        message: one entry per variable, however many providers share it (DEERAPI_KEY)."""
+        missing: dict[str, str] = {}
+        for name in dict.fromkeys(names):
+            try:
+                self.require_credentials(name)
+            except SettingsError as exc:
+                missing.setdefault(self.provider(name).dialect.key_env, str(exc))
+        return missing
 
     def cap_for(self, provider: str, model: str) -> int:
         """Active jobs allowed: the account's cap (FLUXHOOK_*_MAX_ACTIVE, or the provider's
