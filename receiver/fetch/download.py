@@ -30,7 +30,7 @@ from receiver.fetch.policy import (
     verify_type,
     vet,
 )
-from receiver.results.contract import FileWriter, StoredFile
+from receiver.results.contract import FileWriter, StorageError, StoredFile
 from receiver.results.local import LocalFileWriter
 from submitter.media import SNIFF_BYTES
 from submitter.urls import redact_url
@@ -143,6 +143,8 @@ async def _store(
             await writer.write(pending, digest)
         stored = await writer.commit(size, digest.hexdigest())
         done = True
+    except StorageError as exc:  # says where and which setting; the result URL is beside the point
+        raise DownloadError("transient", str(exc), storage=exc.kind) from exc
     except OSError as exc:
         reason = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
         raise error("transient", f"cannot write {name} ({reason})", url) from exc
