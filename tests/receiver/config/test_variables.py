@@ -47,7 +47,8 @@ def test_every_variable_the_settings_read_is_known() -> None:
 
 
 def test_every_variable_the_repository_names_is_known() -> None:
-    pattern = re.compile(r"\bFLUXHOOK_[A-Z0-9]+(?:_[A-Z0-9]+)*\b")
+    # A name shown as an example of the warning (`unknown variable FLUXHOOK_…`) is a typo on purpose.
+    pattern = re.compile(r"(?<!unknown variable )\bFLUXHOOK_[A-Z0-9]+(?:_[A-Z0-9]+)*\b")
     found: dict[str, str] = {}
     for folder in ("receiver", "submitter", "tests", "bench", "deploy", "docs"):
         for path in (ROOT / folder).rglob("*"):
