@@ -228,6 +228,15 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_USAGE
     if not lines:
         raise CLIError(f"{path}: no job lines")
+    if not settings.integrations.api_url:  # through the API, the service's keys count: it checks them
+        missing = settings.missing_credentials(line.provider for line in lines)
+        for variable, message in missing.items():
+            needing = [n.number for n in lines if settings.provider(n.provider).dialect.key_env == variable]
+            print(f"{path}: {message} ({len(needing)} line(s) need it, the first is line {needing[0]})",
+                  file=sys.stderr)
+        if missing:
+            print("fluxhook batch: nothing submitted", file=sys.stderr)
+            return EXIT_USAGE
     if args.check:
         print(f"{path}: {len(lines)} job line(s), all valid")
         return 0

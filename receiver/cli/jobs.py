@@ -38,6 +38,7 @@ async def submit(args: argparse.Namespace, settings: Settings) -> int:
         args.param = [(k, v) for k, v in params.items() if k != "prompt"]
         return await remote.submit(args, settings)
     settings.require_public()
+    settings.require_credentials(args.provider)  # before the job is recorded: BFL_API_KEY is not set
     events = [e.strip() for e in args.events.split(",") if e.strip()] if args.events is not None else None
     async with Runtime.open(settings) as rt:
         try:

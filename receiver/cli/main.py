@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -25,6 +26,7 @@ from receiver.cli.common import (
 from receiver.cli.inputs import InputError
 from receiver.cli.parser import build_parser, command_function
 from receiver.config.settings import Settings, SettingsError
+from receiver.config.variables import warn_unknown_variables
 from receiver.obs.logs import configure_logging
 from receiver.sinks import SinkError
 from receiver.store import StoreUnavailable
@@ -43,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         configure_logging(settings)
+        warn_unknown_variables(os.environ)  # a typo must not leave a default in force unseen
         result = command(args, settings)
         if asyncio.iscoroutine(result):
             result = asyncio.run(result)

@@ -5,9 +5,11 @@ loopback with /metrics unprotected (receiver/serve/exposure.py)."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 from receiver.config.settings import Settings
 from receiver.obs.logs import uvicorn_log_config
+from receiver.results import check_at_start
 from receiver.serve.exposure import require_protected_metrics
 from receiver.serve.server import run
 from receiver.web.app import create_app
@@ -18,6 +20,7 @@ __all__ = ["serve"]
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     settings.require_public()
     require_protected_metrics(settings, args.host)  # not beyond loopback with /metrics open to all
+    asyncio.run(check_at_start(settings))  # a bucket that does not exist: refused (exit 2); else warned
     run(create_app(settings), settings, host=args.host, port=args.port, log_level=args.log_level,
         log_config=uvicorn_log_config(settings.log_format))
     return 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -28,6 +28,7 @@ from receiver.config.env import (
     whole,
 )
 from receiver.config.integrations import Integrations
+from receiver.config.variables import max_active_variable
 from submitter.dialects import DIALECTS
 from submitter.provider import Provider
 from submitter.urls import masked_url
@@ -148,7 +149,7 @@ class Settings:
             if urlsplit(base).scheme not in ("http", "https") or not urlsplit(base).hostname:
                 raise SettingsError(f"{dialect.url_env} must be an http(s) URL, got {base!r}")
             providers[name] = Provider(dialect, base.rstrip("/"), env.get(dialect.key_env) or None)
-            cap_var = f"FLUXHOOK_{name.upper().replace('-', '_')}_MAX_ACTIVE"
+            cap_var = max_active_variable(name)
             if cap_var in env:
                 max_active[name] = whole(env, cap_var, 0)
         hosts = env.get("FLUXHOOK_DOWNLOAD_HOSTS")
@@ -233,6 +234,27 @@ class Settings:
             return self.providers[name]
         except KeyError:
             raise SettingsError(f"unknown provider {name!r}; known: {', '.join(sorted(self.providers))}") from None
+
+    def require_credentials(self, name: str) -> Provider:
+        """The provider `name`, or a SettingsError naming the variable its API key comes from (the dialect's
+        `key_env`) when that is unset: checked before a job is recorded, so the provider never sees it."""
+        provider = self.provider(name)
+        if not provider.api_key:
+            variable = provider.dialect.key_env
+            raise SettingsError(f"{variable} is not set: {name} jobs need the account's API key"
+                                f" (export {variable}=...)")
+        return provider
+
+    def missing_credentials(self, names: Iterable[str]) -> dict[str, str]:
+        """Of the providers `names` (repeats welcome), each unset API-key variable with require_credentials'
+        message: one entry per variable, however many providers share it (DEERAPI_KEY)."""
+        missing: dict[str, str] = {}
+        for name in dict.fromkeys(names):
+            try:
+                self.require_credentials(name)
+            except SettingsError as exc:
+                missing.setdefault(self.provider(name).dialect.key_env, str(exc))
+        return missing
 
     def cap_for(self, provider: str, model: str) -> int:
         """Active jobs allowed: the account's cap (FLUXHOOK_*_MAX_ACTIVE, or the provider's

@@ -13,7 +13,7 @@ from receiver.engine.schedule import retry_later
 from receiver.fetch.download import download
 from receiver.fetch.errors import DownloadError
 from receiver.fetch.policy import DownloadPolicy
-from receiver.results import StoredFile
+from receiver.results import StorageError, StoredFile
 from receiver.store import FileRecord, Job
 from submitter.bodies import Observation
 from submitter.errors import PollFailed
@@ -43,7 +43,13 @@ async def download_job(rt: Runtime, lease: Lease) -> str:
     policy = DownloadPolicy.from_settings(rt.settings, job.provider)
     deadline = store_by(job, rt.settings.download_window)
     # We hold the job's lease, so no live download writes here: temp files are a dead one's.
-    await rt.results.clean_partials(job.id, 0.0)
+    try:
+        await rt.results.clean_partials(job.id, 0.0)
+    except StorageError as exc:  # the store itself fails (a bucket that does not exist): as a failed download
+        pending = [f for f in await store.files(job.id) if not f.stored]
+        for record in pending:
+            await store.file_failed(job.id, record.n)
+        return await _retry_later(rt, lease, pending, DownloadError("transient", str(exc), storage=exc.kind))
     repolled = False  # at most one re-poll per pass; job.repolls bounds them across passes and crashes
     while True:
         files = await store.files(job.id)
@@ -90,17 +96,27 @@ async def download_job(rt: Runtime, lease: Lease) -> str:
                                    reason=f"result URL expired before download and no fresh one: {failure}")).changed:
                 rt.prom.lost(job.provider, "expired")
         else:
-            attempts = max(f.attempts for f in pending) + 1
-            retry_at = min(retry_later(attempts, now), deadline)
-            # Stuck (e.g. the results folder is not writable): say why on the job and in the log.
-            note = rt.redactor.scrub(f"{DOWNLOAD_NOTE} (attempt {attempts}, retrying): {failure}", job_id=job.id)
-            await store.set_note(job.id, note, now=now)
-            log.warning("job %s: download failed (attempt %d), retrying in %.0f s: %s", job.id, attempts,
-                        retry_at - now, note, extra={"job_id": job.id, "provider": job.provider,
-                                                     "event": "download-retry"})
-            lease.release_as(Status.SUCCEEDED, retry_at)
-            return "download-retry"
+            return await _retry_later(rt, lease, pending, failure)
         return f"download-{failure.kind}"
+
+
+async def _retry_later(rt: Runtime, lease: Lease, pending: list[FileRecord], failure: DownloadError) -> str:
+    """A transient failure: say why on the job (e.g. the results folder is not writable) and in the log, and
+    hand the job back until its next attempt. A failing result store fails every job the same way: its
+    cause is logged once per STORAGE_LOG_EVERY seconds (Runtime.storage_log), not once per job and sweep."""
+    job, now = lease.job, rt.clock()
+    attempts = max((f.attempts for f in pending), default=0) + 1
+    retry_at = min(retry_later(attempts, now), store_by(job, rt.settings.download_window))
+    note = rt.redactor.scrub(f"{DOWNLOAD_NOTE} (attempt {attempts}, retrying): {failure}", job_id=job.id)
+    await rt.store.set_note(job.id, note, now=now)
+    line = ("job %s: download failed (attempt %d), retrying in %.0f s: %s", job.id, attempts, retry_at - now, note)
+    extra: dict[str, object] = {"job_id": job.id, "provider": job.provider, "event": "download-retry"}
+    if failure.storage is None:
+        log.warning(*line, extra=extra)
+    else:
+        rt.storage_log.log(logging.WARNING, f"results: {failure.storage}", *line, extra=extra)
+    lease.release_as(Status.SUCCEEDED, retry_at)
+    return "download-retry"
 
 
 async def _fetch(

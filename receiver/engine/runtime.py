@@ -39,7 +39,11 @@ from receiver.store.redacting import RedactingStore
 from submitter.backoff import RetryPolicy
 from submitter.client import ProviderClient
 
-__all__ = ["Runtime"]
+__all__ = ["STORAGE_LOG_EVERY", "Runtime"]
+
+
+#: Seconds between two log lines about the same result-store failure (Runtime.storage_log).
+STORAGE_LOG_EVERY = 600.0
 
 
 def _owner() -> str:
@@ -99,6 +103,9 @@ class Runtime:
     relay: Relay = field(init=False)
     #: Rate limit on log lines a caller can provoke (refused callbacks): forged floods do not fill the disk.
     log_limiter: LogLimiter = field(init=False)
+    #: The result store failing (a bucket that does not exist, a folder that is not writable) fails every job
+    #: alike: each cause is logged once per STORAGE_LOG_EVERY seconds, then how many more there were.
+    storage_log: LogLimiter = field(init=False)
 
     def __post_init__(self) -> None:
         if self.results is None:
@@ -114,6 +121,8 @@ class Runtime:
         self.relay = self.relay_to(sinks_from_settings(self.settings))
         self.log_limiter = LogLimiter(logging.getLogger("fluxhook.hooks"), self.clock,
                                       on_suppressed=lambda n: self.prom.rejected_logs_suppressed.inc(n))
+        self.storage_log = LogLimiter(logging.getLogger("fluxhook.sweep"), self.clock, limit=1,
+                                      window=STORAGE_LOG_EVERY)
 
     @cached_property
     def prom(self) -> Metrics:

@@ -21,8 +21,16 @@ from pathlib import Path
 import httpx
 
 from receiver.fetch.errors import DownloadError, error, transport_error
-from receiver.fetch.policy import DownloadPolicy, Resolver, check_response, content_length, verify_type, vet
-from receiver.results.contract import FileWriter, StoredFile
+from receiver.fetch.policy import (
+    CAP_SETTING,
+    DownloadPolicy,
+    Resolver,
+    check_response,
+    content_length,
+    verify_type,
+    vet,
+)
+from receiver.results.contract import FileWriter, StorageError, StoredFile
 from receiver.results.local import LocalFileWriter
 from submitter.media import SNIFF_BYTES
 from submitter.urls import redact_url
@@ -105,7 +113,7 @@ async def _store(
             async for chunk in _body(response):
                 size += len(chunk)
                 if size > policy.max_bytes:
-                    raise error("rejected", f"body exceeds {policy.max_bytes} bytes", url)
+                    raise error("rejected", f"body exceeds {CAP_SETTING} ({policy.max_bytes} bytes)", url)
                 pending.append(chunk)
                 buffered += len(chunk)
                 if not verified and size >= SNIFF_BYTES:  # before anything is written (SNIFF_BYTES < _CHUNK)
@@ -135,6 +143,8 @@ async def _store(
             await writer.write(pending, digest)
         stored = await writer.commit(size, digest.hexdigest())
         done = True
+    except StorageError as exc:  # says where and which setting; the result URL is beside the point
+        raise DownloadError("transient", str(exc), storage=exc.kind) from exc
     except OSError as exc:
         reason = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
         raise error("transient", f"cannot write {name} ({reason})", url) from exc

@@ -22,9 +22,12 @@ class DownloadError(Exception):
     - ``rejected``: the URL or the response is unacceptable; do not retry.
     """
 
-    def __init__(self, kind: Kind, message: str) -> None:
+    def __init__(self, kind: Kind, message: str, *, storage: str | None = None) -> None:
         super().__init__(message)
         self.kind: Kind = kind
+        #: Set when the result store failed, not the download: the cause (`ENOTDIR`, `NoSuchBucket`), the same
+        #: for every job while it lasts (receiver.results.contract.StorageError.kind).
+        self.storage = storage
 
 
 def error(kind: Kind, problem: str, url: httpx.URL | str) -> DownloadError:

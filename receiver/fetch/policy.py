@@ -26,7 +26,10 @@ from submitter.media import IMAGE_TYPES, media_type, sniff_image
 if TYPE_CHECKING:
     from receiver.config.settings import Settings
 
-__all__ = ["DownloadPolicy", "Resolver", "check_address", "check_response", "content_length", "verify_type", "vet"]
+__all__ = [
+    "CAP_SETTING", "DownloadPolicy", "Resolver", "check_address", "check_response", "content_length", "verify_type",
+    "vet",
+]
 
 Resolver = Callable[[str], Awaitable[list[str]]]
 
@@ -34,6 +37,10 @@ _EXPIRED = frozenset({401, 403, 404, 410})
 _RETRYABLE = frozenset({408, 425, 429})
 _METADATA = frozenset(map(ipaddress.ip_address, ("169.254.169.254", "fd00:ec2::254")))
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+#: The setting behind `max_bytes`: a body over the cap is refused with a message naming it.
+CAP_SETTING = "FLUXHOOK_MAX_DOWNLOAD_BYTES"
 
 
 @dataclass(frozen=True)
@@ -142,7 +149,7 @@ def check_response(response: httpx.Response, url: httpx.URL, policy: DownloadPol
         raise error("rejected", f"unexpected content encoding {encoding!r}", url)
     length = content_length(response)
     if length is not None and length > policy.max_bytes:
-        raise error("rejected", f"body of {length} bytes exceeds {policy.max_bytes}", url)
+        raise error("rejected", f"body of {length} bytes exceeds {CAP_SETTING} ({policy.max_bytes})", url)
     return media
 
 

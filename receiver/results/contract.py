@@ -15,10 +15,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["PROBE_BODY", "FileWriter", "ResultStore", "Stat", "StoredFile", "key_for", "probe_name"]
+__all__ = [
+    "MISSING_BUCKET", "PROBE_BODY", "FileWriter", "ResultStore", "Stat", "StorageError", "StoredFile", "key_for",
+    "probe_name",
+]
 
 #: What a readiness probe writes (and removes at once).
 PROBE_BODY = b"fluxhook readiness probe\n"
+
+
+#: StorageError.kind of an object store whose bucket does not exist: nothing could ever be stored there.
+MISSING_BUCKET = "NoSuchBucket"
+
+
+class StorageError(OSError):
+    """The result store could not do what was asked. The message names the place (the file's path, or the
+    bucket) and FLUXHOOK_RESULTS, fit for a job's note and a log line (no credentials); `kind` is the cause
+    (`ENOTDIR`, `EACCES`, `NoSuchBucket`, `AccessDenied`, ...), so a log can say each cause once."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -45,7 +62,7 @@ class StoredFile:
 class FileWriter(Protocol):
     """One file being written: `begin` once (the verified media type), `write` the body in
     order, then exactly one of `commit` (the file appears, complete) or `abort` (nothing stays).
-    Failures to store raise OSError."""
+    Failures to store raise StorageError."""
 
     @property
     def name(self) -> str:
@@ -71,7 +88,8 @@ class ResultStore(Protocol):
     def writer(self, job_id: str, n: int) -> FileWriter: ...
 
     async def clean_partials(self, job_id: str | None, older_than: float) -> int:
-        """Remove the leftovers of dead uploads (of one job, or all) older than `older_than` seconds."""
+        """Remove the leftovers of dead uploads (of one job, or all) older than `older_than` seconds;
+        StorageError when the store cannot be read."""
         ...
 
     def location(self, path: str) -> str:
@@ -84,10 +102,14 @@ class ResultStore(Protocol):
 
     async def stat(self, path: str) -> Stat | None: ...
 
+    async def check(self) -> None:
+        """Write a small probe file (named by `probe_name`) at the store's root and remove it;
+        StorageError when either fails."""
+        ...
+
     async def probe(self) -> str | None:
-        """Write a small probe file (named by `probe_name`) at the store's root and remove it:
-        None when both worked, else what is wrong, starting ``results: ``, fit for an operator
-        (no credentials)."""
+        """:meth:`check`'s outcome: None when it passed, else what is wrong, starting ``results: ``,
+        fit for an operator (no credentials)."""
         ...
 
     async def close(self) -> None: ...

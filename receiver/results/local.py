@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import hashlib
 import os
 import secrets
@@ -18,18 +19,20 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from receiver.results.contract import PROBE_BODY, Stat, StoredFile, key_for, probe_name
+from receiver.results.contract import PROBE_BODY, Stat, StorageError, StoredFile, key_for, probe_name
 from submitter.media import extension_for, type_for_extension
 
 __all__ = ["LocalFileWriter", "LocalResultStore", "clean_partials"]
 
 
 class LocalFileWriter:
-    """Writes `dest` + "." + extension through a temp file beside it."""
+    """Writes `dest` + "." + extension through a temp file beside it. A failure is a StorageError naming
+    the file's path (and, for a result store's writer, FLUXHOOK_RESULTS and its folder: `root`)."""
 
-    def __init__(self, dest: Path, key: str | None = None) -> None:
+    def __init__(self, dest: Path, key: str | None = None, *, root: Path | None = None) -> None:
         self.dest = Path(dest).absolute()
         self.key = key
+        self.root = root
         self.final: Path | None = None
         self.temp: Path | None = None
         self.media = ""
@@ -44,26 +47,43 @@ class LocalFileWriter:
         ext = extension_for(media)
         self.final = self.dest.with_name(f"{self.dest.name}.{ext}")
         self.temp = self.dest.with_name(f".{self.dest.name}.{secrets.token_hex(8)}.part")
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = await anyio.open_file(self.temp, "xb")
+        try:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = await anyio.open_file(self.temp, "xb")
+        except OSError as exc:
+            raise self._failed(exc) from exc
 
     async def write(self, data: bytes | list[bytes], digest: Any) -> None:
         # Joining (at a MiB or more), hashing and writing all release the GIL: one thread
         # hand-off per MiB keeps them off the loop.
-        await anyio.to_thread.run_sync(_write, self._fh.wrapped, digest, data)
+        try:
+            await anyio.to_thread.run_sync(_write, self._fh.wrapped, digest, data)
+        except OSError as exc:
+            raise self._failed(exc) from exc
 
     async def commit(self, size: int, sha256: str) -> StoredFile:
         assert self.final is not None and self.temp is not None
-        fh = self._fh
-        await fh.flush()
-        await anyio.to_thread.run_sync(os.fsync, fh.wrapped.fileno())
-        self._fh = None
-        await fh.aclose()
-        os.replace(self.temp, self.final)
-        self.temp = None
-        await anyio.to_thread.run_sync(_fsync_dir, self.final.parent)
+        try:
+            fh = self._fh
+            await fh.flush()
+            await anyio.to_thread.run_sync(os.fsync, fh.wrapped.fileno())
+            self._fh = None
+            await fh.aclose()
+            os.replace(self.temp, self.final)
+            self.temp = None
+            await anyio.to_thread.run_sync(_fsync_dir, self.final.parent)
+        except OSError as exc:
+            raise self._failed(exc) from exc
         key = self.key or self.final.name
         return StoredFile(path=self.final, size=size, sha256=sha256, content_type=self.media, key=key)
+
+    def _failed(self, exc: OSError) -> StorageError:
+        """`exc` as a StorageError: `cannot write /srv/results/fh_…/0.png (ENOSPC: No space left on device);
+        check FLUXHOOK_RESULTS (/srv/results)`."""
+        code = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+        reason = f"{code}: {exc.strerror}" if exc.strerror else code
+        setting = f"; check FLUXHOOK_RESULTS ({self.root.absolute()})" if self.root is not None else ""
+        return StorageError(f"cannot write {self.final or self.dest} ({reason}){setting}", code)
 
     async def abort(self) -> None:
         fh, self._fh = self._fh, None
@@ -138,7 +158,7 @@ class LocalResultStore:
         self.url = str(self.folder)
 
     def writer(self, job_id: str, n: int) -> LocalFileWriter:
-        return _KeyedFileWriter(self.folder / job_id / str(n), job_id, n)
+        return _KeyedFileWriter(self.folder / job_id / str(n), job_id, n, root=self.folder)
 
     async def clean_partials(self, job_id: str | None, older_than: float) -> int:
         folder = self.folder / job_id if job_id else self.folder
@@ -167,17 +187,24 @@ class LocalResultStore:
         return Stat(size=target.stat().st_size, sha256=await asyncio.to_thread(digest),
                     content_type=type_for_extension(target.suffix.lstrip(".")))
 
-    async def probe(self) -> str | None:
+    async def check(self) -> None:
         """Create the folder if need be, write and fsync a probe file in it, remove it."""
-        return await asyncio.to_thread(_probe_folder, self.folder, probe_name())
+        await asyncio.to_thread(_probe_folder, self.folder, probe_name())
+
+    async def probe(self) -> str | None:
+        try:
+            await self.check()
+        except StorageError as exc:
+            return f"results: {exc}"
+        return None
 
     async def close(self) -> None:
         return None
 
 
 class _KeyedFileWriter(LocalFileWriter):
-    def __init__(self, dest: Path, job_id: str, n: int) -> None:
-        super().__init__(dest)
+    def __init__(self, dest: Path, job_id: str, n: int, *, root: Path) -> None:
+        super().__init__(dest, root=root)
         self.job_id, self.n = job_id, n
 
     async def begin(self, media: str) -> None:
@@ -185,7 +212,7 @@ class _KeyedFileWriter(LocalFileWriter):
         await super().begin(media)
 
 
-def _probe_folder(folder: Path, name: str) -> str | None:
+def _probe_folder(folder: Path, name: str) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / name
@@ -197,8 +224,8 @@ def _probe_folder(folder: Path, name: str) -> str | None:
             os.close(fd)
         probe.unlink()
     except OSError as exc:
-        return f"results: {folder} is not writable: {exc.strerror or type(exc).__name__}"
-    return None
+        code = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+        raise StorageError(f"{folder} is not writable: {exc.strerror or type(exc).__name__}", code) from exc
 
 
 def clean_partials(results_dir: Path, older_than: float) -> int:

@@ -29,7 +29,8 @@ from urllib.parse import quote, urlsplit
 import anyio.to_thread
 import httpx
 
-from receiver.results.contract import PROBE_BODY, Stat, StoredFile, key_for, probe_name
+from receiver.results.contract import PROBE_BODY, Stat, StorageError, StoredFile, key_for, probe_name
+from receiver.results.s3_errors import storage_error
 from receiver.results.sigv4 import EMPTY_SHA256, sigv4, static_credentials
 from submitter.media import extension_for
 
@@ -106,7 +107,7 @@ class S3FileWriter:
         if not put.done():
             put.cancel()
         if self._task.done() and not isinstance(item, _Stop):
-            raise _os_error(self._task.exception(), "upload ended early")
+            raise self.owner.failure(self._task.exception(), f"uploading {self.key}")
 
     async def write(self, data: bytes | list[bytes], digest: Any) -> None:
         data = await anyio.to_thread.run_sync(_hashed, digest, data)
@@ -119,14 +120,14 @@ class S3FileWriter:
         try:
             await self._task
         except Exception as exc:
-            raise _os_error(exc, "upload failed") from exc
+            raise self.owner.failure(exc, f"uploading {self.key}") from exc
         ob = _obstore()
         final = self.owner.full(self.key)
         try:
             if not await self.owner.copy_with_metadata(self.staging, final, self.media, sha256):
                 await self._restream(final, size, sha256)
         except Exception as exc:
-            raise _os_error(exc, "copy to final key failed") from exc
+            raise self.owner.failure(exc, f"copying {self.key} into place") from exc
         try:
             await ob.delete_async(self.owner.store, self.staging)
         except Exception:  # noqa: S110 - left for clean_partials
@@ -167,12 +168,6 @@ async def _rechunk(stream: Any) -> AsyncIterator[bytes]:
         yield bytes(chunk)
 
 
-def _os_error(exc: BaseException | None, what: str) -> OSError:
-    if isinstance(exc, OSError):
-        return exc
-    return OSError(f"{what}: {type(exc).__name__ if exc else 'no error'}")
-
-
 class S3ResultStore:
     """``s3://bucket/prefix``: objects at ``{prefix}/{job_id}/{n}.{ext}``."""
 
@@ -196,6 +191,10 @@ class S3ResultStore:
         #: Server-side copies are signed here (SigV4) with the static AWS_* credentials; without them
         #: (instance roles, SSO...) the final object is written by streaming the staged one again.
         self.credentials = static_credentials()
+
+    def failure(self, exc: BaseException | None, action: str) -> StorageError:
+        """`exc` as a StorageError naming this bucket, what failed (`action`) and FLUXHOOK_RESULTS."""
+        return storage_error(exc, action, self.bucket, self.url)
 
     def object_url(self, key: str) -> str:
         path = quote(key, safe="/~")
@@ -241,13 +240,16 @@ class S3ResultStore:
         under = self.full(f"{job_id}/") if job_id else (f"{self.prefix}/" if self.prefix else None)
         cutoff = time.time() - older_than
         doomed: list[str] = []
-        async for batch in ob.list(self.store, prefix=under):
-            for meta in batch:
-                name = meta["path"].rsplit("/", 1)[-1]
-                if name.startswith(".") and name.endswith(".part") and meta["last_modified"].timestamp() < cutoff:
-                    doomed.append(meta["path"])
-        if doomed:
-            await ob.delete_async(self.store, doomed)
+        try:
+            async for batch in ob.list(self.store, prefix=under):
+                for meta in batch:
+                    name = meta["path"].rsplit("/", 1)[-1]
+                    if name.startswith(".") and name.endswith(".part") and meta["last_modified"].timestamp() < cutoff:
+                        doomed.append(meta["path"])
+            if doomed:
+                await ob.delete_async(self.store, doomed)
+        except Exception as exc:
+            raise self.failure(exc, f"listing {under or '/'}") from exc
         return len(doomed)
 
     def location(self, path: str) -> str:
@@ -265,25 +267,25 @@ class S3ResultStore:
         attrs = result.attributes
         return Stat(size=int(result.meta["size"]), sha256=attrs.get(SHA_KEY), content_type=attrs.get("Content-Type"))
 
-    async def probe(self) -> str | None:
+    async def check(self) -> None:
         """Put a small object at the prefix and delete it."""
         ob, name = _obstore(), probe_name()
         key = self.full(name)
         try:
             await ob.put_async(self.store, key, PROBE_BODY)
         except Exception as exc:
-            return f"results: {self.url} is not writable: {_brief(exc)}"
+            raise self.failure(exc, f"writing the probe object {name}") from exc
         try:
             await ob.delete_async(self.store, key)
         except Exception as exc:
-            return f"results: {self.url}: probe object {name} written but not deleted: {_brief(exc)}"
+            raise self.failure(exc, f"deleting the probe object {name} (written)") from exc
+
+    async def probe(self) -> str | None:
+        try:
+            await self.check()
+        except StorageError as exc:
+            return f"results: {self.url} is not writable: {exc}"
         return None
 
     async def close(self) -> None:
         return None
-
-
-def _brief(exc: BaseException) -> str:
-    """The exception's type and first line (obstore's messages name the request, never a secret)."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -14,6 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from receiver.config.settings import Settings
+from receiver.config.variables import warn_unknown_variables
 from receiver.engine.relay import relay_loop
 from receiver.engine.runtime import Runtime
 from receiver.engine.sweep import download_loop, sweep_loop
@@ -113,4 +115,5 @@ def create_app_from_env() -> Starlette:
     logging (redaction, FLUXHOOK_LOG_FORMAT) as `fluxhook serve` does."""
     settings = Settings.from_env()
     configure_logging(settings)
+    warn_unknown_variables(os.environ)
     return create_app(settings)

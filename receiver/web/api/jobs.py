@@ -79,10 +79,15 @@ def fingerprint(data: dict[str, Any]) -> str:
 
 
 def _check(rt: Runtime, req: CreateJob) -> None:
-    """What the models cannot say: a configured provider, its model form, the event filter, the metadata cap."""
+    """What the models cannot say: a configured provider with its API key set, its model form, the event
+    filter, the metadata cap."""
     target = rt.settings.providers.get(req.provider)
     if target is None:
         raise invalid("provider", f"unknown provider; known: {', '.join(sorted(rt.settings.providers))}")
+    try:
+        rt.settings.require_credentials(target.name)  # the provider would answer 401 after the job was recorded
+    except SettingsError as exc:
+        raise invalid("provider", str(exc)) from None
     try:
         target.dialect.check_model(req.model)
     except ValueError as exc:

@@ -267,7 +267,10 @@ async def test_oversize_content_length_rejected_before_reading(tmp_path: Path) -
     yielded, body = counting_body(10)
     headers = {"content-type": "image/png", "content-length": str(10 * 64 * 1024)}
     policy = DownloadPolicy(allowed_hosts=("*.bfl.ai",), max_bytes=100_000)
-    await expect("rejected", lambda r: httpx.Response(200, headers=headers, content=body), tmp_path / "0", URL, policy)
+    error = await expect("rejected", lambda r: httpx.Response(200, headers=headers, content=body), tmp_path / "0",
+                         URL, policy)
+    # The message names the setting to raise, not only the numbers.
+    assert f"body of {10 * 64 * 1024} bytes exceeds FLUXHOOK_MAX_DOWNLOAD_BYTES (100000)" in str(error)
     assert yielded == [0]
     assert files(tmp_path) == []
 
@@ -279,7 +282,7 @@ async def test_oversize_stream_aborts_early(tmp_path: Path) -> None:
         "rejected", lambda r: httpx.Response(200, headers={"content-type": "image/png"}, content=body),
         tmp_path / "0", URL, policy,
     )
-    assert "exceeds" in str(error)
+    assert "body exceeds FLUXHOOK_MAX_DOWNLOAD_BYTES (100000 bytes)" in str(error)
     assert yielded[0] < 5
     assert files(tmp_path) == []
 

@@ -134,7 +134,7 @@ async def test_real_connection_still_checks_size_and_type(tmp_path: Path) -> Non
     assert caught.value.kind == "rejected"
     # Without a Content-Length, the cap stops the body as it streams.
     async with Server(big, length=None) as server, cdn() as http:
-        with pytest.raises(DownloadError, match=f"body exceeds {1 << 20} bytes") as caught:
+        with pytest.raises(DownloadError, match=rf"body exceeds FLUXHOOK_MAX_DOWNLOAD_BYTES \({1 << 20} bytes\)") as caught:
             await download(http, server.url, tmp_path / "big", policy)
     assert caught.value.kind == "rejected"
     async with Server(b"GIF89a" + bytes(4096)) as server, cdn() as http:
