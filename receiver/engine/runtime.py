@@ -175,7 +175,7 @@ class Runtime:
         step): else Unavailable (503) naming that command; no migration is applied."""
         own_store = store is None
         if store is None:
-            store = open_store(settings.db, pool_size=settings.db_pool)
+            store = open_store(settings.db_to_open(), pool_size=settings.db_pool)
         if own_store:
             await store.open(migrate=migrate)
             if not migrate:
