@@ -24,6 +24,7 @@ import httpx
 
 from receiver.config.settings import Settings
 from receiver.engine.feed import EventFeed
+from receiver.engine.refusals import NoteGate
 from receiver.engine.relay import Relay
 from receiver.engine.secrets import WebhookSecrets
 from receiver.errors import Unavailable
@@ -99,6 +100,8 @@ class Runtime:
     relay: Relay = field(init=False)
     #: Rate limit on log lines a caller can provoke (refused callbacks): forged floods do not fill the disk.
     log_limiter: LogLimiter = field(init=False)
+    #: Which refused callbacks may put a note on their job (receiver/engine/refusals.py).
+    note_gate: NoteGate = field(init=False)
 
     def __post_init__(self) -> None:
         if self.results is None:
@@ -114,6 +117,7 @@ class Runtime:
         self.relay = self.relay_to(sinks_from_settings(self.settings))
         self.log_limiter = LogLimiter(logging.getLogger("fluxhook.hooks"), self.clock,
                                       on_suppressed=lambda n: self.prom.rejected_logs_suppressed.inc(n))
+        self.note_gate = NoteGate(self.clock)
 
     @cached_property
     def prom(self) -> Metrics:
