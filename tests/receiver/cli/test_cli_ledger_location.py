@@ -39,6 +39,7 @@ def per_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in ("FLUXHOOK_DB", "FLUXHOOK_RESULTS", "FLUXHOOK_API_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)  # an older version would make its ledger here, not in the repository
     return tmp_path / "data" / "fluxhook"
 
 
