@@ -99,6 +99,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "fluxhook simulate --port 8900   # prints the FLUXHOOK_* variables to point fluxhook at it",
         "receiver.cli.simulate:simulate",
     ),
+    "dev": (
+        "local development in one command: the simulator and the receiver together (Ctrl-C stops both), printing"
+        " the exports a second shell pastes to submit against them",
+        "fluxhook dev   # then, in another shell: paste the exports it prints, fluxhook submit ... --wait",
+        "receiver.cli.dev:dev",
+    ),
     "demo": (
         "run receiver and simulator on loopback in a throwaway folder, submit a few jobs, show the stored files",
         "fluxhook demo --keep ./demo-run",

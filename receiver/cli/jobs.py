@@ -69,6 +69,7 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
         return await remote.status(args, settings)
     async with Runtime.open(settings) as rt:
         print_rows(await job_view(rt, args.job), args.json)
+    print(f"(database {settings.db_display}, results {settings.results_display})", file=sys.stderr)
     return 0
 
 

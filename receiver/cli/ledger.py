@@ -79,10 +79,12 @@ async def wait_for(rt: Runtime, job_id: str, within: float) -> None:
     """Sweep until the job is finished; WaitTimeout after `within` seconds (the job goes on)."""
     loop = asyncio.get_running_loop()
     end = loop.time() + within
+    job = None
     while loop.time() < end:
         await sweep_once(rt)
         job = await rt.store.get_job(job_id)
         if job is None or job.status in TERMINAL:
             return
         await asyncio.sleep(1.0)
-    raise WaitTimeout(f"job {job_id} not finished after {within:.0f} s; it goes on: `fluxhook status {job_id}`")
+    note = f" (note: {shown(rt, job)['note']})" if job is not None and job.note else ""
+    raise WaitTimeout(f"job {job_id} not finished after {within:.0f} s{note}; it goes on: `fluxhook status {job_id}`")

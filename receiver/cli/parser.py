@@ -67,11 +67,16 @@ def command_function(command: str) -> Callable[..., Any]:
 
 
 def _servers(parsers: Parsers) -> None:
-    for name in ("serve", "simulate"):
+    for name in ("serve", "simulate", "dev"):
         parsers[name].add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     parsers["serve"].add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parsers["serve"].add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     parsers["simulate"].add_argument("--port", type=int, default=8900, help="port (default 8900)")
+    parsers["dev"].add_argument("--port", type=int, default=8000, help="the receiver's port (default 8000)")
+    parsers["dev"].add_argument("--sim-port", type=int, default=8900, help="the simulator's port (default 8900)")
+    parsers["dev"].add_argument("--data", metavar="DIR",
+                                help="the development ledger, results and key (default: the dev folder in the "
+                                     "per-user data directory, as `fluxhook simulate` uses); never your FLUXHOOK_DB")
     parsers["demo"].add_argument("--jobs", type=int, default=5, help="how many jobs to run (default 5)")
     parsers["demo"].add_argument("--keep", metavar="DIR",
                                  help="put the demo's database and results here (default: a new temporary folder, "

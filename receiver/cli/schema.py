@@ -14,7 +14,7 @@ __all__ = ["migrate"]
 
 async def migrate(args: argparse.Namespace, settings: Settings) -> int:
     local_only(settings, "migrate", "migrations change the database's schema")
-    store = open_store(settings.db, pool_size=1)
+    store = open_store(settings.db_to_open(), pool_size=1)
     await store.open(migrate=False)
     try:
         before, versions = await store.migrate(apply=not args.check)

@@ -1,11 +1,13 @@
 """`fluxhook serve`: the receiver under uvicorn, with the polling sweep and downloads in-process
 (logging is already set up by receiver/cli/main.py, as for every command). It refuses to listen beyond
-loopback with /metrics unprotected (receiver/serve/exposure.py)."""
+loopback with /metrics unprotected (receiver/serve/exposure.py), and says at start which database and
+results location it uses."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 
 from receiver.config.settings import Settings
 from receiver.obs.logs import uvicorn_log_config
@@ -16,10 +18,15 @@ from receiver.web.app import create_app
 
 __all__ = ["serve"]
 
+log = logging.getLogger("fluxhook.serve")
+
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     settings.require_public()
     require_protected_metrics(settings, args.host)  # not beyond loopback with /metrics open to all
+    settings.db_to_open()  # a ledger left in the working directory: refused here, before the server starts
+    log.info("database %s, results %s", settings.db_display, settings.results_display,
+             extra={"event": "serve-start"})
     asyncio.run(check_at_start(settings))  # a bucket that does not exist: refused (exit 2); else warned
     run(create_app(settings), settings, host=args.host, port=args.port, log_level=args.log_level,
         log_config=uvicorn_log_config(settings.log_format))

@@ -28,6 +28,7 @@ from receiver.config.env import (
     whole,
 )
 from receiver.config.integrations import Integrations
+from receiver.config.paths import DB_NAME, RESULTS_NAME, data_dir, left_behind
 from receiver.config.variables import max_active_variable
 from submitter.dialects import DIALECTS
 from submitter.provider import Provider
@@ -36,15 +37,31 @@ from submitter.urls import masked_url
 __all__ = ["Settings", "SettingsError"]
 
 
+def _default_data_dir() -> Path:
+    return data_dir(os.environ)
+
+
+def _default_db() -> str:
+    return str(_default_data_dir() / DB_NAME)
+
+
+def _default_results() -> Path:
+    return _default_data_dir() / RESULTS_NAME
+
+
 @dataclass(frozen=True)
 class Settings:
     public_url: str | None = None
     allow_http: bool = False
+    #: The per-user data directory (XDG_DATA_HOME/fluxhook): where the ledger and results are by default.
+    data_dir: Path = field(default_factory=_default_data_dir)
     #: A SQLite path, or a postgresql:// (postgres://) URL for the PostgreSQL backend.
-    db: str = field(default="./fluxhook.db", repr=False)
+    db: str = field(default_factory=_default_db, repr=False)
+    #: Why the default ledger may not be opened (a ledger an older version left in the working directory).
+    db_refusal: str | None = field(default=None, repr=False)
     #: PostgreSQL connections per process.
     db_pool: int = 10
-    results: Path = Path("./results")
+    results: Path = field(default_factory=_default_results)
     #: `s3://bucket[/prefix]` when FLUXHOOK_RESULTS names an object store (then `results` is unused).
     results_url: str | None = None
     secret_key: bytes | None = field(default=None, repr=False)
@@ -121,8 +138,29 @@ class Settings:
 
     @property
     def db_display(self) -> str:
-        """FLUXHOOK_DB as it may be shown: a URL's password masked."""
-        return masked_url(self.db)
+        """FLUXHOOK_DB as it may be shown: a URL's password masked, a SQLite file's absolute path."""
+        return masked_url(self.db) if "://" in self.db else os.path.abspath(self.db)
+
+    @property
+    def results_display(self) -> str:
+        """FLUXHOOK_RESULTS as it may be shown: the s3:// URL, or the folder's absolute path."""
+        return self.results_url or os.path.abspath(self.results)
+
+    def db_to_open(self) -> str:
+        """FLUXHOOK_DB, to open now: a SettingsError if a ledger an older version left in the working
+        directory would be passed over for the new default (receiver/config/paths.py); the per-user
+        data directory is made (mode 0700) when the ledger is the default one."""
+        if self.db_refusal:
+            raise SettingsError(self.db_refusal)
+        if self.db == str(self.data_dir / DB_NAME):
+            try:
+                self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise SettingsError(
+                    f"cannot create {self.data_dir} for the default FLUXHOOK_DB ({exc.strerror}): "
+                    "set FLUXHOOK_DB and FLUXHOOK_RESULTS, or XDG_DATA_HOME"
+                ) from None
+        return self.db
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -159,13 +197,17 @@ class Settings:
                 raise SettingsError(
                     f"REPLICATE_WEBHOOK_SECRET: secret #{position} is not a whsec_<base64> signing secret"
                 )
+        data = data_dir(env)  # the defaults of FLUXHOOK_DB and FLUXHOOK_RESULTS are there
+        results = env.get("FLUXHOOK_RESULTS")
         settings = cls(
             public_url=public_url,
             allow_http=allow_http,
-            db=env.get("FLUXHOOK_DB") or "./fluxhook.db",
+            data_dir=data,
+            db=env.get("FLUXHOOK_DB") or str(data / DB_NAME),
+            db_refusal=left_behind(env, data),
             db_pool=count(env, "FLUXHOOK_DB_POOL", 10),
-            results=results_folder(env.get("FLUXHOOK_RESULTS")),
-            results_url=results_url(env.get("FLUXHOOK_RESULTS")),
+            results=results_folder(results) if results else data / RESULTS_NAME,
+            results_url=results_url(results),
             secret_key=secret.encode() if secret else None,
             providers=providers,
             download_hosts=tuple(h.strip() for h in hosts.split(",") if h.strip()) if hosts else None,
@@ -218,6 +260,8 @@ class Settings:
         return bool(self.integrations.api_keys) or self.metrics_token is not None
 
     def with_overrides(self, **changes: object) -> Settings:
+        if "db" in changes:
+            changes.setdefault("db_refusal", None)  # a ledger named outright is no left-behind default
         # dataclasses.replace is typed field by field; these keywords are checked when it runs.
         return replace(self, **changes)  # type: ignore[arg-type]
 

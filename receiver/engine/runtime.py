@@ -24,6 +24,7 @@ import httpx
 
 from receiver.config.settings import Settings
 from receiver.engine.feed import EventFeed
+from receiver.engine.refusals import NoteGate
 from receiver.engine.relay import Relay
 from receiver.engine.secrets import WebhookSecrets
 from receiver.errors import Unavailable
@@ -106,6 +107,8 @@ class Runtime:
     #: The result store failing (a bucket that does not exist, a folder that is not writable) fails every job
     #: alike: each cause is logged once per STORAGE_LOG_EVERY seconds, then how many more there were.
     storage_log: LogLimiter = field(init=False)
+    #: Which refused callbacks may put a note on their job (receiver/engine/refusals.py).
+    note_gate: NoteGate = field(init=False)
 
     def __post_init__(self) -> None:
         if self.results is None:
@@ -123,6 +126,7 @@ class Runtime:
                                       on_suppressed=lambda n: self.prom.rejected_logs_suppressed.inc(n))
         self.storage_log = LogLimiter(logging.getLogger("fluxhook.sweep"), self.clock, limit=1,
                                       window=STORAGE_LOG_EVERY)
+        self.note_gate = NoteGate(self.clock)
 
     @cached_property
     def prom(self) -> Metrics:
@@ -184,7 +188,7 @@ class Runtime:
         step): else Unavailable (503) naming that command; no migration is applied."""
         own_store = store is None
         if store is None:
-            store = open_store(settings.db, pool_size=settings.db_pool)
+            store = open_store(settings.db_to_open(), pool_size=settings.db_pool)
         if own_store:
             await store.open(migrate=migrate)
             if not migrate:

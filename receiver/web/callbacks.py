@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from receiver.engine.jobs import apply_report
+from receiver.engine.refusals import note_token_mismatch
 from receiver.engine.runtime import Runtime
 from receiver.engine.secrets import SecretUnavailable
 from receiver.errors import (
@@ -193,6 +194,12 @@ async def _hook(scope: Scope, receive: Receive, rt: Runtime, provider: str) -> d
     dialect = settings.provider(provider).dialect
     try:
         verify_token(keys.token, token)
+    except VerificationError as exc:
+        _refused(rt, provider, job_id, "rejected", str(exc))
+        # Most often the job was submitted under another FLUXHOOK_SECRET_KEY: say so on the job (once).
+        await note_token_mismatch(rt.store, rt.note_gate, provider, job_id, now=rt.clock())
+        raise Unauthorized(str(exc)) from None
+    try:
         message_id, scheme = await _verify(rt, provider, body, headers, keys.webhook_secret)
     except VerificationError as exc:
         _refused(rt, provider, job_id, "rejected", str(exc))

@@ -111,7 +111,7 @@ def test_simulate_help_documents_faults_and_env(capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     for fault in ("drop", "duplicate", "submit_errors", "expired_url", "outcome", "/_sim/rules"):
         assert fault in out
-    env = "\n".join(simulate_env("127.0.0.1", 8900))
+    env = "\n".join(simulate_env("127.0.0.1", 8900, key="k" * 64, folder=Path("/data/fluxhook/dev")))
     for name in ("FLUXHOOK_BFL_URL=http://127.0.0.1:8900", "BFL_API_KEY", "FLUXHOOK_DOWNLOAD_HOSTS=127.0.0.1",
                  "FLUXHOOK_DOWNLOAD_ALLOW_PRIVATE=1", "FLUXHOOK_DOWNLOAD_ALLOW_HTTP=1"):
         assert name in env

@@ -10,8 +10,9 @@ KEY = "k" * 32
 
 
 def test_defaults() -> None:
-    s = Settings.from_env({})
-    assert s.db == "./fluxhook.db" and s.results == Path("./results")
+    s = Settings.from_env({"HOME": "/home/u"})
+    assert s.db == "/home/u/.local/share/fluxhook/fluxhook.db"  # the same from every working directory
+    assert s.results == Path("/home/u/.local/share/fluxhook/results")
     assert s.poll_after == 60 and s.poll_max_interval == 60 and s.job_deadline == 1800 and s.sweep_interval == 5
     assert s.public_url is None and s.secret_key is None
     assert s.providers["bfl"].base_url == "https://api.bfl.ai"
