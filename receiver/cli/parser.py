@@ -99,6 +99,8 @@ def _jobs(parsers: Parsers) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     parsers["status"].add_argument("job", help="our job id (fh_...)")
     parsers["status"].add_argument("--json", action="store_true", help="print JSON")
+    parsers["status"].add_argument("--full", action="store_true",
+                                   help="the whole prompt (by default one over 200 characters is cut, ending in …)")
     parsers["url"].add_argument("job", help="our job id (fh_...)")
     parsers["url"].add_argument("n", type=int, nargs="?", default=0, help="which file of the job (default 0)")
     parsers["url"].add_argument("--expires", type=float, default=3600.0,
