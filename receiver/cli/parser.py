@@ -121,6 +121,9 @@ def _batch(parsers: Parsers) -> None:
                    help="stop waiting after this many seconds (exit 3; the jobs go on, run again to follow)")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between sweeps while waiting (default 1)")
     p.add_argument("--json", action="store_true", help="print one JSON line per job at the end")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="run again (as new jobs) the lines whose job ended otherwise than stored; stored lines "
+                        "are kept, unfinished ones followed")
 
 
 def _ops(parsers: Parsers) -> None:
