@@ -103,3 +103,14 @@ async def test_cancel_says_when_the_provider_cannot_cancel_and_may_still_bill(
         code, out, err = await fluxhook(capsys, "cancel", out.strip())
         assert code == 0 and "canceled" in out and "cancel endpoint" not in err
         assert s.sim.stats()["totals"]["cancels"] == 1  # Replicate's was asked
+
+
+async def test_the_demo_prints_no_log_lines_and_says_via_as_status_does(tmp_path: Path) -> None:
+    from tests.e2e.support import run_cli
+
+    code, out, err = await run_cli({"FLUXHOOK_DB": str(tmp_path / "mine.db")}, "demo", "--keep", str(tmp_path / "d"))
+    assert code == 0, err
+    assert " INFO " not in out + err and "fluxhook.sweep" not in out + err  # its own words only
+    stored = [line for line in out.splitlines() if line.startswith("stored ")]
+    assert len(stored) == 6 and all(" via=callback " in line or " via=poll " in line for line in stored)
+    assert sum(" via=poll " in line for line in stored) == 1  # the job whose callback was lost
