@@ -35,17 +35,16 @@ from pathlib import Path
 from typing import Any
 
 from receiver.cli import remote_batch
-from receiver.cli.common import EXIT_FAILED, EXIT_USAGE, CLIError, WaitTimeout
+from receiver.cli.common import EXIT_FAILED, EXIT_USAGE, CLIError
 from receiver.cli.inputs import InputError, check_params, resolve_params
-from receiver.cli.progress import BatchProgress, bucket
+from receiver.cli.progress import follow
 from receiver.config.settings import Settings, SettingsError
 from receiver.engine.jobs import create_api_job, submit_options
 from receiver.engine.runtime import Runtime
-from receiver.engine.sweep import sweep_once
 from receiver.store import IdempotencyConflict
 from submitter.status import TERMINAL, Status
 
-__all__ = ["BatchLine", "line_key", "read_lines", "run", "sent_params", "validate"]
+__all__ = ["BatchLine", "attempt_key", "line_key", "read_lines", "run", "sent_params", "validate"]
 
 FIELDS = ("provider", "model", "prompt", "params", "metadata", "events")
 
@@ -196,26 +195,41 @@ def sent_params(path: Path, line: BatchLine) -> dict[str, Any]:
                        "batch again to resume)") from None
 
 
-async def _record_line(rt: Runtime, path: Path, line: BatchLine) -> bool:
-    """Create the line's job once (a repeat finds the job its key names); True if it is new. Its
-    encoded images live only for this call."""
-    try:
-        job, created = await create_api_job(
-            rt, line.provider, line.model, sent_params(path, line), events=line.events,
-            metadata={**line.metadata, "batch_line": line.number}, idempotency=line_key(path, line),
-        )
-    except IdempotencyConflict as exc:  # cannot happen: the fingerprint is part of the key
-        raise CLIError(f"{path}:{line.number}: {exc}") from None
+def attempt_key(path: Path, line: BatchLine, attempt: int) -> tuple[str, str]:
+    """The idempotency key of a line's `attempt`: 0 is the line's own (:func:`line_key`); each
+    `--retry-failed` run that finds the latest attempt ended otherwise than stored makes the next."""
+    key, fingerprint = line_key(path, line)
+    return (key if attempt == 0 else f"{key}:retry{attempt}"), fingerprint
+
+
+async def _record_line(rt: Runtime, path: Path, line: BatchLine, retry_failed: bool = False) -> tuple[bool, bool]:
+    """Create the line's job once (a repeat finds the job its key names); with `retry_failed`, a line whose
+    latest job ended otherwise than stored gets a new attempt. (new, retried). Its encoded images live only
+    for this call."""
+    attempt = 0
+    while True:
+        metadata = {**line.metadata, "batch_line": line.number, **({"batch_attempt": attempt} if attempt else {})}
+        try:
+            job, created = await create_api_job(
+                rt, line.provider, line.model, sent_params(path, line), events=line.events,
+                metadata=metadata, idempotency=attempt_key(path, line, attempt),
+            )
+        except IdempotencyConflict as exc:  # cannot happen: the fingerprint is part of the key
+            raise CLIError(f"{path}:{line.number}: {exc}") from None
+        if created or not retry_failed or job.status not in TERMINAL - {Status.STORED}:
+            break
+        attempt += 1  # this one failed: find (or make) the next attempt
     line.job_id = job.id
-    return created
+    return created, created and attempt > 0
 
 
-async def _record(rt: Runtime, path: Path, lines: list[BatchLine]) -> int:
-    """Each line's job, one line at a time; returns how many are new."""
-    new = 0
+async def _record(rt: Runtime, path: Path, lines: list[BatchLine], retry_failed: bool = False) -> tuple[int, int]:
+    """Each line's job, one line at a time; returns how many are new, and how many of those re-run a failed line."""
+    new = retried = 0
     for line in lines:
-        new += await _record_line(rt, path, line)
-    return new
+        created, again = await _record_line(rt, path, line, retry_failed)
+        new, retried = new + created, retried + again
+    return new, retried
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -245,29 +259,13 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
                                       params=lambda line: sent_params(path, line))
     settings.require_public()
     async with Runtime.open(settings) as rt:
-        new = await _record(rt, path, lines)
-        print(f"{path}: {len(lines)} job(s), {new} new, {len(lines) - new} already recorded (resumed)",
-              file=sys.stderr)
+        new, retried = await _record(rt, path, lines, args.retry_failed)
+        print(f"{path}: {len(lines)} job(s), {new - retried} new, {len(lines) - new} already recorded (resumed)"
+              + (f", {retried} failed line(s) run again" if args.retry_failed else ""), file=sys.stderr)
         ids = [line.job_id for line in lines if line.job_id]
-        loop = asyncio.get_running_loop()
-        end = loop.time() + (args.timeout or settings.job_deadline + settings.download_window)
-        statuses: dict[str, Status] = {}
         try:
-            with BatchProgress(len(ids)) as display:
-                while True:
-                    await sweep_once(rt)
-                    for job_id in ids:
-                        if statuses.get(job_id) not in TERMINAL:
-                            job = await rt.store.get_job(job_id)
-                            if job is not None:
-                                statuses[job_id] = job.status
-                    display.update(Counter(bucket(s) for s in statuses.values()))
-                    if all(s in TERMINAL for s in statuses.values()):
-                        break
-                    if loop.time() >= end:
-                        raise WaitTimeout(f"{sum(s not in TERMINAL for s in statuses.values())} job(s) not "
-                                          f"finished; they go on: run `fluxhook batch {path}` again to follow them")
-                    await asyncio.sleep(args.interval)
+            await follow(rt, ids, interval=args.interval, again=f"fluxhook batch {path}",
+                         within=args.timeout or settings.job_deadline + settings.download_window)
         except asyncio.CancelledError:
             print(f"interrupted; the {len(ids)} recorded job(s) go on. `fluxhook batch {path}` again resumes "
                   "(no line is submitted twice)", file=sys.stderr)
@@ -286,4 +284,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             failed.append(line.number)
     counts = Counter(str(j.status) for j in jobs.values() if j is not None)
     print(f"{len(lines)} job(s): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), file=sys.stderr)
+    if failed:
+        print(f"`fluxhook batch {path} --retry-failed` runs the {len(failed)} line(s) not stored again",
+              file=sys.stderr)
     return EXIT_FAILED if failed else 0

@@ -65,7 +65,7 @@ def print_rows(data: Any, as_json: bool) -> None:
         if isinstance(row, dict):
             print("  ".join(f"{k}={_text(v)}" for k, v in row.items() if v is not None and k != "files"))
             for f in row.get("files", []):
-                print(f"    file {f['n']}: {f['path'] or '(pending)'}  {f['size'] or ''}  {f['sha256'] or ''}")
+                print(f"    file {f['n']}: {f['location'] or '(pending)'}  {f['size'] or ''}  {f['sha256'] or ''}")
         else:
             print(row)
 

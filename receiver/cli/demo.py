@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+from receiver.cli.ledger import result_via
 from receiver.config.integrations import Integrations
 from receiver.config.settings import Settings
 from receiver.engine.jobs import submit
@@ -65,9 +68,23 @@ def demo_settings(settings: Settings, sim_url: str, public_url: str, folder: Pat
     )
 
 
+@contextlib.contextmanager
+def quiet_logs(level: int = logging.WARNING) -> Iterator[None]:
+    """fluxhook's own INFO lines (each sweep's and download pass's summary) left out of the demo's output while
+    it runs; warnings and errors still show."""
+    logger = logging.getLogger("fluxhook")
+    before = logger.level
+    logger.setLevel(max(level, before))
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
 async def demo(args: argparse.Namespace, settings: Settings) -> int:
     """`fluxhook demo [--jobs N] [--keep DIR]`."""
-    return await run_demo(settings, jobs=args.jobs, keep=args.keep)
+    with quiet_logs():
+        return await run_demo(settings, jobs=args.jobs, keep=args.keep)
 
 
 async def run_demo(settings: Settings, *, jobs: int = 5, within: float = 60.0, keep: str | None = None) -> int:
@@ -120,10 +137,10 @@ async def _follow(rt: Runtime, settings: Settings, pending: set[str], end: float
             job = await rt.store.get_job(job_id)
             if job is not None and job.status in TERMINAL:
                 pending.discard(job_id)
-                how = "polled" if job.callback_at is None else "callback"
+                how = f"via={result_via(job)}"  # as `fluxhook status` says it
                 for f in await rt.store.files(job_id):
                     path = os.path.join(settings.results, f.path or "")
-                    print(f"{job.status:<10} {job_id}  via {how:<8}  {path}  {f.size} bytes  "
+                    print(f"{job.status:<10} {job_id}  {how:<12}  {path}  {f.size} bytes  "
                           f"sha256 {(f.sha256 or '')[:16]}...")
                 if job.status != "stored":
                     print(f"{job.status:<10} {job_id}  {job.error}")

@@ -12,11 +12,12 @@ from typing import Any
 from receiver.cli import remote
 from receiver.cli.common import EXIT_FAILED, CLIError, print_rows
 from receiver.cli.inputs import InputError, resolve_params
-from receiver.cli.ledger import find_job, job_view, local_only, shown, wait_for
+from receiver.cli.ledger import find_job, job_view, listed, local_only, wait_for
 from receiver.config.settings import Settings
 from receiver.engine.jobs import new_job, send_new
 from receiver.engine.runtime import Runtime
 from receiver.engine.sweep import sweep_once
+from receiver.store import Job
 from submitter.status import TERMINAL, Status
 
 __all__ = ["list_jobs", "resolve_images", "status", "submit", "sweep", "url"]
@@ -45,10 +46,14 @@ async def submit(args: argparse.Namespace, settings: Settings) -> int:
             job = await new_job(rt, args.provider, args.model, params, events=events)
         except ValueError as exc:
             raise CLIError(str(exc)) from None
+        if args.wait:
+            print(f"{job.id}: recorded ({args.provider} {args.model}); waiting for it: Ctrl-C stops waiting, "
+                  "the job goes on", file=sys.stderr, flush=True)
         try:
             await send_new(rt, job)
             if args.wait:
-                await wait_for(rt, job.id, args.timeout or settings.job_deadline)
+                await wait_for(rt, job.id, args.timeout or settings.job_deadline,
+                               on_change=lambda changed: said(rt, changed))
         except asyncio.CancelledError:
             # Ctrl-C: the job is in the ledger and goes on without us (an interrupted submit is settled
             # by the sweep when our lease lapses); say which one before exiting 130.
@@ -64,11 +69,27 @@ async def submit(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_FAILED if view["status"] in TERMINAL - {Status.STORED} else 0
 
 
+def said(rt: Runtime, job: Job) -> None:
+    """One line on stderr for each change `submit --wait` sees: the status (with what it means now) and the note."""
+    meaning = {Status.SUBMITTED: f"provider task {job.provider_job_id or '(unknown yet)'}",
+               Status.SUCCEEDED: "downloading the result", Status.QUEUED: "not sent yet"}.get(job.status)
+    error, note = (rt.redactor.scrub(text, job_id=job.id, provider=job.provider) for text in (job.error, job.note))
+    line = f"{job.id}: {job.status}" + (f" ({meaning})" if meaning else "")
+    line += f": {error}" if error and job.status in TERMINAL else ""
+    print(line + (f"; note: {note}" if note else ""), file=sys.stderr, flush=True)
+
+
 async def status(args: argparse.Namespace, settings: Settings) -> int:
     if settings.integrations.api_url:
         return await remote.status(args, settings)
     async with Runtime.open(settings) as rt:
-        print_rows(await job_view(rt, args.job), args.json)
+        view = await job_view(rt, args.job, full=args.full)
+        print_rows(view, args.json)
+        if not args.full and isinstance(view["prompt"], str) and view["prompt"].endswith("…"):
+            length = len((await find_job(rt, args.job)).params["prompt"])
+            if length > len(view["prompt"]):
+                print(f"(the prompt is cut to {len(view['prompt'])} of its {length} characters: `--full` shows "
+                      "it all)", file=sys.stderr)
     print(f"(database {settings.db_display}, results {settings.results_display})", file=sys.stderr)
     return 0
 
@@ -91,7 +112,7 @@ async def list_jobs(args: argparse.Namespace, settings: Settings) -> int:
         return await remote.list_jobs(args, settings)
     async with Runtime.open(settings) as rt:
         jobs = await rt.store.list_jobs(Status(args.status) if args.status else None, args.limit)
-        views = [shown(rt, j) for j in jobs]
+        views = [listed(rt, j) for j in jobs]
     print_rows(views, args.json)
     return 0
 

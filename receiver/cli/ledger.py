@@ -4,6 +4,7 @@ print, and waiting for it to finish by sweeping."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from receiver.cli.common import CLIError, WaitTimeout, timed
@@ -11,9 +12,10 @@ from receiver.config.settings import Settings
 from receiver.engine.runtime import Runtime
 from receiver.engine.sweep import sweep_once
 from receiver.store import Job
+from receiver.store.summary import shorten
 from submitter.status import TERMINAL, Status
 
-__all__ = ["find_job", "job_view", "local_only", "result_via", "shown", "wait_for"]
+__all__ = ["find_job", "job_view", "listed", "local_only", "result_via", "shown", "wait_for"]
 
 
 def local_only(settings: Settings, command: str, why: str) -> None:
@@ -59,30 +61,45 @@ def shown(rt: Runtime, job: Job) -> dict[str, Any]:
     return timed(view)
 
 
-async def job_view(rt: Runtime, job_id: str) -> dict[str, Any]:
-    """A job as `fluxhook status` prints it: prompt, params (shortened), metadata and its files."""
+def listed(rt: Runtime, job: Job) -> dict[str, Any]:
+    """A job as `fluxhook list` prints it: what `shown` shows, its prompt cut to PROMPT_CHARS and its metadata."""
+    prompt = job.params.get("prompt")
+    return shown(rt, job) | {"prompt": shorten(prompt) if isinstance(prompt, str) else None,
+                             "metadata": job.metadata or None}
+
+
+async def job_view(rt: Runtime, job_id: str, *, full: bool = False) -> dict[str, Any]:
+    """A job as `fluxhook status` prints it: prompt (cut to PROMPT_CHARS unless `full`), params (shortened),
+    metadata and its files."""
     job = await find_job(rt, job_id)
     view = shown(rt, job)
     params = dict(job.params)
-    view["prompt"] = params.pop("prompt", None)
+    prompt = params.pop("prompt", None)
+    view["prompt"] = prompt if full or not isinstance(prompt, str) else shorten(prompt)
     view["params"] = _short(params) or None
     view["metadata"] = job.metadata or None
     view["files"] = [
-        {"n": f.n, "path": rt.results.location(f.path) if f.path else None, "size": f.size,
+        {"n": f.n, "location": rt.results.location(f.path) if f.path else None, "size": f.size,
          "sha256": f.sha256, "content_type": f.content_type}
         for f in await rt.store.files(job_id)
     ]
     return view
 
 
-async def wait_for(rt: Runtime, job_id: str, within: float) -> None:
-    """Sweep until the job is finished; WaitTimeout after `within` seconds (the job goes on)."""
+async def wait_for(rt: Runtime, job_id: str, within: float,
+                   on_change: Callable[[Job], None] | None = None) -> None:
+    """Sweep until the job is finished; WaitTimeout after `within` seconds (the job goes on). `on_change`
+    is called with the job each time its status or note is seen to change (the first look included)."""
     loop = asyncio.get_running_loop()
     end = loop.time() + within
     job = None
+    seen: tuple[str, str | None] | None = None
     while loop.time() < end:
         await sweep_once(rt)
         job = await rt.store.get_job(job_id)
+        if job is not None and on_change is not None and (job.status, job.note) != seen:
+            seen = (job.status, job.note)
+            on_change(job)
         if job is None or job.status in TERMINAL:
             return
         await asyncio.sleep(1.0)

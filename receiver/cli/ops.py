@@ -53,6 +53,9 @@ async def cancel(args: argparse.Namespace, settings: Settings) -> int:
             print(f"fluxhook cancel: {args.job}: {exc}", file=sys.stderr)
             return EXIT_FAILED
     print(f"{job.id} canceled" + ("" if job.provider_job_id else " (it had no provider task yet)"))
+    if job.provider_job_id and settings.provider(job.provider).dialect.cancel_path is None:
+        print(f"fluxhook cancel: {job.provider} has no cancel endpoint: the provider may still run the job and "
+              "bill it (fluxhook ignores its result)", file=sys.stderr)
     return 0
 
 

@@ -104,6 +104,8 @@ def _jobs(parsers: Parsers) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     parsers["status"].add_argument("job", help="our job id (fh_...)")
     parsers["status"].add_argument("--json", action="store_true", help="print JSON")
+    parsers["status"].add_argument("--full", action="store_true",
+                                   help="the whole prompt (by default one over 200 characters is cut, ending in …)")
     parsers["url"].add_argument("job", help="our job id (fh_...)")
     parsers["url"].add_argument("n", type=int, nargs="?", default=0, help="which file of the job (default 0)")
     parsers["url"].add_argument("--expires", type=float, default=3600.0,
@@ -124,6 +126,9 @@ def _batch(parsers: Parsers) -> None:
                    help="stop waiting after this many seconds (exit 3; the jobs go on, run again to follow)")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between sweeps while waiting (default 1)")
     p.add_argument("--json", action="store_true", help="print one JSON line per job at the end")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="run again (as new jobs) the lines whose job ended otherwise than stored; stored lines "
+                        "are kept, unfinished ones followed")
 
 
 def _ops(parsers: Parsers) -> None:

@@ -37,7 +37,7 @@ def _shown(job: JobView) -> dict[str, Any]:
 def _job_view(job: JobView) -> dict[str, Any]:
     view = _shown(job)
     view["files"] = [
-        {"n": f.n, "path": f.location, "size": f.size, "sha256": f.sha256, "content_type": f.content_type}
+        {"n": f.n, "location": f.location, "size": f.size, "sha256": f.sha256, "content_type": f.content_type}
         for f in job.files
     ]
     return view
@@ -50,6 +50,8 @@ async def submit(args: argparse.Namespace, settings: Settings) -> int:
         with _answers():
             job = await client.create(args.provider, args.model, params, events=events)
             if args.wait:
+                print(f"{job.id}: recorded ({args.provider} {args.model}); waiting for it: Ctrl-C stops waiting, "
+                      "the job goes on", file=sys.stderr, flush=True)
                 within = args.timeout or settings.job_deadline
                 try:
                     job = await client.wait(job.id, within)
@@ -86,7 +88,7 @@ async def list_jobs(args: argparse.Namespace, settings: Settings) -> int:
             with _answers():
                 async with contextlib.aclosing(pages):
                     async for job in pages:
-                        views.append(_shown(job))
+                        views.append(_shown(job) | {"metadata": job.metadata or None})  # the API shows no prompt
                         if len(views) >= args.limit:
                             break
     _print(views, args.json)

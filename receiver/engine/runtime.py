@@ -91,6 +91,8 @@ class Runtime:
     webhook_secrets: WebhookSecrets = field(init=False)
     #: Set on shutdown: background work stops taking new jobs.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Jobs the sweep is working on now, by what it does (submit, poll, download): what a shutdown waits for.
+    at_work: Counter[str] = field(default_factory=Counter)
     #: Where result files go (FLUXHOOK_RESULTS): a local folder or an object store.
     results: ResultStore = field(default=None)  # type: ignore[assignment]  # set in __post_init__
 

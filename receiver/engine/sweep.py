@@ -41,6 +41,9 @@ class SweepReport:
 #: Polls and submits one pass runs at once (API calls: small and quick).
 POLL_CONCURRENCY = 16
 
+#: What the sweep does to a claimed job, by its status (Runtime.at_work counts them); anything else is a poll.
+WORK = {Status.QUEUED: "submit", Status.SUCCEEDED: "download"}
+
 
 async def sweep_once(rt: Runtime, *, batch: int = 100, max_batches: int = 50) -> SweepReport:
     """Handle every job that is due now (bounded), then return what was done.
@@ -148,6 +151,8 @@ async def handle(rt: Runtime, job: Job) -> str:
         # A bug must not take the sweep down, nor keep the lease forever: later.
         return Release(job.status, retry_later(0 if isinstance(exc, StoreUnavailable) else 3, rt.clock()))
 
+    kind = WORK.get(job.status, "poll")
+    rt.at_work[kind] += 1
     try:
         # Cancelled (shutdown ran out of time): the job is handed back for another process to take now.
         async with claimed(rt.store, job, rt.owner, seconds=rt.settings.lease_seconds, clock=rt.clock,
@@ -159,6 +164,8 @@ async def handle(rt: Runtime, job: Job) -> str:
     except Exception:
         log.exception("sweep failed on job %s", job.id)
         return "error"
+    finally:
+        rt.at_work[kind] -= 1
 
 
 async def _handle(rt: Runtime, lease: Lease) -> str:

@@ -21,11 +21,12 @@ uvicorn's `limit_concurrency` is not used: it answers 503 only once a request's 
 complete, so half-open connections still hold their descriptors, and it counts them against
 legitimate requests. A slow body is the app's to refuse (`body_timeout`, receiver/web/callbacks.py).
 
-`uvicorn_config` and `run` serve with these limits from Settings, and believe X-Forwarded-For and
-X-Forwarded-Proto only from the peers in `forwarded_allow_ips` (FLUXHOOK_FORWARDED_ALLOW_IPS; none by
-default). Under uvicorn's own command line, `--http receiver.serve.server:GuardedHttpToolsProtocol` takes
-the limits from the FLUXHOOK_* environment; forwarded headers there are uvicorn's `--proxy-headers`
-and `--forwarded-allow-ips` (whose default trusts loopback).
+`uvicorn_config` serves with these limits from Settings (`fluxhook serve` runs it through
+receiver/serve/lifecycle.py), and believes X-Forwarded-For and X-Forwarded-Proto only from the peers in
+`forwarded_allow_ips` (FLUXHOOK_FORWARDED_ALLOW_IPS; none by default). Under uvicorn's own command line,
+`--http receiver.serve.server:GuardedHttpToolsProtocol` takes the limits from the FLUXHOOK_* environment;
+forwarded headers there are uvicorn's `--proxy-headers` and `--forwarded-allow-ips` (whose default trusts
+loopback).
 """
 
 from __future__ import annotations
@@ -33,13 +34,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
-from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from receiver.config.settings import Settings
@@ -61,7 +60,6 @@ __all__ = [
     "connection_cap",
     "raise_open_file_limit",
     "refusal_log",
-    "run",
     "uvicorn_config",
 ]
 
@@ -268,10 +266,3 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
     }
     return uvicorn.Config(app, **options)
 
-
-def run(app: Any, settings: Settings, **overrides: Any) -> None:
-    """Serve `app` until a signal stops it (like uvicorn.run, with `settings`' limits)."""
-    server = uvicorn.Server(uvicorn_config(app, settings, **overrides))
-    server.run()
-    if not server.started:
-        sys.exit(STARTUP_FAILURE)

@@ -190,7 +190,7 @@ async def test_cli_submit_wait_json_sweeps_until_the_file_is_stored(tmp_path: Pa
         view = json.loads(out)
         assert view["status"] == "stored" and view["polls"] >= 1
         (stored,) = view["files"]
-        assert Path(stored["path"]).read_bytes().startswith(b"\x89PNG")
+        assert Path(stored["location"]).read_bytes().startswith(b"\x89PNG")
         task = s.sim.stats()["tasks"][view["provider_job_id"]]
         assert task["submits"] == 1
         assert MASTER not in out + err and "k-bfl" not in out + err

@@ -49,7 +49,7 @@ def test_a_result_lands_in_the_bucket_and_the_cli_finds_it(
     capsys.readouterr()
     assert main(["status", job_id, "--json"]) == 0
     view = json.loads(capsys.readouterr().out)
-    assert view["files"][0]["path"] == f"{url}/{job_id}/0.png"
+    assert view["files"][0]["location"] == f"{url}/{job_id}/0.png"
     assert view["files"][0]["sha256"] == sha256
 
     assert main(["status", job_id]) == 0

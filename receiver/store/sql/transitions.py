@@ -21,7 +21,7 @@ from receiver.store.sql.rows import (
 from submitter.bodies import Observation
 from submitter.status import TERMINAL, Status, observed_predecessors, predecessors
 
-__all__ = ["apply", "defer", "finish", "record_submit", "reopen_for_retry", "reserve_slot"]
+__all__ = ["RETRY_NOTE", "apply", "defer", "finish", "record_submit", "reopen_for_retry", "reserve_slot"]
 
 
 def reserve_slot(job_id: str, cap: int, model_cap: int, now: float) -> Op[bool]:
@@ -163,15 +163,22 @@ def apply(
     return Outcome(changed=changed, status=status, recorded=recorded)
 
 
+#: The note a job reopened by `fluxhook retry` carries until it is stored (then it is history, not news).
+RETRY_NOTE = "reopened for a download retry (fluxhook retry)"
+
+
 def finish(
     job_id: str, status: Status, now: float, reason: str | None, only_from: frozenset[Status] | None,
     locate: Callable[[str], str] | None = None,
 ) -> Op[Outcome]:
     allowed = predecessors(status) if only_from is None else predecessors(status) & only_from
+    # Stored: a retry's note is done with (a retry that fails again keeps it, beside the new error).
+    cleared = RETRY_NOTE if status == Status.STORED else None
     changed = (yield Query(
         f"UPDATE jobs SET status = ?, error = COALESCE(?, error), updated_at = ?, next_check_at = NULL,"
-        f" slot_held = 0, sending = 0, download_by = NULL WHERE id = ? AND status IN ({status_list(allowed)})",
-        (str(status), reason, now, job_id),
+        f" slot_held = 0, sending = 0, download_by = NULL,"
+        f" note = CASE WHEN note = ? THEN NULL ELSE note END WHERE id = ? AND status IN ({status_list(allowed)})",
+        (str(status), reason, now, cleared, job_id),
     )) == 1
     if changed:
         yield from emit(job_id, status, now, locate)
@@ -192,12 +199,12 @@ def reopen_for_retry(job_id: str, now: float, store_until: float) -> Op[bool]:
     (a second terminal event for the job: consumers see e.g. job.failed, then job.stored)."""
     changed = yield Query(
         "UPDATE jobs SET status = ?, error = NULL,"
-        " note = 'reopened for a download retry (fluxhook retry)', repolls = 0, next_check_at = ?,"
+        " note = ?, repolls = 0, next_check_at = ?,"
         " deadline_at = CASE WHEN deadline_at < ? THEN ? ELSE deadline_at END, updated_at = ?,"
         " lease_owner = NULL, lease_until = NULL"
         f" WHERE id = ? AND status IN ({GAVE_UP_SQL}) AND provider_job_id IS NOT NULL"
         " AND EXISTS (SELECT 1 FROM files WHERE files.job_id = jobs.id AND files.path IS NULL)",
-        (str(Status.SUCCEEDED), now, store_until, store_until, now, job_id),
+        (str(Status.SUCCEEDED), RETRY_NOTE, now, store_until, store_until, now, job_id),
     )
     if changed == 1:
         yield Query("UPDATE files SET attempts = 0 WHERE job_id = ? AND path IS NULL", (job_id,))

@@ -72,7 +72,7 @@ def test_list_status_and_sweep_on_an_empty_ledger(env: Path, capsys: pytest.Capt
 def test_demo_runs_the_whole_loop_in_its_own_folder(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--jobs", "5", "--keep", str(env / "demo")]) == 0
     out = capsys.readouterr().out
-    assert out.count("stored ") == 6 and "via polled" in out and "via callback" in out  # 5 jobs, 6 files
+    assert out.count("stored ") == 6 and "via=poll " in out and "via=callback " in out  # 5 jobs, 6 files
     assert len(list((env / "demo" / "results").glob("fh_*/0.png"))) == 5
     assert len(list((env / "demo" / "results").glob("fh_*/1.png"))) == 1
     assert (env / "demo" / "demo.db").exists() and str(env / "demo") in out

@@ -89,6 +89,7 @@ async def test_retry_downloads_again_after_our_download_failed(
         code, out, err = await fluxhook(capsys, "retry", job_id, "--timeout", "30")
         assert code == 0, err
         assert "reopened" in err and "status=stored" in out
+        assert "note=" not in out  # the retry's note went with the retry (the store clears it when stored)
         code, _, err = await fluxhook(capsys, "retry", job_id)
         assert code == 2 and "cannot be retried: it is stored" in err
         code, out, _ = await fluxhook(capsys, "list", "--status", "failed", "--json")

@@ -186,3 +186,16 @@ async def test_servers_built_by_uvicorn_config_do_not_share_refusal_counts() -> 
     settings = Settings.from_env({"FLUXHOOK_SECRET_KEY": "k" * 40, "FLUXHOOK_PUBLIC_URL": "https://hooks.example"})
     one, two = uvicorn_config(_empty_app, settings), uvicorn_config(_empty_app, settings)
     assert one.http.keywords["refusals"] is not two.http.keywords["refusals"]  # type: ignore[union-attr]
+
+
+def test_the_server_hooks_the_stop_signals_rely_on_still_exist() -> None:
+    """receiver/serve/lifecycle.py overrides uvicorn.Server's `handle_exit` and `serve` and reads `should_exit`,
+    `started`, `server_state.connections` and `config.app`."""
+    from uvicorn import Server
+
+    gone = [name for name in ("handle_exit", "serve", "run") if not callable(getattr(Server, name, None))]
+    assert not gone, f"uvicorn.Server no longer has {gone}: see receiver/serve/lifecycle.py"
+    server = Server(Config(_empty_app, log_config=None))
+    missing = [name for name in ("should_exit", "started", "server_state", "config") if not hasattr(server, name)]
+    assert not missing, f"uvicorn.Server no longer sets {missing}: see receiver/serve/lifecycle.py"
+    assert isinstance(server.server_state.connections, set) and server.config.app is _empty_app

@@ -52,6 +52,30 @@ async def test_reopen_for_retry_only_after_our_download_path(store: Store) -> No
     assert not await store.reopen_for_retry("j3", now=NOW + 2, store_until=NOW + 5000)
 
 
+async def test_the_retry_note_is_cleared_when_the_job_is_stored_and_kept_when_it_fails_again(
+    store: Store,  # noqa: F811
+) -> None:
+    await _failed_download(store)
+    assert await store.reopen_for_retry("j1", now=NOW + 800, store_until=NOW + 5000)
+    assert (await store.get_job("j1")).note == "reopened for a download retry (fluxhook retry)"  # type: ignore[union-attr]
+    await store.finish("j1", Status.FAILED, now=NOW + 900, reason="download refused")
+    again = await store.get_job("j1")
+    assert again is not None and again.note == "reopened for a download retry (fluxhook retry)"  # why it failed twice
+    assert await store.reopen_for_retry("j1", now=NOW + 1000, store_until=NOW + 5000)
+    await store.store_file("j1", 0, path="j1/0.png", size=3, sha256="abc", content_type="image/png")
+    assert (await store.finish("j1", Status.STORED, now=NOW + 1100)).changed
+    stored = await store.get_job("j1")
+    assert stored is not None and stored.status == Status.STORED and stored.note is None
+    # Any other note stays: only the retry's own is news that a stored job no longer has.
+    await store.create_job(job("j2"))
+    await store.record_submit("j2", "p-j2", None, now=NOW, next_check_at=NOW + 60, note="submit outcome unknown")
+    await store.apply("j2", obs(Status.SUCCEEDED, urls=("https://cdn/x.png",), provider_job_id="p-j2"),
+                      now=NOW + 1, next_check_at=NOW + 1, expires=(NOW + 600,))
+    await store.store_file("j2", 0, path="j2/0.png", size=3, sha256="abc", content_type="image/png")
+    assert (await store.finish("j2", Status.STORED, now=NOW + 2)).changed
+    assert (await store.get_job("j2")).note == "submit outcome unknown"  # type: ignore[union-attr]
+
+
 async def test_reopen_writes_no_outbox_event(store: Store) -> None:  # noqa: F811
     await _failed_download(store)
     before = await store.last_seq()
