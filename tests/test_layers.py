@@ -9,7 +9,7 @@ from pathlib import Path
 import grimp
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("receiver", "submitter")
+PACKAGES = ("receiver", "submitter", "fluxhook")
 MAX_LINES = 300
 
 
