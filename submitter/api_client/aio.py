@@ -11,7 +11,17 @@ from typing import Any, TypeVar, cast
 
 import httpx
 
-from submitter.api_client.core import MAX_HOPS, MAX_LONG_POLL, ClientBase, Op, Sleep, temp_beside
+from submitter.api_client.core import (
+    MAX_HOPS,
+    MAX_LONG_POLL,
+    RUN_TIMEOUT,
+    ClientBase,
+    Op,
+    Paths,
+    Sleep,
+    run_targets,
+    temp_beside,
+)
 from submitter.api_client.errors import bad_response
 from submitter.api_client.models import ApiEvent, JobPage, JobView
 from submitter.api_client.operations import Following, Timeline, create_once, file_url, report, retry, timeline
@@ -231,3 +241,13 @@ class AsyncFluxhookClient(ClientBase):
                 if view.terminal:
                     break
                 view = await self.get(job_id, wait=MAX_LONG_POLL)
+
+    async def run(self, provider: str, model: str, params: Mapping[str, Any], *, into: str | os.PathLike[str],
+                  idempotency_key: str | None = None, metadata: Mapping[str, Any] | None = None,
+                  timeout: float = RUN_TIMEOUT) -> Paths:  # noqa: ASYNC109 (the same call as the sync client)
+        """Create a job, wait until it ends, download its files into the folder `into` (made if missing):
+        their paths, `into/<job id>-<n>.<ext>`, in file order. Errors as :meth:`FluxhookClient.run`."""
+        job = await self.create(provider, model, params, metadata=metadata, idempotency_key=idempotency_key)
+        targets = run_targets(await self.wait(job.id, timeout), Path(into))
+        await asyncio.to_thread(Path(into).mkdir, parents=True, exist_ok=True)
+        return [await self.download_to(job.id, n, path) for n, path in targets]

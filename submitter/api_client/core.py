@@ -7,23 +7,27 @@ loops that do it, so the two cannot drift apart.
 
 from __future__ import annotations
 
+import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
 
 from submitter.api_client.errors import ApiError, bad_response
-from submitter.api_client.models import JobPage, JobView, loads
+from submitter.api_client.models import JobFile, JobPage, JobView, loads
 from submitter.backoff import RetryPolicy, parse_retry_after
+from submitter.media import extension_for
+from submitter.status import Status
 
 __all__ = [
-    "MAX_HOPS", "MAX_LONG_POLL", "RETRY_STATUS", "ClientBase", "Core", "Http", "Op", "Send", "Sleep", "job_path",
-    "temp_beside",
+    "DEFAULT_RETRY", "MAX_HOPS", "MAX_LONG_POLL", "RETRY_STATUS", "RUN_TIMEOUT", "ClientBase", "Core", "Http",
+    "JobFailed", "Op", "Paths", "Send", "Sleep", "job_path", "run_targets", "temp_beside",
 ]
 
 T = TypeVar("T")
@@ -36,6 +40,17 @@ MAX_LONG_POLL = 60.0
 #: Redirects followed for a file (to a presigned URL) before giving up.
 MAX_HOPS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+#: Every request's retries (README "The Python client": 4 tries, waits from 0.5 s doubling to 8 s, jittered;
+#: a Retry-After replaces the wait, up to 60 s).
+DEFAULT_RETRY = RetryPolicy(attempts=4, base=0.5, cap=8.0)
+#: How long `run` waits for a job to end, by default (seconds).
+RUN_TIMEOUT = 600.0
+#: A job id `run` will use in a file name: what the server makes (`fh_` + hex), nothing that could leave `into`.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}")
+
+#: What `run` returns: the downloaded files' paths (an alias: inside the clients `list` is a method).
+Paths = list[Path]
 
 #: Either client's connection pool: the core only builds requests on it.
 Http = httpx.Client | httpx.AsyncClient
@@ -64,12 +79,41 @@ def temp_beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.part")
 
 
+class JobFailed(Exception):
+    """`run`'s job ended without files: `failed`, `moderated`, `expired` or `canceled`. `job` is the job as
+    the API showed it at the end (`job.status`, and why in `job.error` / `job.note`)."""
+
+    def __init__(self, job: JobView) -> None:
+        super().__init__(f"job {job.id} ended {job.status}: {job.error or job.note or 'no reason given'}")
+        self.job = job
+
+
+def _suffix(file: JobFile) -> str:
+    try:
+        return "." + extension_for(file.content_type or "")
+    except ValueError:
+        return ""
+
+
+def run_targets(job: JobView, into: Path) -> list[tuple[int, Path]]:
+    """Where `run` writes each file of an ended job: `into/<job id>-<n>.<ext>` (a name no other job's file has),
+    in file order; JobFailed unless the job ended `stored`."""
+    if job.status != Status.STORED:
+        raise JobFailed(job)
+    if not _SAFE_NAME.fullmatch(job.id):
+        raise bad_response(f"a job id that is not a plain name ({job.id[:40]!r})")
+    return [(f.n, into / f"{job.id}-{f.n}{_suffix(f)}") for f in sorted(job.files, key=lambda f: f.n)]
+
+
 class Core:
     """Everything both clients share: request building, retries, answer parsing."""
 
     def __init__(self, base_url: str, api_key: str, *, timeout: float, sse_timeout: float,
                  retry: RetryPolicy) -> None:
-        parts = httpx.URL(base_url)
+        try:
+            parts = httpx.URL(base_url)
+        except httpx.InvalidURL:
+            parts = httpx.URL()
         if parts.scheme not in ("http", "https") or not parts.host:
             raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
         if not api_key:
@@ -201,8 +245,23 @@ class ClientBase:
     """What both clients are built from: a :class:`Core` (the key never shows in their repr)."""
 
     def __init__(self, base_url: str, api_key: str, *, timeout: float = 30.0, sse_timeout: float = 60.0,
-                 retry: RetryPolicy = RetryPolicy(attempts=4, base=0.5, cap=8.0)) -> None:
+                 retry: RetryPolicy = DEFAULT_RETRY) -> None:
         self._core = Core(base_url, api_key, timeout=timeout, sse_timeout=sse_timeout, retry=retry)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **options: Any) -> Self:
+        """A client for the API at `FLUXHOOK_API_URL` with the key `FLUXHOOK_API_KEY` (the variables the
+        `fluxhook` command reads); ValueError naming the variable that is missing. `options` as the constructor's."""
+        env = os.environ if env is None else env
+        url, key = env.get("FLUXHOOK_API_URL", "").strip(), env.get("FLUXHOOK_API_KEY", "").strip()
+        if not url:
+            raise ValueError("FLUXHOOK_API_URL is not set: the fluxhook API's address, e.g. http://127.0.0.1:8000")
+        if not key:
+            raise ValueError("FLUXHOOK_API_KEY is not set: one of the keys in the server's FLUXHOOK_API_KEYS")
+        try:
+            return cls(url, key, **options)
+        except ValueError as exc:  # the one thing the constructor can refuse here: the address
+            raise ValueError(f"FLUXHOOK_API_URL: {exc}") from None
 
     @property
     def base_url(self) -> str:

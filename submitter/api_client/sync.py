@@ -11,7 +11,17 @@ from typing import Any, TypeVar, cast
 
 import httpx
 
-from submitter.api_client.core import MAX_HOPS, MAX_LONG_POLL, ClientBase, Op, Sleep, temp_beside
+from submitter.api_client.core import (
+    MAX_HOPS,
+    MAX_LONG_POLL,
+    RUN_TIMEOUT,
+    ClientBase,
+    Op,
+    Paths,
+    Sleep,
+    run_targets,
+    temp_beside,
+)
 from submitter.api_client.errors import bad_response
 from submitter.api_client.models import ApiEvent, JobPage, JobView
 from submitter.api_client.operations import Following, Timeline, create_once, file_url, report, retry, timeline
@@ -233,3 +243,17 @@ class FluxhookClient(ClientBase):
                 if view.terminal:
                     break
                 view = self.get(job_id, wait=MAX_LONG_POLL)
+
+    def run(self, provider: str, model: str, params: Mapping[str, Any], *, into: str | os.PathLike[str],
+            idempotency_key: str | None = None, metadata: Mapping[str, Any] | None = None,
+            timeout: float = RUN_TIMEOUT) -> Paths:
+        """Create a job, wait until it ends, download its files into the folder `into` (made if missing):
+        their paths, `into/<job id>-<n>.<ext>`, in file order.
+
+        JobFailed if it ends without files (`exc.job` says why); TimeoutError after `timeout` seconds
+        (the job goes on: `wait` for it again, or `cancel` it); ApiError as every call. Called again with
+        the same `idempotency_key` (after a crash, a timeout) it finds the same job: never a second one."""
+        job = self.create(provider, model, params, metadata=metadata, idempotency_key=idempotency_key)
+        targets = run_targets(self.wait(job.id, timeout), Path(into))
+        Path(into).mkdir(parents=True, exist_ok=True)
+        return [self.download_to(job.id, n, path) for n, path in targets]
