@@ -11,7 +11,7 @@ import sys
 from receiver.cli import remote, remote_ops
 from receiver.cli.common import EXIT_FAILED, CLIError, print_rows, timed
 from receiver.cli.ledger import find_job, job_view, local_only, wait_for
-from receiver.cli.views import print_report, print_timeline, since
+from receiver.cli.views import print_report, print_timeline, since, warn_if_uncancelable
 from receiver.config.settings import Settings
 from receiver.engine.jobs import NotCancelable, apply_report, cancel_job
 from receiver.engine.report import report as build_report
@@ -53,9 +53,7 @@ async def cancel(args: argparse.Namespace, settings: Settings) -> int:
             print(f"fluxhook cancel: {args.job}: {exc}", file=sys.stderr)
             return EXIT_FAILED
     print(f"{job.id} canceled" + ("" if job.provider_job_id else " (it had no provider task yet)"))
-    if job.provider_job_id and settings.provider(job.provider).dialect.cancel_path is None:
-        print(f"fluxhook cancel: {job.provider} has no cancel endpoint: the provider may still run the job and "
-              "bill it (fluxhook ignores its result)", file=sys.stderr)
+    warn_if_uncancelable(job.provider, job.provider_job_id)
     return 0
 
 

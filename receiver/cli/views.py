@@ -6,13 +6,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
 from receiver.cli.common import CLIError
 from receiver.engine.report import COLUMNS
+from submitter.dialects import DIALECTS
 
-__all__ = ["print_report", "print_timeline", "since"]
+__all__ = ["print_report", "print_timeline", "since", "warn_if_uncancelable"]
 
 
 def since(text: str | None) -> float | None:
@@ -67,3 +69,12 @@ def print_report(data: dict[str, Any], *, as_json: bool, as_csv: bool) -> None:
     for column in COLUMNS[1:]:
         print(f"{column:<{width}}  " + "  ".join(f"{r.get(column, '-')!s:>10}" for r in rows))
     print("orphan callbacks: not recorded (a callback for an unknown job is answered 404 and kept nowhere)")
+
+
+def warn_if_uncancelable(provider: str, provider_job_id: str | None) -> None:
+    """After a cancel: on stderr, that a provider with no cancel endpoint (its dialect's `cancel_path`) may
+    still run the job it was sent, and bill it."""
+    dialect = DIALECTS.get(provider)
+    if provider_job_id and dialect is not None and dialect.cancel_path is None:
+        print(f"fluxhook cancel: {provider} has no cancel endpoint: the provider may still run the job and "
+              "bill it (fluxhook ignores its result)", file=sys.stderr)

@@ -6,7 +6,7 @@ connections only provider callbacks may use.
   (default 16, or the total if lower). One more is answered 429 (receiver/web/streams.py).
 - FLUXHOOK_HOOKS_RESERVED: connections that requests other than `/hooks/...` (and the health probes)
   may not use (default a tenth of the connection cap, at least 1); one more such request is answered
-  503 (receiver/serve/reserve.py).
+  503 (receiver/serve/capacity.py).
 
 Unset values are derived from the connection cap when asked for, so a Settings whose cap was
 changed (tests, `with_overrides`) derives them from the new cap.

@@ -85,7 +85,7 @@ async def test_list_shows_the_prompt_cut_and_metadata_and_status_cuts_a_long_pro
         (file,) = view["files"]  # the API's word for where a file is: `location`
         assert Path(file["location"]).read_bytes().startswith(b"\x89PNG") and "path" not in file
         code, out, err = await fluxhook(capsys, "status", job_id, "--json", "--full")
-        assert json.loads(out)["prompt"] == long and "cut" not in err
+        assert json.loads(out)["prompt"] == long and "prompt is cut" not in err
         code, out, err = await fluxhook(capsys, "status", job_id)
         assert f"file 0: {file['location']}" in out
 
