@@ -6,7 +6,6 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from receiver.config.capacity import Capacity, capacity, optional_count
 from receiver.config.env import (
@@ -23,14 +22,13 @@ from receiver.config.env import (
     positive,
     results_folder,
     results_url,
-    standard_secret_ok,
     sweep_token,
     whole,
 )
 from receiver.config.integrations import Integrations
 from receiver.config.paths import DB_NAME, RESULTS_NAME, data_dir, left_behind
-from receiver.config.variables import max_active_variable
-from submitter.dialects import DIALECTS
+from receiver.config.providers import master_key, replicate_secrets
+from receiver.config.providers import providers as read_providers
 from submitter.provider import Provider
 from submitter.urls import masked_url
 
@@ -169,34 +167,10 @@ class Settings:
         public_url = env.get("FLUXHOOK_PUBLIC_URL") or None
         if public_url is not None:
             public_url = check_public_url(public_url, allow_http)
-        secret = env.get("FLUXHOOK_SECRET_KEY") or None
-        if secret is not None and "change-me" in secret.lower():
-            raise SettingsError(
-                "FLUXHOOK_SECRET_KEY is still the placeholder from the example file; generate one with "
-                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
-            )
-        if secret is not None and len(secret) < 32:
-            raise SettingsError(
-                "FLUXHOOK_SECRET_KEY must be at least 32 characters; generate one with "
-                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
-            )
-        providers = {}
-        max_active = {}
-        for name, dialect in DIALECTS.items():
-            base = env.get(dialect.url_env) or dialect.base_url
-            if urlsplit(base).scheme not in ("http", "https") or not urlsplit(base).hostname:
-                raise SettingsError(f"{dialect.url_env} must be an http(s) URL, got {base!r}")
-            providers[name] = Provider(dialect, base.rstrip("/"), env.get(dialect.key_env) or None)
-            cap_var = max_active_variable(name)
-            if cap_var in env:
-                max_active[name] = whole(env, cap_var, 0)
+        secret = master_key(env)
+        providers, max_active = read_providers(env)
         hosts = env.get("FLUXHOOK_DOWNLOAD_HOSTS")
-        secrets = tuple(x.strip() for x in (env.get("REPLICATE_WEBHOOK_SECRET") or "").split(",") if x.strip())
-        for position, value in enumerate(secrets, 1):
-            if not standard_secret_ok(value):
-                raise SettingsError(
-                    f"REPLICATE_WEBHOOK_SECRET: secret #{position} is not a whsec_<base64> signing secret"
-                )
+        secrets = replicate_secrets(env)
         data = data_dir(env)  # the defaults of FLUXHOOK_DB and FLUXHOOK_RESULTS are there
         results = env.get("FLUXHOOK_RESULTS")
         settings = cls(
