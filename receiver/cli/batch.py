@@ -28,7 +28,6 @@ import csv
 import hashlib
 import json
 import sys
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from typing import Any
 from receiver.cli import remote_batch
 from receiver.cli.common import EXIT_FAILED, EXIT_USAGE, CLIError
 from receiver.cli.inputs import InputError, check_params, resolve_params
-from receiver.cli.progress import follow
+from receiver.cli.progress import follow, outcomes
 from receiver.config.settings import Settings, SettingsError
 from receiver.engine.jobs import create_api_job, submit_options
 from receiver.engine.runtime import Runtime
@@ -271,19 +270,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
                   "(no line is submitted twice)", file=sys.stderr)
             raise
         jobs = {job_id: await rt.store.get_job(job_id) for job_id in ids}
-    failed = []
-    for line in lines:
-        job = jobs.get(line.job_id or "")
-        if job is None:
-            continue
-        if args.json:
-            print(json.dumps({"line": line.number, "id": job.id, "status": str(job.status), "error": job.error}))
-        elif job.status != Status.STORED:
-            print(f"line {line.number}: {job.id} {job.status}: {job.error or ''}")
-        if job.status != Status.STORED:
-            failed.append(line.number)
-    counts = Counter(str(j.status) for j in jobs.values() if j is not None)
-    print(f"{len(lines)} job(s): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), file=sys.stderr)
+    failed = outcomes(lines, jobs, as_json=args.json)
     if failed:
         print(f"`fluxhook batch {path} --retry-failed` runs the {len(failed)} line(s) not stored again",
               file=sys.stderr)

@@ -9,10 +9,12 @@ job raises it while it runs (a batch of quick jobs with one slow one does not sa
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from receiver.cli.common import WaitTimeout
 from receiver.engine.runtime import Runtime
@@ -20,7 +22,7 @@ from receiver.engine.sweep import sweep_once
 from receiver.store import Job
 from submitter.status import TERMINAL, Status
 
-__all__ = ["BatchProgress", "bucket", "eta", "follow"]
+__all__ = ["BatchProgress", "bucket", "eta", "follow", "outcomes"]
 
 
 def bucket(status: Status) -> str:
@@ -126,3 +128,24 @@ async def follow(rt: Runtime, ids: Sequence[str], *, interval: float, within: fl
                 raise WaitTimeout(f"{sum(j.status not in TERMINAL for j in jobs.values())} job(s) not finished; "
                                   f"they go on: run `{again}` again to follow them")
             await asyncio.sleep(interval)
+
+
+def outcomes(lines: Sequence[Any], jobs: Mapping[str, Any], *, as_json: bool) -> list[int]:
+    """A batch's end, as `batch` prints it on the database and through the API alike: each line's job (with
+    --json) or each line not stored (stdout), then the count by status (stderr). `lines` have `number` and
+    `job_id`; `jobs` (a ledger Job or an API JobView, by id) have `id`, `status`, `error`. The numbers of the
+    lines not stored."""
+    failed = []
+    for line in lines:
+        job = jobs.get(line.job_id or "")
+        if job is None:
+            continue
+        if as_json:
+            print(json.dumps({"line": line.number, "id": job.id, "status": str(job.status), "error": job.error}))
+        elif job.status != Status.STORED:
+            print(f"line {line.number}: {job.id} {job.status}: {job.error or ''}")
+        if job.status != Status.STORED:
+            failed.append(line.number)
+    counts = Counter(str(j.status) for j in jobs.values() if j is not None)
+    print(f"{len(lines)} job(s): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), file=sys.stderr)
+    return failed

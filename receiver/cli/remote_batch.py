@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from receiver.cli.common import EXIT_FAILED, CLIError, WaitTimeout
-from receiver.cli.progress import BatchProgress, bucket
+from receiver.cli.progress import BatchProgress, bucket, outcomes
 from receiver.cli.remote_api import answers, client
 from receiver.config.settings import Settings
 from submitter.api_client import ApiError, JobView
@@ -93,17 +92,5 @@ def _counts(jobs: dict[str, JobView]) -> Counter[str]:
 
 def _end(args: argparse.Namespace, lines: Sequence[Line], jobs: dict[str, JobView]) -> int:
     """Each line not stored (every line, with --json), a summary on stderr; exit 1 if any failed."""
-    failed = []
-    for line in lines:
-        job = jobs.get(line.job_id or "")
-        if job is None:
-            continue
-        if args.json:
-            print(json.dumps({"line": line.number, "id": job.id, "status": job.status, "error": job.error}))
-        elif job.status != Status.STORED:
-            print(f"line {line.number}: {job.id} {job.status}: {job.error or ''}")
-        if job.status != Status.STORED:
-            failed.append(line.number)
-    counts = Counter(j.status for j in jobs.values())
-    print(f"{len(lines)} job(s): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), file=sys.stderr)
+    failed = outcomes(lines, jobs, as_json=args.json)
     return EXIT_FAILED if failed else 0

@@ -24,7 +24,7 @@ from submitter.api_client.core import (
 )
 from submitter.api_client.errors import bad_response
 from submitter.api_client.models import ApiEvent, JobPage, JobView
-from submitter.api_client.operations import Following, Timeline, create_once, file_url, report, retry, timeline
+from submitter.api_client.operations import Following, Timeline, file_url, report, retry, timeline
 from submitter.api_client.stream import CONNECTED, Connected, SSEUnavailable, Subscription, job_of
 
 __all__ = ["AsyncFluxhookClient"]
@@ -214,7 +214,7 @@ class AsyncFluxhookClient(ClientBase):
                           events: Sequence[str] | None = None, metadata: Mapping[str, Any] | None = None,
                           idempotency_key: str | None = None) -> tuple[JobView, bool]:
         """:meth:`create`, and whether this call made the job (False: the Idempotency-Key named an earlier one)."""
-        return await self._run(create_once(self._core, self._http, provider, model, params, events, metadata,
+        return await self._run(self._core.create_once(self._http, provider, model, params, events, metadata,
                                            idempotency_key))
 
     async def watch(self, job_ids: Iterable[str]) -> AsyncGenerator[JobView, None]:

@@ -189,6 +189,13 @@ class Core:
     def create(self, http: Http, provider: str, model: str, params: Mapping[str, Any],
                events: Sequence[str] | None, metadata: Mapping[str, Any] | None,
                idempotency_key: str | None) -> Op[JobView]:
+        view, _ = yield from self.create_once(http, provider, model, params, events, metadata, idempotency_key)
+        return view
+
+    def create_once(self, http: Http, provider: str, model: str, params: Mapping[str, Any],
+                    events: Sequence[str] | None, metadata: Mapping[str, Any] | None,
+                    idempotency_key: str | None) -> Op[tuple[JobView, bool]]:
+        """:meth:`create`, and whether this call made the job (False: the Idempotency-Key's earlier job)."""
         body: dict[str, Any] = {"provider": provider, "model": model, "params": dict(params)}
         if events is not None:
             body["events"] = list(events)
@@ -196,7 +203,7 @@ class Core:
             body["metadata"] = dict(metadata)
         headers = {"idempotency-key": idempotency_key or f"fhc-{uuid.uuid4().hex}"}
         response = yield from self.retrying(lambda: self.build(http, "POST", "/v1/jobs", json=body, headers=headers))
-        return JobView.from_json(self.object(response, 200, 201))
+        return JobView.from_json(self.object(response, 200, 201)), response.status_code == 201
 
     def get(self, http: Http, job_id: str, wait: float | None) -> Op[JobView]:
         kwargs: dict[str, Any] = {}

@@ -7,17 +7,14 @@ What `fluxhook events|retry|report|url|batch` need through FLUXHOOK_API_URL; bot
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from typing import Any
-
-import httpx
 
 from submitter.api_client.core import Core, Http, Op, job_path
 from submitter.api_client.errors import bad_response
 from submitter.api_client.models import ApiEvent, JobView
 
-__all__ = ["Following", "Timeline", "create_once", "file_url", "report", "retry", "timeline"]
+__all__ = ["Following", "Timeline", "file_url", "report", "retry", "timeline"]
 
 #: A job and its timeline rows (`at`, `kind`, `detail`, `id`?), oldest first.
 Timeline = tuple[JobView, list[dict[str, Any]]]
@@ -63,22 +60,6 @@ def file_url(core: Core, http: Http, job_id: str, n: int, expires: int | None) -
         if not response.is_success:
             raise core.error(response)
     return core.base_url + path
-
-
-def create_once(core: Core, http: Http, provider: str, model: str, params: Mapping[str, Any],
-                events: Sequence[str] | None, metadata: Mapping[str, Any] | None,
-                idempotency_key: str | None) -> Op[tuple[JobView, bool]]:
-    """Like :meth:`Core.create`, and whether this call made the job (False: the Idempotency-Key's earlier job)."""
-    body: dict[str, Any] = {"provider": provider, "model": model, "params": dict(params)}
-    if events is not None:
-        body["events"] = list(events)
-    if metadata is not None:
-        body["metadata"] = dict(metadata)
-    headers = {"idempotency-key": idempotency_key or f"fhc-{uuid.uuid4().hex}"}
-    response: httpx.Response = yield from core.retrying(
-        lambda: core.build(http, "POST", "/v1/jobs", json=body, headers=headers))
-    view = JobView.from_json(core.object(response, 200, 201))
-    return view, response.status_code == 201
 
 
 class Following:

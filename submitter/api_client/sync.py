@@ -24,7 +24,7 @@ from submitter.api_client.core import (
 )
 from submitter.api_client.errors import bad_response
 from submitter.api_client.models import ApiEvent, JobPage, JobView
-from submitter.api_client.operations import Following, Timeline, create_once, file_url, report, retry, timeline
+from submitter.api_client.operations import Following, Timeline, file_url, report, retry, timeline
 from submitter.api_client.stream import CONNECTED, Connected, SSEUnavailable, Subscription, job_of
 
 __all__ = ["FluxhookClient"]
@@ -218,7 +218,7 @@ class FluxhookClient(ClientBase):
     def create_once(self, provider: str, model: str, params: Mapping[str, Any], *,
                     events: Sequence[str] | None = None, metadata: Mapping[str, Any] | None = None,
                     idempotency_key: str | None = None) -> tuple[JobView, bool]:
-        return self._run(create_once(self._core, self._http, provider, model, params, events, metadata,
+        return self._run(self._core.create_once(self._http, provider, model, params, events, metadata,
                                      idempotency_key))
 
     def watch(self, job_ids: Iterable[str]) -> Iterator[JobView]:
