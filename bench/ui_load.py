@@ -1,6 +1,6 @@
 """Load time of the /ui pages with 1,000 stored jobs in the ledger, against a bare Starlette page of the same size.
 
-    python -m bench.ui_load          # 1,000 stored jobs, 100 loads per page
+    python -m bench.ui_load          # 1,000 stored jobs, 100 loads per page; then /ui/providers at 10,000 jobs
     python -m bench.ui_load tiny     # 1,000 stored jobs, 10 loads per page
 
 Question: does the gallery stay quick as the ledger grows? Each page is rendered by the receiver app
@@ -42,11 +42,11 @@ KEY = "bench-key-0123456789abcdef"
 PAGES = ("/ui", "/ui/jobs", "/ui/jobs/fh_bench000500", "/ui/providers")
 
 
-async def _ledger(store: SQLiteStore, results: Path, now: float) -> None:
+async def _ledger(store: SQLiteStore, results: Path, now: float, jobs: int) -> None:
     image = png_image("bench")
-    for i in range(JOBS):
+    for i in range(jobs):
         job_id = f"fh_bench{i:06d}"
-        at = now - (JOBS - i)
+        at = now - (jobs - i) * 86400 / jobs  # spread over the provider panel's last day
         await store.create_job(Job(id=job_id, provider=("bfl", "replicate")[i % 2], model="flux-dev",
                                    params={"prompt": f"bench prompt {i}"}, status=Status.QUEUED,
                                    created_at=at, deadline_at=at + 1800, metadata={"n": i}))
@@ -60,7 +60,7 @@ async def _ledger(store: SQLiteStore, results: Path, now: float) -> None:
         await store.finish(job_id, Status.STORED, now=at + 2)
 
 
-async def measure(loads: int) -> dict[str, Any]:
+async def measure(loads: int, jobs: int = JOBS, pages: tuple[str, ...] = PAGES) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         base = Settings.from_env({})
@@ -70,13 +70,13 @@ async def measure(loads: int) -> dict[str, Any]:
         )
         store = SQLiteStore(settings.db)
         await store.open()
-        await _ledger(store, settings.results, time.time())
+        await _ledger(store, settings.results, time.time(), jobs)
         async with httpx.AsyncClient() as api, httpx.AsyncClient() as cdn:
             rt = Runtime(settings=settings, store=store, api=api, cdn=cdn)
             app = create_app(settings, runtime=rt, workers=False)
             auth = {"authorization": f"Bearer {KEY}"}
             subject = httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://bench", headers=auth)
-            for page in PAGES:
+            for page in pages:
                 body = (await subject.get(page)).content
 
                 async def fixed(request: Request, body: bytes = body) -> Response:
@@ -94,18 +94,22 @@ async def measure(loads: int) -> dict[str, Any]:
                 await baseline.aclose()
                 a, b = statistics.median(ours) * 1e3, statistics.median(theirs) * 1e3
                 rows.append({
-                    "metric": f"GET {page.replace('fh_bench000500', '{id}')}, {JOBS:,} stored jobs",
+                    "metric": f"GET {page.replace('fh_bench000500', '{id}')}, {jobs:,} stored jobs",
                     "value": round(a, 2), "unit": "ms", "baseline": round(b, 3), "ratio": round(a / b, 1),
                     "note": f"median per load ({len(body):,} bytes of HTML) over httpx ASGITransport; SQLite; "
                             "baseline: bare Starlette answering the same bytes",
                 })
             await subject.aclose()
         await store.close()
-    return {"name": "ui_load", "rows": rows, "environment": {"jobs": JOBS, "loads": loads}}
+    return rows
 
 
 async def run(size: str = "full") -> dict[str, Any]:
-    return await measure(10 if size == "tiny" else 100)
+    loads = 10 if size == "tiny" else 100
+    rows = await measure(loads)
+    if size != "tiny":  # the provider panel over a day of 10,000 jobs (aggregated by the database)
+        rows += await measure(20, 10 * JOBS, ("/ui/providers",))
+    return {"name": "ui_load", "rows": rows, "environment": {"jobs": JOBS, "loads": loads}}
 
 
 if __name__ == "__main__":
