@@ -133,8 +133,10 @@ class Runtime:
     @cached_property
     def prom(self) -> Metrics:
         """Prometheus metrics of this runtime (GET /metrics): its own registry, never the global one.
-        Made when first counted in (prometheus_client is imported then): /healthz never needs it."""
-        return Metrics()
+        Made when first counted in (prometheus_client is imported then): /healthz never needs it. The
+        providers with an API key and the configured sinks have every series at zero from the start."""
+        providers = [p.name for p in self.settings.providers.values() if p.api_key]
+        return Metrics(providers=providers, sinks=[sink.name for sink in self.relay.sinks.values()])
 
     def relay_to(self, sinks: Sequence[Sink]) -> Relay:
         """A relay of this runtime's outbox to `sinks` (the runtime's own is `relay`: the configured sinks)."""

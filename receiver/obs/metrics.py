@@ -13,20 +13,28 @@ prometheus_client's state.
 prometheus_client itself (tens of milliseconds to import) is imported where metrics are first made or
 rendered, not with this module: a runtime imports this module, and a process that has answered only
 callbacks and /healthz so far never pays for it (tests/test_cold_imports.py).
+
+Ready for alerting: every known label combination (the providers and sinks given, each verdict, outcome,
+reason and status) exists at zero from the start, so `rate()`, `increase()` and absence alerts see the first
+event; the `_created` series prometheus_client adds to counters and histograms are left out of this
+registry's exposition (:class:`_WithoutCreated`), not switched off process-wide; `fluxhook_build_info`
+names the version.
 """
 
 from __future__ import annotations
 
 import os
+import platform
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from receiver.config.env import SettingsError
+from submitter.status import Status
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
-__all__ = ["CONTENT_TYPE", "Ledger", "Metrics", "MetricsSetupError", "multiprocess_dir"]
+__all__ = ["CONTENT_TYPE", "LABELS", "Ledger", "Metrics", "MetricsSetupError", "multiprocess_dir"]
 
 
 class MetricsSetupError(SettingsError):
@@ -64,6 +72,17 @@ _MARGIN = (0.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 21600.0, 
 #: Provider-reported ends without files, as `fluxhook_artifacts_lost_total` reasons.
 _ENDED = {"failed": "provider_failure", "moderated": "moderated"}
 
+#: Every value each fixed label takes (README's metrics table): all exist at zero from the start.
+LABELS: Mapping[str, tuple[str, ...]] = {
+    "verdict": ("accepted", "duplicate", "rejected", "bad_body", "refused", "unknown_job", "conflict"),
+    "poll": ("answered", "failed"),
+    "rescued": ("succeeded", "failed", "moderated"),
+    "download": ("stored", "transient", "expired", "rejected"),
+    "lost": ("expired", "rejected", "provider_failure", "moderated", "deadline"),
+    "delivery": ("delivered", "retrying", "dead"),
+    "status": tuple(str(s) for s in Status),
+}
+
 
 def multiprocess_dir(environ: Mapping[str, str] | None = None) -> str | None:
     """PROMETHEUS_MULTIPROC_DIR, checked: an existing, writable folder, or None when unset.
@@ -87,12 +106,17 @@ class _Ledger:
     """Scrape-time gauges from numbers read just before (the store is async, collectors are not); a
     prometheus_client collector (its Collector is a protocol: any object with `collect`)."""
 
-    def __init__(self, counts: Mapping[str, int], last_seq: int | None, lag: Mapping[str, int], up: int) -> None:
-        self.counts, self.last_seq, self.lag, self.up = counts, last_seq, lag, up
+    def __init__(self, counts: Mapping[str, int], last_seq: int | None, lag: Mapping[str, int], up: int,
+                 build: tuple[str, str]) -> None:
+        self.counts, self.last_seq, self.lag, self.up, self.build = counts, last_seq, lag, up, build
 
     def collect(self) -> Iterable[Metric]:
         from prometheus_client.core import GaugeMetricFamily  # loaded by Metrics already: a lookup
 
+        info = GaugeMetricFamily("fluxhook_build_info", "Always 1: the fluxhook version and Python serving",
+                                 labels=["version", "python"])
+        info.add_metric(list(self.build), 1)
+        yield info
         jobs = GaugeMetricFamily("fluxhook_jobs", "Jobs in the ledger by status", labels=["status"])
         for status, n in sorted(self.counts.items()):
             jobs.add_metric([status], n)
@@ -109,13 +133,42 @@ class _Ledger:
         yield GaugeMetricFamily("fluxhook_store_up", "1 if the store answered this scrape", value=self.up)
 
 
+class _WithoutCreated:
+    """`registry`'s families without their `<name>_created` samples (a collector: generate_latest takes any).
+
+    prometheus_client's only switch for them, disable_created_metrics(), is process-wide state; this leaves
+    other registries in the process as they are. (Multi-process collections hold none to begin with.)"""
+
+    def __init__(self, registry: Any) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        from prometheus_client.core import Metric  # loaded by Metrics already: a lookup
+
+        for family in self.registry.collect():
+            created = family.name + "_created"
+            kept = Metric(family.name, family.documentation, family.type, family.unit)
+            kept.samples = [s for s in family.samples if s.name != created]
+            yield kept
+
+
+def _version() -> str:
+    from importlib import metadata  # slow to import (cold start): only where metrics are made
+
+    try:
+        return metadata.version("fluxhook")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 class Metrics:
     """The process's metrics. `registry` is this instance's own (never the global default)."""
 
     #: What :meth:`render` returns.
     content_type = CONTENT_TYPE
 
-    def __init__(self, *, multiprocess: str | None = None) -> None:
+    def __init__(self, *, multiprocess: str | None = None, providers: Iterable[str] = (),
+                 sinks: Iterable[str] = ()) -> None:
         #: The folder every worker's samples are summed from at a scrape (None: this process only).
         self.multiprocess = multiprocess if multiprocess is not None else multiprocess_dir()
         from prometheus_client import CollectorRegistry, Counter, Histogram  # see the module's docstring
@@ -156,6 +209,27 @@ class Metrics:
         #: The callback path's labelled children, looked up once (labels() takes a lock and builds a key).
         self._callback_children: dict[tuple[str, str], Any] = {}
         self._ack_children: dict[str, Any] = {}
+        self._zero(sorted(set(providers)), sorted(set(sinks)))
+        #: `fluxhook_build_info`'s labels.
+        self.build = (_version(), platform.python_version())
+
+    def _zero(self, providers: Sequence[str], sinks: Sequence[str]) -> None:
+        """Every known label combination, made now at zero (a child starts at 0; in multi-process mode it
+        is written to this process's file at once)."""
+        per_provider: list[tuple[Any, tuple[str, ...]]] = [
+            (self.callbacks, LABELS["verdict"]), (self.polls, LABELS["poll"]), (self.poll_rescues, LABELS["rescued"]),
+            (self.downloads, LABELS["download"]), (self.download_seconds, LABELS["download"]),
+            (self.artifacts_lost, LABELS["lost"]),
+        ]
+        for provider in providers:
+            for metric in (self.callback_ack, self.submit_to_stored, self.download_bytes, self.url_margin):
+                metric.labels(provider)
+            for metric, values in per_provider:
+                for value in values:
+                    metric.labels(provider, value)
+        for sink in sinks:
+            for outcome in LABELS["delivery"]:
+                self.deliveries.labels(sink, outcome)
 
     # -- hooks (one line at each call site) ------------------------------------------------
 
@@ -206,6 +280,7 @@ class Metrics:
                 last = await store.last_seq()
                 for sink in await store.sinks():
                     lag[sink.name] = max(0, last - sink.after_seq)
+                counts = {status: counts.get(status, 0) for status in LABELS["status"]} | counts
             except Exception:
                 up, counts, last, lag = 0, {}, None, {}
         from prometheus_client import CollectorRegistry, generate_latest, multiprocess  # loaded by __init__
@@ -215,5 +290,5 @@ class Metrics:
             registry = CollectorRegistry(auto_describe=True)
             multiprocess.MultiProcessCollector(registry, path=self.multiprocess)
         scrape = CollectorRegistry(auto_describe=False)
-        scrape.register(_Ledger(counts, last, lag, up))
-        return generate_latest(registry) + generate_latest(scrape)
+        scrape.register(_Ledger(counts, last, lag, up, self.build))
+        return generate_latest(_WithoutCreated(registry)) + generate_latest(scrape)
