@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from receiver.config.env import SettingsError
 from receiver.results.contract import (
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "START_CHECK_TIMEOUT", "FileWriter", "ResultStore", "Stat", "StorageError", "StoredFile", "check_at_start",
-    "from_settings", "key_for",
+    "from_settings", "key_for", "presigned_origin",
 ]
 
 log = logging.getLogger("fluxhook.results")
@@ -44,6 +45,18 @@ def from_settings(settings: Settings) -> ResultStore:
     if url and url.startswith("s3://"):
         return S3ResultStore.from_url(url, endpoint=settings.s3_endpoint)
     return LocalResultStore(settings.results)
+
+
+def presigned_origin(store: ResultStore) -> str | None:
+    """Where `store`'s presigned URLs point (``scheme://host[:port]``), or None for a local folder (its files
+    are served by the receiver itself): FLUXHOOK_S3_ENDPOINT's origin, else AWS's regional host (obstore
+    signs path-style URLs there). The UI's CSP lets images come from it (receiver/web/ui/pages.py)."""
+    if not isinstance(store, S3ResultStore):
+        return None
+    if store.endpoint:
+        parts = urlsplit(store.endpoint)
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"  # never a user:password@ part
+    return f"https://s3.{store.region}.amazonaws.com"
 
 
 async def check_at_start(settings: Settings) -> None:

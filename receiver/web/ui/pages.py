@@ -19,26 +19,30 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 
 from receiver.config.keys import ApiKey
 from receiver.engine.runtime import Runtime
+from receiver.results import presigned_origin
 from receiver.store import Job, JobSummary, StoreUnavailable, iso
 from receiver.store.summary import shorten
 from receiver.web.auth import api_keys, bearer_key
 from receiver.web.ui.sessions import session_key
 
 __all__ = [
-    "JOB_ID", "PAGE_HEADERS", "alt_text", "caller", "cursor_of", "file_url", "page", "parse_cursor", "prompt_of",
-    "render", "resource", "runtime",
+    "CSP", "JOB_ID", "PAGE_HEADERS", "alt_text", "caller", "csp", "cursor_of", "file_url", "page", "page_headers",
+    "parse_cursor", "prompt_of", "render", "resource", "runtime",
 ]
 
 log = logging.getLogger("fluxhook.ui")
 
 HERE = Path(__file__).parent
-#: Pages: scripts and styles from this origin only (no inline script), images from here, nothing framed. No
-#: Referer leaves for another origin; this one gets it, and so its own Origin on a form's POST (`no-referrer`
-#: would make that `null`, which the login form refuses).
+#: Pages: scripts and styles from this origin only (no inline script), images from here (and from the object
+#: store's origin when results are in S3: the UI's file URLs answer 307 to a presigned URL, see :func:`csp`),
+#: nothing framed. No Referer leaves for another origin; this one gets it, and so its own Origin on a form's
+#: POST (`no-referrer` would make that `null`, which the login form refuses).
 CSP = ("default-src 'none'; img-src 'self'; style-src 'self'; script-src 'self'; connect-src 'self';"
        " form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 PAGE_HEADERS = {"content-security-policy": CSP, "x-content-type-options": "nosniff", "cache-control": "no-store",
                 "referrer-policy": "same-origin"}
+#: An origin a CSP source list may name: nothing that could end the directive or add a source.
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?")
 JOB_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _CURSOR = re.compile(r"([0-9]{1,12}(?:\.[0-9]{1,9})?)~([A-Za-z0-9_.:-]{1,128})")
 
@@ -131,7 +135,22 @@ def resource(handler: Handler) -> Handler:
 def render(request: Request, template: str, context: dict[str, Any], status: int = 200,
            headers: dict[str, str] | None = None) -> HTMLResponse:
     html = env.get_template(template).render(request_path=request.url.path, **context)
-    return HTMLResponse(html, status, headers={**PAGE_HEADERS, **(headers or {})})
+    return HTMLResponse(html, status, headers={**page_headers(request), **(headers or {})})
+
+
+def csp(image_origin: str | None) -> str:
+    """The pages' CSP, with `image_origin` (the result store's presigned URLs' origin) also allowed in `img-src`:
+    a browser checks each redirect of an image against it."""
+    if image_origin is None or not _ORIGIN.fullmatch(image_origin):
+        return CSP
+    return CSP.replace("img-src 'self';", f"img-src 'self' {image_origin};", 1)
+
+
+def page_headers(request: Request) -> dict[str, str]:
+    """PAGE_HEADERS for this app: its CSP allows images from its result store's origin (FLUXHOOK_RESULTS)."""
+    rt: Runtime | None = getattr(request.app.state, "runtime", None)
+    origin = presigned_origin(rt.results) if rt is not None else None
+    return {**PAGE_HEADERS, "content-security-policy": csp(origin)}
 
 
 def file_url(job_id: str, n: int) -> str:
