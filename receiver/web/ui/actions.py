@@ -66,7 +66,10 @@ async def _form(request: Request) -> dict[str, str]:
         body += chunk
         if len(body) > FORM_CAP:
             raise _Refused(413, "the form is too large")
-    fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
+    try:
+        fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
+    except ValueError:  # more fields than any of these forms has
+        raise _Refused(400, "the form has too many fields") from None
     return {name: values[0] for name, values in fields.items()}
 
 

@@ -206,6 +206,11 @@ async def test_csrf_refusals(s: Served) -> None:
             answer = await client.post("/ui/sinks/enable", data={"sink": "x", "job": job_id, **extra},
                                        headers=headers)
             assert answer.status_code == 403, (extra, headers)
+        stuffed = "&".join(f"f{i}=x" for i in range(20))
+        answer = await client.post(f"/ui/jobs/{job_id}/cancel", content=stuffed, headers={
+            "origin": PUBLIC, "content-type": "application/x-www-form-urlencoded"})
+        assert answer.status_code == 400
+        assert (await client.post(f"/ui/jobs/{job_id}/cancel", content="x" * 5000)).status_code == 413
         assert await status(s, job_id) == Status.SUBMITTED
     # Bearer: no token needed, but a foreign Origin is refused all the same.
     answer = await s.h.client.post(f"/ui/jobs/{job_id}/cancel", data=form,
