@@ -1,7 +1,9 @@
 """The live gallery: server-rendered pages over the ledger at `/ui` (issue 12).
 
 Same keys as the /v1 API (FLUXHOOK_API_KEYS): `Authorization: Bearer`, or for browsers a
-session cookie set by `/ui/login` (an HMAC of the key, never the key). No key configured:
+session cookie set by `/ui/login` (an HMAC of the key, never the key). The job page's actions
+(retry, cancel, redeliver, enable a sink) are forms posting to receiver/web/ui/actions.py, checked
+against cross-site forgery by receiver/web/ui/csrf.py. No key configured:
 every /ui page answers 404, like the API. Everything works without JavaScript; a small static
 script adds new images to the gallery live from `/ui/events` (server-sent events).
 """
@@ -30,6 +32,10 @@ def ui_routes() -> list[BaseRoute]:
         Route("/ui/logout", lazy("receiver.web.ui.login:logout"), methods=["POST"]),
         Route("/ui/jobs", lazy("receiver.web.ui.jobs:job_table"), methods=["GET"]),
         Route("/ui/jobs/{job_id}", lazy("receiver.web.ui.jobs:job_page"), methods=["GET"]),
+        Route("/ui/jobs/{job_id}/retry", lazy("receiver.web.ui.actions:retry"), methods=["POST"]),
+        Route("/ui/jobs/{job_id}/cancel", lazy("receiver.web.ui.actions:cancel"), methods=["POST"]),
+        Route("/ui/jobs/{job_id}/redeliver", lazy("receiver.web.ui.actions:redeliver"), methods=["POST"]),
+        Route("/ui/sinks/enable", lazy("receiver.web.ui.actions:enable_sink"), methods=["POST"]),
         Route("/ui/jobs/{job_id}/files/{n}", lazy("receiver.web.ui.jobs:result_file"), methods=["GET"]),
         Route("/ui/providers", lazy("receiver.web.ui.providers:providers_panel"), methods=["GET"]),
         Route("/ui/events", lazy("receiver.web.ui.gallery:events"), methods=["GET"]),

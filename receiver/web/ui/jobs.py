@@ -3,6 +3,7 @@ and the result files the pages show (`/ui/jobs/{job_id}/files/{n}`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from typing import Any
@@ -11,9 +12,13 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
+from receiver.config.keys import Scope
+from receiver.engine.retry import GAVE_UP
 from receiver.store import FileRecord
 from receiver.store.inputs import references
 from receiver.web.files import result_response
+from receiver.web.ui.actions import job_path, outcome_message
+from receiver.web.ui.csrf import csrf_token
 from receiver.web.ui.pages import (
     JOB_ID,
     alt_text,
@@ -27,11 +32,13 @@ from receiver.web.ui.pages import (
     resource,
     runtime,
 )
-from submitter.status import Status
+from submitter.status import TERMINAL, Status
 
 __all__ = ["job_page", "job_table", "result_file"]
 
 PAGE_SIZE = 50
+#: A callback's body is shown up to this many characters.
+BODY_SHOWN = 16_384
 _FILE_N = re.compile(r"[0-9]{1,6}")
 
 
@@ -73,9 +80,10 @@ async def job_table(request: Request) -> Response:
 @page
 async def job_page(request: Request) -> Response:
     rt = runtime(request)
+    key = caller(request)
     job_id = request.path_params["job_id"]
     job = await rt.store.get_job(job_id) if JOB_ID.fullmatch(job_id) else None
-    if job is None or not caller(request).may_see(job.created_by):
+    if job is None or not key.may_see(job.created_by):
         return render(request, "error.html", {"title": "Not found", "message": "no such job"}, 404)
     timeline: list[dict[str, Any]] = [
         {"at": job.created_at, "what": "created", "detail": f"{job.provider} {job.model}"},
@@ -83,13 +91,21 @@ async def job_page(request: Request) -> Response:
     if job.submitted_at is not None:
         timeline.append({"at": job.submitted_at, "what": "submitted",
                          "detail": f"provider job {job.provider_job_id}" if job.provider_job_id else ""})
+    # Callbacks as stored: their secrets (tokens, signatures) were removed before they were written.
     for event in await rt.store.audit_events(job.id, limit=200):
         timeline.append({"at": event["received_at"], "what": "callback received",
-                         "detail": f"verdict: {event['verdict']}"})
+                         "detail": f"verdict: {event['verdict']}", "body": body_text(event["body"])})
+    sinks = {s.name: s for s in await rt.store.sinks()} if key.operates else {}
     for outbox in await rt.store.events_after(0, job_id=job.id):
-        deliveries = await rt.store.deliveries(event_id=outbox.id)
+        # The operator's sinks, and each attempt at them, are for operator keys only (as on /v1 .../timeline).
+        deliveries = [
+            {"d": d, "sink": sinks[d.sink].display if d.sink in sinks else d.sink,
+             "disabled": d.sink in sinks and sinks[d.sink].disabled_at is not None,
+             "attempts": await rt.store.delivery_attempts(d.id)}
+            for d in (await rt.store.deliveries(event_id=outbox.id) if key.operates else ())
+        ]
         timeline.append({"at": outbox.created_at, "what": f"event {outbox.type}", "detail": outbox.id,
-                         "deliveries": deliveries})
+                         "event": outbox.id, "deliveries": deliveries})
     timeline.sort(key=lambda item: item["at"])
     files: list[FileRecord] = await rt.store.files(job.id)
     images = [{"n": f.n, "src": file_url(job.id, f.n), "alt": alt_text(job, f.n), "size": f.size,
@@ -98,9 +114,19 @@ async def job_page(request: Request) -> Response:
     inputs = [{"field": ".".join(map(str, path)), **ref} for path, ref in references(job.params)]
     return render(request, "job.html", {
         "title": f"Job {job.id}", "job": job, "timeline": timeline, "images": images, "prompt": prompt_of(job),
-        "inputs": inputs,
+        "inputs": inputs, "path": job_path(job.id), "csrf": csrf_token(request), "writes": key.writes,
+        "admin": key.scope == Scope.ADMIN, "retryable": job.status in GAVE_UP and any(not f.stored for f in files),
+        "cancelable": job.status not in TERMINAL, "message": outcome_message(request.query_params),
         "metadata": json.dumps(job.metadata, indent=2, ensure_ascii=False, sort_keys=True) if job.metadata else None,
     })
+
+
+def body_text(body: bytes | None) -> str:
+    """A stored callback's body for the page: indented if JSON, at most BODY_SHOWN characters."""
+    text = (body or b"").decode("utf-8", "replace")
+    with contextlib.suppress(ValueError):
+        text = json.dumps(json.loads(text), indent=2, ensure_ascii=False, sort_keys=True)
+    return text if len(text) <= BODY_SHOWN else text[:BODY_SHOWN] + f"\n… ({len(text) - BODY_SHOWN} more characters)"
 
 
 @resource
