@@ -129,3 +129,14 @@ def test_the_link_lifetime_is_a_setting_bounded_by_seven_days() -> None:
     assert Integrations.from_env({"FLUXHOOK_EVENT_LINK_TTL": "3600"}).event_link_ttl == 3600
     with pytest.raises(SettingsError, match="FLUXHOOK_EVENT_LINK_TTL must be at most 604800"):
         Integrations.from_env({"FLUXHOOK_EVENT_LINK_TTL": "604801"})
+
+
+async def test_a_link_in_a_log_line_loses_its_signature(tmp_path: Path) -> None:
+    async with linked(tmp_path) as h:
+        endpoint = Endpoint()
+        wire(h, {HOOK: endpoint})
+        await stored(h)
+        link = endpoint.bodies()[0]["data"]["files"][0]["link"]
+        sig = link.rpartition("sig=")[2]
+        shown = h.rt.redactor.scrub(f"could not fetch {link}")
+        assert shown is not None and sig not in shown and "/files/" in shown
