@@ -20,6 +20,7 @@ from receiver.engine.links import EventLinks
 from receiver.engine.sweep import sweep_once
 from receiver.store import iso
 from receiver.store.sql.outbox import PROMPT_LIMIT
+from receiver.web.api.models import EventEnvelope
 from submitter.status import Status
 from tests.harness import PUBLIC, Harness, harness, make_settings
 from tests.receiver.engine.test_relay import HOOK, SECRET, Endpoint, wire
@@ -51,6 +52,7 @@ async def test_a_delivered_event_carries_the_prompt_and_a_link_that_works_withou
         job_id = await stored(h)
         [body] = endpoint.bodies()
         assert body["data"]["prompt"] == "a fox" and body["data"]["prompt_truncated"] is False
+        assert EventEnvelope.model_validate(body).data.files[0].link is not None  # what /openapi.json documents
         [file] = body["data"]["files"]
         assert file["link"].startswith(f"{PUBLIC}/files/{job_id}/0?expires={int(h.clock.now + 86400)}&sig=")
         assert file["link_expires_at"] == iso(int(h.clock.now + 86400))
