@@ -15,7 +15,10 @@ from urllib.parse import urlsplit
 from receiver.config.env import SettingsError, positive
 from receiver.config.keys import ApiKey, parse_api_keys
 
-__all__ = ["EVENT_TYPES", "TERMINAL_EVENTS", "Integrations"]
+__all__ = ["EVENT_TYPES", "MAX_LINK_TTL", "TERMINAL_EVENTS", "Integrations"]
+
+#: The longest FLUXHOOK_EVENT_LINK_TTL: SigV4 presigned URLs live at most 7 days.
+MAX_LINK_TTL = 7 * 86400.0
 
 #: Every outbox event type, one per status a job can reach that people wait for.
 EVENT_TYPES: tuple[str, ...] = (
@@ -60,6 +63,9 @@ class Integrations:
     # -- NATS JetStream --
     nats_url: str | None = field(default=None, repr=False)
     nats_subject: str = "fluxhook.events"
+    # -- links in events --
+    #: How long the per-file `link` in a delivered event works (signed when each attempt is sent).
+    event_link_ttl: float = 86400.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Integrations:
@@ -94,6 +100,10 @@ class Integrations:
             urlsplit(u.strip()).scheme in ("nats", "tls", "ws", "wss") for u in nats_url.split(",")
         ):
             raise SettingsError("FLUXHOOK_NATS_URL must be nats:// (or tls://, ws://, wss://) URL(s)")
+        link_ttl = positive(env, "FLUXHOOK_EVENT_LINK_TTL", 86400.0)
+        if link_ttl > MAX_LINK_TTL:
+            raise SettingsError(f"FLUXHOOK_EVENT_LINK_TTL must be at most {int(MAX_LINK_TTL)} seconds (7 days: the"
+                                f" longest an S3 presigned URL can live); got {link_ttl:g}")
         return cls(
             api_keys=keys,
             idempotency_ttl=positive(env, "FLUXHOOK_IDEMPOTENCY_TTL", 86400.0),
@@ -111,6 +121,7 @@ class Integrations:
             redis_maxlen=int(positive(env, "FLUXHOOK_REDIS_MAXLEN", 100_000)),
             nats_url=nats_url,
             nats_subject=env.get("FLUXHOOK_NATS_SUBJECT") or "fluxhook.events",
+            event_link_ttl=link_ttl,
         )
 
     def secrets(self) -> tuple[str, ...]:

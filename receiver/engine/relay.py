@@ -63,8 +63,11 @@ class Relay:
     def __init__(
         self, sinks: Sequence[Sink], *, store: Store, owner: str, clock: Callable[[], float],
         integrations: Integrations, on_delivery: Callable[[str, str], None],
+        links: Callable[[OutboxEvent], Awaitable[OutboxEvent]] | None = None,
     ) -> None:
         self.store, self.owner, self.clock = store, owner, clock
+        #: What each event gets before each attempt (receiver/engine/links.py: the files' links, signed now).
+        self.links = links
         self.integrations = integrations
         self.on_delivery = on_delivery
         self.sinks = {sink.name: sink for sink in sinks}
@@ -132,7 +135,10 @@ class Relay:
             )
             if not claimed:
                 break
-            attempts = await asyncio.gather(*(sink.deliver(event) for _, event in claimed))
+            events = [event for _, event in claimed]
+            if self.links is not None:
+                events = list(await asyncio.gather(*(self.links(event) for event in events)))
+            attempts = await asyncio.gather(*(sink.deliver(event) for event in events))
             records = [self._judge(sink, d, e, a, report) for (d, e), a in zip(claimed, attempts, strict=True)]
             await store.record_attempts(self.owner, records)
             if any(a.gone for a in attempts):

@@ -24,6 +24,7 @@ import httpx
 
 from receiver.config.settings import Settings
 from receiver.engine.feed import EventFeed
+from receiver.engine.links import EventLinks
 from receiver.engine.refusals import NoteGate
 from receiver.engine.relay import Relay
 from receiver.engine.secrets import WebhookSecrets
@@ -140,9 +141,12 @@ class Runtime:
 
     def relay_to(self, sinks: Sequence[Sink]) -> Relay:
         """A relay of this runtime's outbox to `sinks` (the runtime's own is `relay`: the configured sinks)."""
+        links = EventLinks(results=self.results, store=self.store, clock=self.clock,
+                           ttl=self.settings.integrations.event_link_ttl, public_url=self.settings.public_url,
+                           secret_key=self.settings.secret_key)
         return Relay(sinks, store=self.store, owner=self.owner, clock=self.clock,
                      integrations=self.settings.integrations,
-                     on_delivery=lambda sink, outcome: self.prom.delivery(sink, outcome))
+                     on_delivery=lambda sink, outcome: self.prom.delivery(sink, outcome), links=links.add)
 
     async def idle(self, wake: Awaitable[Any], within: float) -> None:
         """Wait until `wake` completes, shutdown begins, or `within` seconds pass (what every

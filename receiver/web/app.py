@@ -92,6 +92,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None, workers: b
         routes=[
             Route("/hooks/{provider}/{job_id}/{token}", hook, methods=["POST"]),
             Route("/healthz", health, methods=["GET"]),
+            Route("/files/{job_id}/{n}", lazy("receiver.web.links:signed_file"), methods=["GET"]),
             Route("/v1/sweep", lazy("receiver.web.api.sweep:sweep"), methods=["POST"]),
             *api_routes(),
             *ops_routes(),

@@ -19,6 +19,7 @@ Every wait is for a condition, bounded (tests.e2e.integrations_support.wait_unti
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import signal
 import statistics
@@ -29,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
@@ -61,6 +63,14 @@ def when(iso: str) -> float:
 async def stored_event(s: Stack, job_id: str) -> Any:
     (event,) = [e for e in await s.rt.store.events_after(0, limit=1000, job_id=job_id) if e.type == "job.stored"]
     return event
+
+
+def unlinked(envelope: dict[str, Any]) -> dict[str, Any]:
+    """A delivered envelope as the outbox keeps it: without the files' links (each file must have one)."""
+    files = envelope["data"]["files"]
+    assert all(f["link"] and f["link_expires_at"] for f in files), files
+    stripped = [{k: v for k, v in f.items() if k not in ("link", "link_expires_at")} for f in files]
+    return {**envelope, "data": {**envelope["data"], "files": stripped}}
 
 
 def assert_clean(*serves: Serve) -> None:
@@ -110,7 +120,14 @@ async def test_a_stored_job_event_reaches_sse_webhook_redis_and_nats(tmp_path: P
             hooks = [h for h in s.hooks() if h["headers"]["webhook-id"] == event.id]
             assert len(hooks) == 1
             payload = Webhook(FORWARD_SECRET).verify(hooks[0]["body"], hooks[0]["headers"])
-            assert payload == event.envelope() and payload["data"]["status"] == "stored"
+            assert unlinked(payload) == event.envelope() and payload["data"]["status"] == "stored"
+            # Each file's link, signed at delivery, works without a key (served by this receiver).
+            [file] = payload["data"]["files"]
+            assert file["link"].startswith(f"{serve.url}/files/{job_id}/0?expires=")
+            async with httpx.AsyncClient() as plain:
+                got = await plain.get(file["link"])
+            assert got.status_code == 200 and hashlib.sha256(got.content).hexdigest() == file["sha256"]
+            assert payload["data"]["prompt"] == "four sinks"
             assert all(h["envelope"]["type"] in {"job.stored"} for h in s.hooks())  # terminal events only
 
             # Redis: XADD fields id, type, data = the envelope.
@@ -120,7 +137,7 @@ async def test_a_stored_job_event_reaches_sse_webhook_redis_and_nats(tmp_path: P
             await wait_until(in_redis, WAIT, "job.stored in the Redis stream")
             entries = [f for _, f in await redis.xrange(redis_stream)]
             (entry,) = [f for f in entries if f[b"id"].decode() == event.id]
-            assert entry[b"type"] == b"job.stored" and json.loads(entry[b"data"]) == event.envelope()
+            assert entry[b"type"] == b"job.stored" and unlinked(json.loads(entry[b"data"])) == event.envelope()
 
             # NATS JetStream: the envelope, Nats-Msg-Id = the event id.
             psub = await js.pull_subscribe(subject, stream=stream_name)
@@ -139,7 +156,7 @@ async def test_a_stored_job_event_reaches_sse_webhook_redis_and_nats(tmp_path: P
             await wait_until(in_nats, WAIT, "job.stored in the JetStream stream")
             await psub.unsubscribe()
             msg = got[event.id]
-            assert json.loads(msg.data) == event.envelope()
+            assert unlinked(json.loads(msg.data)) == event.envelope()
             # One event id in all four places: SSE (seen), webhook, Redis, NATS.
             assert {seen.envelope["id"], hooks[0]["headers"]["webhook-id"], entry[b"id"].decode(),
                     msg.headers["Nats-Msg-Id"]} == {event.id}
@@ -183,7 +200,7 @@ async def test_a_webhook_retried_after_five_503s_keeps_its_webhook_id(tmp_path: 
         assert len(hooks) == 6
         assert {h["headers"]["webhook-id"] for h in hooks} == {event.id}
         for h in hooks:  # each attempt is signed afresh, and verifies
-            assert Webhook(FORWARD_SECRET).verify(h["body"], h["headers"]) == event.envelope()
+            assert unlinked(Webhook(FORWARD_SECRET).verify(h["body"], h["headers"])) == event.envelope()
         code, out, err = await run_cli(s.env, "deliveries", "--event", event.id, "--attempts", "--json")
         assert code == 0, err
         (row,) = json.loads(out)

@@ -16,12 +16,26 @@ from receiver.store.sql.rows import row_to_job
 from submitter.status import Status
 
 __all__ = [
-    "EVENT_OF", "emit", "events_after", "last_seq", "new_event_id", "prune_outbox", "row_to_event",
+    "EVENT_OF", "PROMPT_LIMIT", "emit", "event_prompt", "events_after", "last_seq", "new_event_id", "prune_outbox",
+    "row_to_event",
 ]
 
 
 #: The event a job's arrival in a status writes; `queued` and `succeeded` write none (nobody waits on them).
 EVENT_OF: dict[Status, str] = {s: f"job.{s}" for s in Status if f"job.{s}" in EVENT_TYPES}
+
+
+#: The longest prompt an event carries (characters); a longer one is cut and `prompt_truncated` says so.
+PROMPT_LIMIT = 2000
+
+
+def event_prompt(params: dict[str, Any]) -> dict[str, Any]:
+    """The event data's `prompt` (the job's `params.prompt`, cut to PROMPT_LIMIT characters; null when
+    there is none) and `prompt_truncated`: the whole prompt stays with the job (`fluxhook status JOB --full`)."""
+    prompt = params.get("prompt") if isinstance(params, dict) else None
+    if not isinstance(prompt, str):
+        return {"prompt": None, "prompt_truncated": False}
+    return {"prompt": prompt[:PROMPT_LIMIT], "prompt_truncated": len(prompt) > PROMPT_LIMIT}
 
 
 def new_event_id() -> str:
@@ -40,7 +54,8 @@ def emit(job_id: str, status: Status, now: float, locate: Callable[[str], str] |
         return
     row = yield Query("SELECT * FROM jobs WHERE id = ?", (job_id,), "one")
     stored = (yield from files(job_id)) if status == Status.STORED else []
-    data = row_to_job(row).view(stored, locate)
+    job = row_to_job(row)
+    data = job.view(stored, locate) | event_prompt(job.params)
     yield Lock("fluxhook-outbox")
     yield Query(
         "INSERT INTO outbox (id, job_id, type, created_at, data, created_by) VALUES (?, ?, ?, ?, ?, ?)",

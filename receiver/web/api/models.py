@@ -17,8 +17,8 @@ from receiver.web.api.errors import ApiError, invalid
 from submitter.status import Status
 
 __all__ = [
-    "CreateJob", "ErrorBody", "EventEnvelope", "FileView", "JobList", "JobView", "LegacyError", "Report", "ReportRow",
-    "SweepReport", "Timeline", "TimelineRow", "validation_error",
+    "CreateJob", "ErrorBody", "EventData", "EventEnvelope", "EventFile", "FileView", "JobList", "JobView",
+    "LegacyError", "Report", "ReportRow", "SweepReport", "Timeline", "TimelineRow", "validation_error",
 ]
 
 EventType = Literal[
@@ -83,6 +83,23 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+class EventFile(FileView):
+    """A stored file in an event: in a sink's delivery also a link that needs no API key (README, Integrations)."""
+
+    link: str | None = Field(default=None, description="Sinks only: the file without credentials until"
+                                                       " `link_expires_at` (FLUXHOOK_EVENT_LINK_TTL), signed per"
+                                                       " attempt; null when none can be made.")
+    link_expires_at: str | None = Field(default=None, description="Sinks only: when `link` stops working.")
+
+
+class EventData(JobView):
+    """The job as of the event, with its prompt."""
+
+    prompt: str | None = Field(description="The job's `params.prompt`, cut to 2,000 characters.")
+    prompt_truncated: bool = Field(description="True when `prompt` was cut.")
+    files: list[EventFile]  # type: ignore[assignment]  # a narrower field: pydantic validates it as such
+
+
 class EventEnvelope(BaseModel):
     """The `data:` line of one server-sent event (the same envelope every sink sends)."""
 
@@ -90,7 +107,7 @@ class EventEnvelope(BaseModel):
     seq: int
     type: EventType
     created_at: str
-    data: JobView = Field(description="The job as of the event.")
+    data: EventData = Field(description="The job as of the event.")
 
 
 class TimelineRow(BaseModel):
