@@ -29,7 +29,7 @@ from receiver.store.models import (
     iso,
 )
 from receiver.store.protocol import Store
-from receiver.store.summary import JobSummary, ProviderStats
+from receiver.store.summary import JobSummary, ProviderHour, ProviderStats
 
 __all__ = [
     "AttemptRecord",
@@ -41,6 +41,7 @@ __all__ = [
     "JobSummary",
     "OutboxEvent",
     "Outcome",
+    "ProviderHour",
     "ProviderStats",
     "SinkState",
     "Store",

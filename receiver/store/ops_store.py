@@ -12,10 +12,10 @@ from typing import Any, TypeVar
 
 from receiver.store.inputs import has_large
 from receiver.store.models import AttemptRecord, Delivery, Event, FileRecord, Job, OutboxEvent, Outcome, SinkState
-from receiver.store.sql import audit, inputs, jobs, leases, listing, outbox, schema, sessions, transitions
+from receiver.store.sql import audit, hourly, inputs, jobs, leases, listing, outbox, schema, sessions, transitions
 from receiver.store.sql import sink_deliveries as sent
 from receiver.store.sql.plumbing import Op, SqlDialect
-from receiver.store.summary import JobSummary, ProviderStats
+from receiver.store.summary import JobSummary, ProviderHour, ProviderStats
 from submitter.bodies import Observation
 from submitter.status import Status
 
@@ -170,6 +170,12 @@ class OpsStore:
         created_by: str | None = None,
     ) -> list[ProviderStats]:
         return await self._read_op(listing.provider_stats(since, limit, quantiles, created_by))
+
+    async def provider_hourly(
+        self, since: float, *, hours: int = 24, limit: int = 10000, quantiles: tuple[int, ...] = (50, 95),
+        created_by: str | None = None,
+    ) -> list[ProviderHour]:
+        return await self._read_op(hourly.provider_hourly(since, hours, limit, quantiles, created_by))
 
     # -- the outbox and its deliveries ----------------------------------------------------
 

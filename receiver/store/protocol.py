@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from receiver.store.models import AttemptRecord, Delivery, Event, FileRecord, Job, OutboxEvent, Outcome, SinkState
-from receiver.store.summary import JobSummary, ProviderStats
+from receiver.store.summary import JobSummary, ProviderHour, ProviderStats
 from submitter.bodies import Observation
 from submitter.status import Status
 
@@ -147,6 +147,15 @@ class Store(Protocol):
         with jobs created since then, its jobs by status, callbacks, jobs rescued by polling and the
         nearest-rank `quantiles` of seconds from created and from submitted to stored; counting only the
         newest `limit` jobs created since the earliest start."""
+        ...
+
+    async def provider_hourly(
+        self, since: float, *, hours: int = 24, limit: int = 10000, quantiles: tuple[int, ...] = (50, 95),
+        created_by: str | None = None,
+    ) -> list[ProviderHour]:
+        """The provider panel's charts, computed by the database: per provider and hour with jobs of the
+        `hours` hours from `since`, jobs created, callbacks, jobs rescued by polling, failures and the
+        nearest-rank `quantiles` of seconds from created to stored; counting only the newest `limit` jobs."""
         ...
 
     async def audit_events(self, job_id: str, *, limit: int = 100_000) -> list[dict[str, Any]]:

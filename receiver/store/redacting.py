@@ -16,7 +16,7 @@ from typing import Any
 from receiver.obs.redaction import Redactor
 from receiver.store.models import AttemptRecord, Delivery, Event, FileRecord, Job, OutboxEvent, Outcome, SinkState
 from receiver.store.protocol import Store
-from receiver.store.summary import JobSummary, ProviderStats
+from receiver.store.summary import JobSummary, ProviderHour, ProviderStats
 from submitter.bodies import Observation
 from submitter.status import Status
 
@@ -166,6 +166,13 @@ class RedactingStore:
         created_by: str | None = None,
     ) -> list[ProviderStats]:
         return await self.inner.provider_stats(since, limit=limit, quantiles=quantiles, created_by=created_by)
+
+    async def provider_hourly(
+        self, since: float, *, hours: int = 24, limit: int = 10000, quantiles: tuple[int, ...] = (50, 95),
+        created_by: str | None = None,
+    ) -> list[ProviderHour]:
+        return await self.inner.provider_hourly(since, hours=hours, limit=limit, quantiles=quantiles,
+                                                created_by=created_by)
 
     async def audit_events(self, job_id: str, *, limit: int = 100_000) -> list[dict[str, Any]]:
         return await self.inner.audit_events(job_id, limit=limit)

@@ -11,7 +11,7 @@ from typing import Any
 from receiver.store.models import FileRecord, public_view
 from submitter.status import Status
 
-__all__ = ["PROMPT_CHARS", "JobSummary", "ProviderStats", "shorten"]
+__all__ = ["PROMPT_CHARS", "JobSummary", "ProviderHour", "ProviderStats", "shorten"]
 
 #: The most characters of a prompt a summary carries (the database cuts it).
 PROMPT_CHARS = 200
@@ -70,3 +70,19 @@ class ProviderStats:
     @property
     def jobs(self) -> int:
         return sum(self.statuses.values())
+
+
+@dataclass(frozen=True)
+class ProviderHour:
+    """One provider's jobs created in one hour (`hour` is the hour's start), computed by the database."""
+
+    provider: str
+    hour: float
+    jobs: int
+    #: Jobs a verified callback reached, and jobs no callback reached whose polling found something.
+    callbacks: int
+    rescued: int
+    #: Jobs that ended failed, moderated or expired.
+    failures: int
+    #: Nearest-rank percentiles (by q, 1..100) of seconds from created to stored, of the hour's stored jobs.
+    to_artifact: dict[int, float]

@@ -11,7 +11,7 @@ conditional updates derived from :mod:`submitter.status`; nothing of the state
 machine is written anywhere else.
 
 One module per concern: plumbing (steps, dialects), schema (migrations), rows (records and status
-lists), jobs, inputs (large params values, stored once), listing (summaries, the provider panel),
+lists), jobs, inputs (large params values, stored once), listing (summaries, the provider panel), hourly (its charts),
 transitions (status changes), leases, outbox, sink_deliveries, audit, sessions (ended UI sessions). Modules import each
 other, never this package; its names are re-exported here for callers (the CLI, tests, bench).
 """
@@ -19,6 +19,7 @@ other, never this package; its names are re-exported here for callers (the CLI, 
 from __future__ import annotations
 
 from receiver.store.sql.audit import audit_event, audit_events, prune_events, reconciliation
+from receiver.store.sql.hourly import provider_hourly
 from receiver.store.sql.inputs import job_params, store_inputs
 from receiver.store.sql.jobs import (
     counts,
@@ -59,7 +60,8 @@ __all__ = [
     "audit_event", "audit_events", "claim_deliveries", "claim_due", "counts", "create_job", "create_job_once",
     "defer", "deliveries", "delivery_attempts", "emit", "enable_sink", "end_session", "events_after", "fan_out",
     "file_failed", "files", "finish", "get_job", "get_summary", "job_params", "job_summaries", "last_seq",
-    "list_jobs", "mark_sending", "migrate", "new_event_id", "note_repoll", "ping", "provider_stats", "prune_events",
+    "list_jobs", "mark_sending", "migrate", "new_event_id", "note_repoll", "ping", "provider_hourly",
+    "provider_stats", "prune_events",
     "prune_outbox", "reconciliation", "record_attempts", "record_submit", "redeliver", "register_sink", "release",
     "renew", "reopen_for_retry", "reserve_slot", "row_to_file", "row_to_job", "session_ended", "set_note",
     "set_sink_disabled", "sinks", "store_file", "store_inputs",

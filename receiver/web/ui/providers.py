@@ -1,6 +1,7 @@
-"""The provider panel at `/ui/providers`: per provider, over the last hour and day, jobs, callbacks,
-jobs rescued by polling, failures, and p50/p95 times to stored, all computed by the database
-(Store.provider_stats); a `submit` key's panel counts only the jobs it created."""
+"""The provider panel at `/ui/providers`: per provider with jobs, charts of the last day by hour (jobs,
+callbacks arrived vs rescued by poll, p50/p95 time to artifact, failures; Store.provider_hourly, drawn by
+receiver/web/ui/charts.py) and a table of the last hour and day (Store.provider_stats), all computed by
+the database; a `submit` key's panel counts only the jobs it created."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from receiver.store import ProviderStats
+from receiver.web.ui.charts import HEIGHT, HOURS, WIDTH, charts_of, day_start
 from receiver.web.ui.pages import caller, page, render, runtime
 from submitter.status import Status
 
@@ -46,8 +48,11 @@ async def providers_panel(request: Request) -> Response:
     stats = {(s.provider, s.since): s for s in await rt.store.provider_stats(
         tuple(starts.values()), limit=PANEL_JOBS, quantiles=QUANTILES, created_by=caller(request).owner_filter())}
     longest = min(starts.values())
+    start = day_start(now)
+    hourly = await rt.store.provider_hourly(start, hours=HOURS, limit=PANEL_JOBS, quantiles=QUANTILES,
+                                            created_by=caller(request).owner_filter())
     rows = []
-    for name in sorted(set(rt.settings.providers) | {provider for provider, _ in stats}):
+    for name in sorted({provider for provider, _ in stats}):  # providers with no jobs in the day: not shown
         for label, since in starts.items():
             mine = stats.get((name, since))
             if mine is None:
@@ -63,4 +68,6 @@ async def providers_panel(request: Request) -> Response:
             })
     counted = sum(s.jobs for (_, since), s in stats.items() if since == longest)
     return render(request, "providers.html", {"title": "Providers", "rows": rows, "now": now,
-                                              "capped": counted >= PANEL_JOBS})
+                                              "capped": counted >= PANEL_JOBS, "start": start,
+                                              "charts": charts_of(hourly, start), "width": WIDTH,
+                                              "height": HEIGHT})
