@@ -785,6 +785,8 @@ class Report:
     duplicate_files: list[str]
     accepted_forgeries: list[str]
     workdir: str
+    #: Series in the first receiver's /metrics at the end of the run (they should not grow with traffic).
+    metrics_series: int | None = None
 
     @property
     def failed(self) -> bool:
@@ -974,6 +976,7 @@ async def _run_with(
         # Late duplicates and retries land while the receivers still run.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(sim.drain(), 20)
+        series = await metrics_series(receivers[0].port)
         await asyncio.gather(*(receiver.stop() for receiver in receivers))
         stats = sim.stats()
         found = await audit(rt, plans, stats["tasks"])
@@ -1025,7 +1028,18 @@ async def _run_with(
         duplicate_files=found.duplicates,
         accepted_forgeries=attacker.accepted,
         workdir=str(workdir),
+        metrics_series=series,
     )
+
+
+async def metrics_series(port: int) -> int | None:
+    """How many series the first receiver's /metrics holds at the end (None if it did not answer)."""
+    with contextlib.suppress(httpx.HTTPError):
+        async with httpx.AsyncClient(timeout=10) as http:
+            answer = await http.get(f"http://127.0.0.1:{port}/metrics")
+        if answer.status_code == 200:
+            return sum(1 for line in answer.text.splitlines() if line and not line.startswith("#"))
+    return None
 
 
 async def supervise(
