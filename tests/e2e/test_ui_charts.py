@@ -4,6 +4,7 @@ the jobs table, the panel and the gallery have no horizontal scroll."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from playwright.async_api import Page
 from receiver.cli.demo import PROMPTS
 from receiver.store import Job
 from submitter.status import Status
-from tests.e2e.test_ui import ARTIFACTS, TIMEOUT_MS, log_in, ui_stack
+from tests.e2e.test_ui import ARTIFACTS, ROOT, TIMEOUT_MS, log_in, ui_stack
 
 pytestmark = pytest.mark.anyio
 
@@ -63,6 +64,8 @@ async def test_charts_the_jobs_table_on_a_phone_and_the_larger_view(tmp_path: Pa
         assert await bfl.locator("rect.bar-failures").count() == 1
         assert await bfl.locator("circle.p95").count() >= 1
         await page.screenshot(path=ARTIFACTS / "providers-charts.png", full_page=True)
+        if os.environ.get("FLUXHOOK_UPDATE_SCREENSHOT"):  # README's picture: refreshed on request only
+            await page.screenshot(path=ROOT / "docs" / "providers.png", full_page=True)
         await context.close()
 
         # A phone: no horizontal scroll on the jobs table (the error column, unwrapped dates), the panel
