@@ -24,6 +24,7 @@ from receiver.engine.runtime import Runtime
 from receiver.store import OutboxEvent
 from receiver.web.api.auth import authenticate
 from receiver.web.api.errors import api_endpoint, invalid
+from receiver.web.api.models import EVENT_TYPES_PATTERN, JOB_ID_PATTERN
 from receiver.web.sse import HEADERS, frames
 from receiver.web.streams import HeldStream, stream_limits
 
@@ -32,6 +33,8 @@ __all__ = ["events"]
 log = logging.getLogger("fluxhook.api")
 
 _SEQ = re.compile(r"[0-9]{1,18}")
+_JOB = re.compile(JOB_ID_PATTERN)
+_TYPES = re.compile(EVENT_TYPES_PATTERN)
 
 
 def _resume_point(request: Request) -> int | None:
@@ -50,21 +53,19 @@ def _resume_point(request: Request) -> int | None:
 
 def _types(request: Request) -> frozenset[str] | None:
     raw = request.query_params.get("types")
-    if not raw:
+    if raw is None:
         return None
-    types = [t.strip() for t in raw.split(",") if t.strip()]
-    unknown = sorted(set(types) - set(EVENT_TYPES))
-    if unknown or not types:
-        raise invalid("types", f"unknown event type(s); known: {', '.join(EVENT_TYPES)}")
-    return frozenset(types)
+    if not _TYPES.fullmatch(raw):
+        raise invalid("types", f"types must be comma-separated event types (no spaces) among {', '.join(EVENT_TYPES)}")
+    return frozenset(raw.split(","))
 
 
 @api_endpoint
 async def events(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     key = authenticate(request)
-    job_id = request.query_params.get("job") or None
-    if job_id is not None and not (len(job_id) <= 128 and job_id.isascii() and job_id.isprintable()):
+    job_id = request.query_params.get("job")
+    if job_id is not None and not _JOB.fullmatch(job_id):
         raise invalid("job", "job must be a job id")
     types = _types(request)
     after = _resume_point(request)

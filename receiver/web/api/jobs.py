@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import json
-import math
 import re
+from collections.abc import Collection
 from typing import Any
 
 from pydantic import ValidationError
@@ -24,7 +23,7 @@ from receiver.engine.runtime import Runtime
 from receiver.store import Job, JobSummary
 from receiver.web.api.auth import authenticate, key_scope, visible, writer
 from receiver.web.api.errors import ApiError, api_endpoint, invalid, not_found
-from receiver.web.api.models import CreateJob, validation_error
+from receiver.web.api.models import CURSOR_PATTERN, CreateJob, validation_error
 from receiver.web.bodies import read_body
 from receiver.web.files import result_response
 from receiver.web.streams import stream_limits
@@ -41,6 +40,7 @@ DEFAULT_LIMIT, MAX_LIMIT = 50, 200
 _NUMBER = re.compile(r"([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]{1,3})?")
 _LIMIT = re.compile(r"[0-9]{1,4}")
 _FILE_N = re.compile(r"[0-9]{1,6}")
+_CURSOR = re.compile(CURSOR_PATTERN)
 #: `?expires=` of a file: seconds a presigned URL stays valid (S3's limit is 7 days).
 DEFAULT_EXPIRES, MAX_EXPIRES = 3600, 7 * 86400
 
@@ -177,22 +177,24 @@ async def get(request: Request) -> Response:
 
 
 def encode_cursor(job: Job | JobSummary) -> str:
-    raw = json.dumps([job.created_at, job.id], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    """`<created_at>~<id>` of the page's last job (models.CURSOR_PATTERN): repr keeps the time exact."""
+    return f"{float(job.created_at)!r}~{job.id}"
 
 
 def decode_cursor(cursor: str) -> tuple[float, str]:
-    problem = invalid("cursor", "cursor is not one this API gave out (pass next_cursor as is)")
-    if not (0 < len(cursor) <= 400 and cursor.isascii()):
-        raise problem
-    try:
-        created_at, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, TypeError):
-        raise problem from None
-    if (not isinstance(created_at, int | float) or isinstance(created_at, bool) or not math.isfinite(created_at)
-            or not isinstance(job_id, str) or not (job_id.isascii() and job_id.isprintable())):
-        raise problem
+    """Any text of the cursor's form is a place to start from (a page of jobs older than it); any other, 422."""
+    if not _CURSOR.fullmatch(cursor):
+        raise invalid("cursor", "cursor is not one this API gave out (pass next_cursor as is)")
+    created_at, job_id = cursor.split("~")
     return float(created_at), job_id
+
+
+def _enum(request: Request, name: str, known: Collection[str]) -> str | None:
+    """A query parameter among `known`, or None when absent; present but empty is refused like any unknown value."""
+    value = request.query_params.get(name)
+    if value is not None and value not in known:
+        raise invalid(name, f"{name} must be one of {', '.join(sorted(known))}")
+    return value
 
 
 @api_endpoint
@@ -200,22 +202,16 @@ async def listing(request: Request) -> Response:
     rt = _rt(request)
     key = authenticate(request)
     query = request.query_params
-    status: Status | None = None
-    if query.get("status"):
-        try:
-            status = Status(query["status"])
-        except ValueError:
-            raise invalid("status", f"status must be one of {', '.join(s.value for s in Status)}") from None
-    provider = query.get("provider") or None
-    if provider is not None and provider not in rt.settings.providers:
-        raise invalid("provider", f"unknown provider; known: {', '.join(sorted(rt.settings.providers))}")
+    status_name = _enum(request, "status", [s.value for s in Status])
+    status = None if status_name is None else Status(status_name)
+    provider = _enum(request, "provider", rt.settings.providers)
     limit = DEFAULT_LIMIT
     if query.get("limit") is not None:
         raw = query["limit"]
         if not _LIMIT.fullmatch(raw) or not 1 <= int(raw) <= MAX_LIMIT:
             raise invalid("limit", f"limit must be an integer from 1 to {MAX_LIMIT}")
         limit = int(raw)
-    before = decode_cursor(query["cursor"]) if query.get("cursor") else None
+    before = decode_cursor(query["cursor"]) if "cursor" in query else None
     jobs = await rt.store.job_summaries(status, limit + 1, provider=provider, before=before,
                                         created_by=key.owner_filter())
     page = jobs[:limit]

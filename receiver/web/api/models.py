@@ -13,10 +13,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from receiver.config.integrations import EVENT_TYPES
 from receiver.web.api.errors import ApiError, invalid
 from submitter.status import Status
 
 __all__ = [
+    "ANY_MODEL_PATTERN", "CURSOR_PATTERN", "EVENT_TYPES_PATTERN", "JOB_ID_PATTERN", "MODEL_PATTERNS", "SINCE_SCHEMA",
     "CreateJob", "ErrorBody", "EventData", "EventEnvelope", "EventFile", "FileView", "JobList", "JobView",
     "LegacyError", "Report", "ReportRow", "SweepReport", "Timeline", "TimelineRow", "validation_error",
 ]
@@ -24,6 +26,24 @@ __all__ = [
 EventType = Literal[
     "job.submitted", "job.running", "job.stored", "job.failed", "job.moderated", "job.expired", "job.canceled",
 ]
+
+
+#: What the API checks, published as JSON Schema (ECMA 262 patterns, anchored) in `/openapi.json` and used by the
+#: handlers, so a request matching the document is accepted and one that does not is refused (422).
+#: A model name (submitter.dialects.Dialect.check_model: tests/receiver/web/test_api_rules.py keeps them equal):
+#: one segment, or owner/name for Replicate-style providers, no `..` anywhere.
+_SEGMENT = "[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+MODEL_PATTERNS = {False: f"^(?!.*\\.\\.){_SEGMENT}$", True: f"^(?!.*\\.\\.){_SEGMENT}/{_SEGMENT}$"}
+ANY_MODEL_PATTERN = f"^(?!.*\\.\\.){_SEGMENT}(/{_SEGMENT})?$"
+JOB_ID_PATTERN = "^[A-Za-z0-9_-]{1,128}$"
+#: A page cursor: the last job's creation time (epoch seconds, as Python writes a float) and id. Any text of this
+#: form is a valid place to start a page from.
+CURSOR_PATTERN = "^-?[0-9]{1,17}(\\.[0-9]{1,17})?(e[-+][0-9]{2})?~[A-Za-z0-9_-]{1,128}$"
+#: `?since=` of the report: an RFC 3339 date-time, or a date (midnight UTC).
+SINCE_SCHEMA: dict[str, Any] = {"type": "string", "anyOf": [{"format": "date-time"}, {"format": "date"}]}
+#: `?types=` of the event stream: comma-separated event types, no spaces.
+_TYPE = "(" + "|".join(t.replace(".", "\\.") for t in EVENT_TYPES) + ")"
+EVENT_TYPES_PATTERN = f"^{_TYPE}(,{_TYPE})*$"
 
 
 class CreateJob(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel
@@ -12,10 +13,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from receiver.config.integrations import EVENT_TYPES
+from receiver.engine.jobs import WEBHOOK_EVENTS
 from receiver.web.api.auth import authenticate
 from receiver.web.api.errors import api_endpoint
 from receiver.web.api.jobs import DEFAULT_EXPIRES, DEFAULT_LIMIT, MAX_EXPIRES, MAX_LIMIT, MAX_WAIT
 from receiver.web.api.models import (
+    ANY_MODEL_PATTERN,
+    CURSOR_PATTERN,
+    EVENT_TYPES_PATTERN,
+    JOB_ID_PATTERN,
+    MODEL_PATTERNS,
+    SINCE_SCHEMA,
     CreateJob,
     ErrorBody,
     EventEnvelope,
@@ -26,13 +34,14 @@ from receiver.web.api.models import (
     SweepReport,
     Timeline,
 )
+from submitter.dialects import Dialect
 from submitter.status import Status
 
 __all__ = ["document", "openapi"]
 
 REF = "#/components/schemas/{model}"
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "description": "A job id (fh_...).",
-          "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"}}
+          "schema": {"type": "string", "pattern": JOB_ID_PATTERN}}
 ERRORS = {
     "400": "Bad JSON, a body that is not an object, or a bad Idempotency-Key.",
     "408": "The body did not arrive in time.",
@@ -87,12 +96,35 @@ def _components() -> dict[str, Any]:
     return found
 
 
-def document(providers: tuple[str, ...] = ()) -> dict[str, Any]:
+def _create_rules(create: dict[str, Any], creatable: Mapping[str, Dialect] | None) -> None:
+    """What `POST /v1/jobs` checks beyond the model's types: the model name's form (any provider's, and each
+    provider's own), and, per provider, the providers that can take a job (API key set) and their event filter."""
+    create["properties"]["model"]["pattern"] = ANY_MODEL_PATTERN
+    if creatable is None:
+        return
+    create["properties"]["provider"]["enum"] = sorted(creatable)
+    groups: dict[tuple[bool, bool], list[str]] = {}
+    for name, dialect in sorted(creatable.items()):
+        groups.setdefault((dialect.owner_model, dialect.signature == "standard-webhooks"), []).append(name)
+    branches = []
+    for (owner, filters), names in groups.items():
+        events: dict[str, Any] = {"type": "null"}
+        if filters:  # receiver.engine.jobs.submit_options
+            events = {"anyOf": [events, {"type": "array", "items": {"enum": list(WEBHOOK_EVENTS)},
+                                         "contains": {"const": "completed"}}]}
+        branches.append({"properties": {"provider": {"enum": names}, "model": {"pattern": MODEL_PATTERNS[owner]},
+                                        "events": events}})
+    create["anyOf"] = branches
+
+
+def document(listed: tuple[str, ...] = (), creatable: Mapping[str, Dialect] | None = None) -> dict[str, Any]:
+    """The document; `listed`: the configured providers, `creatable`: those whose API key is set (None: not
+    known, the provider-specific rules are left out)."""
     schemas = copy.deepcopy(_components())
+    _create_rules(schemas["CreateJob"], creatable)
     provider: dict[str, Any] = {"type": "string"}
-    if providers:
-        schemas["CreateJob"]["properties"]["provider"]["enum"] = list(providers)
-        provider["enum"] = list(providers)
+    if listed:
+        provider["enum"] = list(listed)
     job = _json("JobView", "The job.")
     idempotency = {"name": "Idempotency-Key", "in": "header", "required": False,
                    "description": "Same key and body again: the same job (200, Idempotent-Replayed: true).",
@@ -115,7 +147,7 @@ def document(providers: tuple[str, ...] = ()) -> dict[str, Any]:
                     _query("provider", provider, "Only this provider."),
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
                                      "default": DEFAULT_LIMIT}, "Page size."),
-                    _query("cursor", {"type": "string"}, "The previous page's next_cursor."),
+                    _query("cursor", {"type": "string", "pattern": CURSOR_PATTERN}, "The previous page's next_cursor."),
                 ],
             ),
         },
@@ -157,8 +189,8 @@ def document(providers: tuple[str, ...] = ()) -> dict[str, Any]:
         "/v1/report": {"get": _op(
             "getReport", "Reconciliation per provider, then a total (a `submit` key: only the jobs it created).",
             {"200": _json("Report", "The report.")}, ("422",),
-            parameters=[_query("since", {"type": "string"},
-                               "Only jobs created since this ISO 8601 time (no offset: UTC).")],
+            parameters=[_query("since", SINCE_SCHEMA,
+                               "Only jobs created since this RFC 3339 time, or this date (midnight UTC).")],
         )},
         "/v1/events": {"get": _op(
             "streamEvents", "Server-sent events from the outbox (text/event-stream).",
@@ -167,9 +199,10 @@ def document(providers: tuple[str, ...] = ()) -> dict[str, Any]:
                      "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
             ("422", "429"),
             parameters=[
-                _query("job", {"type": "string"}, "Only this job's events."),
-                _query("types", {"type": "string"}, f"Comma-separated, among {', '.join(EVENT_TYPES)}."),
-                _query("after", {"type": "integer", "minimum": 0}, "Resume after this seq."),
+                _query("job", {"type": "string", "pattern": JOB_ID_PATTERN}, "Only this job's events."),
+                _query("types", {"type": "string", "pattern": EVENT_TYPES_PATTERN},
+                       f"Comma-separated, among {', '.join(EVENT_TYPES)}."),
+                _query("after", {"type": "integer", "minimum": 0, "maximum": 10**18 - 1}, "Resume after this seq."),
                 {"name": "Last-Event-ID", "in": "header", "required": False,
                  "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}, "description": "Resume (wins over after)."},
             ],
@@ -208,5 +241,6 @@ def document(providers: tuple[str, ...] = ()) -> dict[str, Any]:
 @api_endpoint
 async def openapi(request: Request) -> Response:
     authenticate(request)
-    providers = tuple(sorted(request.app.state.runtime.settings.providers))
-    return JSONResponse(document(providers))
+    settings = request.app.state.runtime.settings
+    creatable = {name: p.dialect for name, p in settings.providers.items() if p.api_key}
+    return JSONResponse(document(tuple(sorted(settings.providers)), creatable))
