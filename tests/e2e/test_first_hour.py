@@ -62,7 +62,7 @@ class FirstShell:
 
     async def run(self, block: str) -> list[str]:
         await self.stop()
-        *setup, command = block.splitlines()
+        *setup, command = block.replace("\\\n", " ").splitlines()  # a continued line is one command
         assert "fluxhook dev" in command, "shell 1's blocks end by starting `fluxhook dev`"
         self.setup += setup
         code = "\n".join([*self.setup, command])
