@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
@@ -25,9 +24,8 @@ from receiver.cli.common import (
 )
 from receiver.cli.inputs import InputError
 from receiver.cli.parser import build_parser, command_function
-from receiver.config.settings import Settings, SettingsError
-from receiver.config.variables import warn_unknown_variables
-from receiver.obs.logs import configure_logging
+from receiver.config.settings import SettingsError
+from receiver.obs.logs import settings_for_entry_point
 from receiver.sinks import SinkError
 from receiver.store import StoreUnavailable
 
@@ -43,9 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     command = command_function(args.command)
     try:
-        settings = Settings.from_env()
-        configure_logging(settings)
-        warn_unknown_variables(os.environ)  # a typo must not leave a default in force unseen
+        settings = settings_for_entry_point()
         result = command(args, settings)
         if asyncio.iscoroutine(result):
             result = asyncio.run(result)

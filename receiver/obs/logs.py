@@ -21,15 +21,17 @@ import copy
 import datetime as dt
 import json
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
 from receiver.config.settings import Settings
+from receiver.config.variables import warn_unknown_variables
 from receiver.obs.redaction import Redactor, scrub_patterns
 
 __all__ = [
     "EXTRA_KEYS", "LOGGERS", "JsonFormatter", "LogLimiter", "RedactingFilter", "configure_logging",
-    "install_log_format", "install_redaction", "uvicorn_log_config",
+    "install_log_format", "install_redaction", "settings_for_entry_point", "uvicorn_log_config",
 ]
 
 #: Loggers whose records are filtered where they are made (handlers added later see clean records).
@@ -90,6 +92,16 @@ def configure_logging(settings: Settings) -> None:
     settings know from all log lines, and use FLUXHOOK_LOG_FORMAT."""
     install_redaction(Redactor.from_settings(settings))
     install_log_format(settings.log_format)
+
+
+def settings_for_entry_point() -> Settings:
+    """What every entry point (the `fluxhook` command, `uvicorn --factory`, the Lambda handler) does first:
+    read the settings once, set up logging with them, then warn of each unknown FLUXHOOK_* variable (a typo
+    must not leave a default in force unseen)."""
+    settings = Settings.from_env()
+    configure_logging(settings)
+    warn_unknown_variables(os.environ)
+    return settings
 
 
 #: Context a call may pass with ``extra=``: shown as JSON keys.

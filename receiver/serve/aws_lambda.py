@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import threading
 from typing import Any
 
@@ -65,15 +64,11 @@ class _Instance:
         # Loaded by the first event, not by importing this module (see the docstring).
         from mangum import Mangum
 
-        from receiver.config.settings import Settings
-        from receiver.config.variables import warn_unknown_variables
         from receiver.engine.runtime import Runtime
-        from receiver.obs.logs import configure_logging
+        from receiver.obs.logs import settings_for_entry_point
         from receiver.web.app import create_app
 
-        settings = Settings.from_env()
-        configure_logging(settings)
-        warn_unknown_variables(os.environ)
+        settings = settings_for_entry_point()
         if not (settings.metrics_protected or settings.metrics_public):
             # Who may invoke the function is AWS's to say (function URL, API Gateway), not ours to see.
             log.warning("GET /metrics is open to anyone who can invoke this function: set FLUXHOOK_METRICS_TOKEN "

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -15,12 +14,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from receiver.config.settings import Settings
-from receiver.config.variables import warn_unknown_variables
 from receiver.engine.relay import relay_loop
 from receiver.engine.runtime import Runtime
 from receiver.engine.sweep import download_loop, sweep_loop
 from receiver.errors import ReceiverError
-from receiver.obs.logs import configure_logging
+from receiver.obs.logs import settings_for_entry_point
 from receiver.results.local import clean_partials
 from receiver.store import StoreUnavailable
 from receiver.web.api import api_routes
@@ -114,7 +112,4 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None, workers: b
 def create_app_from_env() -> Starlette:
     """For `uvicorn --factory receiver.web.app:create_app_from_env`: an entry point, so it sets up
     logging (redaction, FLUXHOOK_LOG_FORMAT) as `fluxhook serve` does."""
-    settings = Settings.from_env()
-    configure_logging(settings)
-    warn_unknown_variables(os.environ)
-    return create_app(settings)
+    return create_app(settings_for_entry_point())
