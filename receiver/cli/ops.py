@@ -11,7 +11,7 @@ import sys
 from receiver.cli import remote, remote_ops
 from receiver.cli.common import EXIT_FAILED, CLIError, print_rows, timed
 from receiver.cli.ledger import find_job, job_view, local_only, wait_for
-from receiver.cli.views import print_report, print_timeline, since, warn_if_uncancelable
+from receiver.cli.views import print_canceled, print_report, print_timeline, since
 from receiver.config.settings import Settings
 from receiver.engine.jobs import NotCancelable, apply_report, cancel_job
 from receiver.engine.report import report as build_report
@@ -52,8 +52,7 @@ async def cancel(args: argparse.Namespace, settings: Settings) -> int:
         except NotCancelable as exc:
             print(f"fluxhook cancel: {args.job}: {exc}", file=sys.stderr)
             return EXIT_FAILED
-    print(f"{job.id} canceled" + ("" if job.provider_job_id else " (it had no provider task yet)"))
-    warn_if_uncancelable(job.provider, job.provider_job_id)
+    print_canceled(job.id, job.provider, job.provider_job_id)
     return 0
 
 

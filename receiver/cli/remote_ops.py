@@ -13,7 +13,7 @@ import sys
 
 from receiver.cli.common import EXIT_FAILED
 from receiver.cli.remote_api import answers, client
-from receiver.cli.views import print_report, print_timeline, since, warn_if_uncancelable
+from receiver.cli.views import print_canceled, print_report, print_timeline, since
 from receiver.config.settings import Settings
 from receiver.store import iso
 from submitter.api_client import ApiError
@@ -40,8 +40,7 @@ async def cancel(args: argparse.Namespace, settings: Settings) -> int:
                     raise
                 print(f"fluxhook cancel: {args.job}: {exc.message}", file=sys.stderr)
                 return EXIT_FAILED
-    print(f"{job.id} canceled" + ("" if job.provider_job_id else " (it had no provider task yet)"))
-    warn_if_uncancelable(job.provider, job.provider_job_id)
+    print_canceled(job.id, job.provider, job.provider_job_id)
     return 0
 
 

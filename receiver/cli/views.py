@@ -14,7 +14,7 @@ from receiver.cli.common import CLIError
 from receiver.engine.report import COLUMNS
 from submitter.dialects import DIALECTS
 
-__all__ = ["print_report", "print_timeline", "since", "warn_if_uncancelable"]
+__all__ = ["print_canceled", "print_report", "print_timeline", "since"]
 
 
 def since(text: str | None) -> float | None:
@@ -71,9 +71,10 @@ def print_report(data: dict[str, Any], *, as_json: bool, as_csv: bool) -> None:
     print("orphan callbacks: not recorded (a callback for an unknown job is answered 404 and kept nowhere)")
 
 
-def warn_if_uncancelable(provider: str, provider_job_id: str | None) -> None:
-    """After a cancel: on stderr, that a provider with no cancel endpoint (its dialect's `cancel_path`) may
-    still run the job it was sent, and bill it."""
+def print_canceled(job_id: str, provider: str, provider_job_id: str | None) -> None:
+    """What `cancel` says, on the database and through the API alike; on stderr, that a provider with no
+    cancel endpoint (its dialect's `cancel_path`) may still run the job it was sent, and bill it."""
+    print(f"{job_id} canceled" + ("" if provider_job_id else " (it had no provider task yet)"))
     dialect = DIALECTS.get(provider)
     if provider_job_id and dialect is not None and dialect.cancel_path is None:
         print(f"fluxhook cancel: {provider} has no cancel endpoint: the provider may still run the job and "
