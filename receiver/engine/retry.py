@@ -23,12 +23,15 @@ async def reopen_download(rt: Runtime, job_id: str) -> int:
     store moves it back to `succeeded` (`reopen_for_retry`, the one sanctioned exception to final
     statuses) and the download pass is woken; expired URLs are re-polled for fresh ones. KeyError
     for an unknown job; NotRetryable (saying why) for any other job, e.g. one the provider failed or
-    moderated, or one that was canceled."""
+    moderated, or one that was canceled. A job already `succeeded` with files pending (retried a moment
+    ago, or its first download still running) is left as it is: a repeated retry changes nothing."""
     job = await rt.store.get_job(job_id)
     if job is None:
         raise KeyError(job_id)
     files = await rt.store.files(job_id)
     pending = [f for f in files if not f.stored]
+    if job.status == Status.SUCCEEDED and pending:
+        return len(pending)
     if job.status not in GAVE_UP or not job.provider_job_id or not pending:
         why = (f"it is {job.status}" if job.status not in GAVE_UP
                else "the provider never reported a result for it" if not files

@@ -24,7 +24,6 @@ from receiver.store import iso
 from receiver.web.api.auth import authenticate, visible, writer
 from receiver.web.api.errors import ApiError, api_endpoint, invalid, not_found
 from receiver.web.api.jobs import job_id_of, view
-from submitter.status import Status
 
 __all__ = ["parse_since", "report", "retry", "timeline"]
 
@@ -50,15 +49,13 @@ async def retry(request: Request) -> Response:
     key = writer(request)
     job_id = job_id_of(request)
     job = visible(key, await rt.store.get_job(job_id))
-    if job.status != Status.SUCCEEDED:  # succeeded: its files are being downloaded already (a repeated retry)
-        try:
-            await reopen_download(rt, job_id)
-        except KeyError:
-            raise not_found("unknown job") from None
-        except NotRetryable as exc:
-            raise ApiError(409, "not_retryable", str(exc)) from None
-        job = await rt.store.get_job(job_id) or job
-    return JSONResponse(await view(rt, job))
+    try:
+        await reopen_download(rt, job_id)  # a repeated retry (succeeded, downloading) changes nothing
+    except KeyError:
+        raise not_found("unknown job") from None
+    except NotRetryable as exc:
+        raise ApiError(409, "not_retryable", str(exc)) from None
+    return JSONResponse(await view(rt, await rt.store.get_job(job_id) or job))
 
 
 _SINCE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})"

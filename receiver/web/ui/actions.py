@@ -30,7 +30,6 @@ from receiver.engine.retry import NotRetryable, reopen_download
 from receiver.store import Job
 from receiver.web.ui.csrf import CSRF_FIELD, csrf_problem, csrf_token
 from receiver.web.ui.pages import JOB_ID, PAGE_HEADERS, caller, page, render, runtime
-from submitter.status import Status
 
 __all__ = ["cancel", "enable_sink", "job_path", "outcome_message", "redeliver", "retry"]
 
@@ -131,8 +130,6 @@ async def _job(request: Request, key: ApiKey) -> Job:
 @action()
 async def retry(request: Request, form: dict[str, str], key: ApiKey) -> Response:
     job = await _job(request, key)
-    if job.status == Status.SUCCEEDED:  # its files are being downloaded already (a repeated retry)
-        return _back(job.id, done="retried")
     try:
         count = await reopen_download(runtime(request), job.id)
     except (KeyError, NotRetryable):
