@@ -86,7 +86,7 @@ class BatchProgress:
         done = counts["stored"] + counts["failed"]
         elapsed = time.monotonic() - self.started
         rate = done / elapsed if elapsed > 0 else 0.0
-        left = eta(finished, running, counts["queued"]) if done < self.total else 0.0
+        left = eta(finished, running, counts["queued"])
         shown = "-" if left is None or done >= self.total else f"{left:.0f} s"
         text = (f"queued {counts['queued']}  running {counts['running']}  stored {counts['stored']}  "
                 f"failed {counts['failed']}  {rate * 60:.1f}/min  ETA {shown}")

@@ -19,10 +19,10 @@ from typing import Any
 from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
 
 from receiver.results.local import LocalResultStore
-from receiver.store import FileRecord
+from receiver.store import FileRecord, Store
 from submitter.media import IMAGE_TYPES, media_type
 
-__all__ = ["SECURITY_HEADERS", "result_response", "served_type", "stored_file_response"]
+__all__ = ["SECURITY_HEADERS", "result_response", "served_type", "stored_file", "stored_file_response"]
 
 log = logging.getLogger("fluxhook.files")
 
@@ -32,6 +32,11 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; sandbox",
 }
 _FALLBACK = "application/octet-stream"
+
+
+async def stored_file(store: Store, job_id: str, n: int) -> FileRecord | None:
+    """File `n` of the job, if it is stored (what every route serving a result file looks up)."""
+    return next((f for f in await store.files(job_id) if f.n == n and f.stored), None)
 
 
 def served_type(content_type: str | None) -> str:

@@ -15,7 +15,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from receiver.engine.runtime import Runtime
 from receiver.results.links import link_key, verify
-from receiver.web.files import SECURITY_HEADERS, result_response
+from receiver.web.files import SECURITY_HEADERS, result_response, stored_file
 
 __all__ = ["signed_file"]
 
@@ -39,7 +39,7 @@ async def signed_file(request: Request) -> Response:
     if why is not None:
         return PlainTextResponse(f"this link is refused ({why}): GET /v1/jobs/{job_id}/files/{int(raw_n)} with an"
                                  " API key, or the next event's link", 403, headers=_REFUSED)
-    record = next((f for f in await rt.store.files(job_id) if f.n == int(raw_n) and f.stored), None)
+    record = await stored_file(rt.store, job_id, int(raw_n))
     if record is None:
         return PlainTextResponse("not found", 404, headers=_REFUSED)
     return await result_response(rt.results, record, max_age=max(1, int(int(expires) - now)))

@@ -26,8 +26,8 @@ from submitter.media import extension_for
 from submitter.status import Status
 
 __all__ = [
-    "DEFAULT_RETRY", "MAX_HOPS", "MAX_LONG_POLL", "RETRY_STATUS", "RUN_TIMEOUT", "ClientBase", "Core", "Http",
-    "JobFailed", "Op", "Paths", "Send", "Sleep", "job_path", "run_targets", "temp_beside",
+    "DEFAULT_RETRY", "MAX_HOPS", "MAX_LONG_POLL", "REDIRECTS", "RETRY_STATUS", "RUN_TIMEOUT", "ClientBase", "Core",
+    "Http", "JobFailed", "Op", "Paths", "Send", "Sleep", "job_path", "run_targets", "temp_beside",
 ]
 
 T = TypeVar("T")
@@ -39,7 +39,8 @@ RETRY_STATUS = frozenset({429, 502, 503, 504})
 MAX_LONG_POLL = 60.0
 #: Redirects followed for a file (to a presigned URL) before giving up.
 MAX_HOPS = 5
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+#: Answers that send the file elsewhere (a presigned URL in object storage).
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 #: Every request's retries (README "The Python client": 4 tries, waits from 0.5 s doubling to 8 s, jittered;
 #: a Retry-After replaces the wait, up to 60 s).
@@ -240,7 +241,7 @@ class Core:
         """The next hop of a redirect, WITHOUT our Authorization header: a presigned URL carries its own
         credentials, and our key must never reach object storage (or whoever the Location names)."""
         location = response.headers.get("location")
-        if response.status_code not in _REDIRECTS or not location:
+        if response.status_code not in REDIRECTS or not location:
             return None
         target = response.request.url.join(location)
         if target.scheme not in ("http", "https"):

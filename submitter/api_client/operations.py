@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from submitter.api_client.core import Core, Http, Op, job_path
+from submitter.api_client.core import REDIRECTS, Core, Http, Op, job_path
 from submitter.api_client.errors import bad_response
 from submitter.api_client.models import ApiEvent, JobView
 
@@ -19,7 +19,6 @@ __all__ = ["Following", "Timeline", "file_url", "report", "retry", "timeline"]
 #: A job and its timeline rows (`at`, `kind`, `detail`, `id`?), oldest first.
 Timeline = tuple[JobView, list[dict[str, Any]]]
 
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 def timeline(core: Core, http: Http, job_id: str) -> Op[Timeline]:
@@ -53,7 +52,7 @@ def file_url(core: Core, http: Http, job_id: str, n: int, expires: int | None) -
     params = {"expires": str(expires)} if expires is not None else {}
     response = yield from core.retrying(lambda: core.build(http, "HEAD", path, params=params))
     location = response.headers.get("location")
-    if response.status_code in _REDIRECTS and location:
+    if response.status_code in REDIRECTS and location:
         return str(response.request.url.join(location))
     if not response.is_success:  # a HEAD answer has no body: ask again for the error's words
         response = yield from core.retrying(lambda: core.build(http, "GET", path, params=params))

@@ -23,19 +23,13 @@ import pytest
 from receiver.config.settings import Settings
 from receiver.engine.jobs import submit
 from receiver.engine.runtime import Runtime
-from receiver.serve.background import bind, serve_in_background
+from receiver.serve.background import serve_in_background
 from submitter.simulator import Faults, Simulator
 from submitter.status import Status
 from tests.e2e.support import WAIT, env_for, run_cli
+from tests.sinks_support import free_port
 
 pytestmark = pytest.mark.anyio
-
-
-def free_port() -> int:
-    sock = bind()
-    port: int = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 class Receiver:

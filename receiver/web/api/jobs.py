@@ -25,7 +25,7 @@ from receiver.web.api.auth import authenticate, key_scope, visible, writer
 from receiver.web.api.errors import ApiError, api_endpoint, invalid, not_found
 from receiver.web.api.models import CURSOR_PATTERN, CreateJob, validation_error
 from receiver.web.bodies import read_body
-from receiver.web.files import result_response
+from receiver.web.files import result_response, stored_file
 from receiver.web.streams import stream_limits
 from submitter.bodies import BodyError, loads_object
 from submitter.status import TERMINAL, Status
@@ -255,7 +255,7 @@ async def file(request: Request) -> Response:
         raise missing
     n = int(raw)
     expires = _expires(request)
-    record = next((f for f in await rt.store.files(job_id) if f.n == n and f.stored), None)
+    record = await stored_file(rt.store, job_id, n)
     if record is None:
         raise missing
     response = await result_response(rt.results, record, max_age=expires)

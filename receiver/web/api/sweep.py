@@ -15,17 +15,16 @@ from receiver.config.keys import Scope
 from receiver.engine.runtime import Runtime
 from receiver.engine.sweep import sweep_once
 from receiver.errors import NotFound, Unauthorized
-from receiver.web.auth import constant_time_match
+from receiver.web.auth import bearer_token, constant_time_match
 
 __all__ = ["check_bearer", "sweep"]
 
 
-def check_bearer(allowed: tuple[str, ...], authorization: str | None) -> None:
-    """NotFound if nothing is `allowed`; Unauthorized unless `authorization` is `Bearer <one of allowed>`."""
+def check_bearer(allowed: tuple[str, ...], given: str | None) -> None:
+    """NotFound if nothing is `allowed`; Unauthorized unless `given` (the request's Bearer token) is one of them."""
     if not allowed:
         raise NotFound("not found")
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or constant_time_match(given.strip(), allowed) is None:
+    if given is None or constant_time_match(given, allowed) is None:
         raise Unauthorized("a bearer key (FLUXHOOK_SWEEP_TOKEN, or an API key of the scope admin) is required")
 
 
@@ -33,6 +32,6 @@ async def sweep(request: Request) -> JSONResponse:
     rt: Runtime = request.app.state.runtime
     admins = tuple(k.secret for k in rt.settings.integrations.api_keys if k.scope == Scope.ADMIN)
     check_bearer((*((rt.settings.sweep_token,) if rt.settings.sweep_token else ()), *admins),
-                 request.headers.get("authorization"))
+                 bearer_token(request))
     report = await sweep_once(rt)
     return JSONResponse(report.as_dict())

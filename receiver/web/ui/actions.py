@@ -27,7 +27,9 @@ from starlette.responses import RedirectResponse, Response
 from receiver.config.keys import ApiKey, Scope
 from receiver.engine.jobs import NotCancelable, cancel_job
 from receiver.engine.retry import NotRetryable, reopen_download
+from receiver.errors import ReceiverError
 from receiver.store import Job
+from receiver.web.bodies import read_body
 from receiver.web.ui.csrf import CSRF_FIELD, csrf_problem, csrf_token
 from receiver.web.ui.pages import JOB_ID, PAGE_HEADERS, caller, page, render, runtime
 
@@ -60,11 +62,10 @@ class _Refused(Exception):
 
 
 async def _form(request: Request) -> dict[str, str]:
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > FORM_CAP:
-            raise _Refused(413, "the form is too large")
+    try:  # the body as every route reads one: capped, and within FLUXHOOK_BODY_TIMEOUT
+        body = await read_body(request, FORM_CAP, runtime(request).settings.body_timeout)
+    except ReceiverError as exc:
+        raise _Refused(exc.status_code, "the form is too large" if exc.status_code == 413 else str(exc)) from None
     try:
         fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
     except ValueError:  # more fields than any of these forms has

@@ -16,7 +16,7 @@ from receiver.config.keys import Scope
 from receiver.engine.retry import GAVE_UP
 from receiver.store import FileRecord
 from receiver.store.inputs import references
-from receiver.web.files import result_response
+from receiver.web.files import result_response, stored_file
 from receiver.web.ui.actions import job_path, outcome_message
 from receiver.web.ui.csrf import csrf_token
 from receiver.web.ui.pages import (
@@ -140,7 +140,7 @@ async def result_file(request: Request) -> Response:
         job = await rt.store.get_summary(job_id)
         if job is None or not key.may_see(job.created_by):
             return PlainTextResponse("not found", 404)
-    record = next((f for f in await rt.store.files(job_id) if f.n == int(n) and f.stored), None)
+    record = await stored_file(rt.store, job_id, int(n))
     if record is None:
         return PlainTextResponse("not found", 404)
     return await result_response(rt.results, record)
