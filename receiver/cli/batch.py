@@ -206,11 +206,12 @@ async def _record_line(rt: Runtime, path: Path, line: BatchLine, retry_failed: b
     latest job ended otherwise than stored gets a new attempt. (new, retried). Its encoded images live only
     for this call."""
     attempt = 0
+    params = sent_params(path, line)  # read and encoded once, whatever the number of attempts
     while True:
         metadata = {**line.metadata, "batch_line": line.number, **({"batch_attempt": attempt} if attempt else {})}
         try:
             job, created = await create_api_job(
-                rt, line.provider, line.model, sent_params(path, line), events=line.events,
+                rt, line.provider, line.model, params, events=line.events,
                 metadata=metadata, idempotency=attempt_key(path, line, attempt),
             )
         except IdempotencyConflict as exc:  # cannot happen: the fingerprint is part of the key
